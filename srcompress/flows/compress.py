@@ -1,0 +1,83 @@
+"""The end-to-end srcompress DAG as one Prefect flow.
+
+    srcompress run --config configs/tiny.yaml --workdir runs/tiny [--until degrade] [--summary S.json]
+
+The body reads like the DAG (ARCHITECTURE.md §1). It only orchestrates: each step's driver lives in
+``tasks/<step>/step.py`` and returns a manifest; this flow threads manifests from step to step, owns the
+MLflow parent run, and stops after ``until``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from srcompress import __version__
+from srcompress.config import STEPS, SrConfig
+from srcompress.infra.config import redact
+from srcompress.infra.context import RunContext
+from srcompress.infra.manifest import code_version
+from srcompress.infra.store import atomic_write_bytes
+from srcompress.tasks.degrade.step import run_degrade
+
+
+def _open_parent_run(cfg: SrConfig, ctx: RunContext) -> str:
+    from prefect.runtime import flow_run
+
+    tracker = ctx.get_tracker()
+    tags = {"config_hash": cfg.config_hash(), "code_version": code_version("srcompress"),
+            "package_version": __version__, "prefect_flow_run_id": flow_run.get_id() or "",
+            "host": socket.gethostname(), "store": ctx.get_store().root_uri, "kind": "pipeline"}
+    run_id = tracker.start_pipeline_run(cfg.run.name, tags, cfg.model_dump(mode="json"))
+    tracker.log_text(run_id, yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False),
+                     "config/resolved.yaml")
+    return run_id
+
+
+@flow(name="srcompress-compress", log_prints=True, validate_parameters=False)
+def compress(config: dict[str, Any], workdir: str, until: str | None = None) -> dict[str, Any]:
+    """Run the DAG up to and including ``until`` (default: every step). Returns the run summary."""
+    log = get_run_logger()
+    cfg = SrConfig.model_validate(config)
+    ctx = RunContext(workdir=str(Path(workdir).resolve()), store=cfg.store, tracking=cfg.tracking,
+                     torch_threads=cfg.run.torch_threads)
+    parent = _open_parent_run(cfg, ctx)
+    ctx = ctx.model_copy(update={"parent_run_id": parent})
+    tracker = ctx.get_tracker()
+    log.info("srcompress: MLflow parent run %s at %s; store %s", parent, redact(tracker.uri),
+             ctx.get_store().root_uri)
+    last = STEPS.index(until or STEPS[-1])
+    manifests: dict[str, Any] = {}
+    try:
+        manifests["degrade"] = run_degrade(ctx, cfg.data, cfg.degrade, cfg.run.max_workers)
+        # next: bootstrap_teacher → encode_latents → analyse_redundancy → search_pruning → distill → evaluate,
+        # each guarded by `if last >= STEPS.index("<step>")`.
+        del last
+    except BaseException:
+        tracker.end_run(parent, "FAILED")
+        raise
+    tracker.set_tags(parent, {f"step.{k}.digest": m.digest for k, m in manifests.items()})
+    tracker.end_run(parent, "FINISHED")
+    return {"parent_run_id": parent, "experiment_id": tracker.experiment_id, "tracking_uri": redact(tracker.uri),
+            "store": ctx.get_store().root_uri, "config_hash": cfg.config_hash(), "until": until or STEPS[-1],
+            "steps": {k: m.model_dump(mode="json") for k, m in manifests.items()}}
+
+
+def run_pipeline(cfg: SrConfig, workdir: str | Path, until: str | None = None,
+                 summary: str | Path | None = None) -> dict[str, Any]:
+    """Entry point used by the CLI and tests: the flow with the configured task-runner width."""
+    if until is not None and until not in STEPS:
+        raise ValueError(f"--until must be one of {', '.join(STEPS)}, got {until!r}")
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    runner = ThreadPoolTaskRunner(max_workers=cfg.run.max_workers)
+    result = compress.with_options(task_runner=runner, flow_run_name=cfg.run.name)(
+        config=cfg.model_dump(mode="json"), workdir=str(workdir), until=until)
+    if summary is not None:
+        atomic_write_bytes(Path(summary).resolve(), json.dumps(result, indent=2, sort_keys=True).encode())
+    return result

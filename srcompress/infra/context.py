@@ -1,0 +1,87 @@
+"""The pipeline run context handed to every task: small, serialisable, no live clients inside.
+
+Tasks rebuild the store / tracker / step cache from it (memoised per process), so Prefect can run them in
+threads, processes or on other machines without pickling boto3 or MLflow clients.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from srcompress.infra.manifest import Manifest
+from srcompress.infra.store import ArtifactStore, ObjectNotFoundError, StoreConfig, open_store
+from srcompress.infra.tracking import Tracker, TrackingConfig
+
+
+class RunContext(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    workdir: str
+    store: StoreConfig
+    tracking: TrackingConfig
+    parent_run_id: str | None = None
+    torch_threads: int = 0
+
+    def get_store(self) -> ArtifactStore:
+        return _store(self.workdir, self.store.model_dump_json())
+
+    def get_tracker(self) -> Tracker:
+        return _tracker(self.workdir, self.store.model_dump_json(), self.tracking.model_dump_json())
+
+    def get_cache(self) -> "StepCache":
+        return StepCache(self.get_store())
+
+    def scratch(self, *parts: str) -> Path:
+        """A local scratch folder under the work dir (temp files before publishing to the store)."""
+        path = Path(self.workdir, "scratch", *parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+@lru_cache(maxsize=8)
+def _store(workdir: str, store_json: str) -> ArtifactStore:
+    return open_store(StoreConfig.model_validate_json(store_json), workdir)
+
+
+@lru_cache(maxsize=8)
+def _tracker(workdir: str, store_json: str, tracking_json: str) -> Tracker:
+    store = _store(workdir, store_json)
+    scfg = StoreConfig.model_validate_json(store_json)
+    import os
+
+    endpoint = scfg.endpoint_url or os.environ.get("SRCOMPRESS_S3_ENDPOINT_URL")
+    return Tracker(TrackingConfig.model_validate_json(tracking_json), workdir, store.root_uri, endpoint)
+
+
+class StepCache:
+    """Step results keyed by ``Manifest.cache_key``, persisted in the artifact store (``cache/<step>/<key>.json``).
+
+    Living in the store (not in Prefect's local result storage) is what lets a rerun on another machine or
+    after a crash reuse finished work, for the local and the S3 backend alike.
+    """
+
+    def __init__(self, store: ArtifactStore):
+        self.store = store
+
+    @staticmethod
+    def key_of(step: str, cache_key: str) -> str:
+        return f"cache/{step}/{cache_key}.json"
+
+    def get(self, step: str, cache_key: str) -> Manifest | None:
+        try:
+            return Manifest.from_json(self.store.get_bytes(self.key_of(step, cache_key)))
+        except ObjectNotFoundError:
+            return None
+
+    def put(self, manifest: Manifest) -> None:
+        self.store.put_bytes(self.key_of(manifest.step, manifest.cache_key), manifest.to_json().encode())
+
+    def get_json(self, key: str) -> dict | None:
+        try:
+            return json.loads(self.store.get_bytes(key))
+        except ObjectNotFoundError:
+            return None

@@ -1,0 +1,213 @@
+"""S3 backend of the artifact store (boto3), for AWS or any S3-compatible endpoint.
+
+- Atomicity comes from S3 itself: a PUT, or a multipart upload, becomes visible only when complete.
+- The sha256 is stored as object metadata (``x-amz-meta-sha256``) and verified on every read.
+- Credentials come from the standard AWS chain (env, profile, instance role); they are never logged, and
+  error messages name the endpoint and bucket only.
+- Bounded retries: botocore's ``standard`` retry mode with ``max_attempts``; after that an unreachable endpoint
+  raises ``StoreUnavailableError``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+
+from srcompress.infra.store.base import (
+    CHUNK,
+    ArtifactStore,
+    InvalidKeyError,
+    ObjectInfo,
+    ObjectNotFoundError,
+    StoreConfig,
+    StoreError,
+    StoreUnavailableError,
+    normalize_key,
+    sha256_bytes,
+    sha256_file,
+)
+
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+_AUTH = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "ExpiredToken", "InvalidToken"}
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise InvalidKeyError(f"not an s3:// URI: {uri}")
+    bucket, _, prefix = uri[5:].partition("/")
+    if not bucket:
+        raise InvalidKeyError(f"s3 URI has no bucket: {uri}")
+    prefix = prefix.strip("/")
+    if prefix:
+        prefix = normalize_key(prefix)
+    return bucket, prefix
+
+
+def make_s3_client(cfg: StoreConfig) -> Any:
+    endpoint = cfg.endpoint_url or os.environ.get("SRCOMPRESS_S3_ENDPOINT_URL") or None
+    session = boto3.session.Session(profile_name=cfg.profile) if cfg.profile else boto3.session.Session()
+    region = cfg.region or session.region_name or "us-east-1"
+    bconf = Config(
+        retries={"max_attempts": cfg.max_attempts, "mode": "standard"},
+        connect_timeout=cfg.connect_timeout_s,
+        read_timeout=cfg.read_timeout_s,
+        # path-style works with every S3-compatible server (moto, MinIO); AWS accepts it too.
+        s3={"addressing_style": "path"} if endpoint else {},
+        user_agent_extra="srcompress",
+    )
+    return session.client("s3", endpoint_url=endpoint, region_name=region, config=bconf)
+
+
+class S3Store(ArtifactStore):
+    def __init__(self, uri: str, cfg: StoreConfig | None = None, client: Any = None):
+        self.cfg = cfg or StoreConfig(uri=uri)
+        self.bucket, self.prefix = split_s3_uri(uri)
+        self.root_uri = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        self.endpoint = self.cfg.endpoint_url or os.environ.get("SRCOMPRESS_S3_ENDPOINT_URL") or "AWS default"
+        self.client = client or make_s3_client(self.cfg)
+        mb = 1024 * 1024
+        self.transfer = TransferConfig(
+            multipart_threshold=self.cfg.multipart_threshold_mb * mb,
+            multipart_chunksize=self.cfg.multipart_chunk_mb * mb,
+            use_threads=False,
+        )
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def _key(self, key: str) -> str:
+        key = normalize_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        """Run one boto3 call, translating transport/auth failures into store errors (no secrets)."""
+        try:
+            return fn(*args, **kwargs)
+        except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as exc:
+            raise StoreUnavailableError(
+                f"S3 endpoint {self.endpoint} unreachable during {what} after {self.cfg.max_attempts} attempts "
+                f"({type(exc).__name__}); check store.endpoint_url / network"
+            ) from None
+        except NoCredentialsError:
+            raise StoreUnavailableError(
+                f"no AWS credentials found for {self.root_uri} (standard chain: env, ~/.aws, instance role)"
+            ) from None
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _NOT_FOUND:
+                raise ObjectNotFoundError(f"no object for {what} in {self.root_uri}") from None
+            if code == "NoSuchBucket":
+                raise StoreUnavailableError(f"bucket {self.bucket!r} does not exist at {self.endpoint}") from None
+            if code in _AUTH:
+                raise StoreUnavailableError(f"credentials rejected by {self.endpoint} for {what} ({code})") from None
+            raise StoreError(f"S3 {what} failed at {self.endpoint}: {code}") from None
+        except BotoCoreError as exc:
+            raise StoreUnavailableError(f"S3 {what} failed at {self.endpoint}: {type(exc).__name__}") from None
+
+    # -- writes ----------------------------------------------------------------------------------------
+    def _upload(self, key: str, fileobj, digest: str, size: int) -> ObjectInfo:
+        s3key = self._key(key)
+        self._call(
+            f"put {key}", self.client.upload_fileobj, fileobj, self.bucket, s3key,
+            ExtraArgs={"Metadata": {"sha256": digest}}, Config=self.transfer,
+        )
+        return ObjectInfo(normalize_key(key), f"s3://{self.bucket}/{s3key}", digest, size)
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        return self._upload(key, io.BytesIO(data), sha256_bytes(data), len(data))
+
+    def put_file(self, key: str, path: str | Path) -> ObjectInfo:
+        path = Path(path)
+        digest = sha256_file(path)
+        with open(path, "rb") as f:
+            return self._upload(key, f, digest, path.stat().st_size)
+
+    def delete(self, key: str) -> None:
+        self._call(f"delete {key}", self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
+
+    # -- reads -----------------------------------------------------------------------------------------
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            head = self._call(f"head {key}", self.client.head_object, Bucket=self.bucket, Key=self._key(key))
+        except ObjectNotFoundError:
+            return None
+        digest = head.get("Metadata", {}).get("sha256")
+        if not digest:
+            return None  # not written by us: no digest to verify against
+        return ObjectInfo(normalize_key(key), self.uri(key), digest, int(head["ContentLength"]))
+
+    def _require(self, key: str) -> ObjectInfo:
+        info = self.stat(key)
+        if info is None:
+            raise ObjectNotFoundError(f"no object {key!r} in {self.root_uri}")
+        return info
+
+    def get_bytes(self, key: str, expected_sha256: str | None = None) -> bytes:
+        resp = self._call(f"get {key}", self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        data = resp["Body"].read()
+        recorded = resp.get("Metadata", {}).get("sha256")
+        if recorded is None:
+            raise ObjectNotFoundError(f"{key!r} in {self.root_uri} has no recorded sha256 (not written by srcompress)")
+        self._verify(key, sha256_bytes(data), recorded, expected_sha256)
+        return data
+
+    def get_file(self, key: str, dest: str | Path, expected_sha256: str | None = None) -> Path:
+        info = self._require(key)
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.srtmp-", dir=dest.parent)
+        os.close(fd)
+        try:
+            self._call(f"get {key}", self.client.download_file, self.bucket, self._key(key), tmp, Config=self.transfer)
+            self._verify(key, sha256_file(tmp), info.sha256, expected_sha256)
+            os.replace(tmp, dest)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return dest
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full = self._key(prefix) + "/" if prefix.strip("/") else (self.prefix + "/" if self.prefix else "")
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = self._call(f"list {prefix or '/'}", lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=full)))
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        for page in pages:
+            for obj in sorted(page.get("Contents", []), key=lambda o: o["Key"]):
+                info = self.stat(obj["Key"][strip:])
+                if info is not None:
+                    yield info
+
+    def list_raw(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        """(key, size) of every object under the prefix, including objects not written by srcompress
+        (used to read user datasets from an s3:// prefix)."""
+        full = self._key(prefix) + "/" if prefix.strip("/") else (self.prefix + "/" if self.prefix else "")
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = self._call(f"list {prefix or '/'}", lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=full)))
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        for page in pages:
+            for obj in page.get("Contents", []):
+                yield obj["Key"][strip:], int(obj["Size"])
+
+    def get_raw(self, key: str, max_bytes: int | None = None) -> bytes:
+        """Bytes of any object (no recorded digest needed): for reading user datasets."""
+        resp = self._call(f"get {key}", self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        body = resp["Body"]
+        if max_bytes is not None and int(resp.get("ContentLength", 0)) > max_bytes:
+            body.close()
+            raise StoreError(f"{key}: {resp['ContentLength']} bytes exceeds the {max_bytes}-byte limit")
+        return b"".join(iter(lambda: body.read(CHUNK), b""))

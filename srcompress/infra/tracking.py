@@ -1,0 +1,157 @@
+"""MLflow tracking: one parent run per pipeline run, one nested run per step, manifests as dataset inputs.
+
+Everything goes through an explicit ``MlflowClient`` and explicit run ids — MLflow's fluent "active run" is
+thread-local (reference/pipeline.md §2.1), and Prefect runs tasks in worker threads.
+
+- Default backend: sqlite under the work dir; any tracking URI (e.g. a remote ``mlflow server``) when set.
+- Artifacts go through the artifact store: the experiment's artifact location is ``<store>/mlflow`` (file or
+  s3), unless the tracking URI is an HTTP server, which then proxies artifacts to its own destination.
+- Params are the flattened, *redacted* step config; credentials never reach MLflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from pydantic import Field
+
+from srcompress.infra.config import StrictModel, flatten, redact
+from srcompress.infra.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+TAG_PREFIX = "srcompress."
+
+
+class TrackingConfig(StrictModel):
+    """MLflow tracking server, experiment and artifact location."""
+
+    uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db.")
+    experiment: str = Field("srcompress", min_length=1, description="MLflow experiment name.")
+    artifact_location: str | None = Field(
+        None, description="Artifact root for a new experiment; default <store>/mlflow (ignored for http servers, which proxy)."
+    )
+
+
+def resolve_tracking_uri(cfg: TrackingConfig, workdir: str | Path) -> str:
+    if cfg.uri:
+        return cfg.uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+
+
+class Tracker:
+    """Thin, explicit wrapper over ``MlflowClient`` for the pipeline's lineage records."""
+
+    def __init__(self, cfg: TrackingConfig, workdir: str | Path, store_root_uri: str | None = None,
+                 s3_endpoint_url: str | None = None):
+        from mlflow import MlflowClient
+
+        self.cfg = cfg
+        self.uri = resolve_tracking_uri(cfg, workdir)
+        if s3_endpoint_url and not os.environ.get("MLFLOW_S3_ENDPOINT_URL"):
+            # MLflow's S3 artifact repository reads the endpoint from the environment only.
+            os.environ["MLFLOW_S3_ENDPOINT_URL"] = s3_endpoint_url
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment_id = self._experiment(store_root_uri)
+
+    def _experiment(self, store_root_uri: str | None) -> str:
+        exp = self.client.get_experiment_by_name(self.cfg.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        location = self.cfg.artifact_location
+        if location is None and store_root_uri and not self.uri.startswith(("http://", "https://")):
+            location = store_root_uri.rstrip("/") + "/mlflow"
+        try:
+            return self.client.create_experiment(self.cfg.experiment, artifact_location=location)
+        except Exception:  # created concurrently by another process
+            exp = self.client.get_experiment_by_name(self.cfg.experiment)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    # -- runs ------------------------------------------------------------------------------------------
+    def start_pipeline_run(self, name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={f"{TAG_PREFIX}{k}": str(v) for k, v in tags.items()})
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def start_step_run(self, parent_run_id: str, step: str, params: Mapping[str, Any],
+                       tags: Mapping[str, str] | None = None) -> str:
+        all_tags = {"mlflow.parentRunId": parent_run_id, f"{TAG_PREFIX}step": step}
+        all_tags.update({f"{TAG_PREFIX}{k}": str(v) for k, v in (tags or {}).items()})
+        run = self.client.create_run(self.experiment_id, run_name=step, tags=all_tags)
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    @contextlib.contextmanager
+    def step_run(self, parent_run_id: str, step: str, params: Mapping[str, Any],
+                 tags: Mapping[str, str] | None = None) -> Iterator[str]:
+        """A nested run that is marked FAILED if the body raises (MLflow does not do this itself, #10510)."""
+        run_id = self.start_step_run(parent_run_id, step, params, tags)
+        try:
+            yield run_id
+        except BaseException:
+            self.end_run(run_id, "FAILED")
+            raise
+        self.end_run(run_id, "FINISHED")
+
+    # -- logging ---------------------------------------------------------------------------------------
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = flatten(redact(dict(params)))
+        items = [Param(k[:250], str(v)[:6000]) for k, v in sorted(flat.items())]
+        for i in range(0, len(items), 100):  # MLflow's log_batch limit
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, f"{TAG_PREFIX}{k}", str(redact(v, k))[:5000])
+
+    def log_manifest(self, run_id: str, manifest: Manifest, context: str) -> None:
+        """Record a manifest as an MLflow dataset input whose digest is *our* content digest."""
+        from mlflow.data.http_dataset_source import HTTPDatasetSource
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        # MetaDataset's default digest hashes (name, source) only — pass the content digest explicitly.
+        source = HTTPDatasetSource(url=manifest.uri)  # a URI-carrying source that needs no artifact repo
+        ds = MetaDataset(source=source, name=f"{manifest.step}:{manifest.kind}", digest=manifest.digest[:36])
+        tags = [InputTag("mlflow.data.context", context), InputTag(f"{TAG_PREFIX}sha256", manifest.digest),
+                InputTag(f"{TAG_PREFIX}cache_key", manifest.cache_key)]
+        self.client.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags)])
+
+    def log_manifest_output(self, run_id: str, manifest: Manifest) -> None:
+        """The step's own output: tags for lookup + the manifest JSON as a run artifact."""
+        self.set_tags(run_id, {"output.kind": manifest.kind, "output.uri": manifest.uri,
+                               "output.digest": manifest.digest, "cache_key": manifest.cache_key,
+                               "code_version": manifest.code_version, "config_hash": manifest.config_hash})
+        self.log_metrics(run_id, {f"count.{k}": v for k, v in manifest.counts.items()})
+        self.log_text(run_id, manifest.to_json(), f"manifests/{manifest.step}-{manifest.kind}.json")
+        self.log_manifest(run_id, manifest, context="output")
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_artifact(self, run_id: str, local_path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(local_path), artifact_path)

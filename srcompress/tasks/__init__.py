@@ -1,0 +1,1 @@
+"""One package per DAG step: plain functions that do the work, plus their Prefect task wrappers."""

@@ -1,0 +1,202 @@
+"""The ``degrade`` DAG step: HR sources → sharded LQ/HQ pairs in the artifact store + a ``pairs`` manifest.
+
+    srcompress run --config configs/tiny.yaml --workdir runs/tiny --until degrade
+
+Three Prefect tasks: ``degrade-scan`` (read, hash, validate, quarantine), ``degrade-shard`` (one per shard,
+fanned out on the flow's task runner) and ``degrade-finalize`` (index, report, manifest). The step is cached
+twice: the whole step by its cache key (config hash, source digests, code version), and each shard by its own
+key, so an interrupted or partially deleted run redoes only the missing shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import PurePosixPath
+
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict
+
+from srcompress.infra.config import canonical_hash
+from srcompress.infra.context import RunContext
+from srcompress.infra.manifest import Manifest, cache_key, code_version, digest_of_digests
+from srcompress.tasks.degrade.config import DegradeConfig
+from srcompress.tasks.degrade.shards import (
+    Quarantined,
+    SourceRecord,
+    ShardResult,
+    ShardSpec,
+    compute_shard,
+    plan_shards,
+    scan_one,
+)
+from srcompress.tasks.degrade.sources import DataConfig, list_sources
+
+STEP = "degrade"
+
+
+class ScanResult(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    accepted: list[SourceRecord]
+    quarantined: list[Quarantined]
+    duplicates: list[tuple[str, str]]  # (name, name of the identical file kept)
+
+    @property
+    def inputs_digest(self) -> str:
+        rows = [f"ok:{r.name}:{r.digest}" for r in self.accepted]
+        rows += [f"bad:{q.name}:{q.digest}:{q.reason}" for q in self.quarantined]
+        rows += [f"dup:{a}:{b}" for a, b in self.duplicates]
+        return digest_of_digests(sorted(rows))
+
+
+def step_code_version() -> str:
+    return code_version("srcompress.tasks.degrade", "srcompress.models.degradations")
+
+
+def step_config_hash(data_cfg: DataConfig, cfg: DegradeConfig) -> str:
+    # Where the files live is not part of the computation; their names and digests are (scan inputs).
+    return canonical_hash({"degrade": cfg.model_dump(mode="json"),
+                           "data": data_cfg.model_dump(mode="json", exclude={"source", "endpoint_url"})})
+
+
+def _set_threads(ctx: RunContext, workers: int) -> None:
+    n = ctx.torch_threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+@task(name="degrade-scan", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
+def scan_sources(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig) -> ScanResult:
+    """Read and hash every source file; quarantine what cannot be used (copied into the store, with a reason)."""
+    log = get_run_logger()
+    store = ctx.get_store()
+    refs = list_sources(data_cfg, ctx.store)
+    log.info("degrade-scan: %d candidate files in %s", len(refs), data_cfg.source)
+    accepted: dict[str, SourceRecord] = {}
+    quarantined, duplicates = [], []
+    for i, ref in enumerate(refs, 1):
+        rec, bad, data = scan_one(ref, data_cfg, ctx.store, cfg.crop_size)
+        if bad is not None:
+            copied = None
+            if data and len(data) <= data_cfg.copy_quarantined_mb * 2**20:
+                key = f"degrade/quarantine/{bad.digest}/{PurePosixPath(ref.name).name}"
+                copied = store.put_bytes(key, data).uri if not store.exists(key) else store.uri(key)
+            bad = bad.model_copy(update={"copied_to": copied})
+            quarantined.append(bad)
+            log.warning("degrade-scan: quarantined %s: %s", ref.name, bad.reason)
+        elif rec.digest in accepted:
+            duplicates.append((rec.name, accepted[rec.digest].name))
+            log.warning("degrade-scan: %s is identical to %s; using it once", rec.name, accepted[rec.digest].name)
+        else:
+            accepted[rec.digest] = rec
+        if i % 50 == 0:
+            log.info("degrade-scan: %d/%d files checked", i, len(refs))
+    if not accepted:
+        raise ValueError(f"no usable images in {data_cfg.source}: {len(quarantined)} quarantined "
+                         f"({'; '.join(q.name + ': ' + q.reason for q in quarantined[:5])})")
+    return ScanResult(accepted=sorted(accepted.values(), key=lambda r: r.name), quarantined=quarantined,
+                      duplicates=duplicates)
+
+
+@task(name="degrade-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
+      task_run_name="degrade-shard-{spec.index}")
+def degrade_shard(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, spec: ShardSpec, total: int,
+                  workers: int) -> ShardResult:
+    """Compute one shard unless an object with its cache key is already in the store."""
+    log = get_run_logger()
+    store = ctx.get_store()
+    info = store.stat(spec.object_key)
+    if info is not None:
+        log.info("degrade: shard %d/%d cached (%d pairs)", spec.index + 1, total, len(spec.items))
+        return ShardResult(index=spec.index, key=info.key, uri=info.uri, sha256=info.sha256,
+                           count=len(spec.items), computed=False)
+    _set_threads(ctx, workers)
+    t0 = time.perf_counter()
+    tmp = ctx.scratch("degrade") / f"{spec.cache_key}.{os.getpid()}.{time.monotonic_ns()}.safetensors"
+    try:
+        n = compute_shard(spec, data_cfg, cfg, ctx.store, tmp)
+        info = store.put_file(spec.object_key, tmp)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dt = time.perf_counter() - t0
+    log.info("degrade: shard %d/%d done: %d pairs in %.1fs (%.1f pairs/s)", spec.index + 1, total, n, dt, n / dt)
+    return ShardResult(index=spec.index, key=info.key, uri=info.uri, sha256=info.sha256, count=n, computed=True,
+                       seconds=dt)
+
+
+@task(name="degrade-finalize", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
+def finalize(ctx: RunContext, cfg: DegradeConfig, scan: ScanResult, shards: list[ShardResult], step_key: str,
+             config_hash: str, inputs: dict[str, str], code_ver: str, run_id: str | None) -> Manifest:
+    """Publish the shard index and the quarantine report; record the step manifest in the step cache."""
+    store = ctx.get_store()
+    shards = sorted(shards, key=lambda s: s.index)
+    lq_size = cfg.crop_size if cfg.final.resize_back != "none" else cfg.lq_size
+    index = {
+        "format": "srcompress.pairs-index.v1",
+        "shards": [{"key": s.key, "uri": s.uri, "sha256": s.sha256, "count": s.count} for s in shards],
+        "pairs": sum(s.count for s in shards), "scale": cfg.scale, "hq_size": cfg.crop_size, "lq_size": lq_size,
+        "conventions": {"preset": cfg.preset, "usm": cfg.usm.model_dump(), "final": cfg.final.model_dump()},
+    }
+    report = {"quarantined": [q.model_dump() for q in scan.quarantined],
+              "converted": [{"name": r.name, "conversions": r.conversions} for r in scan.accepted if r.conversions],
+              "duplicates": scan.duplicates}
+    idx = store.put_bytes(f"degrade/pairs/{step_key}.json", json.dumps(index, indent=1, sort_keys=True).encode())
+    rep = store.put_bytes(f"degrade/reports/{step_key}.quarantine.json", json.dumps(report, indent=1).encode())
+    manifest = Manifest(
+        kind="pairs", step=STEP, uri=idx.uri, digest=digest_of_digests(s.sha256 for s in shards),
+        config_hash=config_hash, inputs=inputs, code_version=code_ver, cache_key=step_key, run_id=run_id,
+        counts={"pairs": index["pairs"], "shards": len(shards), "sources": len(scan.accepted),
+                "quarantined": len(scan.quarantined), "converted": len(report["converted"]),
+                "duplicates": len(scan.duplicates)},
+        extra={"index_sha256": idx.sha256, "quarantine_report": rep.uri, "scale": cfg.scale,
+               "hq_size": cfg.crop_size, "lq_size": lq_size},
+    )
+    ctx.get_cache().put(manifest)
+    return manifest
+
+
+def _shards_present(ctx: RunContext, manifest: Manifest) -> bool:
+    store = ctx.get_store()
+    index = json.loads(store.get_bytes(store.key_from_uri(manifest.uri), manifest.extra.get("index_sha256")))
+    for sh in index["shards"]:
+        info = store.stat(sh["key"])
+        if info is None or info.sha256 != sh["sha256"]:
+            return False
+    return True
+
+
+def run_degrade(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, workers: int) -> Manifest:
+    """Step driver, called from the flow: scan → (step cache | fan out shards → finalize), in one nested run."""
+    tracker = ctx.get_tracker()
+    cache = ctx.get_cache()
+    t0 = time.perf_counter()
+    scan = scan_sources(ctx, data_cfg, cfg)
+    code_ver, config_hash = step_code_version(), step_config_hash(data_cfg, cfg)
+    inputs = {"sources": scan.inputs_digest}
+    step_key = cache_key(STEP, config_hash, inputs, code_ver)
+    params = {"degrade": cfg.model_dump(mode="json"), "data": data_cfg.model_dump(mode="json")}
+    hit = cache.get(STEP, step_key)
+    if hit is not None and not _shards_present(ctx, hit):
+        hit = None
+    with tracker.step_run(ctx.parent_run_id, STEP, params,
+                          tags={"cache_key": step_key, "cache_hit": hit is not None}) as run_id:
+        tracker.log_text(run_id, json.dumps(scan.model_dump(mode="json"), indent=1), "scan.json")
+        if hit is not None:
+            get_run_logger().info("degrade: cache hit %s (%d pairs); nothing to do", step_key[:12], hit.counts["pairs"])
+            tracker.set_tags(run_id, {"source_run_id": hit.run_id or ""})
+            tracker.log_manifest_output(run_id, hit)
+            return hit
+        shards = plan_shards(scan.accepted, cfg, lambda inp: cache_key("degrade_shard", config_hash, inp, code_ver))
+        futures = [degrade_shard.submit(ctx, data_cfg, cfg, s, len(shards), workers) for s in shards]
+        results = [f.result() for f in futures]
+        manifest = finalize(ctx, cfg, scan, results, step_key, config_hash, inputs, code_ver, run_id)
+        computed = [r for r in results if r.computed]
+        dt = time.perf_counter() - t0
+        tracker.log_metrics(run_id, {"shards_computed": len(computed), "shards_cached": len(results) - len(computed),
+                                     "seconds": dt, "pairs_per_s": sum(r.count for r in computed) / dt})
+        tracker.log_manifest_output(run_id, manifest)
+        return manifest

@@ -1,0 +1,113 @@
+"""Shared fixtures: real services on loopback, started once per session.
+
+- ``moto_server``: moto's ThreadedMotoServer, a real S3-speaking HTTP endpoint on 127.0.0.1.
+- ``mlflow_server``: a real ``mlflow server`` process (sqlite backend) proxying artifacts to that S3 server.
+- ``prefect_harness``: Prefect's test harness (temporary API server + sqlite), entered once (~11 s).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+# Prefect reads settings at import: point it at a throwaway home before anything imports it.
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="srcompress-tests-"))
+os.environ.setdefault("PREFECT_HOME", str(_SESSION_HOME / "prefect"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_UI_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+# Fake credentials for the loopback S3 server only.
+for key, value in {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-value",
+                   "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    os.environ[key] = value
+os.environ.pop("AWS_PROFILE", None)
+
+SECRET = os.environ["AWS_SECRET_ACCESS_KEY"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except Exception:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not come up in {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/moto-api/", 30)
+    yield url
+    server.stop()
+
+
+@pytest.fixture()
+def s3_bucket(moto_server):
+    """A fresh bucket on the loopback S3 server; returns (endpoint_url, bucket)."""
+    import boto3
+
+    bucket = f"b-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return moto_server, bucket
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(moto_server, tmp_path_factory):
+    """A real MLflow tracking server whose artifacts are proxied to the loopback S3 server."""
+    import boto3
+
+    bucket = "mlflow-artifacts"
+    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    env = dict(os.environ, MLFLOW_S3_ENDPOINT_URL=moto_server)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
+           f"s3://{bucket}/proxied", "--workers", "1"]
+    log = open(root / "server.log", "wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/health", 120)
+    except TimeoutError:
+        proc.kill()
+        raise RuntimeError((root / "server.log").read_text()[-3000:])
+    yield {"url": url, "bucket": bucket, "endpoint": moto_server}
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

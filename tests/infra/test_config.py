@@ -1,0 +1,102 @@
+"""Typed config: presets, overrides, hashing, strictness, redaction, and the `config show` command."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from srcompress.cli import app
+from srcompress.config import SrConfig, load_config
+from srcompress.infra.config import ConfigError, field_docs, redact
+from srcompress.tasks.degrade.config import DEGRADE_PRESETS, DegradeConfig
+
+
+def test_tiny_preset_loads_by_path_and_name():
+    a = load_config("configs/tiny.yaml")
+    b = load_config("tiny")
+    assert a == b and a.degrade.preset == "seesr" and a.degrade.crop_size == 128
+    assert a.config_hash() == b.config_hash() and len(a.config_hash()) == 64
+
+
+def test_unknown_key_is_rejected_naming_the_key(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("degrade:\n  crop_sise: 64\n")
+    with pytest.raises(ConfigError, match=r"degrade\.crop_sise: unknown key"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"degrade\.stage1\.nois_range"):
+        load_config(data={"degrade": {"stage1": {"nois_range": [1, 2]}}})
+
+
+@pytest.mark.parametrize("override, key", [
+    ("degrade.crop_size=-3", "degrade.crop_size"),
+    ("degrade.stage1.jpeg_range=[90, 30]", "degrade.stage1"),
+    ("degrade.kernel1.kernel_sizes=[8]", "degrade.kernel1"),
+    ("degrade.preset=nope", "degrade"),
+    ("run.max_workers=0", "run.max_workers"),
+    ("degrade.crop_size=130", "degrade"),  # not a multiple of scale 4
+])
+def test_bad_values_are_rejected_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny", [override])
+    assert key in str(err.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_extends_and_overrides(tmp_path):
+    p = tmp_path / "child.yaml"
+    p.write_text("extends: tiny\ndegrade:\n  crops_per_image: 2\n")
+    cfg = load_config(p, ["run.name=child", "degrade.stage2.noise_range=[1, 5]"])
+    assert cfg.degrade.crops_per_image == 2 and cfg.degrade.crop_size == 128 and cfg.run.name == "child"
+    # A partial stage-2 override keeps BasicSR's other stage-2 values (not the stage-1 defaults).
+    assert cfg.degrade.stage2.noise_range == (1, 5) and cfg.degrade.stage2.blur_prob == 0.8
+    assert cfg.degrade.stage2.resize_range == (0.3, 1.2)
+
+
+def test_presets_apply_their_parameters():
+    ss = DegradeConfig(preset="stablesr")
+    assert ss.stage1.noise_range == (1, 15) and ss.stage2.jpeg_range == (60, 100) and ss.kernel2.blur_sigma == (0.2, 1.0)
+    assert not ss.usm.enabled and ss.final.quantize
+    se = DegradeConfig(preset="seesr")
+    assert se.usm.enabled and se.usm.save_sharpened_gt and not se.final.quantize and se.final.resize_back == "bicubic"
+    od = DegradeConfig(preset="osediff")
+    assert not od.usm.enabled and od.final.resize_back == "random"
+    re = DegradeConfig(preset="realesrgan")
+    assert re.crop_size == 256 and re.stage1.resize_range == (0.15, 1.5) and re.stage2.poisson_scale_range == (0.05, 2.5)
+    assert set(DEGRADE_PRESETS) == {"realesrgan", "osediff", "seesr", "stablesr"}
+    # fields beside the preset win
+    assert DegradeConfig(preset="stablesr", crop_size=64).crop_size == 64
+
+
+def test_hash_changes_with_any_field_and_is_order_independent():
+    a = load_config(data={"degrade": {"seed": 1, "crop_size": 64}})
+    b = load_config(data={"degrade": {"crop_size": 64, "seed": 1}})
+    c = load_config(data={"degrade": {"crop_size": 64, "seed": 2}})
+    assert a.config_hash() == b.config_hash() != c.config_hash()
+    assert a.degrade.config_hash() != c.degrade.config_hash() and a.store.config_hash() == c.store.config_hash()
+
+
+def test_every_field_is_documented():
+    docs = field_docs(SrConfig)
+    missing = [k for k, v in docs.items() if not v]
+    assert not missing, f"fields without a description: {missing}"
+
+
+def test_redaction():
+    out = redact({"tracking": {"uri": "https://alice:s3cr3t@mlflow.example/x"}, "api_token": "abc", "n": 1})
+    assert "s3cr3t" not in str(out) and out["api_token"] == "***" and out["n"] == 1
+
+
+def test_config_show_cli():
+    res = CliRunner().invoke(app, ["config", "show", "--config", "configs/tiny.yaml", "--set", "degrade.seed=7"])
+    assert res.exit_code == 0, res.output
+    assert "seed: 7" in res.output and "# config hash:" in res.output
+    res = CliRunner().invoke(app, ["config", "show", "--config", "configs/tiny.yaml", "--set", "degrade.bogus=1"])
+    assert res.exit_code == 2 and "degrade.bogus: unknown key" in res.output
