@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from srcompress import __version__
-from srcompress.config import STEPS, SrConfig
+from srcompress.config import STEPS, SrConfig, load_config
 from srcompress.infra.config import redact
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import code_version
@@ -30,21 +30,31 @@ from srcompress.tasks.degrade.step import run_degrade
 def _open_parent_run(cfg: SrConfig, ctx: RunContext) -> str:
     from prefect.runtime import flow_run
 
+    ctx.get_store().check()  # fail fast, before any MLflow run is opened
     tracker = ctx.get_tracker()
     tags = {"config_hash": cfg.config_hash(), "code_version": code_version("srcompress"),
             "package_version": __version__, "prefect_flow_run_id": flow_run.get_id() or "",
             "host": socket.gethostname(), "store": ctx.get_store().root_uri, "kind": "pipeline"}
     run_id = tracker.start_pipeline_run(cfg.run.name, tags, cfg.model_dump(mode="json"))
-    tracker.log_text(run_id, yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False),
-                     "config/resolved.yaml")
+    try:
+        tracker.log_text(run_id, yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False),
+                         "config/resolved.yaml")
+    except BaseException:
+        tracker.end_run(run_id, "FAILED")
+        raise
     return run_id
 
 
 @flow(name="srcompress-compress", log_prints=True, validate_parameters=False)
-def compress(config: dict[str, Any], workdir: str, until: str | None = None) -> dict[str, Any]:
-    """Run the DAG up to and including ``until`` (default: every step). Returns the run summary."""
+def compress(config: dict[str, Any] | str, workdir: str, until: str | None = None,
+             overrides: list[str] | None = None) -> dict[str, Any]:
+    """Run the DAG up to and including ``until`` (default: every step). Returns the run summary.
+
+    ``config`` is a resolved config dict, or (for deployments, see prefect.yaml) a YAML path / preset name
+    with optional ``section.key=value`` overrides.
+    """
     log = get_run_logger()
-    cfg = SrConfig.model_validate(config)
+    cfg = SrConfig.model_validate(config) if isinstance(config, dict) else load_config(config, overrides)
     ctx = RunContext(workdir=str(Path(workdir).resolve()), store=cfg.store, tracking=cfg.tracking,
                      torch_threads=cfg.run.torch_threads)
     parent = _open_parent_run(cfg, ctx)

@@ -56,9 +56,7 @@ class Tracker:
 
         self.cfg = cfg
         self.uri = resolve_tracking_uri(cfg, workdir)
-        if s3_endpoint_url and not os.environ.get("MLFLOW_S3_ENDPOINT_URL"):
-            # MLflow's S3 artifact repository reads the endpoint from the environment only.
-            os.environ["MLFLOW_S3_ENDPOINT_URL"] = s3_endpoint_url
+        self.s3_endpoint_url = s3_endpoint_url
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_id = self._experiment(store_root_uri)
 
@@ -150,8 +148,16 @@ class Tracker:
         self.log_text(run_id, manifest.to_json(), f"manifests/{manifest.step}-{manifest.kind}.json")
         self.log_manifest(run_id, manifest, context="output")
 
+    def _artifact_env(self) -> None:
+        # MLflow's S3 artifact repository reads the endpoint from the environment only; set it to this
+        # tracker's store endpoint right before each artifact call.
+        if self.s3_endpoint_url:
+            os.environ["MLFLOW_S3_ENDPOINT_URL"] = self.s3_endpoint_url
+
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self._artifact_env()
         self.client.log_text(run_id, text, artifact_file)
 
     def log_artifact(self, run_id: str, local_path: str | Path, artifact_path: str | None = None) -> None:
+        self._artifact_env()
         self.client.log_artifact(run_id, str(local_path), artifact_path)

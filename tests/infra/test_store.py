@@ -148,3 +148,13 @@ def test_open_store_backends(tmp_path, s3_bucket):
 
     with pytest.raises(StoreError, match="unsupported scheme"):
         open_store(StoreConfig(uri="gs://bucket/x"), tmp_path)
+
+
+def test_check_fails_fast_for_unreachable_or_missing_stores(tmp_path, moto_server):
+    LocalStore(tmp_path / "ok").check()
+    dead = S3Store("s3://b/p", StoreConfig(endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=1,
+                                            connect_timeout_s=0.5))
+    with pytest.raises(StoreUnavailableError, match="unreachable"):
+        dead.check()
+    with pytest.raises(StoreUnavailableError, match="does not exist"):
+        S3Store("s3://missing-bucket-q/p", StoreConfig(endpoint_url=moto_server)).check()

@@ -142,6 +142,10 @@ class ArtifactStore(ABC):
     def uri(self, key: str) -> str:
         """Absolute URI of ``key`` (file://… or s3://…)."""
 
+    @abstractmethod
+    def check(self) -> None:
+        """Fail fast with ``StoreUnavailableError`` if the store cannot be reached or written."""
+
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
 

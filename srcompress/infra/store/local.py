@@ -62,6 +62,16 @@ class LocalStore(ArtifactStore):
         self.root.mkdir(parents=True, exist_ok=True)
         self.root_uri = self.root.as_uri()
 
+    def check(self) -> None:
+        from srcompress.infra.store.base import StoreUnavailableError
+
+        probe = self.root / META_DIR / ".probe"
+        try:
+            atomic_write_bytes(probe, b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise StoreUnavailableError(f"local store {self.root} is not writable: {exc}") from None
+
     # -- paths ---------------------------------------------------------------------------------------
     def _path(self, key: str) -> Path:
         key = normalize_key(key)

@@ -110,6 +110,8 @@ class S3Store(ArtifactStore):
             ) from None
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _NOT_FOUND and what == "head bucket":
+                raise StoreUnavailableError(f"bucket {self.bucket!r} does not exist at {self.endpoint}") from None
             if code in _NOT_FOUND:
                 raise ObjectNotFoundError(f"no object for {what} in {self.root_uri}") from None
             if code == "NoSuchBucket":
@@ -119,6 +121,9 @@ class S3Store(ArtifactStore):
             raise StoreError(f"S3 {what} failed at {self.endpoint}: {code}") from None
         except BotoCoreError as exc:
             raise StoreUnavailableError(f"S3 {what} failed at {self.endpoint}: {type(exc).__name__}") from None
+
+    def check(self) -> None:
+        self._call("head bucket", self.client.head_bucket, Bucket=self.bucket)
 
     # -- writes ----------------------------------------------------------------------------------------
     def _upload(self, key: str, fileobj, digest: str, size: int) -> ObjectInfo:
