@@ -1,0 +1,15 @@
+"""The README's first lines are exactly the two fresh-machine commands, and CI runs the second."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_starts_with_the_two_commands():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    run_cmd, test_cmd = lines[0].strip(), lines[1].strip()
+    assert "srcompress run --config configs/tiny.yaml" in run_cmd and "pip install" in run_cmd
+    assert "pytest" in test_cmd and "'.[test]'" in test_cmd
+    assert not lines[2].strip()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "sed -n '2p' README.md" in ci
