@@ -91,14 +91,16 @@ def test_bad_inputs_are_quarantined_and_nothing_is_lost(tmp_path):
     assert (folder / "truncated.jpg").exists()  # the source folder is never modified
 
 
-def test_s3_store_and_s3_source(tmp_path, s3_bucket):
+def test_s3_store_and_s3_source(tmp_path, s3_bucket, monkeypatch):
     endpoint, bucket = s3_bucket
+    # the store comes from the environment this time (config works too: see test_store.py)
+    monkeypatch.setenv("SRCOMPRESS_STORE_URI", f"s3://{bucket}/srcompress")
+    monkeypatch.setenv("SRCOMPRESS_S3_ENDPOINT_URL", endpoint)
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     for name, data in odd_files(96).items():
         if name in ("good.png", "good.jpg", "gray.png", "rgba.png", "notes.txt"):
             s3.put_object(Bucket=bucket, Key=f"datasets/hr/{name}", Body=data)
-    cfg = load_config("tiny", [f"store.uri=s3://{bucket}/srcompress", f"store.endpoint_url={endpoint}",
-                               f"data.source=s3://{bucket}/datasets/hr", "degrade.crop_size=64",
+    cfg = load_config("tiny", [f"data.source=s3://{bucket}/datasets/hr", "degrade.crop_size=64",
                                "degrade.shard_size=2"])
     first = run_pipeline(cfg, tmp_path / "w", until="degrade")
     m = first["steps"]["degrade"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from srcompress.infra.store.base import (
@@ -21,8 +22,8 @@ from srcompress.infra.store.local import LocalStore, atomic_write_bytes
 
 
 def open_store(cfg: StoreConfig, workdir: str | Path) -> ArtifactStore:
-    """The configured store; with no ``uri``, a local store under ``<workdir>/store``."""
-    uri = cfg.uri or str(Path(workdir) / "store")
+    """The configured store: ``store.uri``, else ``$SRCOMPRESS_STORE_URI``, else ``<workdir>/store`` on local disk."""
+    uri = cfg.uri or os.environ.get("SRCOMPRESS_STORE_URI") or str(Path(workdir) / "store")
     if uri.startswith("s3://"):
         from srcompress.infra.store.s3 import S3Store
 

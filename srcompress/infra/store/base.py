@@ -52,7 +52,7 @@ class InvalidKeyError(StoreError, ValueError):
 class StoreConfig(StrictModel):
     """Where artifacts live: a local directory (default) or an S3 prefix."""
 
-    uri: str | None = Field(None, description="file:///abs/dir, a plain directory, or s3://bucket/prefix; default <workdir>/store.")
+    uri: str | None = Field(None, description="file:///abs/dir, a directory, or s3://bucket/prefix; default $SRCOMPRESS_STORE_URI, else <workdir>/store.")
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto, …); default AWS. Env: SRCOMPRESS_S3_ENDPOINT_URL.")
     region: str | None = Field(None, description="S3 region; default from the AWS chain, else us-east-1.")
     profile: str | None = Field(None, description="AWS profile name (credentials always come from the standard AWS chain).")
