@@ -1,0 +1,73 @@
+"""SD-UNet one-step teacher (OSEDiff style): ε-prediction, one DDPM step at t = 999.
+
+OSEDiff (``cswry/OSEDiff``, ``osediff.py``): ``ε = UNet(z_L, 999, text)``, then ``DDPMScheduler.step`` with a
+one-step schedule, which returns ``z0 = (z_L − √(1−ᾱ_t) ε) / √ᾱ_t``. ``v_prediction`` schedulers (SD2.1-768)
+use ``z0 = √ᾱ_t z_L − √(1−ᾱ_t) v``. The prompt embedding is fixed (OSEDiff uses DAPE tags per image; a
+compression pipeline distils one fixed conditioning, as TinySR does).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from srcompress.models.teachers.base import LatentConvention, OneStepTeacher
+
+Tensor = torch.Tensor
+
+
+class UNetOneStepTeacher(OneStepTeacher):
+    kind = "unet"
+
+    def __init__(self, vae: nn.Module, unet: nn.Module, scheduler, prompt_embeds: Tensor,
+                 convention: LatentConvention, timestep: int = 999):
+        super().__init__(vae, unet, convention)
+        if prompt_embeds.dim() != 3 or prompt_embeds.shape[-1] != unet.config.cross_attention_dim:
+            raise ValueError(f"prompt_embeds {tuple(prompt_embeds.shape)} must be (1, L, "
+                             f"cross_attention_dim={unet.config.cross_attention_dim})")
+        self.register_buffer("prompt_embeds", prompt_embeds, persistent=False)
+        self.scheduler = scheduler
+        self.timestep = int(timestep)
+        alphas = scheduler.alphas_cumprod
+        if not 0 <= self.timestep < len(alphas):
+            raise ValueError(f"timestep {timestep} outside the scheduler's {len(alphas)} training steps")
+        self.alpha_bar = float(alphas[self.timestep])
+        self.prediction_type = scheduler.config.prediction_type
+
+    @property
+    def unet(self) -> nn.Module:
+        return self.backbone
+
+    def restore_latent(self, z_lq: Tensor) -> Tensor:
+        b = z_lq.shape[0]
+        out = self.backbone(z_lq, torch.full((b,), self.timestep, dtype=torch.long),
+                            encoder_hidden_states=self.prompt_embeds.expand(b, -1, -1)).sample
+        a, s = self.alpha_bar**0.5, (1 - self.alpha_bar) ** 0.5
+        if self.prediction_type == "epsilon":
+            return (z_lq - s * out) / a
+        if self.prediction_type == "v_prediction":
+            return a * z_lq - s * out
+        if self.prediction_type == "sample":
+            return out
+        raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+
+    def prunable_blocks(self) -> list[tuple[str, nn.Module]]:
+        """Resnet and attention units inside down / mid / up blocks, in execution order."""
+        out: list[tuple[str, nn.Module]] = []
+
+        def units(prefix: str, blk: nn.Module) -> None:
+            resnets = list(getattr(blk, "resnets", []))
+            attns = list(getattr(blk, "attentions", None) or [])
+            for j, r in enumerate(resnets):
+                out.append((f"{prefix}.resnets.{j}", r))
+                # mid block: resnet0, attn0, resnet1 — attention j follows resnet j (and j+1 for mid)
+                if j < len(attns):
+                    out.append((f"{prefix}.attentions.{j}", attns[j]))
+
+        for i, blk in enumerate(self.backbone.down_blocks):
+            units(f"down_blocks.{i}", blk)
+        if self.backbone.mid_block is not None:
+            units("mid_block", self.backbone.mid_block)
+        for i, blk in enumerate(self.backbone.up_blocks):
+            units(f"up_blocks.{i}", blk)
+        return out
