@@ -3,7 +3,7 @@
     srcompress config show --config configs/tiny.yaml
 
 Sections: ``run`` (naming, parallelism), ``store`` (artifact store), ``tracking`` (MLflow), ``data`` (HR
-sources), ``degrade`` (Real-ESRGAN pairs). Later steps add theirs. Each section's hash is its step-config
+sources), ``degrade`` (Real-ESRGAN pairs), ``teacher`` (bootstrap or import), ``encode`` (Ray latents). Each section's hash is its step-config
 hash; the whole config's hash identifies the run's settings.
 """
 
@@ -19,8 +19,10 @@ from srcompress.infra.store import StoreConfig
 from srcompress.infra.tracking import TrackingConfig
 from srcompress.tasks.degrade.config import DegradeConfig
 from srcompress.tasks.degrade.sources import DataConfig
+from srcompress.tasks.encode.config import EncodeConfig
+from srcompress.tasks.teacher.config import TeacherConfig
 
-STEPS = ("degrade",)  # DAG order; later issues append bootstrap_teacher, encode_latents, …
+STEPS = ("degrade", "bootstrap_teacher", "encode_latents")  # DAG order; later issues append theirs
 
 
 class RunConfig(StrictModel):
@@ -39,6 +41,8 @@ class SrConfig(StrictModel):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking.")
     data: DataConfig = Field(default_factory=DataConfig, description="HR image source.")
     degrade: DegradeConfig = Field(default_factory=DegradeConfig, description="Degradation step.")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Teacher (bootstrap or import).")
+    encode: EncodeConfig = Field(default_factory=EncodeConfig, description="Latent pre-encoding on Ray.")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -25,6 +25,8 @@ from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import code_version
 from srcompress.infra.store import atomic_write_bytes
 from srcompress.tasks.degrade.step import run_degrade
+from srcompress.tasks.encode.step import run_encode
+from srcompress.tasks.teacher.step import run_teacher
 
 
 def _open_parent_run(cfg: SrConfig, ctx: RunContext) -> str:
@@ -66,9 +68,15 @@ def compress(config: dict[str, Any] | str, workdir: str, until: str | None = Non
     manifests: dict[str, Any] = {}
     try:
         manifests["degrade"] = run_degrade(ctx, cfg.data, cfg.degrade, cfg.run.max_workers)
-        # next: bootstrap_teacher → encode_latents → analyse_redundancy → search_pruning → distill → evaluate,
-        # each guarded by `if last >= STEPS.index("<step>")`.
-        del last
+        if cfg.data.held_out:  # evaluation images, degraded the same way, never trained on
+            manifests["degrade_holdout"] = run_degrade(ctx, cfg.data, cfg.degrade, cfg.run.max_workers, "holdout")
+        if last >= STEPS.index("bootstrap_teacher"):
+            manifests["bootstrap_teacher"] = run_teacher(ctx, cfg.teacher, manifests["degrade"],
+                                                         manifests.get("degrade_holdout"))
+        if last >= STEPS.index("encode_latents"):
+            manifests["encode_latents"] = run_encode(ctx, cfg.encode, cfg.teacher, manifests["degrade"],
+                                                     manifests["bootstrap_teacher"])
+        # next: analyse_redundancy → search_pruning → distill → evaluate → register
     except BaseException:
         tracker.end_run(parent, "FAILED")
         raise

@@ -28,12 +28,12 @@ def tiny_vae(latent_channels: int = 16, block_out_channels: tuple[int, ...] = (1
 def tiny_sd3_teacher(seed: int = 0, num_layers: int = 4, latent_channels: int = 16, head_dim: int = 16,
                      heads: int = 4, text_dim: int = 32, pooled_dim: int = 32, prompt_len: int = 8,
                      vae_channels: tuple[int, ...] = (16, 32, 32), latent_mode: str = "mean",
-                     scaling_factor: float = 1.0) -> SD3OneStepTeacher:
+                     scaling_factor: float = 1.0, vae_norm_groups: int = 8) -> SD3OneStepTeacher:
     from diffusers import SD3Transformer2DModel
 
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    vae = tiny_vae(latent_channels, vae_channels, scaling_factor=scaling_factor)
+    vae = tiny_vae(latent_channels, vae_channels, norm_groups=vae_norm_groups, scaling_factor=scaling_factor)
     tr = SD3Transformer2DModel(sample_size=32, patch_size=2, in_channels=latent_channels, num_layers=num_layers,
                                attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=text_dim,
                                caption_projection_dim=head_dim * heads, pooled_projection_dim=pooled_dim,

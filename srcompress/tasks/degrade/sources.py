@@ -84,8 +84,11 @@ def bundled_files(sets: list[str]) -> list[tuple[str, Path]]:
     return out
 
 
-def list_sources(cfg: DataConfig, store_cfg: StoreConfig) -> list[SourceRef]:
-    """Every candidate file of the source, sorted by name. Hidden files (.*) are skipped."""
+def list_sources(cfg: DataConfig, store_cfg: StoreConfig, split: str = "train") -> list[SourceRef]:
+    """Candidate files of the source, sorted by name; hidden files (.*) are skipped.
+
+    ``split="train"`` excludes ``data.held_out``; ``split="holdout"`` returns only those files.
+    """
     if cfg.source == "bundled":
         refs = [SourceRef(n, "file", str(p), p.stat().st_size) for n, p in bundled_files(list(cfg.bundled_sets))]
     elif cfg.source.startswith("s3://"):
@@ -104,6 +107,10 @@ def list_sources(cfg: DataConfig, store_cfg: StoreConfig) -> list[SourceRef]:
     unknown = held - {r.name for r in refs}
     if unknown:
         raise ValueError(f"data.held_out names not found in the source: {sorted(unknown)}")
+    if split == "holdout":
+        return [r for r in refs if r.name in held]
+    if split != "train":
+        raise ValueError(f"unknown split {split!r} (train | holdout)")
     refs = [r for r in refs if r.name not in held]
     return refs[: cfg.max_images] if cfg.max_images else refs
 

@@ -57,9 +57,9 @@ def step_code_version() -> str:
     return code_version("srcompress.tasks.degrade", "srcompress.models.degradations")
 
 
-def step_config_hash(data_cfg: DataConfig, cfg: DegradeConfig) -> str:
+def step_config_hash(data_cfg: DataConfig, cfg: DegradeConfig, split: str = "train") -> str:
     # Where the files live is not part of the computation; their names and digests are (scan inputs).
-    return canonical_hash({"degrade": cfg.model_dump(mode="json"),
+    return canonical_hash({"degrade": cfg.model_dump(mode="json"), "split": split,
                            "data": data_cfg.model_dump(mode="json", exclude={"source", "endpoint_url"})})
 
 
@@ -70,11 +70,11 @@ def _set_threads(ctx: RunContext, workers: int) -> None:
 
 
 @task(name="degrade-scan", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
-def scan_sources(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig) -> ScanResult:
+def scan_sources(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, split: str = "train") -> ScanResult:
     """Read and hash every source file; quarantine what cannot be used (copied into the store, with a reason)."""
     log = get_run_logger()
     store = ctx.get_store()
-    refs = list_sources(data_cfg, ctx.store)
+    refs = list_sources(data_cfg, ctx.store, split)
     log.info("degrade-scan: %d candidate files in %s", len(refs), data_cfg.source)
     accepted: dict[str, SourceRecord] = {}
     quarantined, duplicates = [], []
@@ -130,7 +130,8 @@ def degrade_shard(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, spe
 
 @task(name="degrade-finalize", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
 def finalize(ctx: RunContext, cfg: DegradeConfig, scan: ScanResult, shards: list[ShardResult], step_key: str,
-             config_hash: str, inputs: dict[str, str], code_ver: str, run_id: str | None) -> Manifest:
+             config_hash: str, inputs: dict[str, str], code_ver: str, run_id: str | None,
+             split: str = "train") -> Manifest:
     """Publish the shard index and the quarantine report; record the step manifest in the step cache."""
     store = ctx.get_store()
     shards = sorted(shards, key=lambda s: s.index)
@@ -153,7 +154,7 @@ def finalize(ctx: RunContext, cfg: DegradeConfig, scan: ScanResult, shards: list
                 "quarantined": len(scan.quarantined), "converted": len(report["converted"]),
                 "duplicates": len(scan.duplicates)},
         extra={"index_sha256": idx.sha256, "quarantine_report": rep.uri, "scale": cfg.scale,
-               "hq_size": cfg.crop_size, "lq_size": lq_size},
+               "hq_size": cfg.crop_size, "lq_size": lq_size, "split": split},
     )
     ctx.get_cache().put(manifest)
     return manifest
@@ -169,21 +170,26 @@ def _shards_present(ctx: RunContext, manifest: Manifest) -> bool:
     return True
 
 
-def run_degrade(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, workers: int) -> Manifest:
-    """Step driver, called from the flow: scan → (step cache | fan out shards → finalize), in one nested run."""
+def run_degrade(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, workers: int,
+                split: str = "train") -> Manifest:
+    """Step driver, called from the flow: scan → (step cache | fan out shards → finalize), in one nested run.
+
+    ``split="holdout"`` degrades only ``data.held_out`` (evaluation images never used for training).
+    """
     tracker = ctx.get_tracker()
     cache = ctx.get_cache()
     t0 = time.perf_counter()
-    scan = scan_sources(ctx, data_cfg, cfg)
-    code_ver, config_hash = step_code_version(), step_config_hash(data_cfg, cfg)
+    scan = scan_sources(ctx, data_cfg, cfg, split)
+    code_ver, config_hash = step_code_version(), step_config_hash(data_cfg, cfg, split)
     inputs = {"sources": scan.inputs_digest}
     step_key = cache_key(STEP, config_hash, inputs, code_ver)
-    params = {"degrade": cfg.model_dump(mode="json"), "data": data_cfg.model_dump(mode="json")}
+    params = {"degrade": cfg.model_dump(mode="json"), "data": data_cfg.model_dump(mode="json"), "split": split}
     hit = cache.get(STEP, step_key)
     if hit is not None and not _shards_present(ctx, hit):
         hit = None
-    with tracker.step_run(ctx.parent_run_id, STEP, params,
-                          tags={"cache_key": step_key, "cache_hit": hit is not None}) as run_id:
+    run_name = STEP if split == "train" else f"{STEP}-{split}"
+    with tracker.step_run(ctx.parent_run_id, run_name, params,
+                          tags={"cache_key": step_key, "cache_hit": hit is not None, "split": split}) as run_id:
         tracker.log_text(run_id, json.dumps(scan.model_dump(mode="json"), indent=1), "scan.json")
         if hit is not None:
             get_run_logger().info("degrade: cache hit %s (%d pairs); nothing to do", step_key[:12], hit.counts["pairs"])
@@ -193,7 +199,7 @@ def run_degrade(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, worke
         shards = plan_shards(scan.accepted, cfg, lambda inp: cache_key("degrade_shard", config_hash, inp, code_ver))
         futures = [degrade_shard.submit(ctx, data_cfg, cfg, s, len(shards), workers) for s in shards]
         results = [f.result() for f in futures]
-        manifest = finalize(ctx, cfg, scan, results, step_key, config_hash, inputs, code_ver, run_id)
+        manifest = finalize(ctx, cfg, scan, results, step_key, config_hash, inputs, code_ver, run_id, split)
         computed = [r for r in results if r.computed]
         dt = time.perf_counter() - t0
         tracker.log_metrics(run_id, {"shards_computed": len(computed), "shards_cached": len(results) - len(computed),

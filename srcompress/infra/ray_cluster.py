@@ -1,0 +1,36 @@
+"""Ray cluster access: join a configured cluster, or start a local one for the duration of a step.
+
+On this class of machine: the dashboard is off (it costs seconds and a port), token auth is disabled for
+loopback clusters (``RAY_AUTH_MODE=disabled``, ARCHITECTURE.md §7), and a cluster we started is shut down
+when the step ends so its cores go back to the rest of the flow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[str]:
+    """Yield a short description of the cluster; start a local one when ``address`` is None."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    started = False
+    if not ray.is_initialized():
+        kwargs = dict(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
+                      configure_logging=False)
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus, **kwargs)
+        started = True
+    try:
+        res = ray.cluster_resources()
+        yield f"{address or 'local'} ({int(res.get('CPU', 0))} CPUs, {len(ray.nodes())} node(s))"
+    finally:
+        if started:
+            ray.shutdown()

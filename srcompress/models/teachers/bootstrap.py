@@ -1,0 +1,142 @@
+"""Train the tiny SD3-style one-step teacher of the embedded default, on degraded pairs, on a CPU.
+
+Two phases, each with a one-cycle schedule:
+
+1. **VAE** (``AutoencoderKL``): L1 reconstruction + a tiny KL on random crops of LQ and HQ images. The latent
+   scaling factor is then set as SD does: 1 / std of the HQ latents.
+2. **One-step restorer** (``SD3Transformer2DModel``, t = 1000, fixed prompt embedding): ``z0 = z_L − v``.
+   Loss = ``latent_weight · MSE(v, z_L − z_H)`` (the rectified-flow target at σ = 1) + ``pixel_weight ·
+   L1(decode(z_L − v), HQ)``; optionally the decoder is fine-tuned too, with an HQ reconstruction term so
+   that decode(z_H) stays faithful. ``proj_out`` starts at zero, so training starts from the identity map
+   (teacher = VAE round trip of the LQ).
+
+Pairs are used whole (no sub-crops in phase 2): SD3's positional embedding is centre-cropped by input size,
+so training and inference must see the same latent size (the reason TSD-SR/TinySR tile at 64 latents).
+
+    teacher, stats = train_tiny_teacher(lq, hq, cfg, log=print)   # lq already at HQ size, both in [0, 1]
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Callable
+
+import torch
+import torch.nn.functional as F
+
+from srcompress.models.teachers.base import LatentConvention
+from srcompress.models.teachers.sd3 import SD3OneStepTeacher
+from srcompress.models.teachers.tiny import tiny_sd3_teacher
+
+if TYPE_CHECKING:
+    from srcompress.tasks.teacher.config import BootstrapConfig
+
+Tensor = torch.Tensor
+
+
+def _augment(x: Tensor, y: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The same random flip / 90° rotation on both members of each pair (dihedral augmentation)."""
+    k = int(torch.randint(0, 4, (1,), generator=g))
+    if torch.rand(1, generator=g).item() < 0.5:
+        x, y = x.flip(-1), y.flip(-1)
+    return x.rot90(k, (-2, -1)), y.rot90(k, (-2, -1))
+
+
+def _one_cycle(opt: torch.optim.Optimizer, lr: float, steps: int):
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+
+
+def train_vae(teacher: SD3OneStepTeacher, images: Tensor, cfg: "BootstrapConfig", g: torch.Generator,
+              log: Callable[[str], None]) -> list[float]:
+    vae = teacher.vae
+    vae.train().requires_grad_(True)
+    opt = torch.optim.Adam(vae.parameters(), cfg.vae_lr, betas=(0.9, 0.99))
+    sched = _one_cycle(opt, cfg.vae_lr, cfg.vae_steps)
+    crop, n, size = cfg.vae_crop, len(images), images.shape[-1]
+    losses = []
+    for step in range(cfg.vae_steps):
+        idx = torch.randint(0, n, (cfg.batch_size,), generator=g)
+        i, j = (int(v) for v in torch.randint(0, size - crop + 1, (2,), generator=g))
+        x = images[idx, :, i : i + crop, j : j + crop] * 2 - 1
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.mean).sample
+        loss = (rec - x).abs().mean() + cfg.kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if (step + 1) % max(1, cfg.vae_steps // 5) == 0:
+            log(f"bootstrap vae {step + 1}/{cfg.vae_steps}: L1 {sum(losses[-50:]) / len(losses[-50:]):.4f}")
+    vae.eval().requires_grad_(False)
+    return losses
+
+
+@torch.no_grad()
+def set_scaling_factor(teacher: SD3OneStepTeacher, hq: Tensor, batch: int = 16) -> float:
+    """SD convention: scale latents to unit variance (scaling_factor = 1 / std of the data's latents)."""
+    z = torch.cat([teacher.vae.encode(hq[i : i + batch] * 2 - 1).latent_dist.mean for i in range(0, len(hq), batch)])
+    sf = float(1.0 / z.std().clamp_min(1e-6))
+    teacher.vae.register_to_config(scaling_factor=sf)
+    teacher.convention = LatentConvention(sf, 0.0, teacher.convention.mode)
+    return sf
+
+
+def train_restorer(teacher: SD3OneStepTeacher, lq: Tensor, hq: Tensor, cfg: "BootstrapConfig", g: torch.Generator,
+                   log: Callable[[str], None]) -> list[float]:
+    tr, dec = teacher.backbone, teacher.vae.decoder
+    torch.nn.init.zeros_(tr.proj_out.weight)
+    torch.nn.init.zeros_(tr.proj_out.bias)
+    params = list(tr.parameters())
+    tr.train().requires_grad_(True)
+    if cfg.finetune_decoder:
+        for mod in (teacher.vae.decoder, teacher.vae.post_quant_conv):
+            mod.train().requires_grad_(True)
+            params += list(mod.parameters())
+    opt = torch.optim.AdamW(params, cfg.restorer_lr, weight_decay=0.0)
+    sched = _one_cycle(opt, cfg.restorer_lr, cfg.restorer_steps)
+    losses = []
+    for step in range(cfg.restorer_steps):
+        idx = torch.randint(0, len(lq), (cfg.batch_size,), generator=g)
+        x, y = _augment(lq[idx], hq[idx], g)
+        with torch.no_grad():
+            z_l, z_h = teacher.encode(x), teacher.encode(y)
+        v = teacher.velocity(z_l)
+        loss = cfg.latent_weight * F.mse_loss(v, z_l - z_h)
+        if cfg.pixel_weight > 0:
+            loss = loss + cfg.pixel_weight * (teacher.decode(z_l - v) - y).abs().mean()
+        if cfg.finetune_decoder:
+            loss = loss + (teacher.decode(z_h) - y).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if (step + 1) % max(1, cfg.restorer_steps // 5) == 0:
+            log(f"bootstrap restorer {step + 1}/{cfg.restorer_steps}: loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
+    del dec
+    teacher.eval().requires_grad_(False)
+    return losses
+
+
+def train_tiny_teacher(lq: Tensor, hq: Tensor, cfg: "BootstrapConfig",
+                       log: Callable[[str], None] = print) -> tuple[SD3OneStepTeacher, dict]:
+    """Build and train the tiny teacher. ``lq`` is already at HQ size; both (N, 3, H, W) in [0, 1]."""
+    if lq.shape != hq.shape:
+        raise ValueError(f"LQ {tuple(lq.shape)} must be brought to the HQ size {tuple(hq.shape)} first")
+    g = torch.Generator().manual_seed(cfg.seed)
+    teacher = tiny_sd3_teacher(seed=cfg.seed, num_layers=cfg.num_layers, latent_channels=cfg.latent_channels,
+                               head_dim=cfg.head_dim, heads=cfg.heads, text_dim=cfg.text_dim,
+                               pooled_dim=cfg.pooled_dim, prompt_len=cfg.prompt_len,
+                               vae_channels=tuple(cfg.vae_channels), vae_norm_groups=cfg.vae_norm_groups)
+    t0 = time.perf_counter()
+    vae_losses = train_vae(teacher, torch.cat([lq, hq]), cfg, g, log)
+    t_vae = time.perf_counter() - t0
+    sf = set_scaling_factor(teacher, hq)
+    rest_losses = train_restorer(teacher, lq, hq, cfg, g, log)
+    total = time.perf_counter() - t0
+    stats = {"seconds_vae": t_vae, "seconds_restorer": total - t_vae, "seconds_total": total, "scaling_factor": sf,
+             "vae_loss_final": sum(vae_losses[-50:]) / max(1, len(vae_losses[-50:])),
+             "restorer_loss_final": sum(rest_losses[-50:]) / max(1, len(rest_losses[-50:])),
+             "train_pairs": len(lq)}
+    return teacher, stats

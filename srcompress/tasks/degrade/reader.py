@@ -1,0 +1,57 @@
+"""Read the pairs a ``degrade`` manifest points at, shard by shard (never the whole set at once)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from safetensors.torch import load
+
+from srcompress.infra.manifest import Manifest
+from srcompress.infra.store import ArtifactStore
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    index: int
+    key: str
+    sha256: str
+    count: int
+
+
+def shard_refs(store: ArtifactStore, manifest: Manifest) -> list[ShardRef]:
+    if manifest.kind != "pairs":
+        raise ValueError(f"expected a pairs manifest, got {manifest.kind!r}")
+    index = json.loads(store.get_bytes(store.key_from_uri(manifest.uri), manifest.extra.get("index_sha256")))
+    return [ShardRef(i, s["key"], s["sha256"], s["count"]) for i, s in enumerate(index["shards"])]
+
+
+def read_shard(store: ArtifactStore, ref: ShardRef) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    """(lq uint8 (N,3,h,w), hq uint8 (N,3,H,W), per-pair metadata); the digest is verified on read."""
+    raw = store.get_bytes(ref.key, expected_sha256=ref.sha256)
+    tensors = load(raw)
+    meta = json.loads(_header_metadata(raw)["srcompress"])
+    return tensors["lq"], tensors["hq"], meta["pairs"]
+
+
+def _header_metadata(raw: bytes) -> dict:
+    # safetensors layout: u64 little-endian header length, then the JSON header (with __metadata__).
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8 : 8 + n]).get("__metadata__", {})
+
+
+def iter_pairs(store: ArtifactStore, manifest: Manifest) -> Iterator[tuple[ShardRef, torch.Tensor, torch.Tensor, list[dict]]]:
+    for ref in shard_refs(store, manifest):
+        lq, hq, meta = read_shard(store, ref)
+        yield ref, lq, hq, meta
+
+
+def load_all_pairs(store: ArtifactStore, manifest: Manifest) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every pair as float [0, 1] tensors — only for small sets (the tiny bootstrap)."""
+    lqs, hqs = [], []
+    for _, lq, hq, _ in iter_pairs(store, manifest):
+        lqs.append(lq)
+        hqs.append(hq)
+    return torch.cat(lqs).float() / 255, torch.cat(hqs).float() / 255

@@ -1,0 +1,105 @@
+"""The ``encode_latents`` DAG step: a Ray Data actor pool streams pairs shards through the VAE and the teacher.
+
+    srcompress run --config configs/tiny.yaml --until encode_latents
+    srcompress run --config my.yaml --set encode.ray_address=10.0.0.5:6379 --set encode.num_actors=8
+
+The Prefect task is the Ray driver (reference/pipeline.md §1.5): it starts or joins a Ray cluster, feeds one
+row per pairs shard (references only, never tensors) to ``EncoderActor``s, and collects one small row per
+latent shard. Finished shards are content-addressed in the store, so a rerun or a resumed run skips them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from srcompress.infra.config import canonical_hash
+from srcompress.infra.context import RunContext
+from srcompress.infra.manifest import Manifest, cache_key, code_version, digest_of_digests
+from srcompress.infra.ray_cluster import ray_session
+from srcompress.tasks.degrade.reader import shard_refs
+from srcompress.tasks.encode.config import EncodeConfig
+from srcompress.tasks.encode.worker import EncoderActor
+from srcompress.tasks.teacher.config import TeacherConfig
+
+STEP = "encode_latents"
+
+
+def step_code_version() -> str:
+    return code_version("srcompress.tasks.encode", "srcompress.models.teachers", "srcompress.models.metrics")
+
+
+@task(name="encode-latents", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def encode_on_ray(ctx: RunContext, cfg: EncodeConfig, teacher_cfg: TeacherConfig, pairs: Manifest,
+                  teacher: Manifest, code_ver: str) -> list[dict]:
+    """Run the actor pool over every pairs shard; returns one small row per latent shard, in shard order."""
+    import ray
+
+    log = get_run_logger()
+    refs = shard_refs(ctx.get_store(), pairs)
+    with ray_session(cfg.ray_address, num_cpus=None if cfg.ray_address else os.cpu_count()) as info:
+        log.info("encode_latents: %d shards on Ray %s with %d actor(s)", len(refs), info, cfg.num_actors)
+        ds = ray.data.from_items([{"index": r.index, "key": r.key, "sha256": r.sha256, "count": r.count} for r in refs],
+                                 override_num_blocks=max(1, len(refs)))
+        ds = ds.map_batches(
+            EncoderActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+            num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
+            fn_constructor_kwargs={"ctx_json": ctx.model_dump_json(), "teacher_manifest_json": teacher.to_json(),
+                                   "teacher_cfg_json": teacher_cfg.model_dump_json(),
+                                   "cfg_json": cfg.model_dump_json(), "code_ver": code_ver})
+        rows = []
+        for row in ds.iter_rows():  # streamed: rows are tiny, latents stay in the store
+            rows.append({k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
+            log.info("encode_latents: shard %d/%d %s (%.1fs)", len(rows), len(refs),
+                     "done" if rows[-1]["computed"] else "cached", rows[-1]["seconds"])
+    return sorted(rows, key=lambda r: r["index"])
+
+
+def run_encode(ctx: RunContext, cfg: EncodeConfig, teacher_cfg: TeacherConfig, pairs: Manifest,
+               teacher: Manifest) -> Manifest:
+    """Step driver: step cache → Ray actor pool → latent index + manifest, in one nested MLflow run."""
+    tracker, cache, store = ctx.get_tracker(), ctx.get_cache(), ctx.get_store()
+    code_ver = step_code_version()
+    config_hash = canonical_hash({"encode": cfg.model_dump(mode="json", exclude={"ray_address", "num_actors",
+                                                                                  "cpus_per_actor", "gpus_per_actor"})})
+    inputs = {"pairs": pairs.digest, "teacher": teacher.digest}
+    key = cache_key(STEP, config_hash, inputs, code_ver)
+    hit = cache.get(STEP, key)
+    if hit is not None:
+        index = json.loads(store.get_bytes(store.key_from_uri(hit.uri), hit.extra.get("index_sha256")))
+        if any((store.stat(s["key"]) or None) is None for s in index["shards"]):
+            hit = None
+    t0 = time.perf_counter()
+    with tracker.step_run(ctx.parent_run_id, STEP, {"encode": cfg.model_dump(mode="json")},
+                          tags={"cache_key": key, "cache_hit": hit is not None}) as run_id:
+        tracker.log_manifest(run_id, pairs, context="input")
+        tracker.log_manifest(run_id, teacher, context="model")
+        if hit is not None:
+            get_run_logger().info("encode_latents: cache hit %s; nothing to do", key[:12])
+            tracker.set_tags(run_id, {"source_run_id": hit.run_id or ""})
+            tracker.log_manifest_output(run_id, hit)
+            return hit
+        rows = encode_on_ray(ctx, cfg, teacher_cfg, pairs, teacher, code_ver)
+        conv = teacher.extra.get("convention", {})
+        index = {"format": "srcompress.latents-index.v1", "pairs_digest": pairs.digest, "teacher_digest": teacher.digest,
+                 "convention": conv, "dtype": cfg.dtype, "seed": cfg.seed, "lq_upsample": teacher_cfg.lq_upsample,
+                 "shards": [{"key": r["key"], "sha256": r["sha256"], "count": r["count"]} for r in rows]}
+        idx = store.put_bytes(f"encode/latents/{key}.json", json.dumps(index, indent=1, sort_keys=True).encode())
+        manifest = Manifest(
+            kind="latents", step=STEP, uri=idx.uri, digest=digest_of_digests(r["sha256"] for r in rows),
+            config_hash=config_hash, inputs=inputs, code_version=code_ver, cache_key=key, run_id=run_id,
+            counts={"latents": sum(r["count"] for r in rows), "shards": len(rows)},
+            extra={"index_sha256": idx.sha256, "convention": conv, "dtype": cfg.dtype, "seed": cfg.seed,
+                   "teacher_output": cfg.teacher_output, "lq_upsample": teacher_cfg.lq_upsample},
+        )
+        cache.put(manifest)
+        computed = [r for r in rows if r["computed"]]
+        dt = time.perf_counter() - t0
+        tracker.log_metrics(run_id, {"shards_computed": len(computed), "shards_cached": len(rows) - len(computed),
+                                     "seconds": dt, "latents_per_s": sum(r["count"] for r in computed) / dt})
+        tracker.log_manifest_output(run_id, manifest)
+        return manifest

@@ -1,0 +1,136 @@
+"""The ``bootstrap_teacher`` DAG step: produce the ``teacher`` manifest every later step loads the teacher from.
+
+    srcompress run --config configs/tiny.yaml --until bootstrap_teacher
+
+- ``teacher.source: bootstrap`` (embedded default): train the tiny SD3-style teacher on the train pairs,
+  publish its diffusers folder to the store, and measure it against bicubic on the held-out pairs.
+- a local folder: hash it and record it (no copy); a store URI of a published teacher index: verify and record.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from srcompress.infra.context import RunContext
+from srcompress.infra.manifest import Manifest, cache_key, code_version
+from srcompress.infra.store import ArtifactStore
+from srcompress.models.metrics import bicubic_to, psnr_y
+from srcompress.models.teachers import OneStepTeacher, load_teacher, save_teacher
+from srcompress.models.teachers.bootstrap import train_tiny_teacher
+from srcompress.tasks.degrade.reader import iter_pairs, load_all_pairs
+from srcompress.tasks.teacher.config import TeacherConfig
+from srcompress.tasks.teacher.publish import folder_digest, local_folder_of, publish_folder
+
+STEP = "bootstrap_teacher"
+
+
+def step_code_version() -> str:
+    return code_version("srcompress.tasks.teacher", "srcompress.models.teachers", "srcompress.models.metrics")
+
+
+@torch.no_grad()
+def psnr_vs_bicubic(teacher: OneStepTeacher, store: ArtifactStore, pairs: Manifest, batch: int = 8) -> dict[str, float]:
+    """Mean PSNR-Y (BT.601, crop 0) of the teacher and of bicubic upsampling, over a pairs manifest."""
+    ours, bic, n = 0.0, 0.0, 0
+    for _, lq, hq, _ in iter_pairs(store, pairs):
+        hq_f = hq.float() / 255
+        up = bicubic_to(lq.float() / 255, hq.shape[-2:])
+        for i in range(0, len(hq_f), batch):
+            sr = teacher(up[i : i + batch])
+            ours += psnr_y(sr, hq_f[i : i + batch]).sum().item()
+            bic += psnr_y(up[i : i + batch], hq_f[i : i + batch]).sum().item()
+            n += len(sr)
+    return {"psnr_y_teacher": ours / n, "psnr_y_bicubic": bic / n, "eval_pairs": float(n)}
+
+
+@task(name="bootstrap-teacher", cache_policy=NO_CACHE, retries=0)
+def bootstrap(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest, holdout: Manifest | None, key: str,
+              config_hash: str, code_ver: str, run_id: str) -> Manifest:
+    log = get_run_logger()
+    store, tracker = ctx.get_store(), ctx.get_tracker()
+    bc = cfg.bootstrap
+    lq, hq = load_all_pairs(store, pairs)
+    lq = bicubic_to(lq, hq.shape[-2:])  # teacher input convention: LQ at HQ size (sr_bicubic)
+    log.info("bootstrap_teacher: training on %d pairs (%dpx), budget %.0fs", len(lq), hq.shape[-1], bc.max_seconds)
+    teacher, stats = train_tiny_teacher(lq, hq, bc, log=log.info)
+    if stats["seconds_total"] > bc.max_seconds:
+        log.warning("bootstrap_teacher: took %.0fs, over the %.0fs budget", stats["seconds_total"], bc.max_seconds)
+    folder = save_teacher(teacher, ctx.scratch("teachers", key[:24]))
+    metrics = dict(stats)
+    if holdout is not None:
+        reloaded = load_teacher(folder)  # measure what later steps will load, not the in-memory object
+        metrics.update(psnr_vs_bicubic(reloaded, store, holdout))
+        log.info("bootstrap_teacher: held-out PSNR-Y teacher %.3f dB vs bicubic %.3f dB over %d pairs",
+                 metrics["psnr_y_teacher"], metrics["psnr_y_bicubic"], metrics["eval_pairs"])
+    uri, digest, index = publish_folder(store, folder, f"teacher/{key}")
+    tracker.log_metrics(run_id, metrics)
+    tracker.log_text(run_id, json.dumps(metrics, indent=1), "teacher/metrics.json")
+    inputs = {"pairs": pairs.digest} | ({"holdout": holdout.digest} if holdout else {})
+    manifest = Manifest(kind="teacher", step=STEP, uri=uri, digest=digest, config_hash=config_hash, inputs=inputs,
+                        code_version=code_ver, cache_key=key, run_id=run_id,
+                        counts={"files": len(index["files"]), "train_pairs": len(lq)},
+                        extra={"index_sha256": store.stat(store.key_from_uri(uri)).sha256, "mode": "bootstrap",
+                               **teacher.describe(), "metrics": metrics})
+    ctx.get_cache().put(manifest)
+    return manifest
+
+
+def import_teacher(ctx: RunContext, cfg: TeacherConfig, key: str, config_hash: str, code_ver: str,
+                   run_id: str) -> Manifest:
+    """A user's teacher: a local folder (hashed, not copied) or a published index in a store."""
+    store = ctx.get_store()
+    folder = Path(cfg.source).expanduser()
+    if folder.is_dir():
+        digest, shas = folder_digest(folder)
+        teacher = load_teacher(folder, kind=cfg.kind, latent_mode=cfg.latent_mode,
+                               use_shift_factor=cfg.use_shift_factor, timestep=cfg.timestep, lora=cfg.lora)
+        uri, extra, files = folder.resolve().as_uri(), {}, len(shas)
+    elif "://" in cfg.source:
+        index = json.loads(store.get_bytes(store.key_from_uri(cfg.source)))
+        uri, digest, files = cfg.source, index["digest"], len(index["files"])
+        extra = {"index_sha256": store.stat(store.key_from_uri(cfg.source)).sha256}
+        teacher = None
+    else:
+        raise FileNotFoundError(f"teacher.source: {cfg.source} is neither 'bootstrap', a folder, nor a store URI")
+    if teacher is not None:
+        extra.update(teacher.describe())
+    return Manifest(kind="teacher", step=STEP, uri=uri, digest=digest, config_hash=config_hash, inputs={},
+                    code_version=code_ver, cache_key=key, run_id=run_id, counts={"files": files},
+                    extra={"mode": "import", **extra})
+
+
+def run_teacher(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest, holdout: Manifest | None) -> Manifest:
+    """Step driver: cached by (teacher config, pairs digests, code version) in one nested MLflow run."""
+    tracker, cache = ctx.get_tracker(), ctx.get_cache()
+    code_ver, config_hash = step_code_version(), cfg.config_hash()
+    boot = cfg.source == "bootstrap"
+    inputs = ({"pairs": pairs.digest} | ({"holdout": holdout.digest} if holdout else {})) if boot else {"source": cfg.source}
+    key = cache_key(STEP, config_hash, inputs, code_ver)
+    hit = cache.get(STEP, key)
+    if hit is not None and local_folder_of(hit.uri) is None and not ctx.get_store().exists(ctx.get_store().key_from_uri(hit.uri)):
+        hit = None
+    t0 = time.perf_counter()
+    with tracker.step_run(ctx.parent_run_id, STEP, {"teacher": cfg.model_dump(mode="json")},
+                          tags={"cache_key": key, "cache_hit": hit is not None,
+                                "mode": "bootstrap" if boot else "import"}) as run_id:
+        tracker.log_manifest(run_id, pairs, context="training")
+        if hit is not None:
+            get_run_logger().info("bootstrap_teacher: cache hit %s; nothing to do", key[:12])
+            tracker.set_tags(run_id, {"source_run_id": hit.run_id or ""})
+            tracker.log_metrics(run_id, {k: v for k, v in hit.extra.get("metrics", {}).items()
+                                         if isinstance(v, (int, float))})
+            manifest = hit
+        elif boot:
+            manifest = bootstrap(ctx, cfg, pairs, holdout, key, config_hash, code_ver, run_id)
+        else:
+            manifest = import_teacher(ctx, cfg, key, config_hash, code_ver, run_id)
+            cache.put(manifest)
+        tracker.log_metrics(run_id, {"step_seconds": time.perf_counter() - t0})
+        tracker.log_manifest_output(run_id, manifest)
+        return manifest
