@@ -26,7 +26,8 @@ def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[st
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=num_cpus, **kwargs)
+            # "local" forces a fresh in-process cluster even when `ray start` left one running on this host.
+            ray.init(address="local", num_cpus=num_cpus, **kwargs)
         started = True
     try:
         res = ray.cluster_resources()

@@ -19,7 +19,7 @@ from tests.tasks.odd_images import odd_files, write_folder
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 # Small but real: the sklearn + Kodak photos, 2 crops each, 64-px HQ crops, 4 pairs per shard.
-SMALL = ["data.bundled_sets=[sklearn, kodak]", "degrade.crop_size=64", "degrade.crops_per_image=2",
+SMALL = ["data.bundled_sets=[sklearn, kodak]", "data.held_out=[]", "degrade.crop_size=64", "degrade.crops_per_image=2",
          "degrade.shard_size=4", "degrade.batch_size=4"]
 
 
@@ -75,7 +75,8 @@ def test_bad_inputs_are_quarantined_and_nothing_is_lost(tmp_path):
     (folder / "sub").mkdir()
     (folder / "sub" / "copy.png").write_bytes((folder / "good.png").read_bytes())  # duplicate content
     (folder / ".hidden.png").write_bytes(b"junk")
-    cfg = load_config("tiny", [f"data.source={folder}", "degrade.crop_size=64", "degrade.crops_per_image=1"])
+    cfg = load_config("tiny", [f"data.source={folder}", "data.held_out=[]", "degrade.crop_size=64",
+                               "degrade.crops_per_image=1"])
     out = run_pipeline(cfg, tmp_path / "w", until="degrade")
     m = out["steps"]["degrade"]
     # 10 usable files, one a byte-identical duplicate; 5 quarantined: truncated, corrupt, text, empty, too small
@@ -100,7 +101,7 @@ def test_s3_store_and_s3_source(tmp_path, s3_bucket, monkeypatch):
     for name, data in odd_files(96).items():
         if name in ("good.png", "good.jpg", "gray.png", "rgba.png", "notes.txt"):
             s3.put_object(Bucket=bucket, Key=f"datasets/hr/{name}", Body=data)
-    cfg = load_config("tiny", [f"data.source=s3://{bucket}/datasets/hr", "degrade.crop_size=64",
+    cfg = load_config("tiny", [f"data.source=s3://{bucket}/datasets/hr", "data.held_out=[]", "degrade.crop_size=64",
                                "degrade.shard_size=2"])
     first = run_pipeline(cfg, tmp_path / "w", until="degrade")
     m = first["steps"]["degrade"]

@@ -1,0 +1,126 @@
+"""bootstrap_teacher and encode_latents through the flow: smoke, import, determinism, resume, a real 2-node Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from safetensors.torch import load
+
+from srcompress.config import load_config
+from srcompress.flows.compress import run_pipeline
+from srcompress.infra.store import LocalStore
+from srcompress.models.teachers import load_teacher, save_teacher
+from srcompress.models.teachers.tiny import tiny_sd3_teacher
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+# One 64-px crop per image, a few optimisation steps: exercises every code path in seconds.
+FAST = ["data.bundled_sets=[sklearn, kodak]", "data.held_out=[kodak/I04.bmp]", "degrade.crop_size=64",
+        "degrade.shard_size=3", "degrade.crops_per_image=1", "teacher.bootstrap.vae_steps=4", "teacher.bootstrap.restorer_steps=2",
+        "teacher.bootstrap.num_layers=2", "teacher.bootstrap.batch_size=2", "teacher.bootstrap.vae_crop=32",
+        "encode.num_actors=2"]
+
+
+def _latents(summary: dict) -> dict[str, torch.Tensor]:
+    m = summary["steps"]["encode_latents"]
+    index = json.loads(Path(m["uri"].removeprefix("file://")).read_text())
+    store = LocalStore(Path(m["uri"].removeprefix("file://")).parents[2])
+    out: dict[str, list] = {}
+    for sh in index["shards"]:
+        for k, v in load(store.get_bytes(sh["key"], sh["sha256"])).items():
+            out.setdefault(k, []).append(v)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def test_bootstrap_and_encode_end_to_end(tmp_path):
+    cfg = load_config("tiny", FAST)
+    first = run_pipeline(cfg, tmp_path / "w", until="encode_latents")
+    steps = first["steps"]
+    assert list(steps) == ["degrade", "degrade_holdout", "bootstrap_teacher", "encode_latents"]
+    t = steps["bootstrap_teacher"]
+    assert t["kind"] == "teacher" and t["inputs"] == {"pairs": steps["degrade"]["digest"],
+                                                      "holdout": steps["degrade_holdout"]["digest"]}
+    assert t["extra"]["kind"] == "sd3" and t["extra"]["prunable_blocks"] == 2
+    assert {"psnr_y_teacher", "psnr_y_bicubic"} <= set(t["extra"]["metrics"])
+    e = steps["encode_latents"]
+    assert e["counts"] == {"latents": 6, "shards": 2}
+    assert e["inputs"] == {"pairs": steps["degrade"]["digest"], "teacher": t["digest"]}
+    assert e["extra"]["convention"]["mode"] == "mean" and e["extra"]["dtype"] == "float32"
+    lat = _latents(first)
+    assert lat["lq"].shape == lat["hq"].shape == lat["teacher"].shape == (6, 16, 32, 32)
+
+    # the cached teacher output equals a fresh teacher forward on the cached LQ latent
+    client = MlflowClient(first["tracking_uri"])
+    runs = client.search_runs([client.get_run(first["parent_run_id"]).info.experiment_id],
+                              f"tags.mlflow.parentRunId = '{first['parent_run_id']}'")
+    names = {r.data.tags["srcompress.step"] for r in runs}
+    assert names == {"degrade", "degrade-holdout", "bootstrap_teacher", "encode_latents"}
+    boot = next(r for r in runs if r.data.tags["srcompress.step"] == "bootstrap_teacher")
+    assert "psnr_y_teacher" in boot.data.metrics and "psnr_y_bicubic" in boot.data.metrics
+
+    second = run_pipeline(cfg, tmp_path / "w", until="encode_latents")
+    assert second["steps"] == steps  # nothing recomputed, identical manifests
+
+    # resume: delete one latent shard → only it is recomputed, byte-identical
+    store = LocalStore(tmp_path / "w" / "store")
+    index = json.loads(Path(e["uri"].removeprefix("file://")).read_text())
+    store.delete(index["shards"][1]["key"])
+    third = run_pipeline(cfg, tmp_path / "w", until="encode_latents")
+    assert third["steps"]["encode_latents"]["digest"] == e["digest"]
+
+
+def test_encode_is_deterministic_across_actor_counts_and_uses_the_real_teacher(tmp_path):
+    one = run_pipeline(load_config("tiny", FAST + ["encode.num_actors=1"]), tmp_path / "a", until="encode_latents")
+    two = run_pipeline(load_config("tiny", FAST + ["encode.num_actors=2"]), tmp_path / "b", until="encode_latents")
+    assert one["steps"]["encode_latents"]["digest"] == two["steps"]["encode_latents"]["digest"]
+    lat = _latents(one)
+    folder = tmp_path / "a" / "scratch" / "teachers-cache"
+    teacher = load_teacher(next(p for p in folder.iterdir() if p.is_dir()))
+    with torch.no_grad():
+        assert torch.allclose(teacher.restore_latent(lat["lq"][:2]), lat["teacher"][:2], atol=1e-5)
+
+
+def test_import_a_local_teacher_folder(tmp_path):
+    folder = save_teacher(tiny_sd3_teacher(seed=3, num_layers=2), tmp_path / "my-teacher")
+    cfg = load_config("tiny", FAST + [f"teacher.source={folder}"])
+    out = run_pipeline(cfg, tmp_path / "w", until="encode_latents")
+    t = out["steps"]["bootstrap_teacher"]
+    assert t["extra"]["mode"] == "import" and t["uri"] == folder.resolve().as_uri()
+    assert out["steps"]["encode_latents"]["inputs"]["teacher"] == t["digest"]
+    missing = load_config("tiny", FAST + [f"teacher.source={tmp_path / 'nope'}"])
+    with pytest.raises(FileNotFoundError, match="nope"):
+        run_pipeline(missing, tmp_path / "w2", until="bootstrap_teacher")
+
+
+@pytest.mark.slow
+def test_two_node_ray_cluster_matches_local(tmp_path):
+    """A Ray head and a worker as separate processes (`ray start`), the encode step run against them."""
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    port = free_port()
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
+    common = ["--num-cpus", "1", "--disable-usage-stats"]
+    subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
+                    "--include-dashboard", "false", *common], check=True, env=env, capture_output=True, timeout=180)
+    try:
+        subprocess.run([ray_bin, "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
+                        *common], check=True, env=env, capture_output=True, timeout=180)
+        local = run_pipeline(load_config("tiny", FAST), tmp_path / "local", until="encode_latents")
+        cluster_cfg = load_config("tiny", FAST + [f"encode.ray_address=127.0.0.1:{port}"])
+        import ray
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("RAY_AUTH_MODE", "disabled")
+            remote = run_pipeline(cluster_cfg, tmp_path / "remote", until="encode_latents")
+            assert not ray.is_initialized()
+        assert remote["steps"]["encode_latents"]["digest"] == local["steps"]["encode_latents"]["digest"]
+        assert torch.equal(_latents(remote)["teacher"], _latents(local)["teacher"])
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
