@@ -72,10 +72,16 @@ class StepCache:
         return f"cache/{step}/{cache_key}.json"
 
     def get(self, step: str, cache_key: str) -> Manifest | None:
+        """The cached manifest, or None — also when it points outside this store (a copied/relocated store)."""
         try:
-            return Manifest.from_json(self.store.get_bytes(self.key_of(step, cache_key)))
+            manifest = Manifest.from_json(self.store.get_bytes(self.key_of(step, cache_key)))
         except ObjectNotFoundError:
             return None
+        root = self.store.root_uri.rstrip("/") + "/"
+        if manifest.uri.startswith(("file://", "s3://")) and not manifest.uri.startswith(root) \
+                and manifest.extra.get("mode") != "import":
+            return None
+        return manifest
 
     def put(self, manifest: Manifest) -> None:
         self.store.put_bytes(self.key_of(manifest.step, manifest.cache_key), manifest.to_json().encode())

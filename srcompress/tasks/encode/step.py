@@ -33,24 +33,30 @@ def step_code_version() -> str:
     return code_version("srcompress.tasks.encode", "srcompress.models.teachers", "srcompress.models.metrics")
 
 
+def encode_dataset(ctx: RunContext, cfg: EncodeConfig, teacher_cfg: TeacherConfig, refs: list, teacher: Manifest,
+                   code_ver: str):
+    """The lazy Ray Data pipeline: one row per pairs shard → ``EncoderActor`` pool → one row per latent shard."""
+    import ray
+
+    ds = ray.data.from_items([{"index": r.index, "key": r.key, "sha256": r.sha256, "count": r.count} for r in refs],
+                             override_num_blocks=max(1, len(refs)))
+    return ds.map_batches(
+        EncoderActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+        num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
+        fn_constructor_kwargs={"ctx_json": ctx.model_dump_json(), "teacher_manifest_json": teacher.to_json(),
+                               "teacher_cfg_json": teacher_cfg.model_dump_json(),
+                               "cfg_json": cfg.model_dump_json(), "code_ver": code_ver})
+
+
 @task(name="encode-latents", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def encode_on_ray(ctx: RunContext, cfg: EncodeConfig, teacher_cfg: TeacherConfig, pairs: Manifest,
                   teacher: Manifest, code_ver: str) -> list[dict]:
     """Run the actor pool over every pairs shard; returns one small row per latent shard, in shard order."""
-    import ray
-
     log = get_run_logger()
     refs = shard_refs(ctx.get_store(), pairs)
     with ray_session(cfg.ray_address, num_cpus=None if cfg.ray_address else os.cpu_count()) as info:
         log.info("encode_latents: %d shards on Ray %s with %d actor(s)", len(refs), info, cfg.num_actors)
-        ds = ray.data.from_items([{"index": r.index, "key": r.key, "sha256": r.sha256, "count": r.count} for r in refs],
-                                 override_num_blocks=max(1, len(refs)))
-        ds = ds.map_batches(
-            EncoderActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
-            num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
-            fn_constructor_kwargs={"ctx_json": ctx.model_dump_json(), "teacher_manifest_json": teacher.to_json(),
-                                   "teacher_cfg_json": teacher_cfg.model_dump_json(),
-                                   "cfg_json": cfg.model_dump_json(), "code_ver": code_ver})
+        ds = encode_dataset(ctx, cfg, teacher_cfg, refs, teacher, code_ver)
         rows = []
         for row in ds.iter_rows():  # streamed: rows are tiny, latents stay in the store
             rows.append({k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
