@@ -46,6 +46,18 @@ def _one_cycle(opt: torch.optim.Optimizer, lr: float, steps: int):
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
 
 
+def _update(opt, sched, loss: Tensor, losses: list[float], step: int, total: int, name: str,
+            log: Callable[[str], None]) -> None:
+    """One optimiser step + the running-loss log line every fifth of the phase."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    losses.append(loss.item())
+    if (step + 1) % max(1, total // 5) == 0:
+        log(f"bootstrap {name} {step + 1}/{total}: loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
+
+
 def train_vae(teacher: SD3OneStepTeacher, images: Tensor, cfg: "BootstrapConfig", g: torch.Generator,
               log: Callable[[str], None]) -> list[float]:
     vae = teacher.vae
@@ -61,13 +73,7 @@ def train_vae(teacher: SD3OneStepTeacher, images: Tensor, cfg: "BootstrapConfig"
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.mean).sample
         loss = (rec - x).abs().mean() + cfg.kl_weight * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if (step + 1) % max(1, cfg.vae_steps // 5) == 0:
-            log(f"bootstrap vae {step + 1}/{cfg.vae_steps}: L1 {sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        _update(opt, sched, loss, losses, step, cfg.vae_steps, "vae", log)
     vae.eval().requires_grad_(False)
     return losses
 
@@ -84,7 +90,7 @@ def set_scaling_factor(teacher: SD3OneStepTeacher, hq: Tensor, batch: int = 16) 
 
 def train_restorer(teacher: SD3OneStepTeacher, lq: Tensor, hq: Tensor, cfg: "BootstrapConfig", g: torch.Generator,
                    log: Callable[[str], None]) -> list[float]:
-    tr, dec = teacher.backbone, teacher.vae.decoder
+    tr = teacher.backbone
     torch.nn.init.zeros_(tr.proj_out.weight)
     torch.nn.init.zeros_(tr.proj_out.bias)
     params = list(tr.parameters())
@@ -107,14 +113,7 @@ def train_restorer(teacher: SD3OneStepTeacher, lq: Tensor, hq: Tensor, cfg: "Boo
             loss = loss + cfg.pixel_weight * (teacher.decode(z_l - v) - y).abs().mean()
         if cfg.finetune_decoder:
             loss = loss + (teacher.decode(z_h) - y).abs().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if (step + 1) % max(1, cfg.restorer_steps // 5) == 0:
-            log(f"bootstrap restorer {step + 1}/{cfg.restorer_steps}: loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
-    del dec
+        _update(opt, sched, loss, losses, step, cfg.restorer_steps, "restorer", log)
     teacher.eval().requires_grad_(False)
     return losses
 

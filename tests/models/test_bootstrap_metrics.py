@@ -1,0 +1,43 @@
+"""The tiny-teacher trainer (smoke, 2 steps per phase) and the PSNR-Y metric against an independent computation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from srcompress.models.metrics import bicubic_to, psnr_y
+from srcompress.models.teachers.bootstrap import train_tiny_teacher
+from srcompress.tasks.teacher.config import BootstrapConfig
+
+
+def test_bootstrap_smoke_trains_both_phases():
+    g = torch.Generator().manual_seed(0)
+    hq = torch.rand(4, 3, 32, 32, generator=g)
+    lq = bicubic_to(torch.nn.functional.avg_pool2d(hq, 4), 32)
+    cfg = BootstrapConfig(vae_steps=2, restorer_steps=2, num_layers=2, batch_size=2, vae_crop=16)
+    before = [p.clone() for p in train_tiny_teacher(lq, hq, cfg.model_copy(update={"vae_steps": 0, "restorer_steps": 0}),
+                                                    log=lambda m: None)[0].vae.parameters()]
+    teacher, stats = train_tiny_teacher(lq, hq, cfg, log=lambda m: None)
+    assert stats["train_pairs"] == 4 and math.isfinite(stats["vae_loss_final"]) and stats["scaling_factor"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, teacher.vae.parameters()))  # the VAE trained
+    assert teacher.vae.config.scaling_factor == stats["scaling_factor"] == teacher.convention.scaling_factor
+    assert not any(p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():
+        assert teacher(lq).shape == hq.shape
+
+
+def test_psnr_y_matches_the_matlab_convention():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (2, 3, 16, 16)).astype(np.float64) / 255
+    b = np.clip(a + rng.normal(0, 0.05, a.shape), 0, 1)
+    # BasicSR bgr2ycbcr(only_y=True) on RGB in [0,1]: 16 + (65.481 R + 128.553 G + 24.966 B)
+    y = lambda x: 16 + 65.481 * x[:, 0] + 128.553 * x[:, 1] + 24.966 * x[:, 2]  # noqa: E731
+    mse = ((y(a) - y(b)) ** 2).mean(axis=(1, 2))
+    ref = 10 * np.log10(255**2 / mse)
+    ours = psnr_y(torch.from_numpy(b), torch.from_numpy(a)).numpy()
+    assert np.allclose(ours, ref, atol=1e-9)
+    cropped = psnr_y(torch.from_numpy(b), torch.from_numpy(a), crop_border=4).numpy()
+    mse_c = ((y(a)[:, 4:-4, 4:-4] - y(b)[:, 4:-4, 4:-4]) ** 2).mean(axis=(1, 2))
+    assert np.allclose(cropped, 10 * np.log10(255**2 / mse_c))
