@@ -8,3 +8,9 @@ The package mirrors the DAG (ARCHITECTURE.md §2):
 """
 
 __version__ = "0.1.0"
+
+import logging as _logging
+
+# bitsandbytes (a pyiqa dependency, imported by peft) warns at import that it cannot fetch an optional 4-bit
+# CPU kernel from a model hub. srcompress never uses 4-bit kernels and never fetches from hubs: keep it quiet.
+_logging.getLogger("bitsandbytes").setLevel(_logging.ERROR)

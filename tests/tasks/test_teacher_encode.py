@@ -95,6 +95,14 @@ def test_import_a_local_teacher_folder(tmp_path):
     t = out["steps"]["bootstrap_teacher"]
     assert t["extra"]["mode"] == "import" and t["uri"] == folder.resolve().as_uri()
     assert out["steps"]["encode_latents"]["inputs"]["teacher"] == t["digest"]
+    # a teacher published to the store (e.g. by another pipeline) is imported by its index URI
+    from srcompress.tasks.teacher.publish import publish_folder
+
+    store = LocalStore(tmp_path / "w" / "store")
+    uri, digest, _ = publish_folder(store, folder, "teachers/mine")
+    again = run_pipeline(load_config("tiny", FAST + [f"teacher.source={uri}"]), tmp_path / "w", until="encode_latents")
+    assert again["steps"]["bootstrap_teacher"]["digest"] == digest == t["digest"]
+    assert again["steps"]["encode_latents"]["digest"] == out["steps"]["encode_latents"]["digest"]
     missing = load_config("tiny", FAST + [f"teacher.source={tmp_path / 'nope'}"])
     with pytest.raises(FileNotFoundError, match="nope"):
         run_pipeline(missing, tmp_path / "w2", until="bootstrap_teacher")
