@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 FAST = ["data.bundled_sets=[sklearn, kodak]", "data.held_out=[kodak/I04.bmp]", "degrade.crop_size=64",
         "degrade.shard_size=3", "degrade.crops_per_image=1", "teacher.bootstrap.vae_steps=4", "teacher.bootstrap.restorer_steps=2",
         "teacher.bootstrap.num_layers=2", "teacher.bootstrap.batch_size=2", "teacher.bootstrap.vae_crop=32",
-        "encode.num_actors=2"]
+        "teacher.bootstrap.eval_every=1", "encode.num_actors=2", "encode.dtype=float32"]
 
 
 def _latents(summary: dict) -> dict[str, torch.Tensor]:
@@ -55,7 +55,7 @@ def test_bootstrap_and_encode_end_to_end(tmp_path):
     assert e["inputs"] == {"pairs": steps["degrade"]["digest"], "teacher": t["digest"]}
     assert e["extra"]["convention"]["mode"] == "mean" and e["extra"]["dtype"] == "float32"
     lat = _latents(first)
-    assert lat["lq"].shape == lat["hq"].shape == lat["teacher"].shape == (6, 16, 32, 32)
+    assert lat["lq"].shape == lat["hq"].shape == lat["teacher"].shape == (6, 16, 64, 64)  # identity VAE: factor 1
 
     # the cached teacher output equals a fresh teacher forward on the cached LQ latent
     client = MlflowClient(first["tracking_uri"])

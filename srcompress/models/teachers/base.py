@@ -53,11 +53,14 @@ class OneStepTeacher(nn.Module, ABC):
 
     kind: str = "abstract"
 
-    def __init__(self, vae: nn.Module, backbone: nn.Module, convention: LatentConvention):
+    def __init__(self, vae: nn.Module, backbone: nn.Module, convention: LatentConvention,
+                 tile: int | None = None, tile_overlap: int = 8):
         super().__init__()
         self.vae = vae
         self.backbone = backbone
         self.convention = convention
+        self.tile = tile  # latent tile size; None = run the backbone on the whole latent
+        self.tile_overlap = tile_overlap
 
     # -- latent space -------------------------------------------------------------------------------
     def encode(self, x01: Tensor, generator: torch.Generator | Sequence[torch.Generator] | None = None) -> Tensor:
@@ -79,8 +82,16 @@ class OneStepTeacher(nn.Module, ABC):
         return ((x.clamp(-1, 1) + 1) / 2).clamp(0, 1)
 
     @abstractmethod
+    def restore_tile(self, z_lq: Tensor) -> Tensor:
+        """One denoising step on a latent the backbone accepts whole."""
+
     def restore_latent(self, z_lq: Tensor) -> Tensor:
-        """One denoising step from the LQ latent to the restored latent."""
+        """One denoising step from the LQ latent to the restored latent (tiled when ``tile`` is set)."""
+        if self.tile is None:
+            return self.restore_tile(z_lq)
+        from srcompress.models.teachers.tiling import tiled
+
+        return tiled(self.restore_tile, z_lq, self.tile, self.tile_overlap)
 
     def forward(self, lq01: Tensor) -> Tensor:
         """LQ (already upsampled to the output size) → SR, both in [0, 1]."""
@@ -122,6 +133,7 @@ class OneStepTeacher(nn.Module, ABC):
 
     def describe(self) -> dict:
         return {"kind": self.kind, "convention": self.convention.as_dict(), "latent_factor": self.latent_factor,
+                "tile": self.tile, "tile_overlap": self.tile_overlap,
                 "latent_channels": int(self.vae.config.latent_channels),
                 "prunable_blocks": len(self.prunable_blocks()),
                 "params_backbone": sum(p.numel() for p in self.backbone.parameters()),

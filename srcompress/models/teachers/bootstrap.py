@@ -1,23 +1,25 @@
 """Train the tiny SD3-style one-step teacher of the embedded default, on degraded pairs, on a CPU.
 
-Two phases, each with a one-cycle schedule:
+0. **VAE init** (``AutoencoderKL``, one block, latent = pixels): an exact identity map by construction
+   (``tiny.identity_init_vae``; ``vae_init: random`` trains one from scratch instead). Measured on these
+   machines: a from-scratch tiny VAE reaches ~30 dB after 1500 steps and that loss alone puts the teacher
+   ~2 dB *below* bicubic, whatever the restorer learns.
+1. **VAE fine-tune** (optional, ``vae_steps``): L1 reconstruction + a tiny KL on random LQ/HQ crops. The
+   latent scaling factor is then set as SD does: 1 / std of the HQ latents.
+2. **One-step restorer** (``SD3Transformer2DModel``, t = 1000, fixed prompt embedding): ``z0 = z_L − v`` with
+   loss ``MSE(v, z_L − z_H)`` (the rectified-flow target at σ = 1) on random latent *tiles*, one-cycle LR.
+   ``proj_out`` starts at zero, so training starts at the identity (teacher = bicubic LQ exactly). The
+   checkpoint with the best PSNR-Y on a validation split of the *training* pairs is kept (step 0 included).
 
-1. **VAE** (``AutoencoderKL``): L1 reconstruction + a tiny KL on random crops of LQ and HQ images. The latent
-   scaling factor is then set as SD does: 1 / std of the HQ latents.
-2. **One-step restorer** (``SD3Transformer2DModel``, t = 1000, fixed prompt embedding): ``z0 = z_L − v``.
-   Loss = ``latent_weight · MSE(v, z_L − z_H)`` (the rectified-flow target at σ = 1) + ``pixel_weight ·
-   L1(decode(z_L − v), HQ)``; optionally the decoder is fine-tuned too, with an HQ reconstruction term so
-   that decode(z_H) stays faithful. ``proj_out`` starts at zero, so training starts from the identity map
-   (teacher = VAE round trip of the LQ).
-
-Pairs are used whole (no sub-crops in phase 2): SD3's positional embedding is centre-cropped by input size,
-so training and inference must see the same latent size (the reason TSD-SR/TinySR tile at 64 latents).
+SD3's positional embedding covers one tile (``pos_embed_max_size = tile / patch``) and inference tiles with
+Gaussian blending — the fixed-size-embedding + tiler design of TSD-SR/TinySR (methods.md §1.3, §3.11).
 
     teacher, stats = train_tiny_teacher(lq, hq, cfg, log=print)   # lq already at HQ size, both in [0, 1]
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import TYPE_CHECKING, Callable
 
@@ -88,34 +90,62 @@ def set_scaling_factor(teacher: SD3OneStepTeacher, hq: Tensor, batch: int = 16) 
     return sf
 
 
+@torch.no_grad()
+def _val_psnr(teacher: SD3OneStepTeacher, z_l: Tensor, hq: Tensor, batch: int = 8) -> float:
+    from srcompress.models.metrics import psnr_y
+
+    if len(z_l) == 0:
+        return float("nan")
+    return float(torch.cat([psnr_y(teacher.decode(teacher.restore_latent(z_l[i : i + batch])), hq[i : i + batch])
+                            for i in range(0, len(z_l), batch)]).mean())
+
+
 def train_restorer(teacher: SD3OneStepTeacher, lq: Tensor, hq: Tensor, cfg: "BootstrapConfig", g: torch.Generator,
-                   log: Callable[[str], None]) -> list[float]:
+                   log: Callable[[str], None]) -> tuple[list[float], dict]:
+    """Phase 2 on random latent tiles of the training pairs; keeps the checkpoint with the best validation
+    PSNR-Y (step 0 — the identity map — included), so training can only improve on where it started."""
     tr = teacher.backbone
     torch.nn.init.zeros_(tr.proj_out.weight)
     torch.nn.init.zeros_(tr.proj_out.bias)
+    perm = torch.randperm(len(lq), generator=g)
+    n_val = int(round(cfg.val_fraction * len(lq))) if len(lq) > 1 else 0
+    val, train = perm[:n_val], perm[n_val:]
+    with torch.no_grad():
+        z_l = torch.cat([teacher.encode(lq[i : i + 8]) for i in range(0, len(lq), 8)])
+        z_h = torch.cat([teacher.encode(hq[i : i + 8]) for i in range(0, len(hq), 8)])
     params = list(tr.parameters())
+    if cfg.pixel_weight > 0:
+        params += list(teacher.vae.decoder.parameters())
+        teacher.vae.decoder.requires_grad_(True)
     tr.train().requires_grad_(True)
-    if cfg.finetune_decoder:
-        for mod in (teacher.vae.decoder, teacher.vae.post_quant_conv):
-            mod.train().requires_grad_(True)
-            params += list(mod.parameters())
     opt = torch.optim.AdamW(params, cfg.restorer_lr, weight_decay=0.0)
     sched = _one_cycle(opt, cfg.restorer_lr, cfg.restorer_steps)
-    losses = []
+    f = teacher.latent_factor
+    t = min(cfg.tile, z_l.shape[-1], z_l.shape[-2])
+    best = {"step": 0, "psnr": _val_psnr(teacher, z_l[val], hq[val]), "state": copy.deepcopy(tr.state_dict())}
+    losses: list[float] = []
     for step in range(cfg.restorer_steps):
-        idx = torch.randint(0, len(lq), (cfg.batch_size,), generator=g)
-        x, y = _augment(lq[idx], hq[idx], g)
-        with torch.no_grad():
-            z_l, z_h = teacher.encode(x), teacher.encode(y)
-        v = teacher.velocity(z_l)
-        loss = cfg.latent_weight * F.mse_loss(v, z_l - z_h)
+        idx = train[torch.randint(0, len(train), (cfg.batch_size,), generator=g)]
+        i = int(torch.randint(0, z_l.shape[-2] - t + 1, (1,), generator=g))
+        j = int(torch.randint(0, z_l.shape[-1] - t + 1, (1,), generator=g))
+        a, b = z_l[idx, :, i : i + t, j : j + t], z_h[idx, :, i : i + t, j : j + t]
+        v = teacher.velocity(a)
+        loss = cfg.latent_weight * F.mse_loss(v, a - b)
         if cfg.pixel_weight > 0:
-            loss = loss + cfg.pixel_weight * (teacher.decode(z_l - v) - y).abs().mean()
-        if cfg.finetune_decoder:
-            loss = loss + (teacher.decode(z_h) - y).abs().mean()
+            y = hq[idx, :, i * f : (i + t) * f, j * f : (j + t) * f]
+            loss = loss + cfg.pixel_weight * (teacher.decode(a - v) - y).abs().mean()
         _update(opt, sched, loss, losses, step, cfg.restorer_steps, "restorer", log)
+        if n_val and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.restorer_steps):
+            tr.eval()
+            p = _val_psnr(teacher, z_l[val], hq[val])
+            tr.train()
+            if p > best["psnr"]:
+                best = {"step": step + 1, "psnr": p, "state": copy.deepcopy(tr.state_dict())}
+    if n_val:
+        tr.load_state_dict(best["state"])
+        log(f"bootstrap restorer: kept step {best['step']} (validation PSNR-Y {best['psnr']:.3f} dB)")
     teacher.eval().requires_grad_(False)
-    return losses
+    return losses, {"best_step": best["step"], "val_psnr_y": best["psnr"], "val_pairs": n_val}
 
 
 def train_tiny_teacher(lq: Tensor, hq: Tensor, cfg: "BootstrapConfig",
@@ -127,15 +157,17 @@ def train_tiny_teacher(lq: Tensor, hq: Tensor, cfg: "BootstrapConfig",
     teacher = tiny_sd3_teacher(seed=cfg.seed, num_layers=cfg.num_layers, latent_channels=cfg.latent_channels,
                                head_dim=cfg.head_dim, heads=cfg.heads, text_dim=cfg.text_dim,
                                pooled_dim=cfg.pooled_dim, prompt_len=cfg.prompt_len,
-                               vae_channels=tuple(cfg.vae_channels), vae_norm_groups=cfg.vae_norm_groups)
+                               vae_channels=tuple(cfg.vae_channels), vae_norm_groups=cfg.vae_norm_groups,
+                               patch_size=cfg.patch_size, tile=cfg.tile, tile_overlap=cfg.tile_overlap,
+                               vae_identity=cfg.vae_init == "identity")
     t0 = time.perf_counter()
-    vae_losses = train_vae(teacher, torch.cat([lq, hq]), cfg, g, log)
+    vae_losses = train_vae(teacher, torch.cat([lq, hq]), cfg, g, log) if cfg.vae_steps else []
     t_vae = time.perf_counter() - t0
     sf = set_scaling_factor(teacher, hq)
-    rest_losses = train_restorer(teacher, lq, hq, cfg, g, log)
+    rest_losses, sel = train_restorer(teacher, lq, hq, cfg, g, log)
     total = time.perf_counter() - t0
     stats = {"seconds_vae": t_vae, "seconds_restorer": total - t_vae, "seconds_total": total, "scaling_factor": sf,
              "vae_loss_final": sum(vae_losses[-50:]) / max(1, len(vae_losses[-50:])),
              "restorer_loss_final": sum(rest_losses[-50:]) / max(1, len(rest_losses[-50:])),
-             "train_pairs": len(lq)}
+             "train_pairs": len(lq), **sel}
     return teacher, stats

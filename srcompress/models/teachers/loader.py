@@ -6,7 +6,7 @@ Folder layout (what ``save_teacher`` writes and ``load_teacher`` reads):
     <teacher>/transformer/…   (SD3 teacher)   or   <teacher>/unet/… + <teacher>/scheduler/scheduler_config.json
     <teacher>/prompt_embeds.safetensors        prompt_embeds (1, L, D) [+ pooled_prompt_embeds (1, P) for SD3]
     <teacher>/lora/{adapter_config.json, adapter_model.safetensors}   optional peft LoRA, merged at load
-    <teacher>/teacher.json                     optional: kind, latent mode, shift usage, timestep
+    <teacher>/teacher.json                     optional: kind, latent mode, shift usage, timestep, latent tiling
 
 Only safetensors are read (``use_safetensors=True``): untrusted pickles are never unpickled. Nothing is
 downloaded (``local_files_only=True``). Missing or mismatched files raise ``TeacherLoadError`` naming the file.
@@ -88,7 +88,8 @@ def load_teacher(folder: str | Path, *, kind: str = "auto", latent_mode: str | N
         backbone = _merge_lora(backbone, lora or _default_lora(folder))
         teacher: OneStepTeacher = SD3OneStepTeacher(
             vae, backbone, prompts["prompt_embeds"].to(dtype), prompts["pooled_prompt_embeds"].to(dtype), conv,
-            timestep=timestep if timestep is not None else meta.get("timestep", 1000.0))
+            timestep=timestep if timestep is not None else meta.get("timestep", 1000.0),
+            tile=meta.get("tile"), tile_overlap=meta.get("tile_overlap", 8))
     elif kind == "unet":
         from diffusers import DDPMScheduler, UNet2DConditionModel
 
@@ -98,7 +99,8 @@ def load_teacher(folder: str | Path, *, kind: str = "auto", latent_mode: str | N
         scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
         backbone = _merge_lora(backbone, lora or _default_lora(folder))
         teacher = UNetOneStepTeacher(vae, backbone, scheduler, prompts["prompt_embeds"].to(dtype), conv,
-                                     timestep=int(timestep if timestep is not None else meta.get("timestep", 999)))
+                                     timestep=int(timestep if timestep is not None else meta.get("timestep", 999)),
+                                     tile=meta.get("tile"), tile_overlap=meta.get("tile_overlap", 8))
     else:
         raise TeacherLoadError(f"teacher: unknown kind {kind!r} (sd3 | unet)")
     teacher.eval().requires_grad_(False)
@@ -133,7 +135,8 @@ def save_teacher(teacher: OneStepTeacher, folder: str | Path) -> Path:
     teacher.vae.save_pretrained(folder / "vae", safe_serialization=True)
     tensors = {"prompt_embeds": teacher.prompt_embeds.contiguous()}
     meta = {"kind": teacher.kind, "latent_mode": teacher.convention.mode,
-            "use_shift_factor": teacher.convention.shift_factor != 0.0, "timestep": teacher.timestep}
+            "use_shift_factor": teacher.convention.shift_factor != 0.0, "timestep": teacher.timestep,
+            "tile": teacher.tile, "tile_overlap": teacher.tile_overlap}
     if isinstance(teacher, SD3OneStepTeacher):
         teacher.backbone.save_pretrained(folder / "transformer", safe_serialization=True)
         tensors["pooled_prompt_embeds"] = teacher.pooled_prompt_embeds.contiguous()

@@ -19,8 +19,9 @@ class SD3OneStepTeacher(OneStepTeacher):
     kind = "sd3"
 
     def __init__(self, vae: nn.Module, transformer: nn.Module, prompt_embeds: Tensor, pooled_prompt_embeds: Tensor,
-                 convention: LatentConvention, timestep: float = 1000.0):
-        super().__init__(vae, transformer, convention)
+                 convention: LatentConvention, timestep: float = 1000.0, tile: int | None = None,
+                 tile_overlap: int = 8):
+        super().__init__(vae, transformer, convention, tile, tile_overlap)
         if prompt_embeds.dim() != 3 or pooled_prompt_embeds.dim() != 2:
             raise ValueError(f"prompt_embeds must be (1, L, D) and pooled (1, P); got "
                              f"{tuple(prompt_embeds.shape)} and {tuple(pooled_prompt_embeds.shape)}")
@@ -43,7 +44,7 @@ class SD3OneStepTeacher(OneStepTeacher):
                              pooled_projections=self.pooled_prompt_embeds.expand(b, -1),
                              timestep=torch.full((b,), self.timestep, dtype=z.dtype)).sample
 
-    def restore_latent(self, z_lq: Tensor) -> Tensor:
+    def restore_tile(self, z_lq: Tensor) -> Tensor:
         sigma = self.timestep / 1000.0  # flow-matching σ of the timestep; 1 at t = 1000
         return z_lq - sigma * self.velocity(z_lq)
 

@@ -20,8 +20,9 @@ class UNetOneStepTeacher(OneStepTeacher):
     kind = "unet"
 
     def __init__(self, vae: nn.Module, unet: nn.Module, scheduler, prompt_embeds: Tensor,
-                 convention: LatentConvention, timestep: int = 999):
-        super().__init__(vae, unet, convention)
+                 convention: LatentConvention, timestep: int = 999, tile: int | None = None,
+                 tile_overlap: int = 8):
+        super().__init__(vae, unet, convention, tile, tile_overlap)
         if prompt_embeds.dim() != 3 or prompt_embeds.shape[-1] != unet.config.cross_attention_dim:
             raise ValueError(f"prompt_embeds {tuple(prompt_embeds.shape)} must be (1, L, "
                              f"cross_attention_dim={unet.config.cross_attention_dim})")
@@ -38,7 +39,7 @@ class UNetOneStepTeacher(OneStepTeacher):
     def unet(self) -> nn.Module:
         return self.backbone
 
-    def restore_latent(self, z_lq: Tensor) -> Tensor:
+    def restore_tile(self, z_lq: Tensor) -> Tensor:
         b = z_lq.shape[0]
         out = self.backbone(z_lq, torch.full((b,), self.timestep, dtype=torch.long),
                             encoder_hidden_states=self.prompt_embeds.expand(b, -1, -1)).sample

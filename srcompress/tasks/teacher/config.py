@@ -12,27 +12,39 @@ from srcompress.infra.config import StrictModel
 class BootstrapConfig(StrictModel):
     """The tiny SD3-style teacher trained in-pipeline for the embedded default (``teacher.source: bootstrap``)."""
 
-    seed: int = Field(0, description="Seed of initialisation, batch sampling and augmentation.")
-    vae_channels: list[int] = Field([16, 32], min_length=1, description="AutoencoderKL block widths; 2**(n-1) is the latent downsampling factor.")
-    vae_norm_groups: int = Field(1, ge=1, description="GroupNorm groups in the VAE; 1 converged fastest here (fewer per-group statistics for the bottleneck to lose).")
-    latent_channels: int = Field(16, ge=1, description="Latent channels (SD3: 16).")
+    seed: int = Field(0, description="Seed of initialisation, batch sampling and the validation split.")
+    vae_init: Literal["identity", "random"] = Field("identity", description="identity: exact identity AutoencoderKL (one block, latent = pixels), see models/teachers/tiny.py; random: train from scratch.")
+    vae_channels: list[int] = Field([32], min_length=1, description="AutoencoderKL block widths; 2**(n-1) is the latent downsampling factor.")
+    vae_norm_groups: int = Field(1, ge=1, description="GroupNorm groups in the VAE (identity init needs 1; 1 also trained fastest from scratch).")
+    latent_channels: int = Field(16, ge=3, description="Latent channels (SD3: 16).")
     num_layers: int = Field(8, ge=1, description="SD3 transformer blocks (the prunable units).")
     heads: int = Field(2, ge=1, description="Attention heads per block.")
     head_dim: int = Field(16, ge=4, description="Width of one attention head.")
+    patch_size: int = Field(4, ge=1, description="Transformer patch size (latent cells per token side).")
+    tile: int = Field(32, ge=4, description="Latent tile the transformer sees (training crops and inference tiles; its pos_embed size).")
+    tile_overlap: int = Field(16, ge=0, description="Overlap of inference tiles (Gaussian blending).")
     text_dim: int = Field(32, ge=1, description="joint_attention_dim of the fixed prompt embedding.")
     pooled_dim: int = Field(32, ge=1, description="pooled_projection_dim of the fixed pooled embedding.")
     prompt_len: int = Field(8, ge=1, description="Tokens of the fixed prompt embedding.")
-    batch_size: int = Field(8, ge=1, description="Training batch size (both phases).")
-    vae_steps: int = Field(1500, ge=0, description="Phase 1: VAE reconstruction steps (L1 + KL) on LQ and HQ crops.")
+    batch_size: int = Field(16, ge=1, description="Training batch size (both phases).")
+    vae_steps: int = Field(0, ge=0, description="Phase 1: VAE reconstruction steps (L1 + KL) on LQ and HQ crops; 0 keeps the identity init.")
     vae_lr: float = Field(8e-3, gt=0, description="Phase 1 peak learning rate (one-cycle schedule).")
     vae_crop: int = Field(48, ge=8, description="Random crop size of phase-1 patches.")
     kl_weight: float = Field(1e-6, ge=0, description="KL weight of the VAE loss.")
-    restorer_steps: int = Field(200, ge=0, description="Phase 2: one-step restorer steps on whole-pair latents.")
+    restorer_steps: int = Field(400, ge=0, description="Phase 2: one-step restorer steps on random latent tiles.")
     restorer_lr: float = Field(5e-4, gt=0, description="Phase 2 peak learning rate (one-cycle schedule).")
     latent_weight: float = Field(1.0, ge=0, description="Phase 2: weight of MSE(v, z_L − z_H) (the flow-matching target at t=1000).")
-    pixel_weight: float = Field(1.0, ge=0, description="Phase 2: weight of L1(decode(z_L − v), HQ).")
-    finetune_decoder: bool = Field(True, description="Phase 2 also trains the VAE decoder (keeps an HQ reconstruction term).")
+    pixel_weight: float = Field(0.0, ge=0, description="Phase 2: weight of L1(decode(z_L − v), HQ) (redundant with an identity VAE).")
+    val_fraction: float = Field(0.15, ge=0, lt=1, description="Training pairs held back to pick the best restorer checkpoint (never the held-out set).")
+    eval_every: int = Field(50, ge=1, description="Validate every N restorer steps; the best checkpoint (step 0 included) is kept.")
     max_seconds: float = Field(360.0, gt=0, description="Time budget; exceeding it is logged as a warning (steps are fixed for reproducibility).")
+
+    @model_validator(mode="after")
+    def _check_identity(self) -> "BootstrapConfig":
+        if self.vae_init == "identity" and (len(self.vae_channels) != 1 or self.vae_norm_groups != 1
+                                            or self.vae_channels[0] < 8):
+            raise ValueError("vae_init=identity needs vae_channels=[w >= 8] and vae_norm_groups=1")
+        return self
 
 
 class TeacherConfig(StrictModel):
