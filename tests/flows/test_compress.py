@@ -102,6 +102,7 @@ def test_s3_store_and_s3_source(tmp_path, s3_bucket, monkeypatch):
         if name in ("good.png", "good.jpg", "gray.png", "rgba.png", "notes.txt"):
             s3.put_object(Bucket=bucket, Key=f"datasets/hr/{name}", Body=data)
     cfg = load_config("tiny", [f"data.source=s3://{bucket}/datasets/hr", "data.held_out=[]", "degrade.crop_size=64",
+                               "degrade.crops_per_image=4",
                                "degrade.shard_size=2"])
     first = run_pipeline(cfg, tmp_path / "w", until="degrade")
     m = first["steps"]["degrade"]
