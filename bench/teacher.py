@@ -42,9 +42,13 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     ap.add_argument("--reps", type=int, default=10)
     args = ap.parse_args()
-    teachers = {"sd3 (8 blocks, bootstrap shape)": tiny_sd3_teacher(num_layers=8, heads=2, head_dim=16,
-                                                                      vae_channels=(16, 32)).eval(),
-                "unet (tiny OSEDiff shape)": tiny_unet_teacher().eval()}
+    teachers = {"sd3 tiny (8 blocks, VAE x2, untiled)": tiny_sd3_teacher(num_layers=8, heads=2, head_dim=16,
+                                                                           vae_channels=(16, 32)).eval(),
+                "unet tiny (OSEDiff shape)": tiny_unet_teacher().eval(),
+                # the embedded default's teacher: identity VAE (latent = pixels), patch 4, 32-latent tiles
+                "sd3 bootstrap (8 blocks, identity VAE, tiles 32/16)": tiny_sd3_teacher(
+                    num_layers=8, heads=2, head_dim=16, vae_channels=(32,), vae_norm_groups=1, vae_identity=True,
+                    patch_size=4, tile=32, tile_overlap=16).eval()}
     print(f"torch={torch.__version__} threads={torch.get_num_threads()} batch=1, median of {args.reps}")
     print("| teacher | px | encode ms | restore ms | decode ms | total ms |\n|---|---|---|---|---|---|")
     res = {}
@@ -55,7 +59,8 @@ def main() -> None:
             print(f"| {name} | {s} | {r['encode']:.1f} | {r['restore']:.1f} | {r['decode']:.1f} | {r['total']:.1f} |")
     names = list(teachers)
     for s in args.sizes:
-        print(f"ratio sd3/unet total at {s}px: {res[(names[0], s)]['total'] / res[(names[1], s)]['total']:.2f}x")
+        print(f"ratio sd3/unet total at {s}px: {res[(names[0], s)]['total'] / res[(names[1], s)]['total']:.2f}x; "
+              f"bootstrap teacher / unet: {res[(names[2], s)]['total'] / res[(names[1], s)]['total']:.2f}x")
 
 
 if __name__ == "__main__":
