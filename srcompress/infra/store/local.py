@@ -8,12 +8,13 @@ two renames is detected on read as a digest mismatch rather than served silently
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from srcompress.infra.store.base import (
     CHUNK,
@@ -27,13 +28,14 @@ from srcompress.infra.store.base import (
 )
 
 
-def atomic_write_bytes(dest: Path, data: bytes) -> None:
-    """Write ``data`` to ``dest`` via temp file + fsync + rename (also used outside the store)."""
+@contextlib.contextmanager
+def _atomic_file(dest: Path) -> Iterator[BinaryIO]:
+    """A temp file beside ``dest``, fsynced and renamed over it on success, removed on failure."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.srtmp-", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dest)
@@ -42,18 +44,15 @@ def atomic_write_bytes(dest: Path, data: bytes) -> None:
         raise
 
 
+def atomic_write_bytes(dest: Path, data: bytes) -> None:
+    """Write ``data`` to ``dest`` via temp file + fsync + rename (also used outside the store)."""
+    with _atomic_file(dest) as f:
+        f.write(data)
+
+
 def atomic_copy(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.srtmp-", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, CHUNK)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _atomic_file(dest) as out, open(src, "rb") as inp:
+        shutil.copyfileobj(inp, out, CHUNK)
 
 
 class LocalStore(ArtifactStore):
