@@ -54,6 +54,8 @@ def test_bootstrap_and_encode_end_to_end(tmp_path):
     assert e["counts"] == {"latents": 6, "shards": 2}
     assert e["inputs"] == {"pairs": steps["degrade"]["digest"], "teacher": t["digest"]}
     assert e["extra"]["convention"]["mode"] == "mean" and e["extra"]["dtype"] == "float32"
+    assert e["extra"]["vae_digest"] == t["extra"]["vae_digest"] and len(t["extra"]["vae_digest"]) == 64
+    assert e["extra"]["teacher_digest"] == t["digest"]
     lat = _latents(first)
     assert lat["lq"].shape == lat["hq"].shape == lat["teacher"].shape == (6, 16, 64, 64)  # identity VAE: factor 1
 

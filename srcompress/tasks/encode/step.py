@@ -92,6 +92,7 @@ def run_encode(ctx: RunContext, cfg: EncodeConfig, teacher_cfg: TeacherConfig, p
         rows = encode_on_ray(ctx, cfg, teacher_cfg, pairs, teacher, code_ver)
         conv = teacher.extra.get("convention", {})
         index = {"format": "srcompress.latents-index.v1", "pairs_digest": pairs.digest, "teacher_digest": teacher.digest,
+                 "vae_digest": teacher.extra.get("vae_digest"),
                  "convention": conv, "dtype": cfg.dtype, "seed": cfg.seed, "lq_upsample": teacher_cfg.lq_upsample,
                  "shards": [{"key": r["key"], "sha256": r["sha256"], "count": r["count"]} for r in rows]}
         idx = store.put_bytes(f"encode/latents/{key}.json", json.dumps(index, indent=1, sort_keys=True).encode())
@@ -100,6 +101,7 @@ def run_encode(ctx: RunContext, cfg: EncodeConfig, teacher_cfg: TeacherConfig, p
             config_hash=config_hash, inputs=inputs, code_version=code_ver, cache_key=key, run_id=run_id,
             counts={"latents": sum(r["count"] for r in rows), "shards": len(rows)},
             extra={"index_sha256": idx.sha256, "convention": conv, "dtype": cfg.dtype, "seed": cfg.seed,
+                   "teacher_digest": teacher.digest, "vae_digest": teacher.extra.get("vae_digest"),
                    "teacher_output": cfg.teacher_output, "lq_upsample": teacher_cfg.lq_upsample},
         )
         cache.put(manifest)

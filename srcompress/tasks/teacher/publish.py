@@ -35,6 +35,11 @@ def folder_digest(folder: Path) -> tuple[str, dict[str, str]]:
     return digest_of_digests(f"{rel}:{sha}" for rel, sha in sorted(files.items())), files
 
 
+def vae_digest(shas: dict[str, str]) -> str:
+    """Digest of the VAE files alone (recorded with latent caches: latents are only comparable under one VAE)."""
+    return digest_of_digests(f"{rel}:{sha}" for rel, sha in sorted(shas.items()) if rel.startswith("vae/"))
+
+
 def publish_folder(store: ArtifactStore, folder: Path, prefix: str) -> tuple[str, str, dict]:
     """Upload every file under ``prefix/files/`` and an index; returns (index uri, digest, index)."""
     digest, shas = folder_digest(folder)

@@ -25,7 +25,7 @@ from srcompress.models.teachers import OneStepTeacher, load_teacher, save_teache
 from srcompress.models.teachers.bootstrap import train_tiny_teacher
 from srcompress.tasks.degrade.reader import iter_pairs, load_all_pairs
 from srcompress.tasks.teacher.config import TeacherConfig
-from srcompress.tasks.teacher.publish import folder_digest, local_folder_of, publish_folder
+from srcompress.tasks.teacher.publish import folder_digest, local_folder_of, publish_folder, vae_digest
 
 STEP = "bootstrap_teacher"
 
@@ -76,6 +76,7 @@ def bootstrap(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest, holdout: Man
                         code_version=code_ver, cache_key=key, run_id=run_id,
                         counts={"files": len(index["files"]), "train_pairs": len(lq)},
                         extra={"index_sha256": store.stat(store.key_from_uri(uri)).sha256, "mode": "bootstrap",
+                               "vae_digest": vae_digest({k: v["sha256"] for k, v in index["files"].items()}),
                                **teacher.describe(), "metrics": metrics})
     ctx.get_cache().put(manifest)
     return manifest
@@ -90,11 +91,12 @@ def import_teacher(ctx: RunContext, cfg: TeacherConfig, key: str, config_hash: s
         digest, shas = folder_digest(folder)
         teacher = load_teacher(folder, kind=cfg.kind, latent_mode=cfg.latent_mode,
                                use_shift_factor=cfg.use_shift_factor, timestep=cfg.timestep, lora=cfg.lora)
-        uri, extra, files = folder.resolve().as_uri(), {}, len(shas)
+        uri, extra, files = folder.resolve().as_uri(), {"vae_digest": vae_digest(shas)}, len(shas)
     elif "://" in cfg.source:
         index = json.loads(store.get_bytes(store.key_from_uri(cfg.source)))
         uri, digest, files = cfg.source, index["digest"], len(index["files"])
-        extra = {"index_sha256": store.stat(store.key_from_uri(cfg.source)).sha256}
+        extra = {"index_sha256": store.stat(store.key_from_uri(cfg.source)).sha256,
+                 "vae_digest": vae_digest({k: v["sha256"] for k, v in index["files"].items()})}
         teacher = None
     else:
         raise FileNotFoundError(f"teacher.source: {cfg.source} is neither 'bootstrap', a folder, nor a store URI")
