@@ -33,8 +33,12 @@ def gaussian_weights(tile: int, var: float = 0.01) -> Tensor:
     return (w[:, None] * w[None, :]).float()
 
 
-def tiled(fn: Callable[[Tensor], Tensor], z: Tensor, tile: int, overlap: int) -> Tensor:
-    """Apply ``fn`` on overlapping tiles of ``z`` (B, C, H, W) and blend; identical to ``fn(z)`` when it fits."""
+def tiled(fn: Callable[[Tensor], Tensor], z: Tensor, tile: int, overlap: int, max_batch: int = 64) -> Tensor:
+    """Apply ``fn`` on overlapping tiles of ``z`` (B, C, H, W) and blend; identical to ``fn(z)`` when it fits.
+
+    Tiles go through ``fn`` in batches of up to ``max_batch`` (TSD-SR batches a column of tiles at a time):
+    on CPU one call on 49 tiles is several times faster than 49 calls.
+    """
     _, _, h, w = z.shape
     if h <= tile and w <= tile:
         return fn(z)
@@ -43,12 +47,16 @@ def tiled(fn: Callable[[Tensor], Tensor], z: Tensor, tile: int, overlap: int) ->
         zp = torch.nn.functional.pad(z, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
         return tiled(fn, zp, tile, overlap)[..., :h, :w]
     weight = gaussian_weights(tile).to(z.dtype)
+    b = z.shape[0]
+    origins = [(i, j) for i in tile_starts(h, tile, overlap) for j in tile_starts(w, tile, overlap)]
     out, norm = None, torch.zeros((1, 1, h, w), dtype=z.dtype)
-    for i in tile_starts(h, tile, overlap):
-        for j in tile_starts(w, tile, overlap):
-            y = fn(z[..., i : i + tile, j : j + tile])
-            if out is None:
-                out = torch.zeros((z.shape[0], y.shape[1], h, w), dtype=y.dtype)
-            out[..., i : i + tile, j : j + tile] += y * weight
+    per_call = max(1, max_batch // b)
+    for k in range(0, len(origins), per_call):
+        chunk = origins[k : k + per_call]
+        ys = fn(torch.cat([z[..., i : i + tile, j : j + tile] for i, j in chunk]))  # (len(chunk)·B, C', t, t)
+        if out is None:
+            out = torch.zeros((b, ys.shape[1], h, w), dtype=ys.dtype)
+        for n, (i, j) in enumerate(chunk):
+            out[..., i : i + tile, j : j + tile] += ys[n * b : (n + 1) * b] * weight
             norm[..., i : i + tile, j : j + tile] += weight
     return out / norm
