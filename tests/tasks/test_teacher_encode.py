@@ -134,3 +134,13 @@ def test_two_node_ray_cluster_matches_local(tmp_path):
         assert torch.equal(_latents(remote)["teacher"], _latents(local)["teacher"])
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_default_tiny_teacher_beats_bicubic_on_held_out_images(tmp_path):
+    """The embedded default, as shipped: the bootstrapped teacher must beat bicubic (PSNR-Y, held-out photos)."""
+    out = run_pipeline(load_config("tiny"), tmp_path / "w", until="bootstrap_teacher")
+    m = out["steps"]["bootstrap_teacher"]["extra"]["metrics"]
+    assert m["eval_pairs"] == 24  # kodak I04, I19 and sklearn flower, 8 crops each: never trained on
+    assert m["psnr_y_teacher"] > m["psnr_y_bicubic"] + 0.1, m
+    assert m["seconds_total"] < 360
