@@ -86,7 +86,7 @@ def main() -> None:
     print(f"preset={args.preset}  torch={torch.__version__}  cores={torch.get_num_threads()}")
     print("| crop | batch | threads |  pairs/s | MPix/s |\n|---|---|---|---|---|")
     print("\n".join(rows))
-    print(f"\nratios (measured in this run):")
+    print("\nratios (measured in this run):")
     for size in (128, 512):
         print(f"  {size}px batch 32 / batch 1 (1 thread): {results[(size, 32, 1)] / results[(size, 1, 1)]:.2f}x")
         print(f"  {size}px batch 8: 2 threads / 1 thread: {results[(size, 8, 2)] / results[(size, 8, 1)]:.2f}x")

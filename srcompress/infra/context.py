@@ -13,7 +13,14 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from srcompress.infra.manifest import Manifest
-from srcompress.infra.store import ArtifactStore, ObjectNotFoundError, StoreConfig, open_store
+from srcompress.infra.store import (
+    ArtifactStore,
+    IntegrityError,
+    InvalidKeyError,
+    ObjectNotFoundError,
+    StoreConfig,
+    open_store,
+)
 from srcompress.infra.tracking import Tracker, TrackingConfig
 
 
@@ -78,10 +85,21 @@ class StepCache:
         except ObjectNotFoundError:
             return None
         root = self.store.root_uri.rstrip("/") + "/"
-        if manifest.uri.startswith(("file://", "s3://")) and not manifest.uri.startswith(root) \
-                and manifest.extra.get("mode") != "import":
+        if not manifest.uri.startswith(root):
             return None
         return manifest
+
+    def shards_present(self, manifest: Manifest) -> bool:
+        """True if every shard listed in the manifest's index object is in the store with its recorded digest."""
+        try:
+            raw = self.store.get_bytes(self.store.key_from_uri(manifest.uri), manifest.extra.get("index_sha256"))
+        except (ObjectNotFoundError, IntegrityError, InvalidKeyError):
+            return False
+        for shard in json.loads(raw)["shards"]:
+            info = self.store.stat(shard["key"])
+            if info is None or info.sha256 != shard["sha256"]:
+                return False
+        return True
 
     def put(self, manifest: Manifest) -> None:
         self.store.put_bytes(self.key_of(manifest.step, manifest.cache_key), manifest.to_json().encode())

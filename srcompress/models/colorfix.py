@@ -27,23 +27,25 @@ def adain(sr: Tensor, ref: Tensor, eps: float = 1e-5) -> Tensor:
     return ((sr - m_s) / s_s * s_r + m_r).clamp(0, 1)
 
 
-def _blur(x: Tensor, radius: int) -> Tensor:
+def _blur(x: Tensor, dilation: int) -> Tensor:
+    """3×3 binomial blur at ``dilation`` (capped so the padding fits the image), replicate borders."""
+    d = min(dilation, min(x.shape[-2:]) - 1)
+    if d <= 0:
+        return x
     c = x.shape[1]
-    k = _BINOMIAL.to(x.dtype).expand(c, 1, 3, 3)
-    pad = radius if radius < min(x.shape[-2:]) else min(x.shape[-2:]) - 1
-    xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-    return F.conv2d(xp, k, groups=c, dilation=pad if pad > 0 else 1) if pad > 0 else x
+    return F.conv2d(F.pad(x, (d, d, d, d), mode="replicate"), _BINOMIAL.to(x.dtype).expand(c, 1, 3, 3),
+                    groups=c, dilation=d)
 
 
 def wavelet_decompose(x: Tensor, levels: int = 5) -> tuple[Tensor, Tensor]:
-    """(high frequencies, low frequencies) with ``x = high + low``; level i blurs at dilation 2**i."""
-    high = torch.zeros_like(x)
+    """(high frequencies, low frequencies) with ``x = high + low``; level i blurs at dilation 2**i.
+
+    The high band is the sum of the per-level details, which telescopes to ``x − low``.
+    """
     low = x
     for i in range(levels):
-        blurred = _blur(low, 2**i)
-        high = high + (low - blurred)
-        low = blurred
-    return high, low
+        low = _blur(low, 2**i)
+    return x - low, low
 
 
 def wavelet(sr: Tensor, ref: Tensor, levels: int = 5) -> Tensor:

@@ -160,16 +160,6 @@ def finalize(ctx: RunContext, cfg: DegradeConfig, scan: ScanResult, shards: list
     return manifest
 
 
-def _shards_present(ctx: RunContext, manifest: Manifest) -> bool:
-    store = ctx.get_store()
-    index = json.loads(store.get_bytes(store.key_from_uri(manifest.uri), manifest.extra.get("index_sha256")))
-    for sh in index["shards"]:
-        info = store.stat(sh["key"])
-        if info is None or info.sha256 != sh["sha256"]:
-            return False
-    return True
-
-
 def run_degrade(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, workers: int,
                 split: str = "train") -> Manifest:
     """Step driver, called from the flow: scan → (step cache | fan out shards → finalize), in one nested run.
@@ -185,7 +175,7 @@ def run_degrade(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, worke
     step_key = cache_key(STEP, config_hash, inputs, code_ver)
     params = {"degrade": cfg.model_dump(mode="json"), "data": data_cfg.model_dump(mode="json"), "split": split}
     hit = cache.get(STEP, step_key)
-    if hit is not None and not _shards_present(ctx, hit):
+    if hit is not None and not cache.shards_present(hit):
         hit = None
     run_name = STEP if split == "train" else f"{STEP}-{split}"
     with tracker.step_run(ctx.parent_run_id, run_name, params,

@@ -75,10 +75,8 @@ def run_encode(ctx: RunContext, cfg: EncodeConfig, teacher_cfg: TeacherConfig, p
     inputs = {"pairs": pairs.digest, "teacher": teacher.digest}
     key = cache_key(STEP, config_hash, inputs, code_ver)
     hit = cache.get(STEP, key)
-    if hit is not None:
-        index = json.loads(store.get_bytes(store.key_from_uri(hit.uri), hit.extra.get("index_sha256")))
-        if any((store.stat(s["key"]) or None) is None for s in index["shards"]):
-            hit = None
+    if hit is not None and not cache.shards_present(hit):
+        hit = None
     t0 = time.perf_counter()
     with tracker.step_run(ctx.parent_run_id, STEP, {"encode": cfg.model_dump(mode="json")},
                           tags={"cache_key": key, "cache_hit": hit is not None}) as run_id:

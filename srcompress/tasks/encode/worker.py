@@ -76,13 +76,13 @@ class EncoderActor:
         torch.set_num_threads(self.cfg.threads_per_actor)
         self.teacher_manifest = Manifest.from_json(teacher_manifest_json)
         self.store = self.ctx.get_store()
-        self.teacher = materialize_teacher(self.store, self.teacher_manifest,
-                                           TeacherConfig.model_validate_json(teacher_cfg_json),
+        teacher_cfg = TeacherConfig.model_validate_json(teacher_cfg_json)
+        self.teacher = materialize_teacher(self.store, self.teacher_manifest, teacher_cfg,
                                            Path(self.ctx.workdir) / "scratch" / "teachers-cache")
         self.code_ver = code_ver
         self.header = {"format": "srcompress.latents.v1", "teacher_digest": self.teacher_manifest.digest,
                        "convention": self.teacher.convention.as_dict(), "dtype": self.cfg.dtype,
-                       "seed": self.cfg.seed, "lq_upsample": "bicubic"}
+                       "seed": self.cfg.seed, "lq_upsample": teacher_cfg.lq_upsample}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out: dict[str, list] = {"index": [], "key": [], "sha256": [], "count": [], "computed": [], "seconds": []}

@@ -25,7 +25,7 @@ from srcompress.models.teachers import OneStepTeacher, load_teacher, save_teache
 from srcompress.models.teachers.bootstrap import train_tiny_teacher
 from srcompress.tasks.degrade.reader import iter_pairs, load_all_pairs
 from srcompress.tasks.teacher.config import TeacherConfig
-from srcompress.tasks.teacher.publish import folder_digest, local_folder_of, publish_folder, vae_digest
+from srcompress.tasks.teacher.publish import folder_digest, publish_folder, vae_digest
 
 STEP = "bootstrap_teacher"
 
@@ -114,8 +114,10 @@ def run_teacher(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest, holdout: M
     boot = cfg.source == "bootstrap"
     inputs = ({"pairs": pairs.digest} | ({"holdout": holdout.digest} if holdout else {})) if boot else {"source": cfg.source}
     key = cache_key(STEP, config_hash, inputs, code_ver)
-    hit = cache.get(STEP, key)
-    if hit is not None and local_folder_of(hit.uri) is None and not ctx.get_store().exists(ctx.get_store().key_from_uri(hit.uri)):
+    # Imports are never served from the cache: the folder behind a path may have changed, so its files are
+    # re-hashed every run (that hash is the step's input digest, as the scan is for degrade).
+    hit = cache.get(STEP, key) if boot else None
+    if hit is not None and not ctx.get_store().exists(ctx.get_store().key_from_uri(hit.uri)):
         hit = None
     t0 = time.perf_counter()
     with tracker.step_run(ctx.parent_run_id, STEP, {"teacher": cfg.model_dump(mode="json")},
@@ -132,7 +134,6 @@ def run_teacher(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest, holdout: M
             manifest = bootstrap(ctx, cfg, pairs, holdout, key, config_hash, code_ver, run_id)
         else:
             manifest = import_teacher(ctx, cfg, key, config_hash, code_ver, run_id)
-            cache.put(manifest)
         tracker.log_metrics(run_id, {"step_seconds": time.perf_counter() - t0})
         tracker.log_manifest_output(run_id, manifest)
         return manifest
