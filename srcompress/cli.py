@@ -1,7 +1,9 @@
-"""Command line: ``srcompress run`` (the DAG) and ``srcompress config show``.
+"""Command line: ``srcompress run`` (the DAG), ``srcompress evaluate``, ``srcompress config show``, ``srcompress assets``.
 
     srcompress run --config configs/tiny.yaml --workdir runs/tiny --until degrade --summary runs/tiny/summary.json
+    srcompress evaluate --config configs/tiny.yaml --data ~/photos --models bicubic,teacher --summary S.json
     srcompress config show --config configs/tiny.yaml --set degrade.crop_size=64
+    srcompress assets fetch
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import yaml
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compress one-step diffusion SR teachers.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
 app.add_typer(config_app, name="config")
+assets_app = typer.Typer(no_args_is_help=True, help="Offline metric assets (NIQE parameters).")
+app.add_typer(assets_app, name="assets")
 
 ConfigOpt = typer.Option(..., "--config", "-c", help="YAML config file or preset name (configs/<name>.yaml).")
 SetOpt = typer.Option(None, "--set", help="Override a key: section.key=value (repeatable).")
@@ -81,6 +85,74 @@ def run(config: str = ConfigOpt, workdir: Optional[Path] = typer.Option(None, he
                                      for k, v in steps.items()}}, indent=2))
     if summary:
         typer.echo(f"summary: {summary}")
+
+
+@app.command()
+def evaluate(config: str = ConfigOpt, data: Optional[str] = typer.Option(None, help="HR folder, paired folder (hr/ + lr/), LR-only folder, pairs manifest .json, or s3:// prefix."),
+             models: Optional[str] = typer.Option(None, help="Comma-separated: bicubic,teacher (bicubic is always included)."),
+             workdir: Optional[Path] = typer.Option(None, help="Work dir (default runs/<run.name>)."),
+             summary: Optional[Path] = typer.Option(None, help="Write the evaluation summary JSON here."),
+             list_metrics: bool = typer.Option(False, "--list-metrics", help="List metrics and whether they can run here."),
+             overrides: Optional[list[str]] = SetOpt) -> None:
+    """Evaluate bicubic and the requested models on a dataset: metrics, efficiency, grids, MLflow records."""
+    extra = [f"evaluate.models={json.dumps([m.strip() for m in models.split(',') if m.strip()])}"] if models else []
+    cfg = _load(config, list(overrides or []) + extra)
+    if list_metrics:
+        _list_metrics(cfg)
+        return
+    if not data:
+        _fail("--data is required (a folder, a pairs manifest .json, or an s3:// prefix)", 2)
+    if not data.startswith("s3://") and not Path(data).expanduser().exists():
+        _fail(f"--data {data}: no such file or folder", 2)
+    workdir = (workdir or Path("runs") / cfg.run.name).resolve()
+    from srcompress.infra.orchestration import configure_prefect
+
+    configure_prefect(workdir)
+    from srcompress.flows.evaluate import run_evaluation
+    from srcompress.infra.store import StoreError
+
+    try:
+        result = run_evaluation(cfg, workdir, data if data.startswith("s3://") else str(Path(data).expanduser().resolve()),
+                                summary=summary)
+    except StoreError as exc:
+        _fail(f"artifact store error: {exc}", 3)
+    typer.echo(Path(result["table"]).read_text())
+    typer.echo(f"table: {result['table']}\nMLflow parent run: {result['parent_run_id']}")
+    if summary:
+        typer.echo(f"summary: {summary}")
+
+
+def _list_metrics(cfg) -> None:
+    from srcompress.models.iqa import MetricUnavailable, build_metric, metric_names
+    from srcompress.tasks.evaluate.step import metric_env
+
+    env = metric_env(cfg.evaluate)
+    for name in metric_names():
+        try:
+            m = build_metric(name, env)
+            typer.echo(f"{name:10s} ok  ({m.info.mode}, {'lower' if m.info.lower_better else 'higher'} is better, {m.info.backend})")
+        except MetricUnavailable as exc:
+            typer.echo(f"{name:10s} {exc}")
+
+
+@assets_app.command("fetch")
+def assets_fetch() -> None:
+    """Fetch the official NIQE parameters from the basicsr sdist (package registry; sha256-pinned)."""
+    from srcompress.infra.assets import AssetUnavailable, fetch_niqe_params
+
+    try:
+        typer.echo(f"niqe: {fetch_niqe_params()}")
+    except AssetUnavailable as exc:
+        _fail(str(exc), 4)
+
+
+@assets_app.command("show")
+def assets_show() -> None:
+    """Where each offline asset lives and whether it is present."""
+    from srcompress.infra.assets import status
+
+    for s in status():
+        typer.echo(f"{s.name}: {'present' if s.present else 'missing'} at {s.path} (source: {s.source})")
 
 
 def main() -> None:  # pragma: no cover - console entry

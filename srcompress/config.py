@@ -3,8 +3,9 @@
     srcompress config show --config configs/tiny.yaml
 
 Sections: ``run`` (naming, parallelism), ``store`` (artifact store), ``tracking`` (MLflow), ``data`` (HR
-sources), ``degrade`` (Real-ESRGAN pairs), ``teacher`` (bootstrap or import), ``encode`` (Ray latents). Each section's hash is its step-config
-hash; the whole config's hash identifies the run's settings.
+sources), ``degrade`` (Real-ESRGAN pairs), ``teacher`` (bootstrap or import), ``encode`` (Ray latents),
+``evaluate`` (metrics, conventions, inference). Each section's hash is its step-config hash; the whole
+config's hash identifies the run's settings.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from srcompress.infra.tracking import TrackingConfig
 from srcompress.tasks.degrade.config import DegradeConfig
 from srcompress.tasks.degrade.sources import DataConfig
 from srcompress.tasks.encode.config import EncodeConfig
+from srcompress.tasks.evaluate.config import EvaluateConfig
 from srcompress.tasks.teacher.config import TeacherConfig
 
 STEPS = ("degrade", "bootstrap_teacher", "encode_latents")  # DAG order; later issues append theirs
@@ -43,6 +45,7 @@ class SrConfig(StrictModel):
     degrade: DegradeConfig = Field(default_factory=DegradeConfig, description="Degradation step.")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Teacher (bootstrap or import).")
     encode: EncodeConfig = Field(default_factory=EncodeConfig, description="Latent pre-encoding on Ray.")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation: metrics, conventions, inference.")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -107,11 +107,16 @@ def import_teacher(ctx: RunContext, cfg: TeacherConfig, key: str, config_hash: s
                     extra={"mode": "import", **extra})
 
 
-def run_teacher(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest, holdout: Manifest | None) -> Manifest:
-    """Step driver: cached by (teacher config, pairs digests, code version) in one nested MLflow run."""
+def run_teacher(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest | None, holdout: Manifest | None) -> Manifest:
+    """Step driver: cached by (teacher config, pairs digests, code version) in one nested MLflow run.
+
+    ``pairs`` may be None for an imported teacher (the evaluation flow needs no training data).
+    """
     tracker, cache = ctx.get_tracker(), ctx.get_cache()
     code_ver, config_hash = step_code_version(), cfg.config_hash()
     boot = cfg.source == "bootstrap"
+    if boot and pairs is None:
+        raise ValueError("teacher.source=bootstrap needs the degrade pairs to train on")
     inputs = ({"pairs": pairs.digest} | ({"holdout": holdout.digest} if holdout else {})) if boot else {"source": cfg.source}
     key = cache_key(STEP, config_hash, inputs, code_ver)
     # Imports are never served from the cache: the folder behind a path may have changed, so its files are
@@ -123,7 +128,8 @@ def run_teacher(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest, holdout: M
     with tracker.step_run(ctx.parent_run_id, STEP, {"teacher": cfg.model_dump(mode="json")},
                           tags={"cache_key": key, "cache_hit": hit is not None,
                                 "mode": "bootstrap" if boot else "import"}) as run_id:
-        tracker.log_manifest(run_id, pairs, context="training")
+        if pairs is not None:
+            tracker.log_manifest(run_id, pairs, context="training")
         if hit is not None:
             get_run_logger().info("bootstrap_teacher: cache hit %s; nothing to do", key[:12])
             tracker.set_tags(run_id, {"source_run_id": hit.run_id or ""})

@@ -1,0 +1,87 @@
+"""The standalone evaluation flow: score bicubic, the teacher (and later students) on any dataset.
+
+    srcompress evaluate --config configs/tiny.yaml --data ~/photos --models bicubic,teacher --summary S.json
+
+``--data`` is a folder of HR photos, a paired folder (hr/ + lr/), an LR-only folder, a degrade pairs
+manifest (.json), or an s3:// prefix of any of these. The teacher comes from the config's ``teacher``
+section: an imported folder/URI is hashed and recorded; ``bootstrap`` (the embedded default) reuses the
+pipeline's cached degrade → bootstrap_teacher steps, training the tiny teacher only if no run has yet.
+The flow only orchestrates: eval_data and evaluate are step drivers in ``tasks/evaluate/``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from srcompress import __version__
+from srcompress.config import SrConfig
+from srcompress.infra.config import redact
+from srcompress.infra.context import RunContext
+from srcompress.infra.manifest import Manifest, code_version
+from srcompress.infra.store import atomic_write_bytes
+from srcompress.tasks.degrade.step import run_degrade
+from srcompress.tasks.evaluate.data_step import run_eval_data
+from srcompress.tasks.evaluate.step import run_evaluate
+from srcompress.tasks.teacher.step import run_teacher
+
+
+def _teacher(ctx: RunContext, cfg: SrConfig) -> Manifest:
+    if cfg.teacher.source != "bootstrap":
+        return run_teacher(ctx, cfg.teacher, None, None)
+    pairs = run_degrade(ctx, cfg.data, cfg.degrade, cfg.run.max_workers)
+    holdout = run_degrade(ctx, cfg.data, cfg.degrade, cfg.run.max_workers, "holdout") if cfg.data.held_out else None
+    return run_teacher(ctx, cfg.teacher, pairs, holdout)
+
+
+@flow(name="srcompress-evaluate", log_prints=True, validate_parameters=False)
+def evaluate(config: dict[str, Any], workdir: str, data: str) -> dict[str, Any]:
+    """Evaluate ``config['evaluate']['models']`` on ``data``; returns the summary (table paths, metrics)."""
+    log = get_run_logger()
+    cfg = SrConfig.model_validate(config)
+    ctx = RunContext(workdir=str(Path(workdir).resolve()), store=cfg.store, tracking=cfg.tracking,
+                     torch_threads=cfg.run.torch_threads)
+    ctx.get_store().check()  # fail fast, before any MLflow run is opened
+    tracker = ctx.get_tracker()
+    parent = tracker.start_pipeline_run(f"{cfg.run.name}-evaluate", {
+        "kind": "evaluation", "config_hash": cfg.config_hash(), "code_version": code_version("srcompress"),
+        "package_version": __version__, "host": socket.gethostname(), "data": redact(data, "uri"),
+        "models": ",".join(cfg.evaluate.models)}, {"evaluate": cfg.evaluate.model_dump(mode="json"), "data": data})
+    ctx = ctx.model_copy(update={"parent_run_id": parent})
+    manifests: dict[str, Manifest] = {}
+    try:
+        models = {}
+        if "teacher" in cfg.evaluate.models:
+            manifests["teacher"] = models["teacher"] = _teacher(ctx, cfg)
+        manifests["eval_data"] = run_eval_data(ctx, cfg.evaluate, data, cfg.degrade)
+        manifests["evaluate"] = run_evaluate(ctx, cfg.evaluate, manifests["eval_data"], models, cfg.teacher)
+    except BaseException:
+        tracker.end_run(parent, "FAILED")
+        raise
+    ev = manifests["evaluate"]
+    tracker.set_tags(parent, {f"step.{k}.digest": m.digest for k, m in manifests.items()})
+    tracker.log_metrics(parent, ev.extra.get("metrics", {}))
+    tracker.end_run(parent, "FINISHED")
+    log.info("evaluation table: %s", ev.extra["table_path"])
+    return {"parent_run_id": parent, "experiment_id": tracker.experiment_id, "tracking_uri": redact(tracker.uri),
+            "store": ctx.get_store().root_uri, "data": redact(data, "uri"), "models": cfg.evaluate.models,
+            "table": ev.extra["table_path"], "table_uri": ev.extra["table_uri"],
+            "per_image_uri": ev.extra["per_image_uri"], "report_uri": ev.uri, "metrics": ev.extra.get("metrics", {}),
+            "unavailable": ev.extra.get("unavailable", {}),
+            "steps": {k: m.model_dump(mode="json") for k, m in manifests.items()}}
+
+
+def run_evaluation(cfg: SrConfig, workdir: str | Path, data: str, summary: str | Path | None = None) -> dict[str, Any]:
+    """Entry point used by the CLI and tests."""
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    runner = ThreadPoolTaskRunner(max_workers=cfg.run.max_workers)
+    result = evaluate.with_options(task_runner=runner, flow_run_name=f"{cfg.run.name}-evaluate")(
+        config=cfg.model_dump(mode="json"), workdir=str(workdir), data=str(data))
+    if summary is not None:
+        atomic_write_bytes(Path(summary).resolve(), json.dumps(result, indent=2, sort_keys=True).encode())
+    return result

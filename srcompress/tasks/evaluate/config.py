@@ -1,0 +1,87 @@
+"""Typed config of the evaluation step: which data, which metrics under which conventions, how models infer.
+
+Every field here is logged as an MLflow param with the results (the conventions are part of the numbers,
+methods.md §3.11 "always log the color_space, crop, color-fix and tile settings with the metrics").
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from srcompress.infra.config import StrictModel
+
+DEFAULT_METRICS = ["psnr", "ssim", "ms_ssim", "st_lpips", "lpips", "dists", "niqe", "piqe", "brisque", "musiq",
+                   "maniqa", "clipiqa", "fid"]
+MODEL_KINDS = ("bicubic", "teacher")  # later issues add student / pruned
+
+
+class EvalDataConfig(StrictModel):
+    """How an evaluation dataset is read and, for HR-only folders, how its LQ inputs are made."""
+
+    kind: Literal["auto", "hr", "paired", "lr", "pairs"] = Field("auto", description="auto: hr/+lr/ subfolders → paired, only lr/ → lr, a .json manifest → pairs, else a folder of HR photos.")
+    lq: Literal["bicubic", "degrade"] = Field("bicubic", description="HR folders: LQ by plain bicubic downsampling (antialiased, MATLAB imresize-like) or by the config's degrade pipeline (seeded per image).")
+    scale: int = Field(4, ge=1, le=16, description="Upscaling factor (HR side / LR side).")
+    center_crop: int | None = Field(512, ge=16, description="HR folders: centre-crop HR to this square first (StableSR-style 512 test crops); None = whole image (cropped to a multiple of scale).")
+    max_images: int | None = Field(None, ge=1, description="Use at most this many images (sorted by name).")
+    seed: int = Field(0, description="Seed of the degradation draws (per image: seed, name digest).")
+    endpoint_url: str | None = Field(None, description="S3 endpoint for an s3:// dataset; default: the store's.")
+    max_pixels: int = Field(100_000_000, ge=1, description="Images with more pixels are skipped (decompression-bomb guard).")
+    max_file_mb: float = Field(256.0, gt=0, description="Files larger than this are skipped without being read.")
+
+
+class InferenceConfig(StrictModel):
+    """How diffusion models run on evaluation images of any size."""
+
+    tile: int | None = Field(64, ge=4, description="Latent tile (TSD-SR/TinySR: 64); capped at the model's positional-embedding size; None = untiled where possible.")
+    tile_overlap: int = Field(8, ge=0, description="Latent tile overlap, Gaussian-blended (TSD-SR/TinySR: 8).")
+    vae_tiling: bool = Field(False, description="Use the VAE's own tiled encode/decode (diffusers AutoencoderKL.enable_tiling).")
+    vae_tile: int = Field(512, ge=32, description="VAE tile size in pixels when vae_tiling is on.")
+    color_fix: Literal["none", "adain", "wavelet"] = Field("wavelet", description="Colour fix against the bicubic-upsampled LR (TSD-SR default: wavelet; OSEDiff/TinySR: adain).")
+
+
+class EfficiencyConfig(StrictModel):
+    """Latency / MACs / params / memory protocol (models/efficiency.py)."""
+
+    enabled: bool = Field(True, description="Measure each model at the evaluated size.")
+    lr_size: int | None = Field(None, ge=8, description="Square LR input side for the measurement; None = the first image's LR size.")
+    warmup: int = Field(2, ge=0, description="Untimed calls before timing.")
+    reps: int = Field(5, ge=1, description="Timed calls; the median is reported.")
+
+
+class EvaluateConfig(StrictModel):
+    """The evaluation step: dataset handling, metrics and their conventions, inference, report."""
+
+    models: list[str] = Field(["bicubic", "teacher"], min_length=1, description="Models to evaluate; bicubic is always added as the baseline.")
+    metrics: list[str] = Field(DEFAULT_METRICS, min_length=1, description="Metric names (see `srcompress evaluate --list-metrics`); unavailable ones are reported, not fatal.")
+    crop_border: int = Field(0, ge=0, description="Pixels cropped from each edge before PSNR/SSIM/MS-SSIM/NIQE (SR papers: 0; classic BasicSR: = scale).")
+    color_space: Literal["ycbcr", "yiq"] = Field("ycbcr", description="Colour space whose Y channel PSNR/SSIM/MS-SSIM use (SR convention: ycbcr, BT.601).")
+    niqe_color_space: Literal["ycbcr", "yiq"] = Field("ycbcr", description="Grey channel NIQE uses (BasicSR convert_to='y': ycbcr; pyiqa's default: yiq).")
+    ssim_downsample: bool = Field(False, description="Wang's MATLAB auto-downsampling before SSIM (papers via pyiqa: off).")
+    st_lpips_net: Literal["alex", "vgg"] = Field("alex", description="Trunk of ST-LPIPS.")
+    data: EvalDataConfig = Field(default_factory=EvalDataConfig, description="Dataset reading and LQ synthesis.")
+    inference: InferenceConfig = Field(default_factory=InferenceConfig, description="Tiling and colour fix.")
+    efficiency: EfficiencyConfig = Field(default_factory=EfficiencyConfig, description="Efficiency measurement.")
+    grid_images: int = Field(6, ge=0, description="How many images get a comparison grid (LQ | bicubic | models | HQ).")
+    grid_crop: int = Field(256, ge=32, description="Grids show a centre crop of this HR size (full image if smaller).")
+    save_outputs: bool = Field(False, description="Also store every SR output as PNG.")
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v: list[str]) -> list[str]:
+        unknown = [m for m in v if m not in MODEL_KINDS]
+        if unknown:
+            raise ValueError(f"unknown models {unknown}; known: {', '.join(MODEL_KINDS)}")
+        return ["bicubic"] + [m for m in dict.fromkeys(v) if m != "bicubic"]
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, v: list[str]) -> list[str]:
+        from srcompress.models.iqa.registry import known_names
+
+        known = known_names()
+        unknown = [m for m in v if m not in known]
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; known: {', '.join(known)}")
+        return list(dict.fromkeys(v))

@@ -1,0 +1,150 @@
+"""The ``eval_data`` step: turn ``--data`` (folder, paired folder, LR-only folder, pairs manifest, s3:// prefix)
+into an evaluation set in the store — LR (and HR) PNGs plus an index — cached by the sources' content digest.
+
+    manifest = run_eval_data(ctx, cfg, "s3://bucket/photos", degrade_cfg)
+
+The set records how every LR was made (bicubic or seeded degradation), and which files were skipped and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from prefect import get_run_logger
+
+from srcompress.infra.context import RunContext
+from srcompress.infra.manifest import Manifest, cache_key, code_version, digest_of_digests
+from srcompress.infra.store import ObjectNotFoundError, atomic_write_bytes, sha256_bytes
+from srcompress.tasks.degrade.config import DegradeConfig
+from srcompress.tasks.degrade.reader import iter_pairs
+from srcompress.tasks.evaluate.config import EvaluateConfig
+from srcompress.tasks.evaluate.datasets import EvalItem, detect_kind, image_files, load_items, png_bytes, png_decode
+
+STEP = "eval_data"
+
+
+def step_code_version() -> str:
+    return code_version("srcompress.tasks.evaluate.datasets", "srcompress.tasks.evaluate.data_step",
+                        "srcompress.tasks.degrade.ingest", "srcompress.models.degradations")
+
+
+def materialize_s3(ctx: RunContext, uri: str, cfg: EvaluateConfig) -> Path:
+    """Copy an s3:// prefix (or one .json object) into the work dir; returns the local folder or file."""
+    from srcompress.infra.store.s3 import S3Store
+
+    scfg = ctx.store.model_copy(update={"uri": uri.rstrip("/") if not uri.endswith(".json") else uri.rsplit("/", 1)[0],
+                                        "endpoint_url": cfg.data.endpoint_url or ctx.store.endpoint_url})
+    store = S3Store(scfg.uri, scfg)
+    dest = ctx.scratch("eval_src", hashlib.sha256(uri.encode()).hexdigest()[:16])
+    limit = int(cfg.data.max_file_mb * 2**20)
+    if uri.endswith(".json"):
+        name = uri.rsplit("/", 1)[1]
+        atomic_write_bytes(dest / name, store.get_raw(name, max_bytes=limit))
+        return dest / name
+    n = 0
+    for key, size in store.list_raw():
+        if any(p.startswith(".") for p in key.split("/")) or size > limit:
+            continue
+        atomic_write_bytes(dest / key, store.get_raw(key, max_bytes=limit))
+        n += 1
+    if n == 0:
+        raise FileNotFoundError(f"evaluation data {uri}: no objects under this prefix")
+    return dest
+
+
+def source_digest(path: Path, kind: str) -> str:
+    if kind == "pairs":
+        return sha256_bytes(path.read_bytes())
+    base = path / "lr" if kind == "lr" and (path / "lr").is_dir() else path
+    return digest_of_digests(f"{name}:{hashlib.sha256(p.read_bytes()).hexdigest()}" for name, p in image_files(base))
+
+
+def step_config_hash(cfg: EvaluateConfig, degrade_cfg: DegradeConfig, kind: str) -> str:
+    from srcompress.infra.config import canonical_hash
+
+    parts = {"data": cfg.data.model_dump(mode="json"), "kind": kind}
+    if kind == "hr" and cfg.data.lq == "degrade":
+        parts["degrade"] = degrade_cfg.config_hash()
+    return canonical_hash(parts)
+
+
+def _pairs_reader(ctx: RunContext):
+    def read(path: Path):
+        manifest = Manifest.from_json(path.read_bytes())
+        store = ctx.get_store()
+        if not manifest.uri.startswith(store.root_uri.rstrip("/") + "/"):
+            raise ValueError(f"pairs manifest {path} points at {manifest.uri}, outside the configured store "
+                             f"{store.root_uri} (set store.uri to the store that holds it)")
+        for _, lq, hq, meta in iter_pairs(store, manifest):
+            yield lq, hq, meta
+    return read
+
+
+def publish_items(ctx: RunContext, items: list[EvalItem], skipped: dict[str, str], prefix: str, info: dict) -> dict:
+    store = ctx.get_store()
+    entries = []
+    for i, it in enumerate(items):
+        lr = store.put_bytes(f"{prefix}/lr/{i:05d}.png", png_bytes(it.lr))
+        hr = store.put_bytes(f"{prefix}/hr/{i:05d}.png", png_bytes(it.hr)) if it.hr is not None else None
+        entries.append({"name": it.name, "lr": lr.key, "lr_sha256": lr.sha256, "hr": hr.key if hr else None,
+                        "hr_sha256": hr.sha256 if hr else None, "source_sha256": it.source_sha256, "note": it.note})
+    index = {"format": "srcompress.evalset.v1", **info, "items": entries, "skipped": skipped}
+    obj = store.put_bytes(f"{prefix}/index.json", json.dumps(index, indent=1, sort_keys=True).encode())
+    return {"index": index, "key": obj.key, "sha256": obj.sha256}
+
+
+def read_eval_set(ctx: RunContext, manifest: Manifest) -> tuple[list[EvalItem], dict]:
+    store = ctx.get_store()
+    index = json.loads(store.get_bytes(store.key_from_uri(manifest.uri), manifest.extra.get("index_sha256")))
+    items = [EvalItem(e["name"], png_decode(store.get_bytes(e["lr"], e["lr_sha256"])),
+                      png_decode(store.get_bytes(e["hr"], e["hr_sha256"])) if e["hr"] else None,
+                      e["source_sha256"], e["note"]) for e in index["items"]]
+    return items, index
+
+
+def run_eval_data(ctx: RunContext, cfg: EvaluateConfig, data: str, degrade_cfg: DegradeConfig) -> Manifest:
+    log = get_run_logger()
+    tracker, cache = ctx.get_tracker(), ctx.get_cache()
+    path = materialize_s3(ctx, data, cfg) if data.startswith("s3://") else Path(data).expanduser().resolve()
+    kind = detect_kind(path) if cfg.data.kind == "auto" else cfg.data.kind
+    if kind == "hr" and cfg.data.lq == "degrade":
+        if degrade_cfg.scale != cfg.data.scale or degrade_cfg.final.resize_back != "none":
+            raise ValueError(f"evaluate.data.lq=degrade needs degrade.scale == evaluate.data.scale "
+                             f"({degrade_cfg.scale} vs {cfg.data.scale}) and degrade.final.resize_back=none")
+    digest, code_ver, chash = source_digest(path, kind), step_code_version(), step_config_hash(cfg, degrade_cfg, kind)
+    key = cache_key(STEP, chash, {"source": digest}, code_ver)
+    hit = cache.get(STEP, key)
+    if hit is not None:
+        try:
+            read_eval_set(ctx, hit)
+        except (ObjectNotFoundError, KeyError, ValueError):
+            hit = None
+    with tracker.step_run(ctx.parent_run_id, STEP, {"data": cfg.data.model_dump(mode="json"), "source": data,
+                                                   "kind": kind}, tags={"cache_key": key, "cache_hit": hit is not None}) as run_id:
+        if hit is not None:
+            log.info("eval_data: cache hit %s (%s images)", key[:12], hit.counts.get("images"))
+            tracker.set_tags(run_id, {"source_run_id": hit.run_id or ""})
+            return hit
+        items, skipped = load_items(path, kind, cfg.data, degrade_cfg, _pairs_reader(ctx))
+        for name, why in skipped.items():
+            log.warning("eval_data: skipped %s: %s", name, why)
+        if not items:
+            raise ValueError(f"evaluation data {data}: no usable images ({len(skipped)} skipped: "
+                             f"{'; '.join(f'{k}: {v}' for k, v in list(skipped.items())[:3])})")
+        info = {"source": data, "kind": kind, "scale": cfg.data.scale, "lq": cfg.data.lq if kind == "hr" else kind,
+                "source_digest": digest}
+        pub = publish_items(ctx, items, skipped, f"eval_data/{key[:24]}", info)
+        entries = pub["index"]["items"]
+        set_digest = digest_of_digests(f"{e['lr_sha256']}:{e['hr_sha256']}" for e in entries)
+        manifest = Manifest(kind="eval_set", step=STEP, uri=ctx.get_store().uri(pub["key"]), digest=set_digest,
+                            config_hash=chash, inputs={"source": digest}, code_version=code_ver, cache_key=key,
+                            run_id=run_id, counts={"images": len(items), "skipped": len(skipped),
+                                                   "with_hr": sum(1 for it in items if it.hr is not None)},
+                            extra={"index_sha256": pub["sha256"], **info})
+        if skipped:
+            tracker.log_text(run_id, json.dumps(skipped, indent=2), "eval_data/skipped.json")
+        tracker.log_manifest_output(run_id, manifest)
+        cache.put(manifest)
+        return manifest

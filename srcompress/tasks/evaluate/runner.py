@@ -1,0 +1,128 @@
+"""Run every model on every item and score it with every available metric.
+
+    result = evaluate_models(items, upscalers, metric_names, env, grid_ids, eff_cfg)
+
+Conventions: SR outputs are quantised to 8 bit before scoring (as the PNGs the official scripts score);
+image metrics are computed per image (sizes differ); FID over the whole set; full-reference metrics and FID
+are "n/a: no HR" on LR-only sets; an image below a metric's minimum size is "n/a" with the reason, and the
+mean is over the images that have a value (their count is reported).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from srcompress.models.efficiency import measure
+from srcompress.models.iqa import ImageTooSmall, MetricEnv, MetricUnavailable, build_metric
+from srcompress.tasks.evaluate.config import EfficiencyConfig
+from srcompress.tasks.evaluate.datasets import EvalItem, to_tensor, to_uint8
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MetricSummary:
+    mean: float | None
+    std: float | None
+    n: int
+    note: str = ""
+
+
+@dataclass
+class EvalResult:
+    rows: list[dict] = field(default_factory=list)  # one per (model, image)
+    summary: dict[str, dict[str, MetricSummary]] = field(default_factory=dict)  # model → metric → summary
+    unavailable: dict[str, str] = field(default_factory=dict)  # metric → reason
+    lower_better: dict[str, bool] = field(default_factory=dict)
+    efficiency: dict[str, dict] = field(default_factory=dict)  # model → Efficiency.as_dict()
+    models: dict[str, dict] = field(default_factory=dict)  # model → describe()
+    outputs: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)  # model → item index → SR uint8
+
+
+def build_metrics(names: list[str], env: MetricEnv) -> tuple[dict, dict[str, str]]:
+    metrics, unavailable = {}, {}
+    for name in names:
+        try:
+            metrics[name] = build_metric(name, env)
+        except MetricUnavailable as exc:
+            unavailable[name] = str(exc)
+            log.warning("metric %s %s", name, exc)
+    return metrics, unavailable
+
+
+def _summarise(values: list[float | None], note: str = "") -> MetricSummary:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return MetricSummary(None, None, 0, note or "no image had a value")
+    return MetricSummary(statistics.fmean(vals), statistics.pstdev(vals) if len(vals) > 1 else 0.0, len(vals), note)
+
+
+def evaluate_models(items: list[EvalItem], upscalers: dict, metric_names: list[str], env: MetricEnv,
+                    keep_outputs: set[int], eff: EfficiencyConfig) -> EvalResult:
+    res = EvalResult()
+    metrics, res.unavailable = build_metrics(metric_names, env)
+    has_hr = all(it.hr is not None for it in items)
+    for name, m in metrics.items():
+        res.lower_better[name] = m.info.lower_better
+    for model_name, up in upscalers.items():
+        res.models[model_name] = up.describe()
+        res.outputs[model_name] = {}
+        per_metric: dict[str, list[float | None]] = {n: [] for n, m in metrics.items() if m.info.mode != "DIST"}
+        dist = {n: m for n, m in metrics.items() if m.info.mode == "DIST"}
+        for m in dist.values():
+            m.reset()
+        for idx, item in enumerate(items):
+            lr = to_tensor(item.lr)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                sr_f = up(lr)
+            seconds = time.perf_counter() - t0
+            sr_u8 = to_uint8(sr_f)
+            sr = to_tensor(sr_u8)
+            hr = to_tensor(item.hr) if item.hr is not None else None
+            if hr is not None and sr.shape != hr.shape:
+                raise RuntimeError(f"{model_name} produced {tuple(sr.shape)} for {item.name}, HR is {tuple(hr.shape)}")
+            row = {"image": item.name, "model": model_name, "lr_size": f"{item.lr.shape[1]}x{item.lr.shape[0]}",
+                   "seconds": round(seconds, 4)}
+            for name in per_metric:
+                m = metrics[name]
+                if m.info.mode == "FR" and hr is None:
+                    row[name] = None
+                    continue
+                try:
+                    val = float(m.score(sr, hr if m.info.mode == "FR" else None)[0])
+                except ImageTooSmall as exc:
+                    val, row[f"{name}_note"] = None, str(exc)
+                row[name] = val
+                per_metric[name].append(val)
+            if hr is not None:
+                for m in dist.values():
+                    m.update(sr, hr)
+            if idx in keep_outputs:
+                res.outputs[model_name][idx] = sr_u8
+            res.rows.append(row)
+        summ = {n: _summarise(v, "" if has_hr or metrics[n].info.mode != "FR" else "n/a: no HR")
+                for n, v in per_metric.items()}
+        for n, m in dist.items():
+            if not has_hr:
+                summ[n] = MetricSummary(None, None, 0, "n/a: no HR")
+                continue
+            try:
+                summ[n] = MetricSummary(m.compute(), None, m.count, f"over {m.count} images")
+            except ValueError as exc:
+                summ[n] = MetricSummary(None, None, m.count, str(exc))
+        summ["seconds_per_image"] = _summarise([r["seconds"] for r in res.rows if r["model"] == model_name])
+        res.summary[model_name] = summ
+        if eff.enabled and items:
+            side = eff.lr_size
+            example = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)) if side \
+                else to_tensor(items[0].lr)
+            res.efficiency[model_name] = measure(up, example, warmup=eff.warmup, reps=eff.reps).as_dict()
+    return res

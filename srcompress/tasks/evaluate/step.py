@@ -1,0 +1,152 @@
+"""The ``evaluate`` step: score bicubic and every requested model on an evaluation set, publish the report.
+
+    manifest = run_evaluate(ctx, cfg, eval_set, {"teacher": teacher_manifest}, teacher_cfg)
+
+Outputs (store ``evaluate/<key>/`` and the MLflow step run's artifacts): ``per_image.csv``, ``summary.md``,
+``summary.csv``, ``efficiency.json``, ``grids/*.png``, ``report.json`` (the index: files + digests + the
+summary numbers). MLflow gets ``<model>.<metric>`` (mean), ``<model>.<metric>.std``, the efficiency numbers
+and every convention as params. Cached by (eval set digest, model digests, config hash, code version).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from prefect import get_run_logger
+
+from srcompress.infra.assets import AssetUnavailable, niqe_params_path
+from srcompress.infra.context import RunContext
+from srcompress.infra.manifest import Manifest, cache_key, code_version
+from srcompress.infra.store import ObjectNotFoundError
+from srcompress.models.iqa import MetricEnv
+from srcompress.models.upscalers import Bicubic, DiffusionSR
+from srcompress.tasks.evaluate.config import EvaluateConfig
+from srcompress.tasks.evaluate.data_step import read_eval_set
+from srcompress.tasks.evaluate.report import write_reports
+from srcompress.tasks.evaluate.runner import evaluate_models
+from srcompress.tasks.teacher.config import TeacherConfig
+from srcompress.tasks.teacher.publish import materialize_teacher
+
+STEP = "evaluate"
+
+
+def step_code_version() -> str:
+    return code_version("srcompress.tasks.evaluate", "srcompress.models.iqa", "srcompress.models.upscalers",
+                        "srcompress.models.teachers", "srcompress.models.colorfix", "srcompress.models.efficiency")
+
+
+def metric_env(cfg: EvaluateConfig, log=None) -> MetricEnv:
+    niqe = None
+    if "niqe" in cfg.metrics:
+        try:
+            niqe = niqe_params_path()
+        except AssetUnavailable as exc:  # reported by the niqe builder as unavailable, never fatal
+            if log:
+                log.warning("niqe: %s", exc)
+    return MetricEnv(crop_border=cfg.crop_border, color_space=cfg.color_space, niqe_color_space=cfg.niqe_color_space,
+                     ssim_downsample=cfg.ssim_downsample, st_lpips_net=cfg.st_lpips_net, niqe_params=niqe)
+
+
+def build_upscalers(ctx: RunContext, cfg: EvaluateConfig, scale: int, models: dict[str, Manifest],
+                    teacher_cfg: TeacherConfig) -> dict:
+    ups: dict = {"bicubic": Bicubic(scale)}
+    inf = cfg.inference
+    for name in cfg.models:
+        if name == "bicubic":
+            continue
+        if name not in models:
+            raise ValueError(f"model {name!r} requested but no {name} manifest was produced")
+        net = materialize_teacher(ctx.get_store(), models[name], teacher_cfg, Path(ctx.workdir) / "teachers")
+        ups[name] = DiffusionSR(net.eval(), scale=scale, name=name, tile=inf.tile, tile_overlap=inf.tile_overlap,
+                                vae_tiling=inf.vae_tiling, vae_tile=inf.vae_tile, color_fix=inf.color_fix)
+    return ups
+
+
+def conventions(cfg: EvaluateConfig, env: MetricEnv, eval_set: Manifest) -> dict:
+    return {"metrics": env.conventions(), "inference": cfg.inference.model_dump(mode="json"),
+            "data": {k: eval_set.extra.get(k) for k in ("source", "kind", "scale", "lq")},
+            "outputs": "quantised to 8 bit before scoring", "std": "population (ddof=0)",
+            "torch_threads": torch.get_num_threads()}
+
+
+def _publish(ctx: RunContext, files: dict[str, Path], out: Path, prefix: str, summary: dict) -> tuple[str, str, dict]:
+    store = ctx.get_store()
+    listing = {}
+    for path in files.values():
+        rel = path.relative_to(out).as_posix()
+        info = store.put_file(f"{prefix}/{rel}", path)
+        listing[rel] = {"sha256": info.sha256, "uri": store.uri(info.key)}
+    report = {"format": "srcompress.evaluation.v1", "files": listing, "summary": summary}
+    obj = store.put_bytes(f"{prefix}/report.json", json.dumps(report, indent=1, sort_keys=True).encode())
+    return store.uri(obj.key), obj.sha256, listing
+
+
+def run_evaluate(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, models: dict[str, Manifest],
+                 teacher_cfg: TeacherConfig) -> Manifest:
+    log = get_run_logger()
+    tracker, cache, store = ctx.get_tracker(), ctx.get_cache(), ctx.get_store()
+    code_ver, chash = step_code_version(), cfg.config_hash()
+    inputs = {"eval_set": eval_set.digest} | {n: m.digest for n, m in models.items() if n in cfg.models}
+    key = cache_key(STEP, chash, inputs, code_ver)
+    hit = cache.get(STEP, key)
+    if hit is not None and not store.exists(store.key_from_uri(hit.uri)):
+        hit = None
+    env = metric_env(cfg, log)
+    conv = conventions(cfg, env, eval_set)
+    with tracker.step_run(ctx.parent_run_id, STEP, {"evaluate": cfg.model_dump(mode="json"), "conventions": conv},
+                          tags={"cache_key": key, "cache_hit": hit is not None}) as run_id:
+        tracker.log_manifest(run_id, eval_set, context="evaluation")
+        for m in models.values():
+            tracker.log_manifest(run_id, m, context="model")
+        if hit is not None:
+            log.info("evaluate: cache hit %s; report at %s", key[:12], hit.extra.get("table_uri"))
+            tracker.set_tags(run_id, {"source_run_id": hit.run_id or ""})
+            tracker.log_metrics(run_id, hit.extra.get("metrics", {}))
+            return hit
+        t0 = time.perf_counter()
+        items, _ = read_eval_set(ctx, eval_set)
+        ups = build_upscalers(ctx, cfg, int(eval_set.extra.get("scale", 4)), models, teacher_cfg)
+        keep = set(range(min(cfg.grid_images, len(items)))) if not cfg.save_outputs else set(range(len(items)))
+        result = evaluate_models(items, ups, cfg.metrics, env, keep, cfg.efficiency)
+        out = Path(ctx.workdir) / "evaluations" / key[:16]
+        files = write_reports(result, items, out, conv, cfg.grid_crop)
+        if cfg.save_outputs:
+            from srcompress.tasks.evaluate.datasets import png_bytes
+
+            for model, outs in result.outputs.items():
+                for idx, arr in outs.items():
+                    p = out / "outputs" / model / f"{idx:05d}.png"
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    p.write_bytes(png_bytes(arr))
+                    files[f"output_{model}_{idx}"] = p
+        metrics = {}
+        for model, summ in result.summary.items():
+            for metric, s in summ.items():
+                if s.mean is not None:
+                    metrics[f"{model}.{metric}"] = s.mean
+                if s.std is not None:
+                    metrics[f"{model}.{metric}.std"] = s.std
+            for k, v in result.efficiency.get(model, {}).items():
+                if isinstance(v, (int, float)) and k in ("latency_ms", "latency_p90_ms", "macs", "params", "peak_mem_mb"):
+                    metrics[f"{model}.{k}"] = float(v)
+        summary = {"metrics": metrics, "unavailable": result.unavailable, "images": len(items)}
+        uri, sha, listing = _publish(ctx, files, out, f"evaluate/{key[:24]}", summary)
+        tracker.log_metrics(run_id, metrics)
+        tracker.log_artifact(run_id, out, "evaluation")
+        tracker.set_tags(run_id, {f"unavailable.{k}": v for k, v in result.unavailable.items()})
+        table_uri = listing["summary.md"]["uri"]
+        manifest = Manifest(kind="evaluation", step=STEP, uri=uri, digest=sha, config_hash=chash, inputs=inputs,
+                            code_version=code_ver, cache_key=key, run_id=run_id,
+                            counts={"images": len(items), "models": len(ups), "metrics": len(cfg.metrics),
+                                    "unavailable": len(result.unavailable)},
+                            extra={"table_uri": table_uri, "table_path": str(files["summary_md"]),
+                                   "per_image_uri": listing["per_image.csv"]["uri"], "metrics": metrics,
+                                   "unavailable": result.unavailable, "seconds": round(time.perf_counter() - t0, 2)})
+        tracker.log_manifest_output(run_id, manifest)
+        cache.put(manifest)
+        log.info("evaluate: %d images × %d models in %.1f s; table %s", len(items), len(ups),
+                 time.perf_counter() - t0, files["summary_md"])
+        return manifest
