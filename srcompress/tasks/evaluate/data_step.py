@@ -109,10 +109,9 @@ def run_eval_data(ctx: RunContext, cfg: EvaluateConfig, data: str, degrade_cfg: 
     tracker, cache = ctx.get_tracker(), ctx.get_cache()
     path = materialize_s3(ctx, data, cfg) if data.startswith("s3://") else Path(data).expanduser().resolve()
     kind = detect_kind(path) if cfg.data.kind == "auto" else cfg.data.kind
-    if kind == "hr" and cfg.data.lq == "degrade":
-        if degrade_cfg.scale != cfg.data.scale or degrade_cfg.final.resize_back != "none":
-            raise ValueError(f"evaluate.data.lq=degrade needs degrade.scale == evaluate.data.scale "
-                             f"({degrade_cfg.scale} vs {cfg.data.scale}) and degrade.final.resize_back=none")
+    if kind == "hr" and cfg.data.lq == "degrade" and degrade_cfg.scale != cfg.data.scale:
+        raise ValueError(f"evaluate.data.lq=degrade needs degrade.scale == evaluate.data.scale "
+                         f"({degrade_cfg.scale} vs {cfg.data.scale})")
     digest, code_ver, chash = source_digest(path, kind), step_code_version(), step_config_hash(cfg, degrade_cfg, kind)
     key = cache_key(STEP, chash, {"source": digest}, code_ver)
     hit = cache.get(STEP, key)

@@ -74,7 +74,7 @@ def _decode(path: Path, cfg: EvalDataConfig) -> tuple[np.ndarray, str]:
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float() / 255
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -100,8 +100,17 @@ def _seed(base: int, sha: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{base}:{sha}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
+def native_lr_config(degrade_cfg):
+    """The degradation with ``final.resize_back`` off: evaluation feeds every model the native-size LR."""
+    return degrade_cfg.model_copy(update={"final": degrade_cfg.final.model_copy(update={"resize_back": "none"})})
+
+
 def load_hr(root: Path, cfg: EvalDataConfig, degrade_cfg=None) -> tuple[list[EvalItem], dict[str, str]]:
     items, skipped = [], {}
+    if cfg.lq == "degrade":
+        if degrade_cfg is None or degrade_cfg.scale != cfg.scale:
+            raise ValueError(f"evaluate.data.lq=degrade needs degrade.scale == evaluate.data.scale ({cfg.scale})")
+        degrade_cfg = native_lr_config(degrade_cfg)
     for name, path in image_files(root)[: cfg.max_images]:
         try:
             rgb, sha = _decode(path, cfg)
