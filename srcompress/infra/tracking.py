@@ -159,5 +159,9 @@ class Tracker:
         self.client.log_text(run_id, text, artifact_file)
 
     def log_artifact(self, run_id: str, local_path: str | Path, artifact_path: str | None = None) -> None:
+        """A file, or a directory's contents, under ``artifact_path``."""
         self._artifact_env()
-        self.client.log_artifact(run_id, str(local_path), artifact_path)
+        if Path(local_path).is_dir():
+            self.client.log_artifacts(run_id, str(local_path), artifact_path)
+        else:
+            self.client.log_artifact(run_id, str(local_path), artifact_path)

@@ -34,13 +34,19 @@ class Upscaler(Protocol):
     name: str
     scale: int
 
-    def __call__(self, lr: Tensor) -> Tensor: ...
+    def __call__(self, lr: Tensor, size: tuple[int, int] | None = None) -> Tensor: ...
     def describe(self) -> dict: ...
 
 
-def bicubic_up(lr: Tensor, scale: int) -> Tensor:
-    """torch bicubic (a = −0.75, align_corners=False), clamped — the ``sr_bicubic`` convention."""
-    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
+def bicubic_up(lr: Tensor, scale: int, size: tuple[int, int] | None = None) -> Tensor:
+    """torch bicubic (a = −0.75, align_corners=False), clamped — the ``sr_bicubic`` convention.
+
+    ``size`` (default: ×scale) equal to the input size means the LQ is already at HR size: returned as is.
+    """
+    size = tuple(size) if size else (lr.shape[-2] * scale, lr.shape[-1] * scale)
+    if tuple(lr.shape[-2:]) == size:
+        return lr
+    return F.interpolate(lr, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
 
 
 class Bicubic(nn.Module):
@@ -48,8 +54,8 @@ class Bicubic(nn.Module):
         super().__init__()
         self.scale, self.name = scale, "bicubic"
 
-    def forward(self, lr: Tensor) -> Tensor:
-        return bicubic_up(lr, self.scale)
+    def forward(self, lr: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        return bicubic_up(lr, self.scale, size)
 
     def describe(self) -> dict:
         return {"kind": "bicubic", "scale": self.scale, "interpolation": "torch-bicubic-a-0.75"}
@@ -116,8 +122,8 @@ class DiffusionSR(nn.Module):
             z = tiled(m.restore_tile, z, self.tile, self.tile_overlap) if self.tile else m.restore_tile(z)
             return m.decode(z)
 
-    def forward(self, lr: Tensor) -> Tensor:
-        up = bicubic_up(lr, self.scale)
+    def forward(self, lr: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        up = bicubic_up(lr, self.scale, size)
         h, w = up.shape[-2:]
         ph, pw = (-h) % self.multiple, (-w) % self.multiple
         x = F.pad(up, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate") if ph or pw else up

@@ -35,7 +35,7 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm",
 @dataclass
 class EvalItem:
     name: str
-    lr: np.ndarray  # (h, w, 3) uint8
+    lr: np.ndarray  # (h, w, 3) uint8 — or already at HR size (SeeSR-style pairs; models then skip upsampling)
     hr: np.ndarray | None  # (h·s, w·s, 3) uint8, None for LR-only sets
     source_sha256: str
     note: str = ""
@@ -173,14 +173,16 @@ def load_pairs(shards: Iterator[tuple[torch.Tensor, torch.Tensor, list[dict]]], 
     """Items of a degrade manifest; ``shards`` yields (lq uint8 NCHW, hq uint8 NCHW, per-pair metadata)."""
     items: list[EvalItem] = []
     for lq, hq, meta in shards:
-        if hq.shape[-1] != lq.shape[-1] * cfg.scale:
-            raise ValueError(f"pairs manifest: HQ {hq.shape[-1]} px is not {cfg.scale}x LQ {lq.shape[-1]} px "
-                             f"(evaluate.data.scale must match degrade.scale and LQ must be native size)")
+        at_hr = lq.shape[-2:] == hq.shape[-2:]  # SeeSR-style sets store the LQ resized back to HR size
+        if not at_hr and hq.shape[-1] != lq.shape[-1] * cfg.scale:
+            raise ValueError(f"pairs manifest: HQ {hq.shape[-1]} px is neither {cfg.scale}x LQ {lq.shape[-1]} px "
+                             f"nor its size (evaluate.data.scale must match degrade.scale)")
         for i in range(lq.shape[0]):
             m = meta[i] if i < len(meta) else {}
             name = f"{m.get('name', 'pair')}#{m.get('crop_index', i)}"
             items.append(EvalItem(name, lq[i].permute(1, 2, 0).numpy().copy(), hq[i].permute(1, 2, 0).numpy().copy(),
-                                  str(m.get("digest", "")), f"degrade manifest seed={m.get('seed', '')}"))
+                                  str(m.get("digest", "")), f"degrade manifest seed={m.get('seed', '')}"
+                                  + (" (LQ at HR size)" if at_hr else "")))
             if cfg.max_images and len(items) >= cfg.max_images:
                 return items, {}
     return items, {}

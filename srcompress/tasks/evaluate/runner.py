@@ -80,9 +80,10 @@ def evaluate_models(items: list[EvalItem], upscalers: dict, metric_names: list[s
             m.reset()
         for idx, item in enumerate(items):
             lr = to_tensor(item.lr)
+            size = tuple(item.hr.shape[:2]) if item.hr is not None else None
             t0 = time.perf_counter()
             with torch.no_grad():
-                sr_f = up(lr)
+                sr_f = up(lr, size)
             seconds = time.perf_counter() - t0
             sr_u8 = to_uint8(sr_f)
             sr = to_tensor(sr_u8)
@@ -121,8 +122,11 @@ def evaluate_models(items: list[EvalItem], upscalers: dict, metric_names: list[s
         summ["seconds_per_image"] = _summarise([r["seconds"] for r in res.rows if r["model"] == model_name])
         res.summary[model_name] = summ
         if eff.enabled and items:
+            h, w = items[0].lr.shape[:2]
+            if items[0].hr is not None and items[0].hr.shape == items[0].lr.shape:  # LQ stored at HR size
+                h, w = h // up.scale, w // up.scale
             side = eff.lr_size
-            example = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)) if side \
-                else to_tensor(items[0].lr)
+            g = torch.Generator().manual_seed(0)
+            example = torch.rand(1, 3, side or h, side or w, generator=g)
             res.efficiency[model_name] = measure(up, example, warmup=eff.warmup, reps=eff.reps).as_dict()
     return res
