@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from srcompress import __version__
-from srcompress.config import SrConfig
+from srcompress.config import SrConfig, load_config
 from srcompress.infra.config import redact
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, code_version
@@ -40,10 +40,14 @@ def _teacher(ctx: RunContext, cfg: SrConfig) -> Manifest:
 
 
 @flow(name="srcompress-evaluate", log_prints=True, validate_parameters=False)
-def evaluate(config: dict[str, Any], workdir: str, data: str) -> dict[str, Any]:
-    """Evaluate ``config['evaluate']['models']`` on ``data``; returns the summary (table paths, metrics)."""
+def evaluate(config: dict[str, Any] | str, workdir: str, data: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate ``config['evaluate']['models']`` on ``data``; returns the summary (table paths, metrics).
+
+    ``config`` is a resolved config dict, or (for deployments, see prefect.yaml) a YAML path / preset name
+    with optional ``section.key=value`` overrides.
+    """
     log = get_run_logger()
-    cfg = SrConfig.model_validate(config)
+    cfg = SrConfig.model_validate(config) if isinstance(config, dict) else load_config(config, overrides)
     ctx = RunContext(workdir=str(Path(workdir).resolve()), store=cfg.store, tracking=cfg.tracking,
                      torch_threads=cfg.run.torch_threads)
     ctx.get_store().check()  # fail fast, before any MLflow run is opened

@@ -60,11 +60,12 @@ def test_hr_folder_with_imported_teacher(tmp_path, photos, teacher_dir):
     assert summary["table"] == res["table"] and Path(res["table"]).is_file()
     md = Path(res["table"]).read_text()
     assert "| bicubic |" in md and "| teacher |" in md and "lpips: unavailable: LPIPS_v0.1_alex-df73285e.pth" in md
+    assert "## Skipped inputs (1)" in md and "- broken.jpg: " in md
     rows = list(csv.DictReader(Path(res["table"]).with_name("per_image.csv").open()))
     assert len(rows) == 3 * 2 and {r["model"] for r in rows} == {"bicubic", "teacher"}
     assert all(float(r["niqe"]) > 0 and float(r["st_lpips"]) >= 0 for r in rows)
     m = res["metrics"]
-    assert 20 < m["bicubic.psnr"] < 40 and m["bicubic.psnr"] > m["teacher.psnr"]  # an untrained teacher
+    assert 15 < m["bicubic.psnr"] < 40 and m["bicubic.psnr"] > m["teacher.psnr"]  # an untrained teacher
     assert m["teacher.macs"] > 0 and m["teacher.params"] > 0 and "teacher.fid" in m
     assert res["steps"]["eval_data"]["counts"] == {"images": 3, "skipped": 1, "with_hr": 3}
     grids = sorted((Path(res["table"]).parent / "grids").glob("*.png"))

@@ -12,6 +12,7 @@ TorchScript archives carry code: the file is loaded only from the installed whee
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from pathlib import Path
 
@@ -69,8 +70,11 @@ class FID:
         self.reset()
 
     def reset(self) -> None:
+        """Forget the accumulated set (the HQ feature cache is kept: several models share one HQ set)."""
         self._sr: list[np.ndarray] = []
         self._hq: list[np.ndarray] = []
+        if not hasattr(self, "_hq_cache"):
+            self._hq_cache: dict[str, np.ndarray] = {}
 
     @torch.no_grad()
     def features(self, x01: Tensor) -> np.ndarray:
@@ -87,7 +91,10 @@ class FID:
         if hq is None:
             raise ValueError("fid compares SR outputs with HQ images: it needs the HQ set")
         self._sr.extend(self.features(sr))
-        self._hq.extend(self.features(hq))
+        key = hashlib.sha256(hq.float().contiguous().numpy().tobytes()).hexdigest()
+        if key not in self._hq_cache:
+            self._hq_cache[key] = self.features(hq)
+        self._hq.extend(self._hq_cache[key])
 
     @property
     def count(self) -> int:

@@ -25,6 +25,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from srcompress.models.iqa.registry import (
+    ImageTooSmall,
+    MetricEnv,
+    MetricInfo,
+    MetricUnavailable,
+    register,
+    require_files,
+)
+
 Tensor = torch.Tensor
 _BT601 = (65.481, 128.553, 24.966)
 _YIQ_Y = (0.299, 0.587, 0.114)
@@ -49,6 +58,12 @@ def psnr(sr: Tensor, hq: Tensor, crop_border: int = 0, color_space: str = "ycbcr
     b = luma(hq, color_space) if y_channel else hq.double() * 255
     mse = ((_crop(a, crop_border) - _crop(b, crop_border)) ** 2).mean(dim=(1, 2, 3))
     return 10 * torch.log10(255.0**2 / mse)  # identical images → inf, as MATLAB/BasicSR
+
+
+def gaussian_1d(size: int, sigma: float) -> Tensor:
+    ax = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(ax**2) / (2 * sigma**2))
+    return g / g.sum()
 
 
 def gaussian(size: int, sigma: float) -> Tensor:
@@ -82,8 +97,9 @@ def ssim(sr: Tensor, hq: Tensor, crop_border: int = 0, color_space: str = "ycbcr
     b = torch.round(_crop(luma(hq, color_space), crop_border))
     if downsample:
         a, b = _matlab_downsample(a), _matlab_downsample(b)
-    w = gaussian(11, 1.5)
-    f = lambda t: F.conv2d(t, w)  # noqa: E731 - 'valid'
+    g = gaussian_1d(11, 1.5)
+    # The 2-D Gaussian is separable: two 1-D 'valid' passes equal the 11×11 one up to round-off, ~5× faster.
+    f = lambda t: F.conv2d(F.conv2d(t, g.view(1, 1, 11, 1)), g.view(1, 1, 1, 11))  # noqa: E731
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     mu1, mu2 = f(a), f(b)
     s1, s2, s12 = f(a * a) - mu1**2, f(b * b) - mu2**2, f(a * b) - mu1 * mu2
@@ -176,14 +192,6 @@ def niqe(x01: Tensor, mu_pris: Tensor, cov_pris: Tensor, crop_border: int = 0, c
 
 
 # ---- registry entries ----------------------------------------------------------------------------------
-from srcompress.models.iqa.registry import (  # noqa: E402 - registration lives beside the functions
-    ImageTooSmall,
-    MetricEnv,
-    MetricInfo,
-    MetricUnavailable,
-    register,
-    require_files,
-)
 
 
 class _Native:

@@ -57,7 +57,7 @@ def summary_rows(result: EvalResult) -> list[dict]:
     return rows
 
 
-def summary_markdown(result: EvalResult, n_images: int, conventions: dict) -> str:
+def summary_markdown(result: EvalResult, n_images: int, conventions: dict, skipped: dict[str, str] | None = None) -> str:
     metrics = metric_columns(result)
     arrow = {m: "↓" if result.lower_better.get(m) else "↑" for m in metrics}
     head = ["model"] + [f"{m} {arrow[m]}" for m in metrics] + ["latency ms ↓", "GMACs ↓", "params M ↓", "peak MB ↓"]
@@ -77,6 +77,8 @@ def summary_markdown(result: EvalResult, n_images: int, conventions: dict) -> st
         lines += ["", "## Notes", ""] + [f"- {k}: {v}" for k, v in sorted(notes.items())]
     if result.unavailable:
         lines += ["", "## Unavailable metrics", ""] + [f"- {m}: {r}" for m, r in result.unavailable.items()]
+    if skipped:
+        lines += ["", f"## Skipped inputs ({len(skipped)})", ""] + [f"- {k}: {v}" for k, v in sorted(skipped.items())]
     lines += ["", "## Conventions", "", "```json", json.dumps(conventions, indent=2, sort_keys=True, default=str),
               "```", "", "## Models", "", "```json", json.dumps(result.models, indent=2, sort_keys=True, default=str),
               "```"]
@@ -110,7 +112,8 @@ def grid_image(item: EvalItem, panels: list[tuple[str, np.ndarray]], crop: int) 
     return grid
 
 
-def write_reports(result: EvalResult, items: list[EvalItem], out: Path, conventions: dict, crop: int) -> dict[str, Path]:
+def write_reports(result: EvalResult, items: list[EvalItem], out: Path, conventions: dict, crop: int,
+                  skipped: dict[str, str] | None = None) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     metrics = metric_columns(result)
     notes = sorted({k for r in result.rows for k in r if k.endswith("_note")})
@@ -119,7 +122,7 @@ def write_reports(result: EvalResult, items: list[EvalItem], out: Path, conventi
     atomic_write_bytes(files["per_image_csv"], _csv_bytes(result.rows, ["image", "model", "lr_size", "seconds"] + metrics + notes))
     atomic_write_bytes(files["summary_csv"], _csv_bytes(summary_rows(result), ["model", "metric", "mean", "std", "n",
                                                                                  "lower_better", "note"]))
-    atomic_write_bytes(files["summary_md"], summary_markdown(result, len(items), conventions).encode())
+    atomic_write_bytes(files["summary_md"], summary_markdown(result, len(items), conventions, skipped).encode())
     atomic_write_bytes(files["efficiency_json"], json.dumps(result.efficiency, indent=2, sort_keys=True).encode())
     grid_ids = sorted(set.intersection(*[set(o) for o in result.outputs.values()])) if result.outputs else []
     for idx in grid_ids:

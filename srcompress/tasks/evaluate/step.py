@@ -20,7 +20,6 @@ from prefect import get_run_logger
 from srcompress.infra.assets import AssetUnavailable, niqe_params_path
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, cache_key, code_version
-from srcompress.infra.store import ObjectNotFoundError
 from srcompress.models.iqa import MetricEnv
 from srcompress.models.upscalers import Bicubic, DiffusionSR
 from srcompress.tasks.evaluate.config import EvaluateConfig
@@ -107,12 +106,12 @@ def run_evaluate(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, model
             tracker.log_metrics(run_id, hit.extra.get("metrics", {}))
             return hit
         t0 = time.perf_counter()
-        items, _ = read_eval_set(ctx, eval_set)
+        items, index = read_eval_set(ctx, eval_set)
         ups = build_upscalers(ctx, cfg, int(eval_set.extra.get("scale", 4)), models, teacher_cfg)
         keep = set(range(min(cfg.grid_images, len(items)))) if not cfg.save_outputs else set(range(len(items)))
         result = evaluate_models(items, ups, cfg.metrics, env, keep, cfg.efficiency)
         out = Path(ctx.workdir) / "evaluations" / key[:16]
-        files = write_reports(result, items, out, conv, cfg.grid_crop)
+        files = write_reports(result, items, out, conv, cfg.grid_crop, index.get("skipped"))
         if cfg.save_outputs:
             from srcompress.tasks.evaluate.datasets import png_bytes
 
