@@ -164,3 +164,14 @@ def test_fid_matches_fid_helper_and_is_zero_on_identical_sets():
     assert abs(fid.compute()) < 1e-3 * ours
     with pytest.raises(ValueError, match="at least 2"):
         fid.reset() or fid.update(real[:1], real[:1]) or fid.compute()
+
+
+def test_low_rank_frechet_distance_is_exact():
+    from srcompress.models.iqa.fid import frechet_distance, frechet_distance_features
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(12, 64)), rng.normal(size=(9, 64)) * 1.3 + 0.1
+    full = frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    assert frechet_distance_features(a, b) == pytest.approx(full, rel=1e-6)  # sqrtm itself is only ~1e-8 accurate
+    big = rng.normal(size=(80, 16))  # n ≥ d: the sqrtm path
+    assert frechet_distance_features(big, big) == pytest.approx(0.0, abs=1e-6)
