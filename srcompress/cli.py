@@ -83,6 +83,9 @@ def run(config: str = ConfigOpt, workdir: Optional[Path] = typer.Option(None, he
     typer.echo(json.dumps({"parent_run_id": result["parent_run_id"],
                            "steps": {k: {"digest": v["digest"], "uri": v["uri"], "counts": v["counts"]}
                                      for k, v in steps.items()}}, indent=2))
+    if result.get("table"):
+        typer.echo(Path(result["table"]).read_text().split("\n## ")[0].rstrip())
+        typer.echo(f"table: {result['table']}")
     if summary:
         typer.echo(f"summary: {summary}")
 

@@ -24,7 +24,7 @@ from srcompress.tasks.encode.config import EncodeConfig
 from srcompress.tasks.evaluate.config import EvaluateConfig
 from srcompress.tasks.teacher.config import TeacherConfig
 
-STEPS = ("degrade", "bootstrap_teacher", "encode_latents")  # DAG order; later issues append theirs
+STEPS = ("degrade", "bootstrap_teacher", "encode_latents", "evaluate")  # DAG order; later issues insert theirs
 
 
 class RunConfig(StrictModel):

@@ -19,13 +19,16 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from srcompress import __version__
-from srcompress.config import STEPS, SrConfig, load_config
+from srcompress.config import STEPS, SrConfig
 from srcompress.infra.config import redact
+from srcompress.flows.common import resolve
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import code_version
 from srcompress.infra.store import atomic_write_bytes
 from srcompress.tasks.degrade.step import run_degrade
 from srcompress.tasks.encode.step import run_encode
+from srcompress.tasks.evaluate.data_step import run_eval_data
+from srcompress.tasks.evaluate.step import run_evaluate
 from srcompress.tasks.teacher.step import run_teacher
 
 
@@ -56,9 +59,7 @@ def compress(config: dict[str, Any] | str, workdir: str, until: str | None = Non
     with optional ``section.key=value`` overrides.
     """
     log = get_run_logger()
-    cfg = SrConfig.model_validate(config) if isinstance(config, dict) else load_config(config, overrides)
-    ctx = RunContext(workdir=str(Path(workdir).resolve()), store=cfg.store, tracking=cfg.tracking,
-                     torch_threads=cfg.run.torch_threads)
+    cfg, ctx = resolve(config, workdir, overrides)
     parent = _open_parent_run(cfg, ctx)
     ctx = ctx.model_copy(update={"parent_run_id": parent})
     tracker = ctx.get_tracker()
@@ -76,14 +77,24 @@ def compress(config: dict[str, Any] | str, workdir: str, until: str | None = Non
         if last >= STEPS.index("encode_latents"):
             manifests["encode_latents"] = run_encode(ctx, cfg.encode, cfg.teacher, manifests["degrade"],
                                                      manifests["bootstrap_teacher"])
-        # next: analyse_redundancy → search_pruning → distill → evaluate → register
+        # next: analyse_redundancy → search_pruning → distill (before evaluate) → register
+        if last >= STEPS.index("evaluate"):
+            if "degrade_holdout" in manifests:  # bicubic vs teacher on images never trained on
+                manifests["eval_data"] = run_eval_data(ctx, cfg.evaluate, manifests["degrade_holdout"], cfg.degrade)
+                manifests["evaluate"] = run_evaluate(ctx, cfg.evaluate, manifests["eval_data"],
+                                                     {"teacher": manifests["bootstrap_teacher"]}, cfg.teacher)
+            else:
+                log.warning("evaluate: skipped, data.held_out is empty (use `srcompress evaluate --data …`)")
     except BaseException:
         tracker.end_run(parent, "FAILED")
         raise
     tracker.set_tags(parent, {f"step.{k}.digest": m.digest for k, m in manifests.items()})
     tracker.end_run(parent, "FINISHED")
+    if "evaluate" in manifests:
+        tracker.log_metrics(parent, manifests["evaluate"].extra.get("metrics", {}))
     return {"parent_run_id": parent, "experiment_id": tracker.experiment_id, "tracking_uri": redact(tracker.uri),
             "store": ctx.get_store().root_uri, "config_hash": cfg.config_hash(), "until": until or STEPS[-1],
+            "table": manifests["evaluate"].extra["table_path"] if "evaluate" in manifests else None,
             "steps": {k: m.model_dump(mode="json") for k, m in manifests.items()}}
 
 

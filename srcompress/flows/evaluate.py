@@ -20,8 +20,9 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from srcompress import __version__
-from srcompress.config import SrConfig, load_config
+from srcompress.config import SrConfig
 from srcompress.infra.config import redact
+from srcompress.flows.common import resolve
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, code_version
 from srcompress.infra.store import atomic_write_bytes
@@ -47,9 +48,7 @@ def evaluate(config: dict[str, Any] | str, workdir: str, data: str, overrides: l
     with optional ``section.key=value`` overrides.
     """
     log = get_run_logger()
-    cfg = SrConfig.model_validate(config) if isinstance(config, dict) else load_config(config, overrides)
-    ctx = RunContext(workdir=str(Path(workdir).resolve()), store=cfg.store, tracking=cfg.tracking,
-                     torch_threads=cfg.run.torch_threads)
+    cfg, ctx = resolve(config, workdir, overrides)
     ctx.get_store().check()  # fail fast, before any MLflow run is opened
     tracker = ctx.get_tracker()
     parent = tracker.start_pipeline_run(f"{cfg.run.name}-evaluate", {

@@ -138,9 +138,16 @@ def test_two_node_ray_cluster_matches_local(tmp_path):
 
 @pytest.mark.slow
 def test_default_tiny_teacher_beats_bicubic_on_held_out_images(tmp_path):
-    """The embedded default, as shipped: the bootstrapped teacher must beat bicubic (PSNR-Y, held-out photos)."""
-    out = run_pipeline(load_config("tiny"), tmp_path / "w", until="bootstrap_teacher")
+    """The embedded default, as shipped (the README's main job): the bootstrapped teacher must beat bicubic
+    on held-out photos — in its own step's check and in the DAG's evaluate step (with the colour fix)."""
+    out = run_pipeline(load_config("tiny"), tmp_path / "w")
     m = out["steps"]["bootstrap_teacher"]["extra"]["metrics"]
     assert m["eval_pairs"] == 24  # kodak I04, I19 and sklearn flower, 8 crops each: never trained on
     assert m["psnr_y_teacher"] > m["psnr_y_bicubic"] + 0.1, m
     assert m["seconds_total"] < 360
+    ev = out["steps"]["evaluate"]
+    assert ev["counts"]["images"] == 24 and ev["inputs"]["eval_set"] == out["steps"]["eval_data"]["digest"]
+    e = ev["extra"]["metrics"]
+    assert e["teacher.psnr"] > e["bicubic.psnr"] and e["teacher.st_lpips"] < e["bicubic.st_lpips"], e
+    assert e["bicubic.psnr"] == pytest.approx(m["psnr_y_bicubic"], abs=1e-3)  # same pairs, same convention
+    assert Path(out["table"]).is_file()

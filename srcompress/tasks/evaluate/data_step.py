@@ -16,7 +16,7 @@ from prefect import get_run_logger
 
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, cache_key, code_version, digest_of_digests
-from srcompress.infra.store import ObjectNotFoundError, atomic_write_bytes, sha256_bytes
+from srcompress.infra.store import ObjectNotFoundError, atomic_write_bytes
 from srcompress.tasks.degrade.config import DegradeConfig
 from srcompress.tasks.degrade.reader import iter_pairs
 from srcompress.tasks.evaluate.config import EvaluateConfig
@@ -55,8 +55,8 @@ def materialize_s3(ctx: RunContext, uri: str, cfg: EvaluateConfig) -> Path:
 
 
 def source_digest(path: Path, kind: str) -> str:
-    if kind == "pairs":
-        return sha256_bytes(path.read_bytes())
+    if kind == "pairs":  # the pairs' content digest, not the manifest file's bytes
+        return Manifest.from_json(path.read_bytes()).digest
     base = path / "lr" if kind == "lr" and (path / "lr").is_dir() else path
     return digest_of_digests(f"{name}:{hashlib.sha256(p.read_bytes()).hexdigest()}" for name, p in image_files(base))
 
@@ -104,11 +104,18 @@ def read_eval_set(ctx: RunContext, manifest: Manifest) -> tuple[list[EvalItem], 
     return items, index
 
 
-def run_eval_data(ctx: RunContext, cfg: EvaluateConfig, data: str, degrade_cfg: DegradeConfig) -> Manifest:
+def run_eval_data(ctx: RunContext, cfg: EvaluateConfig, data: str | Manifest, degrade_cfg: DegradeConfig) -> Manifest:
+    """``data``: a path / s3:// URI (any dataset kind), or a pairs manifest of this run (the DAG's held-out set)."""
     log = get_run_logger()
     tracker, cache = ctx.get_tracker(), ctx.get_cache()
-    path = materialize_s3(ctx, data, cfg) if data.startswith("s3://") else Path(data).expanduser().resolve()
-    kind = detect_kind(path) if cfg.data.kind == "auto" else cfg.data.kind
+    if isinstance(data, Manifest):  # in-DAG: the held-out pairs, already in this store
+        path = ctx.scratch("eval_src") / f"{data.digest[:16]}.json"
+        atomic_write_bytes(path, data.to_json().encode())
+        data = f"manifest:{data.step}:{data.digest[:16]}"
+        kind = "pairs"
+    else:
+        path = materialize_s3(ctx, data, cfg) if data.startswith("s3://") else Path(data).expanduser().resolve()
+        kind = detect_kind(path) if cfg.data.kind == "auto" else cfg.data.kind
     if kind == "hr" and cfg.data.lq == "degrade" and degrade_cfg.scale != cfg.data.scale:
         raise ValueError(f"evaluate.data.lq=degrade needs degrade.scale == evaluate.data.scale "
                          f"({degrade_cfg.scale} vs {cfg.data.scale})")
