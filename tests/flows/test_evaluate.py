@@ -121,7 +121,7 @@ def _png_half(path: Path) -> bytes:
 def test_pairs_manifest_and_bad_data(tmp_path):
     small = ["data.bundled_sets=[sklearn]", "data.held_out=[]", "degrade.crop_size=64", "degrade.crops_per_image=2",
              "degrade.shard_size=2"]
-    cfg = load_config("tiny", small + FAST + ["evaluate.models=[bicubic]"])
+    cfg = load_config("tiny", small + FAST + ["evaluate.models=[bicubic]", "evaluate.save_outputs=true"])
     pairs = run_pipeline(cfg, tmp_path / "w", until="degrade")["steps"]["degrade"]
     manifest = tmp_path / "pairs.json"
     manifest.write_text(json.dumps(pairs))
@@ -129,6 +129,9 @@ def test_pairs_manifest_and_bad_data(tmp_path):
     assert res["steps"]["eval_data"]["counts"]["images"] == 4
     assert res["steps"]["eval_data"]["extra"]["kind"] == "pairs"
     assert res["metrics"]["bicubic.psnr"] > 15 and "niqe" in Path(res["table"]).read_text()  # n/a: too small
+    report = json.loads(Path(res["report_uri"].removeprefix("file://")).read_text())
+    outs = sorted(k for k in report["files"] if k.startswith("outputs/bicubic/"))
+    assert len(outs) == 4 and Image.open(report["files"][outs[0]]["uri"].removeprefix("file://")).size == (64, 64)
 
     bad = CliRunner().invoke(app, ["evaluate", "--config", "tiny", "--workdir", str(tmp_path / "w"),
                                    "--data", str(tmp_path / "nowhere")])
