@@ -92,6 +92,15 @@ def test_hr_folder_with_imported_teacher(tmp_path, photos, teacher_dir):
     assert steps2["evaluate"].data.tags["srcompress.cache_hit"] == "True"
     assert steps2["eval_data"].data.tags["srcompress.cache_hit"] == "True"
 
+    # A lost eval-set image is noticed on the next run and rebuilt identically; the evaluation stays cached.
+    index = json.loads(Path(res["steps"]["eval_data"]["uri"].removeprefix("file://")).read_text())
+    (tmp_path / "w" / "store" / index["items"][1]["lr"]).unlink()
+    third = run_evaluation(cfg, tmp_path / "w", str(photos))
+    _, _, steps3 = _runs(third)
+    assert steps3["eval_data"].data.tags["srcompress.cache_hit"] == "False"
+    assert third["steps"]["eval_data"]["digest"] == res["steps"]["eval_data"]["digest"]
+    assert steps3["evaluate"].data.tags["srcompress.cache_hit"] == "True"
+
 
 def test_lr_only_set_from_s3_via_cli(tmp_path, s3_bucket, photos):
     endpoint, bucket = s3_bucket

@@ -16,7 +16,7 @@ from prefect import get_run_logger
 
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, cache_key, code_version, digest_of_digests
-from srcompress.infra.store import ObjectNotFoundError, atomic_write_bytes
+from srcompress.infra.store import IntegrityError, InvalidKeyError, ObjectNotFoundError, atomic_write_bytes
 from srcompress.tasks.degrade.config import DegradeConfig
 from srcompress.tasks.degrade.reader import iter_pairs
 from srcompress.tasks.evaluate.config import EvaluateConfig
@@ -95,6 +95,22 @@ def publish_items(ctx: RunContext, items: list[EvalItem], skipped: dict[str, str
     return {"index": index, "key": obj.key, "sha256": obj.sha256}
 
 
+def eval_set_present(ctx: RunContext, manifest: Manifest) -> bool:
+    """Every image of the set is in the store with its recorded digest (stat only, nothing is read)."""
+    store = ctx.get_store()
+    try:
+        index = json.loads(store.get_bytes(store.key_from_uri(manifest.uri), manifest.extra.get("index_sha256")))
+    except (ObjectNotFoundError, IntegrityError, InvalidKeyError):
+        return False
+    for entry in index["items"]:
+        for kind in ("lr", "hr"):
+            if entry[kind] is not None:
+                info = store.stat(entry[kind])
+                if info is None or info.sha256 != entry[f"{kind}_sha256"]:
+                    return False
+    return True
+
+
 def read_eval_set(ctx: RunContext, manifest: Manifest) -> tuple[list[EvalItem], dict]:
     store = ctx.get_store()
     index = json.loads(store.get_bytes(store.key_from_uri(manifest.uri), manifest.extra.get("index_sha256")))
@@ -122,11 +138,8 @@ def run_eval_data(ctx: RunContext, cfg: EvaluateConfig, data: str | Manifest, de
     digest, code_ver, chash = source_digest(path, kind), step_code_version(), step_config_hash(cfg, degrade_cfg, kind)
     key = cache_key(STEP, chash, {"source": digest}, code_ver)
     hit = cache.get(STEP, key)
-    if hit is not None:
-        try:
-            read_eval_set(ctx, hit)
-        except (ObjectNotFoundError, KeyError, ValueError):
-            hit = None
+    if hit is not None and not eval_set_present(ctx, hit):
+        hit = None
     with tracker.step_run(ctx.parent_run_id, STEP, {"data": cfg.data.model_dump(mode="json"), "source": data,
                                                    "kind": kind}, tags={"cache_key": key, "cache_hit": hit is not None}) as run_id:
         if hit is not None:

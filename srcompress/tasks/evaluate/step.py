@@ -37,9 +37,10 @@ def step_code_version() -> str:
                         "srcompress.models.teachers", "srcompress.models.colorfix", "srcompress.models.efficiency")
 
 
-def metric_env(cfg: EvaluateConfig, log=None) -> MetricEnv:
+def metric_env(cfg: EvaluateConfig, log=None, assets: bool = True) -> MetricEnv:
+    """The metric conventions of ``cfg``; ``assets`` also locates (fetching once) NIQE's parameters."""
     niqe = None
-    if "niqe" in cfg.metrics:
+    if assets and {"niqe", "niqe_pyiqa"} & set(cfg.metrics):
         try:
             niqe = niqe_params_path()
         except AssetUnavailable as exc:  # reported by the niqe builder as unavailable, never fatal
@@ -93,8 +94,7 @@ def run_evaluate(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, model
     hit = cache.get(STEP, key)
     if hit is not None and not store.exists(store.key_from_uri(hit.uri)):
         hit = None
-    env = metric_env(cfg, log)
-    conv = conventions(cfg, env, eval_set)
+    conv = conventions(cfg, metric_env(cfg, assets=False), eval_set)
     with tracker.step_run(ctx.parent_run_id, STEP, {"evaluate": cfg.model_dump(mode="json"), "conventions": conv},
                           tags={"cache_key": key, "cache_hit": hit is not None}) as run_id:
         tracker.log_manifest(run_id, eval_set, context="evaluation")
@@ -106,6 +106,7 @@ def run_evaluate(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, model
             tracker.log_metrics(run_id, hit.extra.get("metrics", {}))
             return hit
         t0 = time.perf_counter()
+        env = metric_env(cfg, log)
         items, index = read_eval_set(ctx, eval_set)
         ups = build_upscalers(ctx, cfg, int(eval_set.extra.get("scale", 4)), models, teacher_cfg)
         keep = set(range(min(cfg.grid_images, len(items)))) if not cfg.save_outputs else set(range(len(items)))
