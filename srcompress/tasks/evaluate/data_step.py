@@ -14,6 +14,7 @@ from pathlib import Path
 
 from prefect import get_run_logger
 
+from srcompress.infra.config import redact
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, cache_key, code_version, digest_of_digests
 from srcompress.infra.store import IntegrityError, InvalidKeyError, ObjectNotFoundError, atomic_write_bytes
@@ -124,10 +125,11 @@ def run_eval_data(ctx: RunContext, cfg: EvaluateConfig, data: str | Manifest, de
     """``data``: a path / s3:// URI (any dataset kind), or a pairs manifest of this run (the DAG's held-out set)."""
     log = get_run_logger()
     tracker, cache = ctx.get_tracker(), ctx.get_cache()
-    if isinstance(data, Manifest):  # in-DAG: the held-out pairs, already in this store
-        path = ctx.scratch("eval_src") / f"{data.digest[:16]}.json"
-        atomic_write_bytes(path, data.to_json().encode())
-        data = f"manifest:{data.step}:{data.digest[:16]}"
+    source_manifest = data if isinstance(data, Manifest) else None
+    if source_manifest is not None:  # in-DAG: the held-out pairs, already in this store
+        path = ctx.scratch("eval_src") / f"{source_manifest.digest[:16]}.json"
+        atomic_write_bytes(path, source_manifest.to_json().encode())
+        data = f"manifest:{source_manifest.step}:{source_manifest.digest[:16]}"
         kind = "pairs"
     else:
         path = materialize_s3(ctx, data, cfg) if data.startswith("s3://") else Path(data).expanduser().resolve()
@@ -142,6 +144,8 @@ def run_eval_data(ctx: RunContext, cfg: EvaluateConfig, data: str | Manifest, de
         hit = None
     with tracker.step_run(ctx.parent_run_id, STEP, {"data": cfg.data.model_dump(mode="json"), "source": data,
                                                    "kind": kind}, tags={"cache_key": key, "cache_hit": hit is not None}) as run_id:
+        if source_manifest is not None:
+            tracker.log_manifest(run_id, source_manifest, context="source")
         if hit is not None:
             log.info("eval_data: cache hit %s (%s images)", key[:12], hit.counts.get("images"))
             tracker.set_tags(run_id, {"source_run_id": hit.run_id or ""})
@@ -152,7 +156,7 @@ def run_eval_data(ctx: RunContext, cfg: EvaluateConfig, data: str | Manifest, de
         if not items:
             raise ValueError(f"evaluation data {data}: no usable images ({len(skipped)} skipped: "
                              f"{'; '.join(f'{k}: {v}' for k, v in list(skipped.items())[:3])})")
-        info = {"source": data, "kind": kind, "scale": cfg.data.scale, "lq": cfg.data.lq if kind == "hr" else kind,
+        info = {"source": redact(data, "uri"), "kind": kind, "scale": cfg.data.scale, "lq": cfg.data.lq if kind == "hr" else kind,
                 "source_digest": digest}
         pub = publish_items(ctx, items, skipped, f"eval_data/{key[:24]}", info)
         entries = pub["index"]["items"]
