@@ -12,7 +12,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from prefect import get_run_logger
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from srcompress.infra.config import redact
 from srcompress.infra.context import RunContext
@@ -121,6 +122,20 @@ def read_eval_set(ctx: RunContext, manifest: Manifest) -> tuple[list[EvalItem], 
     return items, index
 
 
+@task(name="build-eval-set", cache_policy=NO_CACHE, retries=0)  # bad data is not transient
+def build_eval_set(ctx: RunContext, cfg: EvaluateConfig, path: Path, kind: str, degrade_cfg: DegradeConfig,
+                   prefix: str, info: dict) -> dict:
+    """Read the dataset (skipping bad files with a reason), make the LR where needed, publish PNGs + index."""
+    log = get_run_logger()
+    items, skipped = load_items(path, kind, cfg.data, degrade_cfg, _pairs_reader(ctx))
+    for name, why in skipped.items():
+        log.warning("eval_data: skipped %s: %s", name, why)
+    if not items:
+        raise ValueError(f"evaluation data {info['source']}: no usable images ({len(skipped)} skipped: "
+                         f"{'; '.join(f'{k}: {v}' for k, v in list(skipped.items())[:3])})")
+    return publish_items(ctx, items, skipped, prefix, info)
+
+
 def run_eval_data(ctx: RunContext, cfg: EvaluateConfig, data: str | Manifest, degrade_cfg: DegradeConfig) -> Manifest:
     """``data``: a path / s3:// URI (any dataset kind), or a pairs manifest of this run (the DAG's held-out set)."""
     log = get_run_logger()
@@ -150,21 +165,15 @@ def run_eval_data(ctx: RunContext, cfg: EvaluateConfig, data: str | Manifest, de
             log.info("eval_data: cache hit %s (%s images)", key[:12], hit.counts.get("images"))
             tracker.set_tags(run_id, {"source_run_id": hit.run_id or ""})
             return hit
-        items, skipped = load_items(path, kind, cfg.data, degrade_cfg, _pairs_reader(ctx))
-        for name, why in skipped.items():
-            log.warning("eval_data: skipped %s: %s", name, why)
-        if not items:
-            raise ValueError(f"evaluation data {data}: no usable images ({len(skipped)} skipped: "
-                             f"{'; '.join(f'{k}: {v}' for k, v in list(skipped.items())[:3])})")
-        info = {"source": redact(data, "uri"), "kind": kind, "scale": cfg.data.scale, "lq": cfg.data.lq if kind == "hr" else kind,
-                "source_digest": digest}
-        pub = publish_items(ctx, items, skipped, f"eval_data/{key[:24]}", info)
-        entries = pub["index"]["items"]
+        info = {"source": redact(data, "uri"), "kind": kind, "scale": cfg.data.scale,
+                "lq": cfg.data.lq if kind == "hr" else kind, "source_digest": digest}
+        pub = build_eval_set(ctx, cfg, path, kind, degrade_cfg, f"eval_data/{key[:24]}", info)
+        entries, skipped = pub["index"]["items"], pub["index"]["skipped"]
         set_digest = digest_of_digests(f"{e['lr_sha256']}:{e['hr_sha256']}" for e in entries)
         manifest = Manifest(kind="eval_set", step=STEP, uri=ctx.get_store().uri(pub["key"]), digest=set_digest,
                             config_hash=chash, inputs={"source": digest}, code_version=code_ver, cache_key=key,
-                            run_id=run_id, counts={"images": len(items), "skipped": len(skipped),
-                                                   "with_hr": sum(1 for it in items if it.hr is not None)},
+                            run_id=run_id, counts={"images": len(entries), "skipped": len(skipped),
+                                                   "with_hr": sum(1 for e in entries if e["hr"] is not None)},
                             extra={"index_sha256": pub["sha256"], **info})
         if skipped:
             tracker.log_text(run_id, json.dumps(skipped, indent=2), "eval_data/skipped.json")

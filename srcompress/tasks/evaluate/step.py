@@ -15,15 +15,18 @@ import time
 from pathlib import Path
 
 import torch
-from prefect import get_run_logger
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from srcompress.infra.assets import AssetUnavailable, niqe_params_path
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, cache_key, code_version
+from srcompress.infra.store import atomic_write_bytes
 from srcompress.models.iqa import MetricEnv
 from srcompress.models.upscalers import Bicubic, DiffusionSR
 from srcompress.tasks.evaluate.config import EvaluateConfig
 from srcompress.tasks.evaluate.data_step import read_eval_set
+from srcompress.tasks.evaluate.datasets import png_bytes
 from srcompress.tasks.evaluate.report import write_reports
 from srcompress.tasks.evaluate.runner import evaluate_models
 from srcompress.tasks.teacher.config import TeacherConfig
@@ -84,8 +87,48 @@ def _publish(ctx: RunContext, files: dict[str, Path], out: Path, prefix: str, su
     return store.uri(obj.key), obj.sha256, listing
 
 
+def _flat_metrics(result) -> dict[str, float]:
+    """``<model>.<metric>`` means, ``.std``, and the efficiency numbers: what MLflow and the manifest carry."""
+    metrics = {}
+    for model, summ in result.summary.items():
+        for metric, s in summ.items():
+            if s.mean is not None:
+                metrics[f"{model}.{metric}"] = s.mean
+            if s.std is not None:
+                metrics[f"{model}.{metric}.std"] = s.std
+        for k, v in result.efficiency.get(model, {}).items():
+            if isinstance(v, (int, float)) and k in ("latency_ms", "latency_p90_ms", "macs", "params", "peak_mem_mb"):
+                metrics[f"{model}.{k}"] = float(v)
+    return metrics
+
+
+@task(name="evaluate-models", cache_policy=NO_CACHE, retries=0)
+def score_and_report(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, models: dict[str, Manifest],
+                     teacher_cfg: TeacherConfig, conv: dict, key: str) -> dict:
+    """Run every model on the set, score, write and publish the reports; returns paths, URIs and numbers."""
+    env = metric_env(cfg, get_run_logger())
+    items, index = read_eval_set(ctx, eval_set)
+    ups = build_upscalers(ctx, cfg, int(eval_set.extra.get("scale", 4)), models, teacher_cfg)
+    keep = set(range(len(items))) if cfg.save_outputs else set(range(min(cfg.grid_images, len(items))))
+    result = evaluate_models(items, ups, cfg.metrics, env, keep, cfg.efficiency)
+    out = Path(ctx.workdir) / "evaluations" / key[:16]
+    files = write_reports(result, items, out, conv, cfg.grid_crop, index.get("skipped"))
+    if cfg.save_outputs:
+        for model, outs in result.outputs.items():
+            for idx, arr in outs.items():
+                path = out / "outputs" / model / f"{idx:05d}.png"
+                atomic_write_bytes(path, png_bytes(arr))
+                files[f"output_{model}_{idx}"] = path
+    metrics = _flat_metrics(result)
+    summary = {"metrics": metrics, "unavailable": result.unavailable, "images": len(items)}
+    uri, sha, listing = _publish(ctx, files, out, f"evaluate/{key[:24]}", summary)
+    return {"metrics": metrics, "unavailable": result.unavailable, "out": str(out), "uri": uri, "sha256": sha,
+            "listing": listing, "images": len(items), "models": len(ups)}
+
+
 def run_evaluate(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, models: dict[str, Manifest],
                  teacher_cfg: TeacherConfig) -> Manifest:
+    """Step driver: cached by (eval-set digest, model digests, config hash, code version), one nested MLflow run."""
     log = get_run_logger()
     tracker, cache, store = ctx.get_tracker(), ctx.get_cache(), ctx.get_store()
     code_ver, chash = step_code_version(), cfg.config_hash()
@@ -106,47 +149,22 @@ def run_evaluate(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, model
             tracker.log_metrics(run_id, hit.extra.get("metrics", {}))
             return hit
         t0 = time.perf_counter()
-        env = metric_env(cfg, log)
-        items, index = read_eval_set(ctx, eval_set)
-        ups = build_upscalers(ctx, cfg, int(eval_set.extra.get("scale", 4)), models, teacher_cfg)
-        keep = set(range(min(cfg.grid_images, len(items)))) if not cfg.save_outputs else set(range(len(items)))
-        result = evaluate_models(items, ups, cfg.metrics, env, keep, cfg.efficiency)
-        out = Path(ctx.workdir) / "evaluations" / key[:16]
-        files = write_reports(result, items, out, conv, cfg.grid_crop, index.get("skipped"))
-        if cfg.save_outputs:
-            from srcompress.tasks.evaluate.datasets import png_bytes
-
-            for model, outs in result.outputs.items():
-                for idx, arr in outs.items():
-                    p = out / "outputs" / model / f"{idx:05d}.png"
-                    p.parent.mkdir(parents=True, exist_ok=True)
-                    p.write_bytes(png_bytes(arr))
-                    files[f"output_{model}_{idx}"] = p
-        metrics = {}
-        for model, summ in result.summary.items():
-            for metric, s in summ.items():
-                if s.mean is not None:
-                    metrics[f"{model}.{metric}"] = s.mean
-                if s.std is not None:
-                    metrics[f"{model}.{metric}.std"] = s.std
-            for k, v in result.efficiency.get(model, {}).items():
-                if isinstance(v, (int, float)) and k in ("latency_ms", "latency_p90_ms", "macs", "params", "peak_mem_mb"):
-                    metrics[f"{model}.{k}"] = float(v)
-        summary = {"metrics": metrics, "unavailable": result.unavailable, "images": len(items)}
-        uri, sha, listing = _publish(ctx, files, out, f"evaluate/{key[:24]}", summary)
+        r = score_and_report(ctx, cfg, eval_set, models, teacher_cfg, conv, key)
+        metrics, unavailable, out = r["metrics"], r["unavailable"], Path(r["out"])
+        uri, sha, listing = r["uri"], r["sha256"], r["listing"]
         tracker.log_metrics(run_id, metrics)
         tracker.log_artifact(run_id, out, "evaluation")
-        tracker.set_tags(run_id, {f"unavailable.{k}": v for k, v in result.unavailable.items()})
+        tracker.set_tags(run_id, {f"unavailable.{k}": v for k, v in unavailable.items()})
         table_uri = listing["summary.md"]["uri"]
         manifest = Manifest(kind="evaluation", step=STEP, uri=uri, digest=sha, config_hash=chash, inputs=inputs,
                             code_version=code_ver, cache_key=key, run_id=run_id,
-                            counts={"images": len(items), "models": len(ups), "metrics": len(cfg.metrics),
-                                    "unavailable": len(result.unavailable)},
-                            extra={"table_uri": table_uri, "table_path": str(files["summary_md"]),
+                            counts={"images": r["images"], "models": r["models"], "metrics": len(cfg.metrics),
+                                    "unavailable": len(unavailable)},
+                            extra={"table_uri": table_uri, "table_path": str(out / "summary.md"),
                                    "per_image_uri": listing["per_image.csv"]["uri"], "metrics": metrics,
-                                   "unavailable": result.unavailable, "seconds": round(time.perf_counter() - t0, 2)})
+                                   "unavailable": unavailable, "seconds": round(time.perf_counter() - t0, 2)})
         tracker.log_manifest_output(run_id, manifest)
         cache.put(manifest)
-        log.info("evaluate: %d images × %d models in %.1f s; table %s", len(items), len(ups),
-                 time.perf_counter() - t0, files["summary_md"])
+        log.info("evaluate: %d images × %d models in %.1f s; table %s", r["images"], r["models"],
+                 time.perf_counter() - t0, out / "summary.md")
         return manifest
