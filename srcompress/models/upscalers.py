@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from srcompress.models.colorfix import color_fix
+from srcompress.models.metrics import bicubic_to
 from srcompress.models.teachers.tiling import tiled
 
 Tensor = torch.Tensor
@@ -43,10 +44,7 @@ def bicubic_up(lr: Tensor, scale: int, size: tuple[int, int] | None = None) -> T
 
     ``size`` (default: ×scale) equal to the input size means the LQ is already at HR size: returned as is.
     """
-    size = tuple(size) if size else (lr.shape[-2] * scale, lr.shape[-1] * scale)
-    if tuple(lr.shape[-2:]) == size:
-        return lr
-    return F.interpolate(lr, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+    return bicubic_to(lr, tuple(size) if size else (lr.shape[-2] * scale, lr.shape[-1] * scale))
 
 
 class Bicubic(nn.Module):

@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from srcompress.infra.config import redact
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, cache_key, code_version, digest_of_digests
-from srcompress.infra.store import IntegrityError, InvalidKeyError, ObjectNotFoundError, atomic_write_bytes
+from srcompress.infra.store import IntegrityError, InvalidKeyError, ObjectNotFoundError, atomic_write_bytes, sha256_file
 from srcompress.tasks.degrade.config import DegradeConfig
 from srcompress.tasks.degrade.reader import iter_pairs
 from srcompress.tasks.evaluate.config import EvaluateConfig
@@ -60,7 +60,7 @@ def source_digest(path: Path, kind: str) -> str:
     if kind == "pairs":  # the pairs' content digest, not the manifest file's bytes
         return Manifest.from_json(path.read_bytes()).digest
     base = path / "lr" if kind == "lr" and (path / "lr").is_dir() else path
-    return digest_of_digests(f"{name}:{hashlib.sha256(p.read_bytes()).hexdigest()}" for name, p in image_files(base))
+    return digest_of_digests(f"{name}:{sha256_file(p)}" for name, p in image_files(base))
 
 
 def step_config_hash(cfg: EvaluateConfig, degrade_cfg: DegradeConfig, kind: str) -> str:

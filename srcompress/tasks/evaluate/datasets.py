@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from srcompress.models.degradations import ops
 from srcompress.tasks.degrade.ingest import BadImage, decode_image
 from srcompress.tasks.evaluate.config import EvalDataConfig
 
@@ -78,7 +79,8 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    return (x[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    """(1, 3, H, W) in [0, 1] → (H, W, 3) uint8, rounded as the degrade shards are."""
+    return ops.to_uint8(x[0]).permute(1, 2, 0).numpy()
 
 
 def bicubic_down(hr: np.ndarray, scale: int) -> np.ndarray:
