@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 T = TypeVar("T", bound=BaseModel)
 
 # Presets ship in the repository's configs/ folder; `--config tiny` is shorthand for configs/tiny.yaml.
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs"
+PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"  # repo: <root>/configs; wheel: srcompress/configs
 
 
 class ConfigError(ValueError):
