@@ -11,14 +11,14 @@ Each component owns one pydantic model (``StoreConfig``, ``TrackingConfig``, ``D
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
+
+from srcompress.typed import StrictModel, canonical_hash, canonical_json  # noqa: F401  (re-exported)
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -28,25 +28,6 @@ PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"  # repo: <root>/con
 
 class ConfigError(ValueError):
     """A configuration could not be loaded or validated. The message names the offending key."""
-
-
-class StrictModel(BaseModel):
-    """Base for every component config: frozen, no unknown keys, validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-    def config_hash(self) -> str:
-        """sha256 of the canonical JSON form; identical configs hash identically across machines."""
-        return canonical_hash(self.model_dump(mode="json"))
-
-
-def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys and no whitespace: the one serialisation that hashes are taken over."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-def canonical_hash(obj: Any) -> str:
-    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,33 @@
+"""The typed-config base every component shares, and the one canonical serialisation hashes are taken over.
+
+It lives at the package face (not in ``infra/``) because ``models/`` owns the knobs of its own functions
+(degradation parameters, the tiny-teacher recipe) and must not import infrastructure (docs/architecture.md §2).
+Pure pydantic + stdlib.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: the one serialisation that hashes are taken over."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def canonical_hash(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+class StrictModel(BaseModel):
+    """Base for every component config: frozen, no unknown keys, validated defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    def config_hash(self) -> str:
+        """sha256 of the canonical JSON form; identical configs hash identically across machines."""
+        return canonical_hash(self.model_dump(mode="json"))
