@@ -2,7 +2,7 @@
 
     srcompress run --config configs/tiny.yaml --workdir runs/tiny [--until degrade] [--summary S.json]
 
-The body reads like the DAG (ARCHITECTURE.md §1). It only orchestrates: each step's driver lives in
+The body reads like the DAG (docs/architecture.md §1). It only orchestrates: each step's driver lives in
 ``tasks/<step>/step.py`` and returns a manifest; this flow threads manifests from step to step, owns the
 MLflow parent run, and stops after ``until``.
 """
@@ -21,7 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from srcompress import __version__
 from srcompress.config import STEPS, SrConfig
 from srcompress.infra.config import redact
-from srcompress.flows.common import resolve
+from srcompress.flows.common import has_holdout, resolve
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import code_version
 from srcompress.infra.store import atomic_write_bytes
@@ -37,7 +37,7 @@ def _open_parent_run(cfg: SrConfig, ctx: RunContext) -> str:
 
     ctx.get_store().check()  # fail fast, before any MLflow run is opened
     tracker = ctx.get_tracker()
-    tags = {"config_hash": cfg.config_hash(), "code_version": code_version("srcompress"),
+    tags = {"config_hash": cfg.config_hash(), "code_version": code_version(__name__),
             "package_version": __version__, "prefect_flow_run_id": flow_run.get_id() or "",
             "host": socket.gethostname(), "store": ctx.get_store().root_uri, "kind": "pipeline"}
     run_id = tracker.start_pipeline_run(cfg.run.name, tags, cfg.model_dump(mode="json"))
@@ -69,7 +69,7 @@ def compress(config: dict[str, Any] | str, workdir: str, until: str | None = Non
     manifests: dict[str, Any] = {}
     try:
         manifests["degrade"] = run_degrade(ctx, cfg.data, cfg.degrade, cfg.run.max_workers)
-        if cfg.data.held_out:  # evaluation images, degraded the same way, never trained on
+        if has_holdout(cfg):  # evaluation images, degraded the same way, never trained on
             manifests["degrade_holdout"] = run_degrade(ctx, cfg.data, cfg.degrade, cfg.run.max_workers, "holdout")
         if last >= STEPS.index("bootstrap_teacher"):
             manifests["bootstrap_teacher"] = run_teacher(ctx, cfg.teacher, manifests["degrade"],
@@ -79,12 +79,13 @@ def compress(config: dict[str, Any] | str, workdir: str, until: str | None = Non
                                                      manifests["bootstrap_teacher"])
         # next: analyse_redundancy → search_pruning → distill (before evaluate) → register
         if last >= STEPS.index("evaluate"):
-            if "degrade_holdout" in manifests:  # bicubic vs teacher on images never trained on
-                manifests["eval_data"] = run_eval_data(ctx, cfg.evaluate, manifests["degrade_holdout"], cfg.degrade)
+            if "degrade_holdout" in manifests:  # bicubic vs teacher on the held-out images, never trained on
+                manifests["eval_data"] = run_eval_data(ctx, cfg.evaluate, cfg.data, cfg.degrade)
                 manifests["evaluate"] = run_evaluate(ctx, cfg.evaluate, manifests["eval_data"],
                                                      {"teacher": manifests["bootstrap_teacher"]}, cfg.teacher)
             else:
-                log.warning("evaluate: skipped, data.held_out is empty (use `srcompress evaluate --data …`)")
+                log.warning("evaluate: skipped, no held-out images (set data.held_out or data.held_out_fraction, "
+                            "or use `srcompress evaluate --data …`)")
     except BaseException:
         tracker.end_run(parent, "FAILED")
         raise

@@ -22,7 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from srcompress import __version__
 from srcompress.config import SrConfig
 from srcompress.infra.config import redact
-from srcompress.flows.common import resolve
+from srcompress.flows.common import has_holdout, resolve
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, code_version
 from srcompress.infra.store import atomic_write_bytes
@@ -36,7 +36,7 @@ def _teacher(ctx: RunContext, cfg: SrConfig) -> Manifest:
     if cfg.teacher.source != "bootstrap":
         return run_teacher(ctx, cfg.teacher, None, None)
     pairs = run_degrade(ctx, cfg.data, cfg.degrade, cfg.run.max_workers)
-    holdout = run_degrade(ctx, cfg.data, cfg.degrade, cfg.run.max_workers, "holdout") if cfg.data.held_out else None
+    holdout = run_degrade(ctx, cfg.data, cfg.degrade, cfg.run.max_workers, "holdout") if has_holdout(cfg) else None
     return run_teacher(ctx, cfg.teacher, pairs, holdout)
 
 
@@ -52,7 +52,7 @@ def evaluate(config: dict[str, Any] | str, workdir: str, data: str, overrides: l
     ctx.get_store().check()  # fail fast, before any MLflow run is opened
     tracker = ctx.get_tracker()
     parent = tracker.start_pipeline_run(f"{cfg.run.name}-evaluate", {
-        "kind": "evaluation", "config_hash": cfg.config_hash(), "code_version": code_version("srcompress"),
+        "kind": "evaluation", "config_hash": cfg.config_hash(), "code_version": code_version(__name__),
         "package_version": __version__, "host": socket.gethostname(), "data": redact(data, "uri"),
         "models": ",".join(cfg.evaluate.models)}, {"evaluate": cfg.evaluate.model_dump(mode="json"), "data": data})
     ctx = ctx.model_copy(update={"parent_run_id": parent})

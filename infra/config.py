@@ -96,8 +96,10 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
         key = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or "<root>")
         if err["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key (check the spelling; `srcompress config show` lists valid keys)")
+        elif not loc:  # a cross-field rule: its message names the keys; the input is the whole config
+            lines.append(err["msg"].removeprefix("Value error, "))
         else:
-            lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"{key}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})")
     return "invalid config:\n  " + "\n  ".join(lines)
 
 

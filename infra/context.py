@@ -32,6 +32,7 @@ class RunContext(BaseModel):
     tracking: TrackingConfig
     parent_run_id: str | None = None
     torch_threads: int = 0
+    device: str = "auto"  # run.device; steps resolve it (with their own override) via models.device
 
     def get_store(self) -> ArtifactStore:
         return _store(self.workdir, self.store.model_dump_json())

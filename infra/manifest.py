@@ -1,4 +1,4 @@
-"""Manifests: the small frozen record every step returns (ARCHITECTURE.md §1).
+"""Manifests: the small frozen record every step returns (docs/architecture.md §1).
 
 One object for four jobs: it is the Prefect task result, the input of the next step's cache key, what MLflow
 records (dataset input with *our* digest, run tags), and the audit trail. It carries URIs and digests, never
@@ -11,16 +11,12 @@ the computation that produced it: hash(step, step-config hash, input digests, co
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
-from functools import lru_cache
-from pathlib import Path
-from types import ModuleType
 from typing import Any, Iterable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from srcompress import __version__
+from srcompress.infra.codever import code_version  # noqa: F401  (re-exported: one place derives code versions)
 from srcompress.infra.config import canonical_hash
 
 
@@ -66,34 +62,3 @@ def digest_of_digests(digests: Iterable[str]) -> str:
         h.update(d.encode())
         h.update(b"\n")
     return h.hexdigest()
-
-
-@lru_cache(maxsize=None)
-def _source_hash(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def code_version(*modules: ModuleType | str) -> str:
-    """Hash of the given modules' source files (a package means every .py under it) + package version.
-
-    Why not the git SHA: caches should survive commits that do not touch a step's code, and must be
-    invalidated by those that do — including helpers in models/ that Prefect's TASK_SOURCE policy misses
-    (reference/pipeline.md §1.1).
-    """
-    files: list[Path] = []
-    for mod in modules:
-        if isinstance(mod, str):
-            import importlib
-
-            mod = importlib.import_module(mod)
-        src = Path(inspect.getfile(mod))
-        if src.name == "__init__.py":
-            files.extend(sorted(src.parent.rglob("*.py")))
-        else:
-            files.append(src)
-    h = hashlib.sha256(__version__.encode())
-    root = Path(__file__).resolve().parents[1]
-    for f in sorted(set(files)):
-        rel = f.resolve().relative_to(root).as_posix() if root in f.resolve().parents else f.name
-        h.update(rel.encode() + b"\0" + _source_hash(str(f)).encode() + b"\n")
-    return f"{__version__}+{h.hexdigest()[:16]}"

@@ -20,7 +20,7 @@ def configure_prefect(workdir: str | Path) -> None:
         # The first flow run starts a local server (~13 s); give slow CI machines room.
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
         "PREFECT_LOGGING_LOG_PRINTS": "true",
-        "HF_HUB_OFFLINE": "1",  # nothing is ever fetched from a model hub (ARCHITECTURE.md §5)
+        "HF_HUB_OFFLINE": "1",  # nothing is ever fetched from a model hub (docs/stack.md)
         "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
     }
     for key, value in defaults.items():

@@ -1,7 +1,7 @@
 """Ray cluster access: join a configured cluster, or start a local one for the duration of a step.
 
 On this class of machine: the dashboard is off (it costs seconds and a port), token auth is disabled for
-loopback clusters (``RAY_AUTH_MODE=disabled``, ARCHITECTURE.md §7), and a cluster we started is shut down
+loopback clusters (``RAY_AUTH_MODE=disabled``, docs/stack.md), and a cluster we started is shut down
 when the step ends so its cores go back to the rest of the flow.
 """
 

@@ -1,7 +1,7 @@
 """MLflow tracking: one parent run per pipeline run, one nested run per step, manifests as dataset inputs.
 
 Everything goes through an explicit ``MlflowClient`` and explicit run ids — MLflow's fluent "active run" is
-thread-local (reference/pipeline.md §2.1), and Prefect runs tasks in worker threads.
+thread-local (docs/stack.md, MLflow), and Prefect runs tasks in worker threads.
 
 - Default backend: sqlite under the work dir; any tracking URI (e.g. a remote ``mlflow server``) when set.
 - Artifacts go through the artifact store: the experiment's artifact location is ``<store>/mlflow`` (file or

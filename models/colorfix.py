@@ -33,7 +33,7 @@ def _blur(x: Tensor, dilation: int) -> Tensor:
     if d <= 0:
         return x
     c = x.shape[1]
-    return F.conv2d(F.pad(x, (d, d, d, d), mode="replicate"), _BINOMIAL.to(x.dtype).expand(c, 1, 3, 3),
+    return F.conv2d(F.pad(x, (d, d, d, d), mode="replicate"), _BINOMIAL.to(device=x.device, dtype=x.dtype).expand(c, 1, 3, 3),
                     groups=c, dilation=d)
 
 

@@ -1,10 +1,11 @@
 """srcompress: compress one-step diffusion super-resolution teachers into small, fast students.
 
-The package mirrors the DAG (ARCHITECTURE.md §2):
-  flows/   Prefect flows (orchestration only)
-  tasks/   one package per DAG step
-  models/  pure PyTorch / diffusers code (no Prefect, MLflow, boto3 or Ray)
-  infra/   config, artifact store, MLflow tracking, cache, Prefect/Ray settings
+The repository's top level is the DAG (docs/architecture.md §2), imported under this package:
+  flows/   srcompress.flows   Prefect flows (orchestration only)
+  tasks/   srcompress.tasks   one package per DAG step (+ tasks/common for what steps share)
+  models/  srcompress.models  pure PyTorch / diffusers code (no Prefect, MLflow, boto3 or Ray)
+  infra/   srcompress.infra   config, artifact store, MLflow tracking, cache, Prefect/Ray settings
+This folder holds the package face: the CLI, the root config and the typed-config base.
 """
 
 __version__ = "0.1.0"

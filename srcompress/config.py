@@ -10,21 +10,23 @@ config's hash identifies the run's settings.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from srcompress.infra.config import StrictModel, deep_merge, load_yaml, parse_overrides, validate
+from srcompress.infra.config import ConfigError, StrictModel, deep_merge, load_yaml, parse_overrides, validate
+from srcompress.models.device import DEVICE_PATTERN
 from srcompress.infra.store import StoreConfig
 from srcompress.infra.tracking import TrackingConfig
 from srcompress.tasks.degrade.config import DegradeConfig
-from srcompress.tasks.degrade.sources import DataConfig
+from srcompress.tasks.common.sources import DataConfig
 from srcompress.tasks.encode.config import EncodeConfig
 from srcompress.tasks.evaluate.config import EvaluateConfig
-from srcompress.tasks.teacher.config import TeacherConfig
+from srcompress.tasks.common.teacher_config import TeacherConfig
 
-STEPS = ("degrade", "bootstrap_teacher", "encode_latents", "evaluate")  # DAG order; later issues insert theirs
+STEPS = ("degrade", "bootstrap_teacher", "encode_latents", "evaluate")  # DAG order (docs/architecture.md §1)
 
 
 class RunConfig(StrictModel):
@@ -33,6 +35,7 @@ class RunConfig(StrictModel):
     name: str = Field("srcompress", min_length=1, description="Run name shown in MLflow and Prefect.")
     max_workers: int = Field(2, ge=1, le=64, description="Prefect task-runner threads for shard fan-out.")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads per worker; 0 = cores / max_workers.")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="Where models run: auto (cuda if available, else cpu) | cpu | cuda | cuda:N; steps may override (encode.device, evaluate.device).")
 
 
 class SrConfig(StrictModel):
@@ -47,6 +50,17 @@ class SrConfig(StrictModel):
     encode: EncodeConfig = Field(default_factory=EncodeConfig, description="Latent pre-encoding on Ray.")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation: metrics, conventions, inference.")
 
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "SrConfig":
+        # Remote Ray actors write shards where the store is: a local-disk store would scatter them over the
+        # nodes' own disks, and the driver would never see them.
+        store_uri = self.store.uri or os.environ.get("SRCOMPRESS_STORE_URI") or ""
+        if self.encode.ray_address and not store_uri.startswith("s3://") and not self.encode.shared_filesystem:
+            raise ValueError("encode.ray_address is set but store.uri is a local-disk store: Ray workers on other "
+                             "nodes would write to their own disks. Use an s3:// store, or set "
+                             "encode.shared_filesystem=true if the store path is a shared mount on every node")
+        return self
+
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 data: dict[str, Any] | None = None) -> SrConfig:
@@ -56,3 +70,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raw = deep_merge(raw, data)
     raw = deep_merge(raw, parse_overrides(overrides))
     return validate(SrConfig, raw)
+
+
+def preflight(cfg: SrConfig) -> None:
+    """Checks against this machine that a config cannot make by itself, run before any server or run starts:
+    devices that exist, and local folders (data, teacher, LoRA) that are there. Raises ``ConfigError``."""
+    from srcompress.models.device import DeviceError, resolve_device
+
+    problems = []
+    checks = [("run.device", cfg.run.device), ("evaluate.device", cfg.evaluate.device)]
+    if cfg.encode.gpus_per_actor == 0 and not cfg.encode.ray_address:  # GPUs of a remote cluster are not ours to see
+        checks.append(("encode.device", cfg.encode.device))
+    for key, spec in checks:
+        if spec is not None:
+            try:
+                resolve_device(spec, key)
+            except DeviceError as exc:
+                problems.append(str(exc))
+    local = {"data.source": cfg.data.source if cfg.data.source != "bundled" else None,
+             "teacher.source": cfg.teacher.source if cfg.teacher.source != "bootstrap" else None,
+             "teacher.lora": cfg.teacher.lora if cfg.teacher.lora not in (None, "none") else None}
+    for key, value in local.items():
+        if value and "://" not in value and not Path(value).expanduser().is_dir():
+            problems.append(f"{key}: {value} is not a folder on this machine")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

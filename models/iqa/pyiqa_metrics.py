@@ -1,6 +1,6 @@
 """pyiqa-backed metrics with the SR conventions made explicit and weight files checked before construction.
 
-Conventions (methods.md §1.10, §3.11; ARCHITECTURE.md §7):
+Conventions (docs/methods.md §5; docs/stack.md):
 - MS-SSIM (and the ``psnr_pyiqa`` / ``ssim_pyiqa`` variants papers report) on the Y channel of ITU-R BT.601
   YCbCr (``color_space='ycbcr'``), ``crop_border`` pixels removed from every edge first. pyiqa's own default
   colour space is ``yiq`` — never used implicitly. The default ``psnr``/``ssim``/``niqe`` are the float64

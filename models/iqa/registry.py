@@ -7,7 +7,7 @@
 
 Three kinds (``MetricInfo.mode``): ``FR`` full-reference (needs HQ), ``NR`` no-reference (works on LR-only
 sets), ``DIST`` distribution metrics accumulated over a whole set (FID). Backends are pluggable: pyiqa is
-the default, but pyiqa's licence is non-commercial (ARCHITECTURE.md §5), so each metric is a small builder
+the default, but pyiqa's licence is non-commercial (docs/stack.md), so each metric is a small builder
 keyed by name and a licence-clean backend can register the same names.
 
 A metric whose weights are missing raises ``MetricUnavailable`` at build time — the evaluation reports it

@@ -8,7 +8,7 @@
     with teacher.capture(["transformer_blocks.0"]) as feats: teacher.restore_latent(z_lq)
 
 The latent convention (scaling, shift, mean vs seeded sample) is explicit and recorded with every cache,
-because mismatched conventions silently break latent losses (shared/reference/methods.md §3.2).
+because mismatched conventions silently break latent losses (docs/methods.md §2).
 """
 
 from __future__ import annotations
@@ -72,8 +72,10 @@ class OneStepTeacher(nn.Module, ABC):
             if generator is None:
                 raise ValueError("latent mode 'sample' needs a seeded generator")
             gens = list(generator) if isinstance(generator, (list, tuple)) else [generator]
+            # CPU generators: the draw is the same on every device (docs/architecture.md §4).
             eps = torch.cat([torch.randn(dist.mean[i : i + 1].shape, generator=gens[i % len(gens)],
                                          dtype=dist.mean.dtype) for i in range(dist.mean.shape[0])])
+            eps = eps.to(dist.mean.device)
             z = dist.mean + dist.std * eps
         return (z - self.convention.shift_factor) * self.convention.scaling_factor
 

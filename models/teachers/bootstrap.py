@@ -12,7 +12,7 @@
    checkpoint with the best PSNR-Y on a validation split of the *training* pairs is kept (step 0 included).
 
 SD3's positional embedding covers one tile (``pos_embed_max_size = tile / patch``) and inference tiles with
-Gaussian blending — the fixed-size-embedding + tiler design of TSD-SR/TinySR (methods.md §1.3, §3.11).
+Gaussian blending — the fixed-size-embedding + tiler design of TSD-SR/TinySR (docs/methods.md §3.3, §4).
 
     teacher, stats = train_tiny_teacher(lq, hq, cfg, log=print)   # lq already at HQ size, both in [0, 1]
 """
@@ -21,19 +21,57 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from srcompress.typed import StrictModel
 
 from srcompress.models.teachers.base import LatentConvention
 from srcompress.models.teachers.sd3 import SD3OneStepTeacher
 from srcompress.models.teachers.tiny import tiny_sd3_teacher
 
-if TYPE_CHECKING:
-    from srcompress.tasks.teacher.config import BootstrapConfig
-
 Tensor = torch.Tensor
+
+
+class BootstrapConfig(StrictModel):
+    """The tiny SD3-style teacher trained in-pipeline for the embedded default (``teacher.source: bootstrap``)."""
+
+    seed: int = Field(0, description="Seed of initialisation, batch sampling and the validation split.")
+    vae_init: Literal["identity", "random"] = Field("identity", description="identity: exact identity AutoencoderKL (one block, latent = pixels), see models/teachers/tiny.py; random: train from scratch.")
+    vae_channels: list[int] = Field([32], min_length=1, description="AutoencoderKL block widths; 2**(n-1) is the latent downsampling factor.")
+    vae_norm_groups: int = Field(1, ge=1, description="GroupNorm groups in the VAE (identity init needs 1; 1 also trained fastest from scratch).")
+    latent_channels: int = Field(16, ge=3, description="Latent channels (SD3: 16).")
+    num_layers: int = Field(8, ge=1, description="SD3 transformer blocks (the prunable units).")
+    heads: int = Field(2, ge=1, description="Attention heads per block.")
+    head_dim: int = Field(16, ge=4, description="Width of one attention head.")
+    patch_size: int = Field(4, ge=1, description="Transformer patch size (latent cells per token side).")
+    tile: int = Field(32, ge=4, description="Latent tile the transformer sees (training crops and inference tiles; its pos_embed size).")
+    tile_overlap: int = Field(16, ge=0, description="Overlap of inference tiles (Gaussian blending).")
+    text_dim: int = Field(32, ge=1, description="joint_attention_dim of the fixed prompt embedding.")
+    pooled_dim: int = Field(32, ge=1, description="pooled_projection_dim of the fixed pooled embedding.")
+    prompt_len: int = Field(8, ge=1, description="Tokens of the fixed prompt embedding.")
+    batch_size: int = Field(16, ge=1, description="Training batch size (both phases).")
+    vae_steps: int = Field(0, ge=0, description="Phase 1: VAE reconstruction steps (L1 + KL) on LQ and HQ crops; 0 keeps the identity init.")
+    vae_lr: float = Field(8e-3, gt=0, description="Phase 1 peak learning rate (one-cycle schedule).")
+    vae_crop: int = Field(48, ge=8, description="Random crop size of phase-1 patches.")
+    kl_weight: float = Field(1e-6, ge=0, description="KL weight of the VAE loss.")
+    restorer_steps: int = Field(400, ge=0, description="Phase 2: one-step restorer steps on random latent tiles.")
+    restorer_lr: float = Field(5e-4, gt=0, description="Phase 2 peak learning rate (one-cycle schedule).")
+    latent_weight: float = Field(1.0, ge=0, description="Phase 2: weight of MSE(v, z_L − z_H) (the flow-matching target at t=1000).")
+    pixel_weight: float = Field(0.0, ge=0, description="Phase 2: weight of L1(decode(z_L − v), HQ) (redundant with an identity VAE).")
+    val_fraction: float = Field(0.15, ge=0, lt=1, description="Training pairs held back to pick the best restorer checkpoint (never the held-out set).")
+    eval_every: int = Field(50, ge=1, description="Validate every N restorer steps; the best checkpoint (step 0 included) is kept.")
+    max_seconds: float = Field(360.0, gt=0, description="Time budget; exceeding it is logged as a warning (steps are fixed for reproducibility).")
+
+    @model_validator(mode="after")
+    def _check_identity(self) -> BootstrapConfig:
+        if self.vae_init == "identity" and (len(self.vae_channels) != 1 or self.vae_norm_groups != 1
+                                            or self.vae_channels[0] < 8):
+            raise ValueError("vae_init=identity needs vae_channels=[w >= 8] and vae_norm_groups=1")
+        return self
 
 
 def _augment(x: Tensor, y: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -60,7 +98,7 @@ def _update(opt, sched, loss: Tensor, losses: list[float], step: int, total: int
         log(f"bootstrap {name} {step + 1}/{total}: loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
 
 
-def train_vae(teacher: SD3OneStepTeacher, images: Tensor, cfg: "BootstrapConfig", g: torch.Generator,
+def train_vae(teacher: SD3OneStepTeacher, images: Tensor, cfg: BootstrapConfig, g: torch.Generator,
               log: Callable[[str], None]) -> list[float]:
     vae = teacher.vae
     vae.train().requires_grad_(True)
@@ -100,7 +138,7 @@ def _val_psnr(teacher: SD3OneStepTeacher, z_l: Tensor, hq: Tensor, batch: int = 
                             for i in range(0, len(z_l), batch)]).mean())
 
 
-def train_restorer(teacher: SD3OneStepTeacher, lq: Tensor, hq: Tensor, cfg: "BootstrapConfig", g: torch.Generator,
+def train_restorer(teacher: SD3OneStepTeacher, lq: Tensor, hq: Tensor, cfg: BootstrapConfig, g: torch.Generator,
                    log: Callable[[str], None]) -> tuple[list[float], dict]:
     """Phase 2 on random latent tiles of the training pairs; keeps the checkpoint with the best validation
     PSNR-Y (step 0 — the identity map — included), so training can only improve on where it started."""
@@ -148,9 +186,12 @@ def train_restorer(teacher: SD3OneStepTeacher, lq: Tensor, hq: Tensor, cfg: "Boo
     return losses, {"best_step": best["step"], "val_psnr_y": best["psnr"], "val_pairs": n_val}
 
 
-def train_tiny_teacher(lq: Tensor, hq: Tensor, cfg: "BootstrapConfig",
-                       log: Callable[[str], None] = print) -> tuple[SD3OneStepTeacher, dict]:
-    """Build and train the tiny teacher. ``lq`` is already at HQ size; both (N, 3, H, W) in [0, 1]."""
+def train_tiny_teacher(lq: Tensor, hq: Tensor, cfg: BootstrapConfig, log: Callable[[str], None] = print,
+                       device: torch.device | str = "cpu") -> tuple[SD3OneStepTeacher, dict]:
+    """Build and train the tiny teacher on ``device``. ``lq`` is already at HQ size; both (N, 3, H, W) in [0, 1].
+
+    Random draws (batches, crops, augmentation) come from one CPU generator, so the draws are the same on
+    every device."""
     if lq.shape != hq.shape:
         raise ValueError(f"LQ {tuple(lq.shape)} must be brought to the HQ size {tuple(hq.shape)} first")
     g = torch.Generator().manual_seed(cfg.seed)
@@ -159,7 +200,8 @@ def train_tiny_teacher(lq: Tensor, hq: Tensor, cfg: "BootstrapConfig",
                                pooled_dim=cfg.pooled_dim, prompt_len=cfg.prompt_len,
                                vae_channels=tuple(cfg.vae_channels), vae_norm_groups=cfg.vae_norm_groups,
                                patch_size=cfg.patch_size, tile=cfg.tile, tile_overlap=cfg.tile_overlap,
-                               vae_identity=cfg.vae_init == "identity")
+                               vae_identity=cfg.vae_init == "identity").to(device)
+    lq, hq = lq.to(device), hq.to(device)
     t0 = time.perf_counter()
     vae_losses = train_vae(teacher, torch.cat([lq, hq]), cfg, g, log) if cfg.vae_steps else []
     t_vae = time.perf_counter() - t0

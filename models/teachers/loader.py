@@ -26,6 +26,7 @@ from srcompress.models.teachers.sd3 import SD3OneStepTeacher
 from srcompress.models.teachers.unet import UNetOneStepTeacher
 
 PROMPT_FILE = "prompt_embeds.safetensors"
+NO_LORA = "none"  # `lora="none"`: merge nothing, even if the folder ships a lora/
 
 
 class TeacherLoadError(FileNotFoundError):
@@ -56,8 +57,12 @@ def detect_kind(folder: Path) -> Literal["sd3", "unet"]:
 
 def load_teacher(folder: str | Path, *, kind: str = "auto", latent_mode: str | None = None,
                  use_shift_factor: bool | None = None, timestep: float | None = None,
-                 lora: str | Path | None = None, dtype: torch.dtype = torch.float32) -> OneStepTeacher:
-    """Build a frozen, eval-mode teacher from a local folder. Arguments override ``teacher.json``."""
+                 lora: str | Path | None = None, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu") -> OneStepTeacher:
+    """Build a frozen, eval-mode teacher from a local folder on ``device``. Arguments override ``teacher.json``.
+
+    ``lora``: a peft LoRA folder to merge; None = ``<folder>/lora`` if present; ``"none"`` = merge nothing.
+    """
     from diffusers import AutoencoderKL
 
     folder = Path(folder)
@@ -74,7 +79,7 @@ def load_teacher(folder: str | Path, *, kind: str = "auto", latent_mode: str | N
     if "prompt_embeds" not in prompts:
         raise TeacherLoadError(f"teacher: {prompts_path} has no 'prompt_embeds' tensor (keys: {sorted(prompts)})")
     mode = latent_mode or meta.get("latent_mode", "mean")
-    # TSD-SR encodes with `* scaling_factor` and no shift, although the SD3 VAE defines one (methods.md §3.2).
+    # TSD-SR encodes with `* scaling_factor` and no shift, although the SD3 VAE defines one (docs/methods.md §2).
     shift = use_shift_factor if use_shift_factor is not None else meta.get("use_shift_factor", False)
     conv = LatentConvention(float(vae.config.scaling_factor),
                             float(vae.config.shift_factor or 0.0) if shift else 0.0, mode)
@@ -85,7 +90,7 @@ def load_teacher(folder: str | Path, *, kind: str = "auto", latent_mode: str | N
         backbone = SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer", **common)
         if "pooled_prompt_embeds" not in prompts:
             raise TeacherLoadError(f"teacher: {prompts_path} has no 'pooled_prompt_embeds' (needed by SD3)")
-        backbone = _merge_lora(backbone, lora or _default_lora(folder))
+        backbone = _merge_lora(backbone, resolve_lora(folder, lora))
         teacher: OneStepTeacher = SD3OneStepTeacher(
             vae, backbone, prompts["prompt_embeds"].to(dtype), prompts["pooled_prompt_embeds"].to(dtype), conv,
             timestep=timestep if timestep is not None else meta.get("timestep", 1000.0),
@@ -97,21 +102,28 @@ def load_teacher(folder: str | Path, *, kind: str = "auto", latent_mode: str | N
         backbone = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **common)
         _need(folder / "scheduler" / "scheduler_config.json", "scheduler config")
         scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
-        backbone = _merge_lora(backbone, lora or _default_lora(folder))
+        backbone = _merge_lora(backbone, resolve_lora(folder, lora))
         teacher = UNetOneStepTeacher(vae, backbone, scheduler, prompts["prompt_embeds"].to(dtype), conv,
                                      timestep=int(timestep if timestep is not None else meta.get("timestep", 999)),
                                      tile=meta.get("tile"), tile_overlap=meta.get("tile_overlap", 8))
     else:
         raise TeacherLoadError(f"teacher: unknown kind {kind!r} (sd3 | unet)")
     teacher.eval().requires_grad_(False)
-    return teacher
+    return teacher.to(device)
 
 
 def _default_lora(folder: Path) -> Path | None:
     return folder / "lora" if (folder / "lora").is_dir() else None
 
 
-def _merge_lora(backbone: torch.nn.Module, lora: str | Path | None) -> torch.nn.Module:
+def resolve_lora(folder: Path, lora: str | Path | None) -> Path | None:
+    """The LoRA folder to merge: ``lora`` if given, ``None`` → ``<folder>/lora`` if present, ``"none"`` → no LoRA."""
+    if lora is not None and str(lora) == NO_LORA:
+        return None
+    return Path(lora) if lora is not None else _default_lora(folder)
+
+
+def _merge_lora(backbone: torch.nn.Module, lora: Path | None) -> torch.nn.Module:
     """Merge a peft LoRA adapter into the backbone's weights (TSD-SR ships LoRA on top of SD3)."""
     if lora is None:
         return backbone

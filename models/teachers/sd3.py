@@ -42,7 +42,7 @@ class SD3OneStepTeacher(OneStepTeacher):
         b = z.shape[0]
         return self.backbone(hidden_states=z, encoder_hidden_states=self.prompt_embeds.expand(b, -1, -1),
                              pooled_projections=self.pooled_prompt_embeds.expand(b, -1),
-                             timestep=torch.full((b,), self.timestep, dtype=z.dtype)).sample
+                             timestep=torch.full((b,), self.timestep, dtype=z.dtype, device=z.device)).sample
 
     def restore_tile(self, z_lq: Tensor) -> Tensor:
         sigma = self.timestep / 1000.0  # flow-matching σ of the timestep; 1 at t = 1000

@@ -1,7 +1,7 @@
 """Latent tiling with smooth blending, for teachers whose positional embedding fixes the input size.
 
 TSD-SR / TinySR run the SD3 transformer on 64-latent tiles with overlap 8 and Gaussian tile weights
-(methods.md §3.11); a tile-size input is processed untiled, so tiling never changes a result that fits.
+(docs/methods.md §4); a tile-size input is processed untiled, so tiling never changes a result that fits.
 
     z0 = tiled(restore_tile, z, tile=64, overlap=8)
 """
@@ -46,16 +46,16 @@ def tiled(fn: Callable[[Tensor], Tensor], z: Tensor, tile: int, overlap: int, ma
         ph, pw = max(0, tile - h), max(0, tile - w)
         zp = torch.nn.functional.pad(z, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
         return tiled(fn, zp, tile, overlap)[..., :h, :w]
-    weight = gaussian_weights(tile).to(z.dtype)
+    weight = gaussian_weights(tile).to(device=z.device, dtype=z.dtype)
     b = z.shape[0]
     origins = [(i, j) for i in tile_starts(h, tile, overlap) for j in tile_starts(w, tile, overlap)]
-    out, norm = None, torch.zeros((1, 1, h, w), dtype=z.dtype)
+    out, norm = None, torch.zeros((1, 1, h, w), dtype=z.dtype, device=z.device)
     per_call = max(1, max_batch // b)
     for k in range(0, len(origins), per_call):
         chunk = origins[k : k + per_call]
         ys = fn(torch.cat([z[..., i : i + tile, j : j + tile] for i, j in chunk]))  # (len(chunk)·B, C', t, t)
         if out is None:
-            out = torch.zeros((b, ys.shape[1], h, w), dtype=ys.dtype)
+            out = torch.zeros((b, ys.shape[1], h, w), dtype=ys.dtype, device=ys.device)
         for n, (i, j) in enumerate(chunk):
             out[..., i : i + tile, j : j + tile] += ys[n * b : (n + 1) * b] * weight
             norm[..., i : i + tile, j : j + tile] += weight

@@ -41,7 +41,7 @@ class UNetOneStepTeacher(OneStepTeacher):
 
     def restore_tile(self, z_lq: Tensor) -> Tensor:
         b = z_lq.shape[0]
-        out = self.backbone(z_lq, torch.full((b,), self.timestep, dtype=torch.long),
+        out = self.backbone(z_lq, torch.full((b,), self.timestep, dtype=torch.long, device=z_lq.device),
                             encoder_hidden_states=self.prompt_embeds.expand(b, -1, -1)).sample
         a, s = self.alpha_bar**0.5, (1 - self.alpha_bar) ** 0.5
         if self.prediction_type == "epsilon":

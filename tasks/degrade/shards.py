@@ -24,8 +24,9 @@ from srcompress.infra.store import StoreConfig, sha256_bytes
 from srcompress.models.degradations import SampleParams, degrade_batch
 from srcompress.models.degradations.ops import to_uint8
 from srcompress.tasks.degrade.config import DegradeConfig
-from srcompress.tasks.degrade.ingest import BadImage, check_size, decode_image
-from srcompress.tasks.degrade.sources import DataConfig, SourceRef, read_source
+from srcompress.tasks.common.pairs import pair_seed
+from srcompress.tasks.common.ingest import BadImage, check_size, decode_image
+from srcompress.tasks.common.sources import DataConfig, SourceRef, read_source
 
 
 class _Model(BaseModel):
@@ -72,12 +73,6 @@ class ShardResult(_Model):
     count: int
     computed: bool
     seconds: float = 0.0
-
-
-def pair_seed(seed: int, digest: str, crop_index: int, purpose: str) -> int:
-    """64-bit seed of one pair: a function of (seed, source digest, crop index) only."""
-    h = hashlib.sha256(f"{seed}:{digest}:{crop_index}:{purpose}".encode()).digest()
-    return int.from_bytes(h[:8], "little")
 
 
 def scan_one(ref: SourceRef, data_cfg: DataConfig, store_cfg: StoreConfig,

@@ -33,7 +33,7 @@ from srcompress.tasks.degrade.shards import (
     plan_shards,
     scan_one,
 )
-from srcompress.tasks.degrade.sources import DataConfig, list_sources
+from srcompress.tasks.common.sources import DataConfig, list_sources
 
 STEP = "degrade"
 
@@ -54,7 +54,8 @@ class ScanResult(BaseModel):
 
 
 def step_code_version() -> str:
-    return code_version("srcompress.tasks.degrade", "srcompress.models.degradations")
+    """Derived from this module's import closure (docs/architecture.md §3)."""
+    return code_version(__name__)
 
 
 def step_config_hash(data_cfg: DataConfig, cfg: DegradeConfig, split: str = "train") -> str:

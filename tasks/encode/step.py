@@ -3,7 +3,7 @@
     srcompress run --config configs/tiny.yaml --until encode_latents
     srcompress run --config my.yaml --set encode.ray_address=10.0.0.5:6379 --set encode.num_actors=8
 
-The Prefect task is the Ray driver (reference/pipeline.md §1.5): it starts or joins a Ray cluster, feeds one
+The Prefect task is the Ray driver (docs/architecture.md §1): it starts or joins a Ray cluster, feeds one
 row per pairs shard (references only, never tensors) to ``EncoderActor``s, and collects one small row per
 latent shard. Finished shards are content-addressed in the store, so a rerun or a resumed run skips them.
 """
@@ -21,16 +21,23 @@ from srcompress.infra.config import canonical_hash
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, cache_key, code_version, digest_of_digests
 from srcompress.infra.ray_cluster import ray_session
-from srcompress.tasks.degrade.reader import shard_refs
+from srcompress.tasks.common.pairs import shard_refs
 from srcompress.tasks.encode.config import EncodeConfig
 from srcompress.tasks.encode.worker import EncoderActor
-from srcompress.tasks.teacher.config import TeacherConfig
+from srcompress.tasks.common.teacher_config import TeacherConfig
+from srcompress.tasks.common.teachers import load_settings
 
 STEP = "encode_latents"
 
 
 def step_code_version() -> str:
-    return code_version("srcompress.tasks.encode", "srcompress.models.teachers", "srcompress.models.metrics")
+    """Derived from this module's import closure (docs/architecture.md §3)."""
+    return code_version(__name__)
+
+
+def step_config_hash(cfg: EncodeConfig, teacher_cfg: TeacherConfig) -> str:
+    """What the latents depend on: the encode settings (not placement) and how the teacher is loaded."""
+    return canonical_hash({"encode": cfg.compute_settings(), "teacher": load_settings(teacher_cfg)})
 
 
 def encode_dataset(ctx: RunContext, cfg: EncodeConfig, teacher_cfg: TeacherConfig, refs: list, teacher: Manifest,
@@ -45,7 +52,8 @@ def encode_dataset(ctx: RunContext, cfg: EncodeConfig, teacher_cfg: TeacherConfi
         num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
         fn_constructor_kwargs={"ctx_json": ctx.model_dump_json(), "teacher_manifest_json": teacher.to_json(),
                                "teacher_cfg_json": teacher_cfg.model_dump_json(),
-                               "cfg_json": cfg.model_dump_json(), "code_ver": code_ver})
+                               "cfg_json": cfg.model_dump_json(), "code_ver": code_ver,
+                               "config_hash": step_config_hash(cfg, teacher_cfg)})
 
 
 @task(name="encode-latents", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
@@ -70,8 +78,7 @@ def run_encode(ctx: RunContext, cfg: EncodeConfig, teacher_cfg: TeacherConfig, p
     """Step driver: step cache → Ray actor pool → latent index + manifest, in one nested MLflow run."""
     tracker, cache, store = ctx.get_tracker(), ctx.get_cache(), ctx.get_store()
     code_ver = step_code_version()
-    config_hash = canonical_hash({"encode": cfg.model_dump(mode="json", exclude={"ray_address", "num_actors",
-                                                                                  "cpus_per_actor", "gpus_per_actor"})})
+    config_hash = step_config_hash(cfg, teacher_cfg)
     inputs = {"pairs": pairs.digest, "teacher": teacher.digest}
     key = cache_key(STEP, config_hash, inputs, code_ver)
     hit = cache.get(STEP, key)
@@ -88,7 +95,7 @@ def run_encode(ctx: RunContext, cfg: EncodeConfig, teacher_cfg: TeacherConfig, p
             tracker.log_manifest_output(run_id, hit)
             return hit
         rows = encode_on_ray(ctx, cfg, teacher_cfg, pairs, teacher, code_ver)
-        conv = teacher.extra.get("convention", {})
+        conv = json.loads(rows[0]["convention"]) if rows else {}  # as loaded, with teacher.* overrides applied
         index = {"format": "srcompress.latents-index.v1", "pairs_digest": pairs.digest, "teacher_digest": teacher.digest,
                  "vae_digest": teacher.extra.get("vae_digest"),
                  "convention": conv, "dtype": cfg.dtype, "seed": cfg.seed, "lq_upsample": teacher_cfg.lq_upsample,

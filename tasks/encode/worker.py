@@ -19,13 +19,13 @@ from safetensors.torch import save_file
 
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, canonical_hash
+from srcompress.models.device import resolve_device
 from srcompress.models.metrics import bicubic_to
 from srcompress.models.teachers import OneStepTeacher
-from srcompress.tasks.degrade.reader import ShardRef, read_shard
-from srcompress.tasks.degrade.shards import pair_seed
+from srcompress.tasks.common.pairs import ShardRef, pair_seed, read_shard
 from srcompress.tasks.encode.config import EncodeConfig
-from srcompress.tasks.teacher.config import TeacherConfig
-from srcompress.tasks.teacher.publish import materialize_teacher
+from srcompress.tasks.common.teacher_config import TeacherConfig
+from srcompress.tasks.common.teachers import materialize_teacher
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -55,12 +55,21 @@ def encode_pairs(teacher: OneStepTeacher, lq: torch.Tensor, hq: torch.Tensor, me
         if cfg.teacher_output:
             out["teacher"].append(teacher.restore_latent(z_l))
     dt = DTYPES[cfg.dtype]
-    return {k: torch.cat(v).to(dt).contiguous() for k, v in out.items() if v}
+    return {k: torch.cat(v).to(device="cpu", dtype=dt).contiguous() for k, v in out.items() if v}
 
 
 def write_latent_shard(path: Path, tensors: dict[str, torch.Tensor], meta: list[dict], header: dict) -> None:
     # One metadata key keeps the file bytes deterministic (see tasks/degrade/shards.py).
     save_file(tensors, str(path), metadata={"srcompress": json.dumps({**header, "pairs": meta}, sort_keys=True)})
+
+
+def actor_device(cfg: EncodeConfig, run_device: str) -> torch.device:
+    """encode.device if set; cuda when Ray granted the actor GPUs (it masks CUDA_VISIBLE_DEVICES); else run.device."""
+    if cfg.device:
+        return resolve_device(cfg.device, "encode.device")
+    if cfg.gpus_per_actor > 0:
+        return resolve_device("cuda", "encode.gpus_per_actor")
+    return resolve_device(run_device, "run.device")
 
 
 class EncoderActor:
@@ -70,30 +79,32 @@ class EncoderActor:
     """
 
     def __init__(self, ctx_json: str, teacher_manifest_json: str, teacher_cfg_json: str, cfg_json: str,
-                 code_ver: str):
+                 code_ver: str, config_hash: str):
         self.ctx = RunContext.model_validate_json(ctx_json)
         self.cfg = EncodeConfig.model_validate_json(cfg_json)
         torch.set_num_threads(self.cfg.threads_per_actor)
         self.teacher_manifest = Manifest.from_json(teacher_manifest_json)
         self.store = self.ctx.get_store()
         teacher_cfg = TeacherConfig.model_validate_json(teacher_cfg_json)
+        self.device = actor_device(self.cfg, self.ctx.device)
         self.teacher = materialize_teacher(self.store, self.teacher_manifest, teacher_cfg,
-                                           Path(self.ctx.workdir) / "scratch" / "teachers-cache")
-        self.code_ver = code_ver
+                                           Path(self.ctx.workdir) / "scratch" / "teachers-cache", self.device)
+        self.code_ver, self.config_hash = code_ver, config_hash
         self.header = {"format": "srcompress.latents.v1", "teacher_digest": self.teacher_manifest.digest,
                        "convention": self.teacher.convention.as_dict(), "dtype": self.cfg.dtype,
                        "seed": self.cfg.seed, "lq_upsample": teacher_cfg.lq_upsample}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out: dict[str, list] = {"index": [], "key": [], "sha256": [], "count": [], "computed": [], "seconds": []}
+        out: dict[str, list] = {"index": [], "key": [], "sha256": [], "count": [], "computed": [], "seconds": [],
+                                "convention": []}
         for idx, key, sha, count in zip(batch["index"], batch["key"], batch["sha256"], batch["count"]):
             t0 = time.perf_counter()
-            target = latent_key(str(sha), self.teacher_manifest.digest, self.cfg.config_hash(), self.code_ver)
+            target = latent_key(str(sha), self.teacher_manifest.digest, self.config_hash, self.code_ver)
             info = self.store.stat(target)
             computed = info is None
             if computed:  # resume: a shard already in the store is never redone
                 lq, hq, meta = read_shard(self.store, ShardRef(int(idx), str(key), str(sha), int(count)))
-                tensors = encode_pairs(self.teacher, lq, hq, meta, self.cfg)
+                tensors = encode_pairs(self.teacher, lq.to(self.device), hq.to(self.device), meta, self.cfg)
                 tmp = self.ctx.scratch("encode") / f"{Path(target).stem}.{os.getpid()}.{time.monotonic_ns()}.tmp"
                 try:
                     write_latent_shard(tmp, tensors, meta, {**self.header, "pairs_shard_sha256": str(sha)})
@@ -106,4 +117,5 @@ class EncoderActor:
             out["count"].append(int(count))
             out["computed"].append(computed)
             out["seconds"].append(time.perf_counter() - t0)
+            out["convention"].append(json.dumps(self.header["convention"], sort_keys=True))
         return {k: np.asarray(v) for k, v in out.items()}

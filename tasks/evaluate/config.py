@@ -1,16 +1,17 @@
 """Typed config of the evaluation step: which data, which metrics under which conventions, how models infer.
 
 Every field here is logged as an MLflow param with the results (the conventions are part of the numbers,
-methods.md §3.11 "always log the color_space, crop, color-fix and tile settings with the metrics").
+docs/methods.md §5: the colour space, crop, colour fix and tile settings are logged with the metrics).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
 from srcompress.infra.config import StrictModel
+from srcompress.models.device import DEVICE_PATTERN
 
 DEFAULT_METRICS = ["psnr", "ssim", "ms_ssim", "st_lpips", "lpips", "dists", "niqe", "piqe", "brisque", "musiq",
                    "maniqa", "clipiqa", "fid"]
@@ -34,8 +35,9 @@ class EvalDataConfig(StrictModel):
 class InferenceConfig(StrictModel):
     """How diffusion models run on evaluation images of any size."""
 
-    tile: int | None = Field(64, ge=4, description="Latent tile (TSD-SR/TinySR: 64); capped at the model's positional-embedding size; None = untiled where possible.")
-    tile_overlap: int = Field(8, ge=0, description="Latent tile overlap, Gaussian-blended (TSD-SR/TinySR: 8).")
+    tile: Annotated[int, Field(ge=4)] | Literal["model", "none"] = Field("model", description="Latent tile: 'model' = the model's own tiling (teacher.json; what encode_latents used, so the evaluated teacher is the cached one); an int (TSD-SR/TinySR: 64); 'none' = untiled. Always capped at the positional-embedding size.")
+    tile_overlap: Annotated[int, Field(ge=0)] | Literal["model"] = Field("model", description="Latent tile overlap, Gaussian-blended: 'model' = the model's own, or an int (TSD-SR/TinySR: 8).")
+    seed: int = Field(0, description="Seed of the posterior sample for sample-mode latent conventions (OSEDiff), drawn on CPU per image.")
     vae_tiling: bool = Field(False, description="Use the VAE's own tiled encode/decode (diffusers AutoencoderKL.enable_tiling).")
     vae_tile: int = Field(512, ge=32, description="VAE tile size in pixels when vae_tiling is on.")
     color_fix: Literal["none", "adain", "wavelet"] = Field("wavelet", description="Colour fix against the bicubic-upsampled LR (TSD-SR default: wavelet; OSEDiff/TinySR: adain).")
@@ -53,6 +55,7 @@ class EfficiencyConfig(StrictModel):
 class EvaluateConfig(StrictModel):
     """The evaluation step: dataset handling, metrics and their conventions, inference, report."""
 
+    device: str | None = Field(None, pattern=DEVICE_PATTERN, description="Device of model inference and efficiency timing: auto | cpu | cuda | cuda:N; null = run.device.")
     models: list[str] = Field(["bicubic", "teacher"], min_length=1, description="Models to evaluate; bicubic is always added as the baseline.")
     metrics: list[str] = Field(DEFAULT_METRICS, min_length=1, description="Metric names (see `srcompress evaluate --list-metrics`); unavailable ones are reported, not fatal.")
     crop_border: int = Field(0, ge=0, description="Pixels cropped from each edge before PSNR/SSIM/MS-SSIM/NIQE (SR papers: 0; classic BasicSR: = scale).")

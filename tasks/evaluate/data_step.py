@@ -15,12 +15,13 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from srcompress.infra.config import redact
+from srcompress.infra.config import canonical_hash, redact
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, cache_key, code_version, digest_of_digests
 from srcompress.infra.store import IntegrityError, InvalidKeyError, ObjectNotFoundError, atomic_write_bytes, sha256_file
 from srcompress.tasks.degrade.config import DegradeConfig
-from srcompress.tasks.degrade.reader import iter_pairs
+from srcompress.tasks.common.pairs import iter_pairs
+from srcompress.tasks.common.sources import DataConfig, list_sources, read_source
 from srcompress.tasks.evaluate.config import EvaluateConfig
 from srcompress.tasks.evaluate.datasets import EvalItem, detect_kind, image_files, load_items, png_bytes, png_decode
 
@@ -28,8 +29,8 @@ STEP = "eval_data"
 
 
 def step_code_version() -> str:
-    return code_version("srcompress.tasks.evaluate.datasets", "srcompress.tasks.evaluate.data_step",
-                        "srcompress.tasks.degrade.ingest", "srcompress.models.degradations")
+    """Derived from this module's import closure (docs/architecture.md §3)."""
+    return code_version(__name__)
 
 
 def materialize_s3(ctx: RunContext, uri: str, cfg: EvaluateConfig) -> Path:
@@ -56,6 +57,23 @@ def materialize_s3(ctx: RunContext, uri: str, cfg: EvaluateConfig) -> Path:
     return dest
 
 
+def materialize_holdout(ctx: RunContext, data_cfg: DataConfig) -> Path:
+    """The pipeline's held-out source images (``data.held_out`` / ``held_out_fraction``), whole, in a local folder.
+
+    The DAG evaluates them as an HR folder — centre-cropped to ``evaluate.data.center_crop`` and degraded like
+    any HR dataset — rather than as the small training-size crops the teacher step validates on.
+    """
+    refs = list_sources(data_cfg, ctx.store, "holdout")
+    if not refs:
+        raise ValueError("evaluate: no held-out images (set data.held_out or data.held_out_fraction)")
+    dest = ctx.scratch("eval_src", "holdout-" + canonical_hash(sorted((r.name, r.size) for r in refs))[:16])
+    for ref in refs:
+        path = dest / ref.name
+        if not (path.is_file() and path.stat().st_size == ref.size):
+            atomic_write_bytes(path, read_source(ref, data_cfg, ctx.store))
+    return dest
+
+
 def source_digest(path: Path, kind: str) -> str:
     if kind == "pairs":  # the pairs' content digest, not the manifest file's bytes
         return Manifest.from_json(path.read_bytes()).digest
@@ -64,8 +82,6 @@ def source_digest(path: Path, kind: str) -> str:
 
 
 def step_config_hash(cfg: EvaluateConfig, degrade_cfg: DegradeConfig, kind: str) -> str:
-    from srcompress.infra.config import canonical_hash
-
     parts = {"data": cfg.data.model_dump(mode="json"), "kind": kind}
     if kind == "hr" and cfg.data.lq == "degrade":
         parts["degrade"] = degrade_cfg.config_hash()
@@ -136,12 +152,17 @@ def build_eval_set(ctx: RunContext, cfg: EvaluateConfig, path: Path, kind: str, 
     return publish_items(ctx, items, skipped, prefix, info)
 
 
-def run_eval_data(ctx: RunContext, cfg: EvaluateConfig, data: str | Manifest, degrade_cfg: DegradeConfig) -> Manifest:
-    """``data``: a path / s3:// URI (any dataset kind), or a pairs manifest of this run (the DAG's held-out set)."""
+def run_eval_data(ctx: RunContext, cfg: EvaluateConfig, data: str | Manifest | DataConfig,
+                  degrade_cfg: DegradeConfig) -> Manifest:
+    """``data``: a path / s3:// URI (any dataset kind), a pairs manifest of this run, or the run's ``DataConfig``
+    (the DAG: its held-out source images, evaluated as an HR folder)."""
     log = get_run_logger()
     tracker, cache = ctx.get_tracker(), ctx.get_cache()
     source_manifest = data if isinstance(data, Manifest) else None
-    if source_manifest is not None:  # in-DAG: the held-out pairs, already in this store
+    if isinstance(data, DataConfig):  # in-DAG: the held-out source images, whole
+        path, kind = materialize_holdout(ctx, data), "hr"
+        data = f"held-out images of {redact(data.source, 'uri')}"
+    elif source_manifest is not None:  # a pairs manifest of this run, already in this store
         path = ctx.scratch("eval_src") / f"{source_manifest.digest[:16]}.json"
         atomic_write_bytes(path, source_manifest.to_json().encode())
         data = f"manifest:{source_manifest.step}:{source_manifest.digest[:16]}"

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from srcompress.models.degradations import ops
-from srcompress.tasks.degrade.ingest import BadImage, decode_image
+from srcompress.tasks.common.ingest import BadImage, decode_image
 from srcompress.tasks.evaluate.config import EvalDataConfig
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}

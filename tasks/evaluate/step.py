@@ -19,9 +19,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from srcompress.infra.assets import AssetUnavailable, niqe_params_path
+from srcompress.infra.config import canonical_hash
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, cache_key, code_version
 from srcompress.infra.store import atomic_write_bytes
+from srcompress.models.device import resolve_device
 from srcompress.models.iqa import MetricEnv
 from srcompress.models.upscalers import Bicubic, DiffusionSR
 from srcompress.tasks.evaluate.config import EvaluateConfig
@@ -29,15 +31,15 @@ from srcompress.tasks.evaluate.data_step import read_eval_set
 from srcompress.tasks.evaluate.datasets import png_bytes
 from srcompress.tasks.evaluate.report import write_reports
 from srcompress.tasks.evaluate.runner import evaluate_models
-from srcompress.tasks.teacher.config import TeacherConfig
-from srcompress.tasks.teacher.publish import materialize_teacher
+from srcompress.tasks.common.teacher_config import TeacherConfig
+from srcompress.tasks.common.teachers import load_settings, materialize_teacher
 
 STEP = "evaluate"
 
 
 def step_code_version() -> str:
-    return code_version("srcompress.tasks.evaluate", "srcompress.models.iqa", "srcompress.models.upscalers",
-                        "srcompress.models.teachers", "srcompress.models.colorfix", "srcompress.models.efficiency")
+    """Derived from this module's import closure (docs/architecture.md §3)."""
+    return code_version(__name__)
 
 
 def metric_env(cfg: EvaluateConfig, log=None, assets: bool = True) -> MetricEnv:
@@ -53,18 +55,26 @@ def metric_env(cfg: EvaluateConfig, log=None, assets: bool = True) -> MetricEnv:
                      ssim_downsample=cfg.ssim_downsample, st_lpips_net=cfg.st_lpips_net, niqe_params=niqe)
 
 
+def step_config_hash(cfg: EvaluateConfig, teacher_cfg: TeacherConfig) -> str:
+    """The evaluation settings (not the device) and how the teacher is loaded (timestep, LoRA, …)."""
+    return canonical_hash({"evaluate": cfg.model_dump(mode="json", exclude={"device"}),
+                           "teacher": load_settings(teacher_cfg)})
+
+
 def build_upscalers(ctx: RunContext, cfg: EvaluateConfig, scale: int, models: dict[str, Manifest],
                     teacher_cfg: TeacherConfig) -> dict:
     ups: dict = {"bicubic": Bicubic(scale)}
     inf = cfg.inference
+    device = resolve_device(cfg.device or ctx.device, "evaluate.device" if cfg.device else "run.device")
     for name in cfg.models:
         if name == "bicubic":
             continue
         if name not in models:
             raise ValueError(f"model {name!r} requested but no {name} manifest was produced")
-        net = materialize_teacher(ctx.get_store(), models[name], teacher_cfg, Path(ctx.workdir) / "teachers")
+        net = materialize_teacher(ctx.get_store(), models[name], teacher_cfg, Path(ctx.workdir) / "teachers", device)
         ups[name] = DiffusionSR(net.eval(), scale=scale, name=name, tile=inf.tile, tile_overlap=inf.tile_overlap,
-                                vae_tiling=inf.vae_tiling, vae_tile=inf.vae_tile, color_fix=inf.color_fix)
+                                vae_tiling=inf.vae_tiling, vae_tile=inf.vae_tile, color_fix=inf.color_fix,
+                                seed=inf.seed)
     return ups
 
 
@@ -131,7 +141,7 @@ def run_evaluate(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, model
     """Step driver: cached by (eval-set digest, model digests, config hash, code version), one nested MLflow run."""
     log = get_run_logger()
     tracker, cache, store = ctx.get_tracker(), ctx.get_cache(), ctx.get_store()
-    code_ver, chash = step_code_version(), cfg.config_hash()
+    code_ver, chash = step_code_version(), step_config_hash(cfg, teacher_cfg)
     inputs = {"eval_set": eval_set.digest} | {n: m.digest for n, m in models.items() if n in cfg.models}
     key = cache_key(STEP, chash, inputs, code_ver)
     hit = cache.get(STEP, key)

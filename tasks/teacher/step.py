@@ -17,32 +17,44 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from srcompress.infra.config import canonical_hash
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, cache_key, code_version
 from srcompress.infra.store import ArtifactStore
+from srcompress.models.device import module_device, resolve_device
 from srcompress.models.metrics import bicubic_to, psnr_y
 from srcompress.models.teachers import OneStepTeacher, load_teacher, save_teacher
 from srcompress.models.teachers.bootstrap import train_tiny_teacher
-from srcompress.tasks.degrade.reader import iter_pairs, load_all_pairs
-from srcompress.tasks.teacher.config import TeacherConfig
-from srcompress.tasks.teacher.publish import folder_digest, publish_folder, vae_digest
+from srcompress.tasks.common.pairs import iter_pairs, load_all_pairs
+from srcompress.tasks.common.teacher_config import TeacherConfig
+from srcompress.tasks.common.teachers import folder_digest, publish_folder, vae_digest
 
 STEP = "bootstrap_teacher"
 
 
 def step_code_version() -> str:
-    return code_version("srcompress.tasks.teacher", "srcompress.models.teachers", "srcompress.models.metrics")
+    """Derived from this module's import closure (docs/architecture.md §3)."""
+    return code_version(__name__)
+
+
+def step_config_hash(cfg: TeacherConfig) -> str:
+    """Bootstrap: the training recipe only — load settings (timestep, LoRA, …) apply when later steps load the
+    teacher and are in *their* keys, so changing them never retrains. Import: the whole teacher section."""
+    if cfg.source == "bootstrap":
+        return canonical_hash({"bootstrap": cfg.bootstrap.model_dump(mode="json"), "lq_upsample": cfg.lq_upsample})
+    return cfg.config_hash()
 
 
 @torch.no_grad()
 def psnr_vs_bicubic(teacher: OneStepTeacher, store: ArtifactStore, pairs: Manifest, batch: int = 8) -> dict[str, float]:
     """Mean PSNR-Y (BT.601, crop 0) of the teacher and of bicubic upsampling, over a pairs manifest."""
     ours, bic, n = 0.0, 0.0, 0
+    device = module_device(teacher)
     for _, lq, hq, _ in iter_pairs(store, pairs):
         hq_f = hq.float() / 255
         up = bicubic_to(lq.float() / 255, hq.shape[-2:])
         for i in range(0, len(hq_f), batch):
-            sr = teacher(up[i : i + batch])
+            sr = teacher(up[i : i + batch].to(device)).cpu()
             ours += psnr_y(sr, hq_f[i : i + batch]).sum().item()
             bic += psnr_y(up[i : i + batch], hq_f[i : i + batch]).sum().item()
             n += len(sr)
@@ -57,14 +69,16 @@ def bootstrap(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest, holdout: Man
     bc = cfg.bootstrap
     lq, hq = load_all_pairs(store, pairs)
     lq = bicubic_to(lq, hq.shape[-2:])  # teacher input convention: LQ at HQ size (sr_bicubic)
-    log.info("bootstrap_teacher: training on %d pairs (%dpx), budget %.0fs", len(lq), hq.shape[-1], bc.max_seconds)
-    teacher, stats = train_tiny_teacher(lq, hq, bc, log=log.info)
+    device = resolve_device(ctx.device, "run.device")
+    log.info("bootstrap_teacher: training on %d pairs (%dpx) on %s, budget %.0fs", len(lq), hq.shape[-1], device,
+             bc.max_seconds)
+    teacher, stats = train_tiny_teacher(lq, hq, bc, log=log.info, device=device)
     if stats["seconds_total"] > bc.max_seconds:
         log.warning("bootstrap_teacher: took %.0fs, over the %.0fs budget", stats["seconds_total"], bc.max_seconds)
     folder = save_teacher(teacher, ctx.scratch("teachers", key[:24]))
     metrics = dict(stats)
     if holdout is not None:
-        reloaded = load_teacher(folder)  # measure what later steps will load, not the in-memory object
+        reloaded = load_teacher(folder, device=device)  # measure what later steps will load, not the in-memory object
         metrics.update(psnr_vs_bicubic(reloaded, store, holdout))
         log.info("bootstrap_teacher: held-out PSNR-Y teacher %.3f dB vs bicubic %.3f dB over %d pairs",
                  metrics["psnr_y_teacher"], metrics["psnr_y_bicubic"], metrics["eval_pairs"])
@@ -113,7 +127,7 @@ def run_teacher(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest | None, hol
     ``pairs`` may be None for an imported teacher (the evaluation flow needs no training data).
     """
     tracker, cache = ctx.get_tracker(), ctx.get_cache()
-    code_ver, config_hash = step_code_version(), cfg.config_hash()
+    code_ver, config_hash = step_code_version(), step_config_hash(cfg)
     boot = cfg.source == "bootstrap"
     if boot and pairs is None:
         raise ValueError("teacher.source=bootstrap needs the degrade pairs to train on")

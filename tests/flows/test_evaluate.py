@@ -20,7 +20,7 @@ from srcompress.flows.compress import run_pipeline
 from srcompress.flows.evaluate import run_evaluation
 from srcompress.models.teachers.loader import save_teacher
 from srcompress.models.teachers.tiny import tiny_sd3_teacher
-from srcompress.tasks.degrade.sources import bundled_files
+from srcompress.tasks.common.sources import bundled_files
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -9,7 +9,7 @@ import torch
 
 from srcompress.models.metrics import bicubic_to, psnr_y
 from srcompress.models.teachers.bootstrap import train_tiny_teacher
-from srcompress.tasks.teacher.config import BootstrapConfig
+from srcompress.tasks.common.teacher_config import BootstrapConfig
 
 
 def test_bootstrap_smoke_trains_both_phases():

@@ -146,7 +146,7 @@ def test_lora_is_merged(tmp_path, sd3):
 
     folder = save_teacher(sd3, tmp_path / "t")
     base = load_teacher(folder)
-    # A LoRA with non-zero B, on TSD-SR's target modules (methods.md §3.12).
+    # A LoRA with non-zero B, on TSD-SR's target modules (docs/methods.md §10).
     cfg = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
     peft_model = get_peft_model(base.backbone, cfg)
     z = base.encode(_lq())

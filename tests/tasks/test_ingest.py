@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from srcompress.tasks.degrade.ingest import BadImage, check_size, decode_image
+from srcompress.tasks.common.ingest import BadImage, check_size, decode_image
 from tests.tasks.odd_images import odd_files, photo
 
 FILES = odd_files(96)

@@ -98,7 +98,7 @@ def test_import_a_local_teacher_folder(tmp_path):
     assert t["extra"]["mode"] == "import" and t["uri"] == folder.resolve().as_uri()
     assert out["steps"]["encode_latents"]["inputs"]["teacher"] == t["digest"]
     # a teacher published to the store (e.g. by another pipeline) is imported by its index URI
-    from srcompress.tasks.teacher.publish import publish_folder
+    from srcompress.tasks.common.teachers import publish_folder
 
     store = LocalStore(tmp_path / "w" / "store")
     uri, digest, _ = publish_folder(store, folder, "teachers/mine")

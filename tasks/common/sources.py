@@ -1,6 +1,6 @@
 """Where HR images come from: a local folder, an ``s3://`` prefix, or photos that installed packages ship.
 
-``bundled`` is the embedded default (ARCHITECTURE.md §5): nothing is downloaded; the photos come from the
+``bundled`` is the embedded default (docs/stack.md, offline assets): nothing is downloaded; the photos come from the
 scikit-image and scikit-learn wheels, pyiqa's calibration Kodak images and, if installed, Debian's
 ``mate-backgrounds``. Each set is listed explicitly so the dataset digest is the same on every machine that
 has the same package versions.
@@ -8,6 +8,7 @@ has the same package versions.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,9 @@ class DataConfig(StrictModel):
 
     source: str = Field("bundled", description="A local folder, an s3://bucket/prefix, or 'bundled' (photos shipped in packages).")
     bundled_sets: list[BundledSet] = Field(["skimage", "sklearn", "kodak"], description="Which package-shipped photo sets 'bundled' uses.")
-    held_out: list[str] = Field([], description="Source names reserved for evaluation: never degraded into training pairs.")
+    held_out: list[str] = Field([], description="Source names reserved for evaluation: never degraded into training pairs (must exist in the source).")
+    held_out_fraction: float = Field(0.0, ge=0, lt=1, description="Also reserve this fraction of the sources for evaluation, chosen by a seeded hash of their names (works on any dataset; at least one image when > 0).")
+    held_out_seed: int = Field(0, description="Seed of the held_out_fraction selection.")
     endpoint_url: str | None = Field(None, description="S3 endpoint for an s3:// source; default: the store's endpoint.")
     max_images: int | None = Field(None, ge=1, description="Use at most this many sources (after sorting by name); None = all.")
     max_pixels: int = Field(100_000_000, ge=1, description="Images with more pixels are quarantined (decompression-bomb guard).")
@@ -103,16 +106,30 @@ def list_sources(cfg: DataConfig, store_cfg: StoreConfig, split: str = "train") 
                 for p in sorted(root.rglob("*"))
                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)]
     refs.sort(key=lambda r: r.name)
-    held = set(cfg.held_out)
-    unknown = held - {r.name for r in refs}
-    if unknown:
-        raise ValueError(f"data.held_out names not found in the source: {sorted(unknown)}")
+    held = held_out_names(cfg, [r.name for r in refs])
     if split == "holdout":
         return [r for r in refs if r.name in held]
     if split != "train":
         raise ValueError(f"unknown split {split!r} (train | holdout)")
     refs = [r for r in refs if r.name not in held]
     return refs[: cfg.max_images] if cfg.max_images else refs
+
+
+def held_out_names(cfg: DataConfig, names: list[str]) -> set[str]:
+    """``data.held_out`` (checked to exist) ∪ a seeded ``held_out_fraction`` of the names.
+
+    The fraction is chosen by ranking sha256(seed, name): stable when files are added (a name is held out or
+    not regardless of the others' content) and independent of the listing order.
+    """
+    unknown = set(cfg.held_out) - set(names)
+    if unknown:
+        raise ValueError(f"data.held_out names not found in the source: {sorted(unknown)}")
+    held = set(cfg.held_out)
+    if cfg.held_out_fraction > 0 and len(names) > 1:
+        k = min(len(names) - 1, max(1, round(cfg.held_out_fraction * len(names))))
+        ranked = sorted(names, key=lambda n: hashlib.sha256(f"{cfg.held_out_seed}:{n}".encode()).hexdigest())
+        held |= set(ranked[:k])
+    return held
 
 
 def s3_source_store(cfg: DataConfig, store_cfg: StoreConfig):

@@ -8,18 +8,23 @@ manifest back into a loaded teacher on any worker (downloading and verifying whe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+import uuid
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import torch
+
 from srcompress.infra.manifest import Manifest, digest_of_digests
 from srcompress.infra.store import ArtifactStore, sha256_file
 from srcompress.models.teachers import OneStepTeacher, load_teacher
-from srcompress.tasks.teacher.config import TeacherConfig
+from srcompress.models.teachers.loader import NO_LORA
+from srcompress.tasks.common.teacher_config import TeacherConfig
 
 
 def folder_files(folder: Path) -> list[tuple[str, Path]]:
@@ -64,13 +69,17 @@ def local_folder_of(uri: str) -> Path | None:
 
 
 def fetch_teacher_folder(store: ArtifactStore, manifest: Manifest, cache_root: Path) -> Path:
-    """Local folder holding the manifest's teacher, downloaded and verified once per machine."""
+    """Local folder holding the manifest's teacher, downloaded and verified once per machine.
+
+    Several actors may fetch the same teacher at once. Each downloads into its own temporary folder and
+    publishes it with one ``rename``; the loser of the race finds the winner's complete folder and drops its
+    own copy. A folder that is complete is never deleted or replaced, so a sibling loading from it is safe.
+    """
     local = local_folder_of(manifest.uri)
     if local is not None:
         return local
     dest = cache_root / manifest.digest[:24]
-    marker = dest / ".complete"
-    if marker.is_file() and marker.read_text() == manifest.digest:
+    if _complete(dest, manifest.digest):
         return dest
     index = json.loads(store.get_bytes(store.key_from_uri(manifest.uri), manifest.extra.get("index_sha256")))
     cache_root.mkdir(parents=True, exist_ok=True)
@@ -78,27 +87,66 @@ def fetch_teacher_folder(store: ArtifactStore, manifest: Manifest, cache_root: P
     try:
         for rel, ent in index["files"].items():
             store.get_file(ent["key"], tmp / rel, expected_sha256=ent["sha256"])
-        (tmp / ".complete").write_text(manifest.digest)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)  # atomic: a folder appears complete or not at all
+        (tmp / COMPLETE).write_text(manifest.digest)
+        if dest.exists() and not _complete(dest, manifest.digest):
+            # Left by an older layout or a foreign process: nobody loads an incomplete folder, so it can go.
+            stale = cache_root / f".stale-{uuid.uuid4().hex}"
+            with contextlib.suppress(OSError):
+                os.rename(dest, stale)
+                shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.rename(tmp, dest)  # atomic publish; fails if a sibling published first
+        except OSError:
+            if not _complete(dest, manifest.digest):
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
+COMPLETE = ".complete"
+
+
+def _complete(folder: Path, digest: str) -> bool:
+    marker = folder / COMPLETE
+    try:
+        return marker.read_text() == digest
+    except OSError:
+        return False
+
+
+def load_settings(cfg: TeacherConfig) -> dict:
+    """Every teacher setting that changes what a step computes with the teacher, for its cache key.
+
+    An explicit LoRA folder is identified by its content digest (a LoRA outside the teacher folder is not
+    covered by the teacher's digest); ``null`` (the folder's own lora/, covered by the teacher digest) and
+    ``'none'`` are recorded as such. Placement (device) is not a setting: results do not depend on it.
+    """
+    lora: str | dict
+    if cfg.lora is None or cfg.lora == NO_LORA:
+        lora = "folder-default" if cfg.lora is None else NO_LORA
+    else:
+        path = Path(cfg.lora).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"teacher.lora: {cfg.lora} is not a folder")
+        lora = {"digest": folder_digest(path)[0]}
+    return {"kind": cfg.kind, "latent_mode": cfg.latent_mode, "use_shift_factor": cfg.use_shift_factor,
+            "timestep": cfg.timestep, "lq_upsample": cfg.lq_upsample, "lora": lora}
+
+
 @lru_cache(maxsize=2)
-def _load_cached(folder: str, cfg_json: str, digest: str) -> OneStepTeacher:
+def _load_cached(folder: str, cfg_json: str, digest: str, device: str) -> OneStepTeacher:
     cfg = TeacherConfig.model_validate_json(cfg_json)
     return load_teacher(folder, kind=cfg.kind, latent_mode=cfg.latent_mode, use_shift_factor=cfg.use_shift_factor,
-                        timestep=cfg.timestep, lora=cfg.lora)
+                        timestep=cfg.timestep, lora=cfg.lora, device=device)
 
 
-def materialize_teacher(store: ArtifactStore, manifest: Manifest, cfg: TeacherConfig, cache_root: Path) -> OneStepTeacher:
-    """The teacher of a ``teacher`` manifest, loaded (memoised per process)."""
+def materialize_teacher(store: ArtifactStore, manifest: Manifest, cfg: TeacherConfig, cache_root: Path,
+                        device: torch.device | str = "cpu") -> OneStepTeacher:
+    """The teacher of a ``teacher`` manifest, loaded with ``cfg``'s load settings on ``device`` (memoised)."""
     if manifest.kind != "teacher":
         raise ValueError(f"expected a teacher manifest, got {manifest.kind!r}")
     folder = fetch_teacher_folder(store, manifest, cache_root)
-    # Bootstrapped teachers carry their conventions in teacher.json; config overrides only apply to imports.
-    return _load_cached(str(folder), cfg.model_dump_json(exclude={"bootstrap"}), manifest.digest)
+    return _load_cached(str(folder), cfg.model_dump_json(exclude={"bootstrap", "source"}), manifest.digest,
+                        str(device))

@@ -1,7 +1,9 @@
-"""Read the pairs a ``degrade`` manifest points at, shard by shard (never the whole set at once)."""
+"""Read the pairs a ``degrade`` manifest points at, shard by shard (never the whole set at once), and the
+per-pair seed every step that draws randomness for a pair derives (degrade crops, encode posterior samples)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Iterator
@@ -11,6 +13,12 @@ from safetensors.torch import load
 
 from srcompress.infra.manifest import Manifest
 from srcompress.infra.store import ArtifactStore
+
+
+def pair_seed(seed: int, digest: str, crop_index: int, purpose: str) -> int:
+    """64-bit seed of one pair: a function of (seed, source digest, crop index) only."""
+    h = hashlib.sha256(f"{seed}:{digest}:{crop_index}:{purpose}".encode()).digest()
+    return int.from_bytes(h[:8], "little")
 
 
 @dataclass(frozen=True)

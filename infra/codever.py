@@ -1,0 +1,141 @@
+"""Derived code versions: what a step's cache key says about the code that computed its output.
+
+    code_version("srcompress.tasks.encode.step")   # → "0.1.0+3f…" (16 hex digits)
+
+The version is *derived*, never listed by hand (hand-kept lists drifted: a step calling a helper that its
+list forgot was served stale results). From the step's module, the static import graph is walked with
+``ast`` — imports inside functions included, relative imports resolved, ``from pkg import mod`` followed
+into the submodule — and every module of the *compute* layers (``srcompress.tasks``, ``srcompress.models``,
+``srcompress.typed``) in the transitive closure contributes its name and the sha256 of its source. Parent
+packages' ``__init__`` modules count too (they run on import). ``srcompress.infra`` and the flows are not
+followed: they move bytes and record lineage, they do not compute step outputs.
+
+The versions of the third-party distributions the closure imports (torch, diffusers, numpy, …) are hashed
+with it, because their numerics are part of the result; orchestration-only libraries are left out, so a
+Prefect or MLflow upgrade does not recompute a dataset (docs/architecture.md §3).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.metadata
+import importlib.util
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+# Module prefixes whose code computes step outputs (followed and hashed).
+COMPUTE_PREFIXES = ("srcompress.tasks", "srcompress.models", "srcompress.typed")
+# Third-party libraries that orchestrate, track, store or parse settings: their versions do not change numbers.
+NON_NUMERIC = frozenset({"prefect", "mlflow", "ray", "boto3", "botocore", "pydantic", "typer", "yaml", "rich",
+                         "click", "srcompress"})
+
+
+@dataclass(frozen=True)
+class Closure:
+    modules: tuple[tuple[str, str], ...]  # (module name, sha256 of its source), sorted
+    libraries: tuple[tuple[str, str], ...]  # (distribution, version), sorted
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for name, sha in self.modules:
+            h.update(f"mod:{name}:{sha}\n".encode())
+        for dist, ver in self.libraries:
+            h.update(f"lib:{dist}:{ver}\n".encode())
+        return h.hexdigest()
+
+
+def _origin(name: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return Path(spec.origin)
+
+
+@lru_cache(maxsize=None)
+def _parsed(path: str, mtime_ns: int, size: int) -> tuple[str, tuple[tuple[str, int, tuple[str, ...]], ...]]:
+    """(sha256 of the source, imports as (module, level, imported names)) — memoised per file version."""
+    src = Path(path).read_bytes()
+    found = []
+    for node in ast.walk(ast.parse(src, filename=path)):
+        if isinstance(node, ast.Import):
+            found += [(a.name, 0, ()) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.module or "", node.level, tuple(a.name for a in node.names)))
+    return hashlib.sha256(src).hexdigest(), tuple(found)
+
+
+def _parse(path: Path) -> tuple[str, tuple[tuple[str, int, tuple[str, ...]], ...]]:
+    st = path.stat()
+    return _parsed(str(path), st.st_mtime_ns, st.st_size)
+
+
+def _absolute(module: str, level: int, current: str, is_package: bool) -> str:
+    if level == 0:
+        return module
+    base = current.split(".") if is_package else current.split(".")[:-1]
+    base = base[: len(base) - (level - 1)]
+    return ".".join(base + ([module] if module else []))
+
+
+def _with_parents(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def closure(*roots: str, prefixes: tuple[str, ...] = COMPUTE_PREFIXES) -> Closure:
+    """The compute modules reachable from ``roots`` and the third-party distributions they import."""
+    def computes(name: str) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+    own = {p.split(".")[0] for p in prefixes}  # our top-level package(s): followed, never a library
+    seen: dict[str, str] = {}
+    third_party: set[str] = set()
+    todo = [p for r in roots for p in _with_parents(r)]
+    while todo:
+        name = todo.pop()
+        if name in seen or not (computes(name) or name in roots):
+            continue
+        path = _origin(name)
+        if path is None:
+            continue
+        sha, imports = _parse(path)
+        seen[name] = sha
+        for module, level, names in imports:
+            target = _absolute(module, level, name, path.name == "__init__.py")
+            top = target.split(".")[0]
+            if top not in own:
+                if top and top not in sys.stdlib_module_names:
+                    third_party.add(top)
+                continue
+            todo += _with_parents(target)
+            todo += [f"{target}.{n}" for n in names if n != "*"]  # `from pkg import submodule`
+    return Closure(tuple(sorted(seen.items())), _library_versions(third_party))
+
+
+@lru_cache(maxsize=1)
+def _distributions() -> dict[str, list[str]]:
+    return importlib.metadata.packages_distributions()
+
+
+def _library_versions(tops: set[str]) -> tuple[tuple[str, str], ...]:
+    dists = {d for top in tops if top not in NON_NUMERIC for d in _distributions().get(top, [])}
+    out = []
+    for dist in dists:
+        try:
+            out.append((dist.lower(), importlib.metadata.version(dist)))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return tuple(sorted(set(out)))
+
+
+def code_version(*roots: str) -> str:
+    """``<package version>+<16 hex digits>`` over the compute closure of ``roots`` and its libraries."""
+    from srcompress import __version__
+
+    return f"{__version__}+{closure(*roots).digest()[:16]}"
