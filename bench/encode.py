@@ -38,7 +38,7 @@ def main() -> None:
     from srcompress.infra.manifest import Manifest
     from srcompress.models.teachers import save_teacher
     from srcompress.models.teachers.tiny import tiny_sd3_teacher
-    from srcompress.tasks.degrade.reader import iter_pairs
+    from srcompress.tasks.common.pairs import iter_pairs
     from srcompress.tasks.encode.config import EncodeConfig
     from srcompress.tasks.encode.worker import encode_pairs, write_latent_shard
 
@@ -66,7 +66,7 @@ def main() -> None:
 
     # Steady state: one Ray cluster for both runs; time = actor start (teacher load) + encoding all shards.
     from srcompress.infra.ray_cluster import ray_session
-    from srcompress.tasks.degrade.reader import shard_refs
+    from srcompress.tasks.common.pairs import shard_refs
     from srcompress.tasks.encode.step import encode_dataset, step_code_version
 
     teacher_m = Manifest.model_validate(out["steps"]["bootstrap_teacher"])

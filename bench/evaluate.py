@@ -21,7 +21,7 @@ from srcompress.infra.assets import AssetUnavailable, niqe_params_path
 from srcompress.models.iqa import MetricEnv, MetricUnavailable, build_metric, metric_names
 from srcompress.models.teachers.tiny import tiny_sd3_teacher, tiny_unet_teacher
 from srcompress.models.upscalers import DiffusionSR
-from srcompress.tasks.degrade.sources import bundled_files
+from srcompress.tasks.common.sources import bundled_files
 
 
 def photos(n: int, size: int = 512) -> list[torch.Tensor]:
