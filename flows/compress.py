@@ -94,6 +94,7 @@ def compress(config: dict[str, Any] | str, workdir: str, until: str | None = Non
     if "evaluate" in manifests:
         tracker.log_metrics(parent, manifests["evaluate"].extra.get("metrics", {}))
     return {"parent_run_id": parent, "experiment_id": tracker.experiment_id, "tracking_uri": redact(tracker.uri),
+            "outcomes": tracker.step_outcomes(parent),
             "store": ctx.get_store().root_uri, "config_hash": cfg.config_hash(), "until": until or STEPS[-1],
             "table": manifests["evaluate"].extra["table_path"] if "evaluate" in manifests else None,
             "steps": {k: m.model_dump(mode="json") for k, m in manifests.items()}}

@@ -72,6 +72,7 @@ def evaluate(config: dict[str, Any] | str, workdir: str, data: str, overrides: l
     tracker.end_run(parent, "FINISHED")
     log.info("evaluation table: %s", ev.extra["table_path"])
     return {"parent_run_id": parent, "experiment_id": tracker.experiment_id, "tracking_uri": redact(tracker.uri),
+            "outcomes": tracker.step_outcomes(parent),
             "store": ctx.get_store().root_uri, "data": redact(data, "uri"), "models": cfg.evaluate.models,
             "table": ev.extra["table_path"], "table_uri": ev.extra["table_uri"],
             "per_image_uri": ev.extra["per_image_uri"], "report_uri": ev.uri, "metrics": ev.extra.get("metrics", {}),

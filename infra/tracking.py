@@ -105,6 +105,16 @@ class Tracker:
             raise
         self.end_run(run_id, "FINISHED")
 
+    def step_outcomes(self, parent_run_id: str) -> dict[str, str]:
+        """Step run name → ``ran`` | ``cached`` | ``failed``, for the nested runs of one pipeline run."""
+        runs = self.client.search_runs([self.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                       max_results=1000)
+        out = {}
+        for r in sorted(runs, key=lambda r: r.info.start_time):
+            hit = r.data.tags.get(f"{TAG_PREFIX}cache_hit") == "True"
+            out[r.info.run_name] = "failed" if r.info.status == "FAILED" else ("cached" if hit else "ran")
+        return out
+
     # -- logging ---------------------------------------------------------------------------------------
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param

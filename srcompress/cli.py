@@ -31,12 +31,16 @@ def _fail(msg: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def _load(config: str, overrides: list[str] | None):
-    from srcompress.config import load_config
+def _load(config: str, overrides: list[str] | None, machine: bool = True):
+    """Load and validate; ``machine`` also checks devices and local folders — all before any work starts."""
+    from srcompress.config import load_config, preflight
     from srcompress.infra.config import ConfigError
 
     try:
-        return load_config(config, overrides)
+        cfg = load_config(config, overrides)
+        if machine:
+            preflight(cfg)
+        return cfg
     except ConfigError as exc:
         _fail(str(exc), 2)
 
@@ -48,7 +52,7 @@ def config_show(config: str = ConfigOpt, overrides: Optional[list[str]] = SetOpt
     from srcompress.config import SrConfig
     from srcompress.infra.config import field_docs, redact
 
-    cfg = _load(config, overrides)
+    cfg = _load(config, overrides, machine=False)
     typer.echo(yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False, default_flow_style=None).rstrip())
     typer.echo(f"# config hash: {cfg.config_hash()}")
     for section in SrConfig.model_fields:
@@ -79,15 +83,25 @@ def run(config: str = ConfigOpt, workdir: Optional[Path] = typer.Option(None, he
         result = run_pipeline(cfg, workdir, until=until, summary=summary)
     except StoreError as exc:
         _fail(f"artifact store error: {exc}", 3)
-    steps = result["steps"]
-    typer.echo(json.dumps({"parent_run_id": result["parent_run_id"],
-                           "steps": {k: {"digest": v["digest"], "uri": v["uri"], "counts": v["counts"]}
-                                     for k, v in steps.items()}}, indent=2))
+    _human_summary("srcompress run", result, summary)
+
+
+def _human_summary(title: str, result: dict, summary: Path | None) -> None:
+    """A few lines for a person: what ran, what was cached, where things are, then the table itself.
+    The full machine-readable record goes to ``--summary``."""
+    outcomes = result.get("outcomes", {})
+    ran = sum(1 for v in outcomes.values() if v == "ran")
+    typer.echo(f"{title}: {len(outcomes)} steps, {ran} ran, {len(outcomes) - ran} cached")
+    for name, outcome in outcomes.items():
+        typer.echo(f"  {name:<20s} {outcome}")
+    typer.echo(f"store:  {result['store']}")
+    typer.echo(f"MLflow: {result['tracking_uri']} (experiment {result['experiment_id']}, "
+               f"run {result['parent_run_id']})")
     if result.get("table"):
+        typer.echo(f"table:  {result['table']}\n")
         typer.echo(Path(result["table"]).read_text().split("\n## ")[0].rstrip())
-        typer.echo(f"table: {result['table']}")
     if summary:
-        typer.echo(f"summary: {summary}")
+        typer.echo(f"\nsummary: {summary}")
 
 
 @app.command()
@@ -99,7 +113,7 @@ def evaluate(config: str = ConfigOpt, data: Optional[str] = typer.Option(None, h
              overrides: Optional[list[str]] = SetOpt) -> None:
     """Evaluate bicubic and the requested models on a dataset: metrics, efficiency, grids, MLflow records."""
     extra = [f"evaluate.models={json.dumps([m.strip() for m in models.split(',') if m.strip()])}"] if models else []
-    cfg = _load(config, list(overrides or []) + extra)
+    cfg = _load(config, list(overrides or []) + extra, machine=not list_metrics)
     if list_metrics:
         _list_metrics(cfg)
         return
@@ -119,10 +133,7 @@ def evaluate(config: str = ConfigOpt, data: Optional[str] = typer.Option(None, h
                                 summary=summary)
     except StoreError as exc:
         _fail(f"artifact store error: {exc}", 3)
-    typer.echo(Path(result["table"]).read_text())
-    typer.echo(f"table: {result['table']}\nMLflow parent run: {result['parent_run_id']}")
-    if summary:
-        typer.echo(f"summary: {summary}")
+    _human_summary("srcompress evaluate", result, summary)
 
 
 def _list_metrics(cfg) -> None:

@@ -148,17 +148,22 @@ def test_lora_is_merged(tmp_path, sd3):
     base = load_teacher(folder)
     # A LoRA with non-zero B, on TSD-SR's target modules (docs/methods.md §10).
     cfg = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
-    peft_model = get_peft_model(base.backbone, cfg)
     z = base.encode(_lq())
     with torch.no_grad():
+        before = base.restore_latent(z)
+    peft_model = get_peft_model(base.backbone, cfg)
+    with torch.no_grad():
         ref = base.restore_latent(z)  # base.backbone is now the LoRA-wrapped module
+    assert not torch.allclose(ref, before, atol=1e-4)  # the LoRA changes the output
     peft_model.save_pretrained(str(folder / "lora"))
     merged = load_teacher(folder)
     assert not any("lora" in n for n, _ in merged.backbone.named_modules())
     with torch.no_grad():
         assert torch.allclose(merged.restore_latent(z), ref, atol=1e-5)
-        plain = load_teacher(folder, lora=None)
-    assert plain is not None
+        default = load_teacher(folder, lora=None).restore_latent(z)  # None: the folder's own lora/
+        plain = load_teacher(folder, lora="none").restore_latent(z)  # "none": switched off
+    assert torch.allclose(default, ref, atol=1e-5)
+    assert torch.allclose(plain, before, atol=1e-6) and not torch.allclose(plain, ref, atol=1e-4)
     bad = tmp_path / "badlora"
     bad.mkdir()
     (bad / "adapter_config.json").write_text((folder / "lora" / "adapter_config.json").read_text())

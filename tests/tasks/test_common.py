@@ -1,0 +1,79 @@
+"""tasks/common: the shared teacher fetch (safe under concurrency) and held-out selection on any dataset."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from srcompress.infra.manifest import Manifest
+from srcompress.infra.store import LocalStore, StoreConfig
+from srcompress.models.teachers import save_teacher
+from srcompress.models.teachers.tiny import tiny_sd3_teacher
+from srcompress.tasks.common.sources import DataConfig, held_out_names, list_sources
+from srcompress.tasks.common.teachers import COMPLETE, fetch_teacher_folder, publish_folder
+
+
+def _manifest(store: LocalStore, tmp_path: Path) -> Manifest:
+    folder = save_teacher(tiny_sd3_teacher(num_layers=1), tmp_path / "teacher")
+    uri, digest, _ = publish_folder(store, folder, "teacher/t")
+    return Manifest(kind="teacher", step="bootstrap_teacher", uri=uri, digest=digest, config_hash="c",
+                    code_version="v", cache_key="k",
+                    extra={"index_sha256": store.stat(store.key_from_uri(uri)).sha256})
+
+
+def test_concurrent_fetches_share_one_folder_and_never_replace_it(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    manifest = _manifest(store, tmp_path)
+    cache = tmp_path / "cache"
+    results, errors = [], []
+
+    def fetch():
+        try:
+            results.append(fetch_teacher_folder(store, manifest, cache))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fetch) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(results)) == 1
+    dest = results[0]
+    assert (dest / COMPLETE).read_text() == manifest.digest
+    assert [p.name for p in cache.iterdir()] == [dest.name]  # the losers' temporary copies are gone
+    inode = (dest / "vae" / "config.json").stat().st_ino
+    assert fetch_teacher_folder(store, manifest, cache) == dest
+    assert (dest / "vae" / "config.json").stat().st_ino == inode  # a complete folder is never rewritten
+
+
+def test_an_incomplete_folder_is_replaced(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    manifest = _manifest(store, tmp_path)
+    cache = tmp_path / "cache"
+    stale = cache / manifest.digest[:24]
+    stale.mkdir(parents=True)
+    (stale / "junk").write_text("half a download")
+    dest = fetch_teacher_folder(store, manifest, cache)
+    assert dest == stale and (dest / COMPLETE).is_file() and not (dest / "junk").exists()
+
+
+def test_held_out_fraction_is_seeded_and_works_on_any_folder(tmp_path):
+    names = [f"img{i:02d}.png" for i in range(20)]
+    cfg = DataConfig(source=str(tmp_path), held_out_fraction=0.2)
+    a = held_out_names(cfg, names)
+    assert len(a) == 4 and a == held_out_names(cfg, list(reversed(names)))  # order-independent
+    assert held_out_names(cfg.model_copy(update={"held_out_seed": 1}), names) != a
+    assert held_out_names(cfg, names + ["new.png"]) - {"new.png"} <= a  # adding a file never holds out an old one
+    both = held_out_names(cfg.model_copy(update={"held_out": ["img00.png"]}), names)
+    assert "img00.png" in both and a <= both
+    assert len(held_out_names(DataConfig(held_out_fraction=0.01), names[:3])) == 1  # at least one
+    with pytest.raises(ValueError, match=r"data\.held_out names not found"):
+        held_out_names(DataConfig(held_out=["missing.png"]), names)
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+    train = {r.name for r in list_sources(cfg, StoreConfig(), "train")}
+    hold = {r.name for r in list_sources(cfg, StoreConfig(), "holdout")}
+    assert hold == a and train == set(names) - a
