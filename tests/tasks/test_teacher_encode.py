@@ -15,6 +15,7 @@ from safetensors.torch import load
 
 from srcompress.config import load_config
 from srcompress.flows.compress import run_pipeline
+from srcompress.infra.config import ConfigError
 from srcompress.infra.store import LocalStore
 from srcompress.models.teachers import load_teacher, save_teacher
 from srcompress.models.teachers.tiny import tiny_sd3_teacher
@@ -26,7 +27,8 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 FAST = ["data.bundled_sets=[sklearn, kodak]", "data.held_out=[kodak/I04.bmp]", "degrade.crop_size=64",
         "degrade.shard_size=3", "degrade.crops_per_image=1", "teacher.bootstrap.vae_steps=4", "teacher.bootstrap.restorer_steps=2",
         "teacher.bootstrap.num_layers=2", "teacher.bootstrap.batch_size=2", "teacher.bootstrap.vae_crop=32",
-        "teacher.bootstrap.eval_every=1", "encode.num_actors=2", "encode.dtype=float32"]
+        "teacher.bootstrap.eval_every=1", "teacher.bootstrap.val_fraction=0",  # keep the trained (non-identity) state
+        "encode.num_actors=2", "encode.dtype=float32"]
 
 
 def _latents(summary: dict) -> dict[str, torch.Tensor]:
@@ -59,24 +61,44 @@ def test_bootstrap_and_encode_end_to_end(tmp_path):
     lat = _latents(first)
     assert lat["lq"].shape == lat["hq"].shape == lat["teacher"].shape == (6, 16, 64, 64)  # identity VAE: factor 1
 
-    # the cached teacher output equals a fresh teacher forward on the cached LQ latent
+    # the cached teacher output equals a fresh forward pass of the published teacher on the cached LQ latent
+    store = LocalStore(tmp_path / "w" / "store")
+    from srcompress.infra.manifest import Manifest
+    from srcompress.tasks.common.teachers import fetch_teacher_folder
+
+    teacher = load_teacher(fetch_teacher_folder(store, Manifest.model_validate(t), tmp_path / "fresh"))
+    with torch.no_grad():
+        fresh = teacher.restore_latent(lat["lq"])
+    assert torch.allclose(fresh, lat["teacher"], atol=1e-5) and not torch.allclose(fresh, lat["lq"], atol=1e-3)
+
     client = MlflowClient(first["tracking_uri"])
     runs = client.search_runs([client.get_run(first["parent_run_id"]).info.experiment_id],
                               f"tags.mlflow.parentRunId = '{first['parent_run_id']}'")
-    names = {r.data.tags["srcompress.step"] for r in runs}
-    assert names == {"degrade", "degrade-holdout", "bootstrap_teacher", "encode_latents"}
+    assert {r.data.tags["srcompress.step"] for r in runs} == {"degrade", "degrade-holdout", "bootstrap_teacher",
+                                                             "encode_latents"}
     boot = next(r for r in runs if r.data.tags["srcompress.step"] == "bootstrap_teacher")
     assert "psnr_y_teacher" in boot.data.metrics and "psnr_y_bicubic" in boot.data.metrics
 
     second = run_pipeline(cfg, tmp_path / "w", until="encode_latents")
     assert second["steps"] == steps  # nothing recomputed, identical manifests
+    assert set(second["outcomes"].values()) == {"cached"}
 
     # resume: delete one latent shard → only it is recomputed, byte-identical
-    store = LocalStore(tmp_path / "w" / "store")
     index = json.loads(Path(e["uri"].removeprefix("file://")).read_text())
     store.delete(index["shards"][1]["key"])
     third = run_pipeline(cfg, tmp_path / "w", until="encode_latents")
     assert third["steps"]["encode_latents"]["digest"] == e["digest"]
+    enc = next(r for r in client.search_runs([boot.info.experiment_id],
+                                            f"tags.mlflow.parentRunId = '{third['parent_run_id']}'")
+               if r.data.tags["srcompress.step"] == "encode_latents")
+    assert (enc.data.metrics["shards_computed"], enc.data.metrics["shards_cached"]) == (1, 1)
+
+    # a teacher load setting re-runs encode (not the bootstrap); a placement setting re-runs nothing
+    other = run_pipeline(load_config("tiny", FAST + ["teacher.timestep=500"]), tmp_path / "w", until="encode_latents")
+    assert other["outcomes"]["bootstrap_teacher"] == "cached" and other["outcomes"]["encode_latents"] == "ran"
+    assert other["steps"]["encode_latents"]["digest"] != e["digest"]
+    placed = run_pipeline(load_config("tiny", FAST + ["encode.num_actors=1"]), tmp_path / "w", until="encode_latents")
+    assert placed["outcomes"]["encode_latents"] == "cached" and placed["steps"]["encode_latents"] == e
 
 
 def test_encode_is_deterministic_across_actor_counts_and_uses_the_real_teacher(tmp_path):
@@ -106,7 +128,7 @@ def test_import_a_local_teacher_folder(tmp_path):
     assert again["steps"]["bootstrap_teacher"]["digest"] == digest == t["digest"]
     assert again["steps"]["encode_latents"]["digest"] == out["steps"]["encode_latents"]["digest"]
     missing = load_config("tiny", FAST + [f"teacher.source={tmp_path / 'nope'}"])
-    with pytest.raises(FileNotFoundError, match="nope"):
+    with pytest.raises(ConfigError, match=r"teacher\.source: .*nope is not a folder"):  # before any work
         run_pipeline(missing, tmp_path / "w2", until="bootstrap_teacher")
 
 
