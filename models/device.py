@@ -1,7 +1,7 @@
 """One way to turn a device setting into a ``torch.device`` (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``).
 
 Model code is device-generic: modules are moved with ``.to(device)`` and new tensors are created on the
-device of the tensors they combine with; there are no ``.cuda()`` literals. Random draws that must be
+device of the tensors they combine with; there are no CUDA-call literals. Random draws that must be
 reproducible (posterior samples, degradation draws) use CPU generators and are moved afterwards, so a result
 does not depend on which device's RNG produced it (docs/architecture.md §4).
 """
