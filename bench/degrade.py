@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from srcompress.models.degradations import degrade_batch
+from srcompress.tasks.common.ingest import decode_image
+from srcompress.tasks.common.sources import bundled_files
 from srcompress.tasks.degrade.config import DegradeConfig
-from srcompress.tasks.degrade.ingest import decode_image
-from srcompress.tasks.degrade.sources import bundled_files
 
 
 def crops(n: int, size: int) -> torch.Tensor:

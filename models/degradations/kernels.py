@@ -14,6 +14,8 @@ from typing import Sequence
 import numpy as np
 from scipy import special
 
+from srcompress.models.degradations.config import KernelConfig
+
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 
 
@@ -115,10 +117,10 @@ def pulse_kernel(size: int) -> np.ndarray:
     return k
 
 
-def draw_blur_kernel(rng: np.random.Generator, kcfg) -> tuple[np.ndarray, str]:
-    """The per-image kernel draw of RealESRGANDataset.__getitem__ (kernel 1 or kernel 2).
+def draw_blur_kernel(rng: np.random.Generator, kcfg: KernelConfig) -> tuple[np.ndarray, str]:
+    """The per-image kernel draw of RealESRGANDataset.__getitem__ (kernel 1 or kernel 2; docs/methods.md §1.1).
 
-    ``kcfg`` is a ``KernelConfig``: sizes, sinc_prob, kernel_list/prob, blur_sigma, betag/betap, pad_to.
+    ``kcfg``: sizes, sinc_prob, kernel_list/prob, blur_sigma, betag/betap, pad_to.
     """
     size = int(rng.choice(kcfg.kernel_sizes))
     if rng.uniform() < kcfg.sinc_prob:

@@ -1,34 +1,33 @@
 """Real-ESRGAN second-order degradation, batched, seeded per sample.
 
-The sequence is BasicSR's ``RealESRGANModel.feed_data`` (see shared/reference/methods.md §3.1):
+The sequence is BasicSR's ``RealESRGANModel.feed_data`` (docs/methods.md §1.1):
 
     [USM] → blur(k1) → resize(up/down/keep) → noise(Gaussian|Poisson, gray?) → JPEG
           → [p: blur(k2)] → resize to (H/s)·r → noise → 50/50 {resize→sinc→JPEG | JPEG→resize→sinc}
-          → [resize back] → quantise
+          → [resize back] → quantise (at LQ size, at the output, or clamp only: ``final.quantize``, §1.4)
 
-One deliberate difference: BasicSR draws the resize scale/mode, the noise type and JPEG quality once per
-*batch*; we draw them per *sample*, so a pair depends only on (seed, source digest, crop index) — never on
-batch composition or worker count. The distribution of each sample is unchanged. Samples whose shapes
-agree are still processed as one batch (``ops.grouped``).
+One deliberate difference (docs/methods.md §1.2): BasicSR draws the resize scale/mode, the noise type and
+JPEG quality once per *batch*; we draw them per *sample*, so a pair depends only on (seed, source digest,
+crop index) — never on batch composition or worker count. The distribution of each sample is unchanged.
+Samples whose shapes agree are still processed as one batch (``ops.grouped``). Both JPEG steps use the
+quantisation-table orientation ``cfg.jpeg_tables`` (§1.5).
 
     from srcompress.models.degradations import degrade_batch
-    lq, hq, params = degrade_batch(hq_crops, seeds, cfg)   # cfg: DegradeConfig
+    lq, hq, params = degrade_batch(hq_crops, seeds, cfg)   # cfg: DegradationConfig
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from srcompress.models.degradations import ops
+from srcompress.models.degradations.config import DegradationConfig, StageConfig
 from srcompress.models.degradations.jpeg import jpeg
 from srcompress.models.degradations.kernels import draw_blur_kernel, draw_final_sinc
-
-if TYPE_CHECKING:  # models/ stays free of infrastructure imports; the config is duck-typed at run time
-    from srcompress.tasks.degrade.config import DegradeConfig, StageConfig
 
 Tensor = torch.Tensor
 RESIZE_MODES = ("area", "bilinear", "bicubic")
@@ -69,7 +68,7 @@ class SampleParams:
     back_mode: str
 
 
-def _draw_resize(rng: np.random.Generator, st: "StageConfig") -> ResizeDraw:
+def _draw_resize(rng: np.random.Generator, st: StageConfig) -> ResizeDraw:
     p = np.asarray(st.resize_prob, dtype=np.float64)
     kind = ("up", "down", "keep")[int(rng.choice(3, p=p / p.sum()))]
     scale = {"up": lambda: rng.uniform(1, st.resize_range[1]), "down": lambda: rng.uniform(st.resize_range[0], 1),
@@ -77,13 +76,13 @@ def _draw_resize(rng: np.random.Generator, st: "StageConfig") -> ResizeDraw:
     return ResizeDraw(kind, float(scale), RESIZE_MODES[int(rng.integers(3))])
 
 
-def _draw_noise(rng: np.random.Generator, st: "StageConfig") -> NoiseDraw:
+def _draw_noise(rng: np.random.Generator, st: StageConfig) -> NoiseDraw:
     gaussian = bool(rng.uniform() < st.gaussian_noise_prob)
     amount = rng.uniform(*st.noise_range) if gaussian else rng.uniform(*st.poisson_scale_range)
     return NoiseDraw(gaussian, float(amount), bool(rng.uniform() < st.gray_noise_prob))
 
 
-def draw_params(rng: np.random.Generator, cfg: "DegradeConfig") -> SampleParams:
+def draw_params(rng: np.random.Generator, cfg: DegradationConfig) -> SampleParams:
     k1, k1t = draw_blur_kernel(rng, cfg.kernel1)
     k2, k2t = draw_blur_kernel(rng, cfg.kernel2)
     sinc = draw_final_sinc(rng, cfg.final.final_sinc_prob, cfg.final.sinc_kernel_sizes, cfg.kernel1.pad_to)
@@ -111,18 +110,19 @@ def _add_noise(xs: list[Tensor], draws: list[NoiseDraw], gens: list[torch.Genera
     return out
 
 
-def _jpeg(xs: list[Tensor], q: list[float]) -> list[Tensor]:
-    return ops.grouped(xs, lambda b, idx: jpeg(b, torch.tensor([q[i] for i in idx])))
+def _jpeg(xs: list[Tensor], q: list[float], tables: str) -> list[Tensor]:
+    return ops.grouped(xs, lambda b, idx: jpeg(b, torch.tensor([q[i] for i in idx]), tables=tables))
 
 
 def _sinc(xs: list[Tensor], params: Sequence[SampleParams]) -> list[Tensor]:
     return ops.grouped(xs, lambda b, idx: ops.filter2d(b, _kernels(params, idx, "sinc")))
 
 
-def degrade_batch(hq: Tensor, seeds: Sequence[int], cfg: "DegradeConfig") -> tuple[Tensor, Tensor, list[SampleParams]]:
+def degrade_batch(hq: Tensor, seeds: Sequence[int], cfg: DegradationConfig) -> tuple[Tensor, Tensor, list[SampleParams]]:
     """Degrade a batch of HQ crops. hq: (B, 3, H, W) float in [0, 1], H and W multiples of ``cfg.scale``.
 
-    Returns (lq, hq_out, params): lq is (B, 3, H/s, W/s), or (B, 3, H, W) when ``final.resize_back`` is set;
+    Returns (lq, hq_out, params): lq is (B, 3, H/s, W/s), or (B, 3, H, W) when ``final.resize_back`` is set,
+    always clamped to [0, 1] and rounded to 8-bit levels where ``final.quantize`` says (docs/methods.md §1.4);
     hq_out is the stored GT (USM-sharpened when ``usm.save_sharpened_gt``).
     """
     b, _, h, w = hq.shape
@@ -141,7 +141,7 @@ def degrade_batch(hq: Tensor, seeds: Sequence[int], cfg: "DegradeConfig") -> tup
     xs = [ops.resize(out[i : i + 1], (int(h * p.resize1.scale), int(w * p.resize1.scale)), p.resize1.mode)
           for i, p in enumerate(params)]
     xs = _add_noise(xs, [p.noise1 for p in params], gens)
-    xs = _jpeg(xs, [p.jpeg1 for p in params])
+    xs = _jpeg(xs, [p.jpeg1 for p in params], cfg.jpeg_tables)
 
     # ---- second stage ----
     blur_idx = [i for i, p in enumerate(params) if p.blur2]
@@ -160,15 +160,20 @@ def degrade_batch(hq: Tensor, seeds: Sequence[int], cfg: "DegradeConfig") -> tup
     for i in a_idx:
         xs[i] = ops.resize(xs[i], lq_size, params[i].final_mode)
     if b_idx:
-        jb = _jpeg([xs[i] for i in b_idx], [params[i].jpeg2 for i in b_idx])
+        jb = _jpeg([xs[i] for i in b_idx], [params[i].jpeg2 for i in b_idx], cfg.jpeg_tables)
         for i, y in zip(b_idx, jb):
             xs[i] = ops.resize(y, lq_size, params[i].final_mode)
     lq = torch.cat(_sinc(xs, params))
     if a_idx:
-        ja = jpeg(lq[a_idx], torch.tensor([params[i].jpeg2 for i in a_idx]))
+        ja = jpeg(lq[a_idx], torch.tensor([params[i].jpeg2 for i in a_idx]), tables=cfg.jpeg_tables)
         lq[a_idx] = ja
 
+    # ---- quantisation point (docs/methods.md §1.4); with resize_back "none", lq and output coincide ----
+    point = cfg.final.quantize
+    if point == "lq":  # BasicSR / StableSR: round at LQ size, before any resize back
+        lq = ops.quantize(lq)
     if cfg.final.resize_back != "none":
         lq = torch.cat([ops.resize(lq[i : i + 1], (h, w), params[i].back_mode) for i in range(b)])
-    lq = ops.quantize(lq) if cfg.final.quantize else torch.clamp(lq, 0, 1)
+    # output (OSEDiff): round the stored, resized LQ; lq / none: clamp only (bicubic resizing overshoots)
+    lq = ops.quantize(lq) if point == "output" else torch.clamp(lq, 0, 1)
     return lq, hq_out, params

@@ -1,186 +1,101 @@
 """Typed config of the ``degrade`` step: every Real-ESRGAN degradation parameter is a field.
 
+The degradation's own knobs (kernels, stages, USM, final step, JPEG tables) live with the functions that read
+them, in ``models/degradations/config.py`` (``DegradationConfig``); they are re-exported here. This module adds
+what only the step needs (preset, seed, cropping, batching, sharding) and the preset expansion.
+
 Defaults and the four presets follow BasicSR (``basicsr/data/realesrgan_dataset.py``,
 ``basicsr/models/realesrgan_model.py``, ``options/train/RealESRGAN/train_realesrnet_x4plus.yml``) and the
-variants tabulated in shared/reference/methods.md §3.1:
+variants tabulated in docs/methods.md §1.3:
 
-- ``realesrgan``: the reference; USM-sharpened GT is the degradation input, plain GT is stored.
-- ``osediff``: no USM; LQ is resized back to the HQ size with a random mode, then quantised.
+- ``realesrgan``: the reference; USM-sharpened GT is the degradation input, plain GT is stored; rounded at LQ size.
+- ``osediff``: no USM; LQ is resized back to the HQ size with a random mode, then rounded (``quantize: output``).
 - ``seesr``: USM on, and the sharpened GT is *stored as* GT; LQ stored as the bicubic ×4 ``sr_bicubic``
-  image, clamped (not rounded) before the 8-bit save. This is the TSD-SR / TinySR training data.
-- ``stablesr``: milder parameters (AdcSR's ``config.yml``); raw LQ at 1/4 size.
+  image, clamped (not rounded) before the 8-bit save (``quantize: none``). This is the TSD-SR / TinySR data.
+- ``stablesr``: milder parameters (AdcSR's ``config.yml``); raw LQ at 1/4 size, rounded at LQ size.
 
 A preset is a starting point: any field given next to ``preset:`` overrides it.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from srcompress.infra.config import ConfigError, StrictModel, deep_merge
+from srcompress.infra.config import ConfigError, deep_merge
+from srcompress.models.degradations.config import (  # noqa: F401  (re-exported: existing imports keep working)
+    BASICSR_KERNEL_SIZES,
+    SECOND_STAGE_BASE,
+    DegradationConfig,
+    FinalConfig,
+    JpegTables,
+    KernelConfig,
+    KernelName,
+    QuantizePoint,
+    Range,
+    StageConfig,
+    UsmConfig,
+)
 
-KernelName = Literal["iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso"]
-Range = tuple[float, float]
-
-# BasicSR realesrgan_dataset.py: `self.kernel_range = [2 * v + 1 for v in range(3, 11)]`, i.e. 7..21.
-BASICSR_KERNEL_SIZES = [2 * v + 1 for v in range(3, 11)]
-
-
-def _check_range(value: Range, name: str, low: float = -math.inf, high: float = math.inf) -> Range:
-    a, b = value
-    if not (low <= a <= b <= high):
-        raise ValueError(f"{name} must satisfy {low} <= min <= max <= {high}, got {value}")
-    return value
-
-
-class KernelConfig(StrictModel):
-    """One blur-kernel family (kernel 1 for the first stage, kernel 2 for the second)."""
-
-    kernel_sizes: list[int] = Field(list(BASICSR_KERNEL_SIZES), description="Odd kernel sizes drawn uniformly (BasicSR: 7..21, hard-coded).")
-    kernel_list: list[KernelName] = Field(
-        ["iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso"],
-        description="Gaussian-family kernel types for random_mixed_kernels.",
-    )
-    kernel_prob: list[float] = Field([0.45, 0.25, 0.12, 0.03, 0.12, 0.03], description="Probability of each kernel type (same order as kernel_list).")
-    sinc_prob: float = Field(0.1, ge=0, le=1, description="Probability of a sinc (circular low-pass) kernel instead of a Gaussian-family one.")
-    blur_sigma: Range = Field((0.2, 3.0), description="Range of sigma_x / sigma_y for Gaussian-family kernels.")
-    betag_range: Range = Field((0.5, 4.0), description="Shape range of generalized Gaussian kernels (split 50/50 at 1).")
-    betap_range: Range = Field((1.0, 2.0), description="Shape range of plateau kernels (split 50/50 at 1).")
-    pad_to: int = Field(21, ge=3, description="Kernels are zero-padded to this odd size (BasicSR: 21).")
-
-    @model_validator(mode="after")
-    def _check(self) -> "KernelConfig":
-        if any(k % 2 == 0 or k < 3 or k > self.pad_to for k in self.kernel_sizes) or not self.kernel_sizes:
-            raise ValueError(f"kernel_sizes must be odd, >= 3 and <= pad_to={self.pad_to}: {self.kernel_sizes}")
-        if self.pad_to % 2 == 0:
-            raise ValueError("pad_to must be odd")
-        if len(self.kernel_list) != len(self.kernel_prob) or not self.kernel_list:
-            raise ValueError("kernel_list and kernel_prob must have the same, non-zero length")
-        if any(p < 0 for p in self.kernel_prob) or sum(self.kernel_prob) <= 0:
-            raise ValueError("kernel_prob must be non-negative with a positive sum")
-        _check_range(self.blur_sigma, "blur_sigma", 1e-3)
-        _check_range(self.betag_range, "betag_range", 1e-3)
-        _check_range(self.betap_range, "betap_range", 1e-3)
-        return self
+__all__ = ["BASICSR_KERNEL_SIZES", "DEGRADE_PRESETS", "DegradationConfig", "DegradeConfig", "FinalConfig",
+           "JpegTables", "KernelConfig", "KernelName", "QuantizePoint", "Range", "StageConfig", "UsmConfig"]
 
 
-class StageConfig(StrictModel):
-    """One degradation stage: blur → random resize → noise → JPEG (JPEG of stage 2 happens in `final`)."""
-
-    blur_prob: float = Field(1.0, ge=0, le=1, description="Probability to apply this stage's blur kernel (stage 2: BasicSR second_blur_prob).")
-    resize_prob: tuple[float, float, float] = Field((0.2, 0.7, 0.1), description="Probabilities of up / down / keep.")
-    resize_range: Range = Field((0.15, 1.5), description="Scale range: up draws U[1, max], down draws U[min, 1].")
-    gaussian_noise_prob: float = Field(0.5, ge=0, le=1, description="Probability of Gaussian noise; otherwise Poisson.")
-    noise_range: Range = Field((1.0, 30.0), description="Gaussian noise sigma range on the 0-255 scale.")
-    poisson_scale_range: Range = Field((0.05, 3.0), description="Poisson noise scale range.")
-    gray_noise_prob: float = Field(0.4, ge=0, le=1, description="Probability that the noise is gray (same on all channels).")
-    jpeg_range: Range = Field((30.0, 95.0), description="JPEG quality range (stage 2's range is used by the final JPEG).")
-
-    @model_validator(mode="after")
-    def _check(self) -> "StageConfig":
-        if any(p < 0 for p in self.resize_prob) or sum(self.resize_prob) <= 0:
-            raise ValueError("resize_prob must be non-negative with a positive sum")
-        _check_range(self.resize_range, "resize_range", 1e-3)
-        if not (self.resize_range[0] <= 1.0 <= self.resize_range[1]):
-            raise ValueError(f"resize_range must contain 1.0, got {self.resize_range}")
-        _check_range(self.noise_range, "noise_range", 0)
-        _check_range(self.poisson_scale_range, "poisson_scale_range", 0)
-        _check_range(self.jpeg_range, "jpeg_range", 1, 100)
-        return self
-
-
-class UsmConfig(StrictModel):
-    """Unsharp masking (BasicSR USMSharp) of the HQ crop."""
-
-    enabled: bool = Field(True, description="Degrade the USM-sharpened GT (Real-ESRGAN, SeeSR) instead of the plain GT (OSEDiff, StableSR).")
-    save_sharpened_gt: bool = Field(False, description="Store the sharpened GT as the HQ image (SeeSR's offline script does).")
-    radius: int = Field(50, ge=1, description="Gaussian kernel size (made odd: 50 → 51), sigma derived as in cv2 (sigma=0).")
-    weight: float = Field(0.5, ge=0, description="Residual weight.")
-    threshold: float = Field(10.0, ge=0, description="Residual threshold on the 0-255 scale for the soft mask.")
-
-
-class FinalConfig(StrictModel):
-    """The last step: 50/50 order of [resize → sinc → JPEG] and [JPEG → resize → sinc], then quantise."""
-
-    final_sinc_prob: float = Field(0.8, ge=0, le=1, description="Probability of the final sinc filter (else identity pulse).")
-    sinc_kernel_sizes: list[int] = Field(list(BASICSR_KERNEL_SIZES), description="Kernel sizes of the final sinc filter.")
-    order_prob: float = Field(0.5, ge=0, le=1, description="Probability of order (a) resize→sinc→JPEG; else (b) JPEG→resize→sinc.")
-    quantize: bool = Field(True, description="Round to 8-bit levels at LQ size (BasicSR); false = clamp only (SeeSR).")
-    resize_back: Literal["none", "bicubic", "random"] = Field(
-        "none", description="Store LQ at HQ size: bicubic (SeeSR sr_bicubic), random area/bilinear/bicubic (OSEDiff), or native 1/scale size."
-    )
-
-
-class DegradeConfig(StrictModel):
+class DegradeConfig(DegradationConfig):
     """The Real-ESRGAN second-order degradation step."""
 
     preset: Literal["realesrgan", "osediff", "seesr", "stablesr"] | None = Field(
-        None, description="Named parameter set (methods.md §3.1); fields given beside it override it."
+        None, description="Named parameter set (docs/methods.md §1.3); fields given beside it override it."
     )
     seed: int = Field(0, description="Base seed; each pair is seeded by (seed, source digest, crop index) only.")
-    scale: int = Field(4, ge=1, le=8, description="Super-resolution factor; LQ is crop_size/scale.")
     crop_size: int = Field(512, ge=8, description="HQ crop size in pixels (multiple of scale and of 8).")
     crops_per_image: int = Field(1, ge=1, description="Random crops taken from each source image.")
     use_hflip: bool = Field(True, description="Random horizontal flip of the HQ crop (BasicSR use_hflip).")
     batch_size: int = Field(8, ge=1, description="Pairs degraded together in one batched torch call.")
     shard_size: int = Field(32, ge=1, description="Pairs per output shard (unit of caching, fan-out and resume).")
-    kernel1: KernelConfig = Field(default_factory=KernelConfig, description="First-stage blur kernels.")
-    kernel2: KernelConfig = Field(default_factory=KernelConfig, description="Second-stage blur kernels.")
-    stage1: StageConfig = Field(default_factory=StageConfig, description="First degradation stage.")
-    stage2: StageConfig = Field(default_factory=StageConfig, description="Second degradation stage.")
-    usm: UsmConfig = Field(default_factory=UsmConfig, description="Unsharp masking of the GT.")
-    final: FinalConfig = Field(default_factory=FinalConfig, description="Final resize / sinc / JPEG / quantise.")
 
     @model_validator(mode="before")
     @classmethod
     def _expand_preset(cls, data: Any) -> Any:
-        # Merge order: stage-2 / kernel-2 base values, then the preset, then the user's fields. The base is
-        # needed so that a partial `stage2:` override keeps BasicSR's stage-2 values, not stage-1 defaults.
+        # Merge order: the preset, then the user's fields. BasicSR's stage-2 / kernel-2 base values go under
+        # both (DegradationConfig._second_stage_base), so a partial `stage2:` keeps BasicSR's stage-2 values.
         if not isinstance(data, dict):
             return data
-        preset: dict[str, Any] = {}
         name = data.get("preset")
-        if name is not None:
-            if name not in DEGRADE_PRESETS:
-                raise ConfigError(f"degrade.preset: unknown preset {name!r} (known: {', '.join(DEGRADE_PRESETS)})")
-            preset = DEGRADE_PRESETS[name]
-        return deep_merge(deep_merge(_SECOND_STAGE_BASE, preset), data)
+        if name is None:
+            return data
+        if name not in DEGRADE_PRESETS:
+            raise ConfigError(f"degrade.preset: unknown preset {name!r} (known: {', '.join(DEGRADE_PRESETS)})")
+        return deep_merge(DEGRADE_PRESETS[name], data)
 
     @model_validator(mode="after")
-    def _check(self) -> "DegradeConfig":
+    def _check(self) -> DegradeConfig:
         if self.crop_size % self.scale or (self.crop_size // self.scale) < 4:
             raise ValueError(f"crop_size={self.crop_size} must be a multiple of scale={self.scale} with LQ >= 4 px")
         return self
 
     @property
     def lq_size(self) -> int:
+        """Native LQ side in pixels (crop_size / scale), before any ``final.resize_back``."""
         return self.crop_size // self.scale
 
 
-# BasicSR train_realesrnet_x4plus.yml second-stage values (blur_sigma2, second_blur_prob, resize_prob2, ...).
-_SECOND_STAGE_BASE: dict[str, Any] = {
-    "kernel2": {"blur_sigma": (0.2, 1.5)},
-    "stage2": {"blur_prob": 0.8, "resize_prob": (0.3, 0.4, 0.3), "resize_range": (0.3, 1.2),
-               "noise_range": (1.0, 25.0), "poisson_scale_range": (0.05, 2.5)},
-}
-
 _REALESRGAN: dict[str, Any] = {"crop_size": 256, "usm": {"enabled": True, "save_sharpened_gt": False},
-                               "final": {"quantize": True, "resize_back": "none"}}
+                               "final": {"quantize": "lq", "resize_back": "none"}}
 
 DEGRADE_PRESETS: dict[str, dict[str, Any]] = {
     # Real-ESRGAN x4plus: dataset crop 400 then paired crop 256; we crop 256 directly (no second crop).
+    # Rounded at LQ size as the last step (realesrgan_model.py feed_data).
     "realesrgan": _REALESRGAN,
     # OSEDiff dataloaders/realesrgan.py: USM commented out; LQ resized back to 512 (random mode), then rounded.
     "osediff": {"crop_size": 512, "usm": {"enabled": False, "save_sharpened_gt": False},
-                "final": {"quantize": True, "resize_back": "random"}},
+                "final": {"quantize": "output", "resize_back": "random"}},
     # SeeSR utils_data/make_paired_data.py (TSD-SR / TinySR data): USM GT saved as GT, clamp (no round),
     # LQ saved as sr_bicubic at 512.
     "seesr": {"crop_size": 512, "usm": {"enabled": True, "save_sharpened_gt": True},
-              "final": {"quantize": False, "resize_back": "bicubic"}},
-    # StableSR / AdcSR config.yml: milder blur, noise and JPEG; no USM; raw 1/4 LQ.
+              "final": {"quantize": "none", "resize_back": "bicubic"}},
+    # StableSR / AdcSR config.yml: milder blur, noise and JPEG; no USM; raw 1/4 LQ, rounded at LQ size.
     "stablesr": {
         "crop_size": 512, "usm": {"enabled": False, "save_sharpened_gt": False},
         "kernel1": {"blur_sigma": (0.2, 1.5), "betag_range": (0.5, 2.0), "betap_range": (1.0, 1.5)},
@@ -189,6 +104,6 @@ DEGRADE_PRESETS: dict[str, dict[str, Any]] = {
                    "jpeg_range": (60.0, 95.0)},
         "stage2": {"blur_prob": 0.5, "resize_prob": (0.3, 0.4, 0.3), "resize_range": (0.6, 1.2),
                    "noise_range": (1.0, 12.0), "poisson_scale_range": (0.05, 1.0), "jpeg_range": (60.0, 100.0)},
-        "final": {"quantize": True, "resize_back": "none"},
+        "final": {"quantize": "lq", "resize_back": "none"},
     },
 }

@@ -19,7 +19,7 @@ from srcompress.infra.config import canonical_hash, redact
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, cache_key, code_version, digest_of_digests
 from srcompress.infra.store import IntegrityError, InvalidKeyError, ObjectNotFoundError, atomic_write_bytes, sha256_file
-from srcompress.tasks.degrade.config import DegradeConfig
+from srcompress.models.degradations import DegradationConfig
 from srcompress.tasks.common.pairs import iter_pairs
 from srcompress.tasks.common.sources import DataConfig, list_sources, read_source
 from srcompress.tasks.evaluate.config import EvaluateConfig
@@ -81,10 +81,11 @@ def source_digest(path: Path, kind: str) -> str:
     return digest_of_digests(f"{name}:{sha256_file(p)}" for name, p in image_files(base))
 
 
-def step_config_hash(cfg: EvaluateConfig, degrade_cfg: DegradeConfig, kind: str) -> str:
+def step_config_hash(cfg: EvaluateConfig, degrade_cfg: DegradationConfig, kind: str) -> str:
     parts = {"data": cfg.data.model_dump(mode="json"), "kind": kind}
     if kind == "hr" and cfg.data.lq == "degrade":
-        parts["degrade"] = degrade_cfg.config_hash()
+        # only the degradation parameters: the pipeline's crop/shard settings do not change evaluation LQs
+        parts["degrade"] = canonical_hash(degrade_cfg.model_dump(mode="json", include=set(DegradationConfig.model_fields)))
     return canonical_hash(parts)
 
 
@@ -139,7 +140,7 @@ def read_eval_set(ctx: RunContext, manifest: Manifest) -> tuple[list[EvalItem], 
 
 
 @task(name="build-eval-set", cache_policy=NO_CACHE, retries=0)  # bad data is not transient
-def build_eval_set(ctx: RunContext, cfg: EvaluateConfig, path: Path, kind: str, degrade_cfg: DegradeConfig,
+def build_eval_set(ctx: RunContext, cfg: EvaluateConfig, path: Path, kind: str, degrade_cfg: DegradationConfig,
                    prefix: str, info: dict) -> dict:
     """Read the dataset (skipping bad files with a reason), make the LR where needed, publish PNGs + index."""
     log = get_run_logger()
@@ -153,7 +154,7 @@ def build_eval_set(ctx: RunContext, cfg: EvaluateConfig, path: Path, kind: str, 
 
 
 def run_eval_data(ctx: RunContext, cfg: EvaluateConfig, data: str | Manifest | DataConfig,
-                  degrade_cfg: DegradeConfig) -> Manifest:
+                  degrade_cfg: DegradationConfig) -> Manifest:
     """``data``: a path / s3:// URI (any dataset kind), a pairs manifest of this run, or the run's ``DataConfig``
     (the DAG: its held-out source images, evaluated as an HR folder)."""
     log = get_run_logger()

@@ -63,9 +63,9 @@ def test_extends_and_overrides(tmp_path):
 def test_presets_apply_their_parameters():
     ss = DegradeConfig(preset="stablesr")
     assert ss.stage1.noise_range == (1, 15) and ss.stage2.jpeg_range == (60, 100) and ss.kernel2.blur_sigma == (0.2, 1.0)
-    assert not ss.usm.enabled and ss.final.quantize
+    assert not ss.usm.enabled and ss.final.quantize == "lq"
     se = DegradeConfig(preset="seesr")
-    assert se.usm.enabled and se.usm.save_sharpened_gt and not se.final.quantize and se.final.resize_back == "bicubic"
+    assert se.usm.enabled and se.usm.save_sharpened_gt and se.final.quantize == "none" and se.final.resize_back == "bicubic"
     od = DegradeConfig(preset="osediff")
     assert not od.usm.enabled and od.final.resize_back == "random"
     re = DegradeConfig(preset="realesrgan")
