@@ -100,3 +100,29 @@ def test_config_show_cli():
     assert "seed: 7" in res.output and "# config hash:" in res.output
     res = CliRunner().invoke(app, ["config", "show", "--config", "configs/tiny.yaml", "--set", "degrade.bogus=1"])
     assert res.exit_code == 2 and "degrade.bogus: unknown key" in res.output
+
+
+def test_remote_ray_with_a_local_store_is_rejected_naming_the_keys(monkeypatch):
+    monkeypatch.delenv("SRCOMPRESS_STORE_URI", raising=False)
+    with pytest.raises(ConfigError, match=r"encode\.ray_address .* store\.uri .* encode\.shared_filesystem"):
+        load_config("tiny", ["encode.ray_address=10.1.2.3:6379"])
+    assert load_config("tiny", ["encode.ray_address=10.1.2.3:6379", "encode.shared_filesystem=true"])
+    assert load_config("tiny", ["encode.ray_address=10.1.2.3:6379", "store.uri=s3://bucket/prefix"])
+    monkeypatch.setenv("SRCOMPRESS_STORE_URI", "s3://bucket/from-env")
+    assert load_config("tiny", ["encode.ray_address=10.1.2.3:6379"])
+
+
+@pytest.mark.parametrize("preset", ["tsdsr-sd3", "osediff-sd21"])
+def test_real_teacher_presets_import_a_folder_and_fail_clearly_when_it_is_missing(preset, tmp_path):
+    from typer.testing import CliRunner
+
+    from srcompress.cli import app
+
+    cfg = load_config(preset)
+    assert cfg.teacher.source != "bootstrap" and cfg.teacher.kind in ("sd3", "unet")
+    assert cfg.data.held_out == [] and cfg.data.held_out_fraction > 0  # works on any dataset
+    res = CliRunner().invoke(app, ["run", "--config", preset, "--workdir", str(tmp_path / "w")])
+    assert res.exit_code == 2
+    assert f"teacher.source: {cfg.teacher.source} is not a folder" in res.output
+    assert f"data.source: {cfg.data.source} is not a folder" in res.output
+    assert not (tmp_path / "w").exists()
