@@ -53,7 +53,11 @@ def _runs(result):
     return client, parent, {r.data.tags["srcompress.step"]: r for r in kids}
 
 
-def test_hr_folder_with_imported_teacher(tmp_path, photos, teacher_dir):
+def test_hr_folder_with_imported_teacher(tmp_path, photos, teacher_dir, monkeypatch):
+    from srcompress.models.iqa import pyiqa_metrics
+
+    # LPIPS weights are absent by construction (an empty pyiqa cache), whatever this machine has seeded.
+    monkeypatch.setattr(pyiqa_metrics, "pyiqa_cache", lambda: tmp_path / "empty-pyiqa-cache")
     cfg = load_config("tiny", FAST + [f"teacher.source={teacher_dir}"])
     res = run_evaluation(cfg, tmp_path / "w", str(photos), summary=tmp_path / "s.json")
     summary = json.loads((tmp_path / "s.json").read_text())

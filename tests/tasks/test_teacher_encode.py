@@ -168,8 +168,13 @@ def test_default_tiny_teacher_beats_bicubic_on_held_out_images(tmp_path):
     assert m["psnr_y_teacher"] > m["psnr_y_bicubic"] + 0.1, m
     assert m["seconds_total"] < 360
     ev = out["steps"]["evaluate"]
-    assert ev["counts"]["images"] == 24 and ev["inputs"]["eval_set"] == out["steps"]["eval_data"]["digest"]
+    # the DAG scores the held-out photos whole, centre-cropped to evaluate.data.center_crop (512)
+    assert ev["counts"]["images"] == 3 and ev["inputs"]["eval_set"] == out["steps"]["eval_data"]["digest"]
     e = ev["extra"]["metrics"]
-    assert e["teacher.psnr"] > e["bicubic.psnr"] and e["teacher.st_lpips"] < e["bicubic.st_lpips"], e
-    assert e["bicubic.psnr"] == pytest.approx(m["psnr_y_bicubic"], abs=1e-3)  # same pairs, same convention
-    assert Path(out["table"]).is_file()
+    for model in ("bicubic", "teacher"):  # large enough for every offline metric: no n/a in the main job
+        assert all(f"{model}.{k}" in e for k in ("psnr", "ssim", "ms_ssim", "niqe", "piqe", "st_lpips", "fid")), e
+    assert e["teacher.st_lpips"] < e["bicubic.st_lpips"] and e["teacher.piqe"] < e["bicubic.piqe"], e
+    assert e["teacher.peak_mem_mb"] > 0
+    table = Path(out["table"]).read_text()
+    assert "memory" in table.lower() and "profiler" in table.lower()  # the peak-memory method is named
+    assert set(out["outcomes"].values()) == {"ran"}
