@@ -7,6 +7,7 @@ threads, processes or on other machines without pickling boto3 or MLflow clients
 from __future__ import annotations
 
 import json
+import logging
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from srcompress.infra.store import (
     open_store,
 )
 from srcompress.infra.tracking import Tracker, TrackingConfig
+
+log = logging.getLogger("srcompress.cache")
 
 
 class RunContext(BaseModel):
@@ -80,10 +83,16 @@ class StepCache:
         return f"cache/{step}/{cache_key}.json"
 
     def get(self, step: str, cache_key: str) -> Manifest | None:
-        """The cached manifest, or None — also when it points outside this store (a copied/relocated store)."""
+        """The cached manifest, or None — also when it points outside this store (a copied/relocated store),
+        and when the record is corrupt or torn (logged, naming the object: a miss recomputes it)."""
+        key = self.key_of(step, cache_key)
         try:
-            manifest = Manifest.from_json(self.store.get_bytes(self.key_of(step, cache_key)))
+            manifest = Manifest.from_json(self.store.get_bytes(key))
         except ObjectNotFoundError:
+            return None
+        except (IntegrityError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            log.warning("corrupt cache record %s (%s); recomputing the step", self.store.uri(key),
+                        str(exc).splitlines()[0][:200])
             return None
         root = self.store.root_uri.rstrip("/") + "/"
         if not manifest.uri.startswith(root):
@@ -96,8 +105,13 @@ class StepCache:
             raw = self.store.get_bytes(self.store.key_from_uri(manifest.uri), manifest.extra.get("index_sha256"))
         except (ObjectNotFoundError, IntegrityError, InvalidKeyError):
             return False
-        for shard in json.loads(raw)["shards"]:
-            info = self.store.stat(shard["key"])
+        try:
+            shards = json.loads(raw)["shards"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("corrupt shard index %s; recomputing the step", manifest.uri)
+            return False
+        for shard in shards:  # verified, not just present: a same-size corrupted shard is a miss
+            info = self.store.verify(shard["key"])
             if info is None or info.sha256 != shard["sha256"]:
                 return False
         return True
@@ -109,4 +123,7 @@ class StepCache:
         try:
             return json.loads(self.store.get_bytes(key))
         except ObjectNotFoundError:
+            return None
+        except (IntegrityError, ValueError) as exc:
+            log.warning("corrupt record %s (%s); ignoring it", self.store.uri(key), type(exc).__name__)
             return None

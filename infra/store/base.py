@@ -11,6 +11,7 @@ Guarantees every backend gives:
 from __future__ import annotations
 
 import hashlib
+import logging
 import posixpath
 import re
 from abc import ABC, abstractmethod
@@ -21,6 +22,8 @@ from typing import BinaryIO, Iterator
 from pydantic import Field
 
 from srcompress.infra.config import StrictModel
+
+log = logging.getLogger("srcompress.store")
 
 CHUNK = 1 << 20
 META_DIR = ".srmeta"  # local backend: digest records live in a parallel hidden tree
@@ -148,6 +151,22 @@ class ArtifactStore(ABC):
 
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
+
+    def verify(self, key: str) -> ObjectInfo | None:
+        """The object's info if it is present *and* its content matches the recorded sha256, else None.
+
+        A mismatch is logged as corruption, naming the object, and reported as absent so that the producer
+        recomputes it and the run heals itself. Backends override this with a cheaper check where they have one.
+        """
+        info = self.stat(key)
+        if info is None:
+            return None
+        try:
+            self.get_bytes(key)
+        except IntegrityError as exc:
+            log.warning("corrupt object %s: %s; treating it as missing", self.uri(key), exc)
+            return None
+        return info
 
     def open_read(self, key: str) -> BinaryIO:
         import io

@@ -22,6 +22,7 @@ from srcompress.infra.store.base import (
     ArtifactStore,
     ObjectInfo,
     ObjectNotFoundError,
+    log,
     normalize_key,
     sha256_bytes,
     sha256_file,
@@ -114,10 +115,28 @@ class LocalStore(ArtifactStore):
         path, meta = self._path(key), self._meta(key)
         if not path.is_file() or not meta.is_file():
             return None
-        rec = json.loads(meta.read_text())
-        if path.stat().st_size != rec["size"]:
+        try:
+            rec = json.loads(meta.read_text())
+            digest, size = str(rec["sha256"]), int(rec["size"])
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            log.warning("unreadable digest record %s (%s); treating %s as missing", meta, type(exc).__name__,
+                        path.as_uri())
+            return None
+        if path.stat().st_size != size:
             return None  # torn overwrite: treat as absent so the producer redoes it
-        return ObjectInfo(normalize_key(key), path.as_uri(), rec["sha256"], rec["size"])
+        return ObjectInfo(normalize_key(key), path.as_uri(), digest, size)
+
+    def verify(self, key: str) -> ObjectInfo | None:
+        """Re-hash the file against its record (cost: one sequential read of the object)."""
+        info = self.stat(key)
+        if info is None:
+            return None
+        actual = sha256_file(self._path(key))
+        if actual != info.sha256:
+            log.warning("corrupt object %s: content sha256 %s… does not match the recorded %s…; "
+                        "treating it as missing", info.uri, actual[:12], info.sha256[:12])
+            return None
+        return info
 
     def _require(self, key: str) -> ObjectInfo:
         info = self.stat(key)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import tempfile
@@ -37,6 +38,7 @@ from srcompress.infra.store.base import (
     StoreConfig,
     StoreError,
     StoreUnavailableError,
+    log,
     normalize_key,
     sha256_bytes,
     sha256_file,
@@ -128,10 +130,11 @@ class S3Store(ArtifactStore):
     # -- writes ----------------------------------------------------------------------------------------
     def _upload(self, key: str, fileobj, digest: str, size: int) -> ObjectInfo:
         s3key = self._key(key)
-        self._call(
-            f"put {key}", self.client.upload_fileobj, fileobj, self.bucket, s3key,
-            ExtraArgs={"Metadata": {"sha256": digest}}, Config=self.transfer,
-        )
+        extra: dict[str, Any] = {"Metadata": {"sha256": digest}}
+        if size < self.transfer.multipart_threshold:  # single PUT: S3 keeps a whole-object SHA-256 we can HEAD
+            extra["ChecksumAlgorithm"] = "SHA256"
+        self._call(f"put {key}", self.client.upload_fileobj, fileobj, self.bucket, s3key, ExtraArgs=extra,
+                   Config=self.transfer)
         return ObjectInfo(normalize_key(key), f"s3://{self.bucket}/{s3key}", digest, size)
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
@@ -156,6 +159,28 @@ class S3Store(ArtifactStore):
         if not digest:
             return None  # not written by us: no digest to verify against
         return ObjectInfo(normalize_key(key), self.uri(key), digest, int(head["ContentLength"]))
+
+    def verify(self, key: str) -> ObjectInfo | None:
+        """Compare the server's SHA-256 of the content (one HEAD) with our recorded digest; objects uploaded in
+        parts carry only a composite checksum, so those are re-hashed by a download (cost: the object's size)."""
+        try:
+            head = self._call(f"head {key}", self.client.head_object, Bucket=self.bucket, Key=self._key(key),
+                              ChecksumMode="ENABLED")
+        except ObjectNotFoundError:
+            return None
+        digest = head.get("Metadata", {}).get("sha256")
+        if not digest:
+            return None
+        info = ObjectInfo(normalize_key(key), self.uri(key), digest, int(head["ContentLength"]))
+        server = head.get("ChecksumSHA256")
+        if server and "-" not in server:
+            actual = base64.b64decode(server).hex()
+            if actual != digest:
+                log.warning("corrupt object %s: stored SHA-256 %s… does not match the recorded %s…; treating it "
+                            "as missing", info.uri, actual[:12], digest[:12])
+                return None
+            return info
+        return super().verify(key)
 
     def _require(self, key: str) -> ObjectInfo:
         info = self.stat(key)

@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlparse
 import torch
 
 from srcompress.infra.manifest import Manifest, digest_of_digests
-from srcompress.infra.store import ArtifactStore, sha256_file
+from srcompress.infra.store import ArtifactStore, InvalidKeyError, sha256_file
 from srcompress.models.teachers import OneStepTeacher, load_teacher
 from srcompress.models.teachers.loader import NO_LORA
 from srcompress.tasks.common.teacher_config import TeacherConfig
@@ -51,13 +51,29 @@ def publish_folder(store: ArtifactStore, folder: Path, prefix: str) -> tuple[str
     entries = {}
     for rel, path in folder_files(folder):
         key = f"{prefix}/files/{rel}"
-        info = store.stat(key)
+        info = store.verify(key)
         if info is None or info.sha256 != shas[rel]:
             info = store.put_file(key, path)
         entries[rel] = {"key": info.key, "sha256": info.sha256, "size": info.size}
     index = {"format": "srcompress.teacher-index.v1", "digest": digest, "files": entries}
     idx = store.put_bytes(f"{prefix}/index.json", json.dumps(index, indent=1, sort_keys=True).encode())
     return idx.uri, digest, index
+
+
+def published_intact(store: ArtifactStore, manifest: Manifest) -> bool:
+    """A published teacher's index and every file it lists are in the store with matching content."""
+    try:
+        key = store.key_from_uri(manifest.uri)
+    except InvalidKeyError:
+        return False
+    info = store.verify(key)
+    if info is None or info.sha256 != manifest.extra.get("index_sha256", info.sha256):
+        return False
+    try:
+        files = json.loads(store.get_bytes(key))["files"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return all((i := store.verify(e["key"])) is not None and i.sha256 == e["sha256"] for e in files.values())
 
 
 def local_folder_of(uri: str) -> Path | None:

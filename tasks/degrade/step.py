@@ -110,7 +110,7 @@ def degrade_shard(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, spe
     """Compute one shard unless an object with its cache key is already in the store."""
     log = get_run_logger()
     store = ctx.get_store()
-    info = store.stat(spec.object_key)
+    info = store.verify(spec.object_key)  # content-checked: a corrupted shard is recomputed, not trusted
     if info is not None:
         log.info("degrade: shard %d/%d cached (%d pairs)", spec.index + 1, total, len(spec.items))
         return ShardResult(index=spec.index, key=info.key, uri=info.uri, sha256=info.sha256,

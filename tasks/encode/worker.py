@@ -100,7 +100,7 @@ class EncoderActor:
         for idx, key, sha, count in zip(batch["index"], batch["key"], batch["sha256"], batch["count"]):
             t0 = time.perf_counter()
             target = latent_key(str(sha), self.teacher_manifest.digest, self.config_hash, self.code_ver)
-            info = self.store.stat(target)
+            info = self.store.verify(target)  # content-checked: a corrupted shard is recomputed
             computed = info is None
             if computed:  # resume: a shard already in the store is never redone
                 lq, hq, meta = read_shard(self.store, ShardRef(int(idx), str(key), str(sha), int(count)))

@@ -115,7 +115,7 @@ def publish_items(ctx: RunContext, items: list[EvalItem], skipped: dict[str, str
 
 
 def eval_set_present(ctx: RunContext, manifest: Manifest) -> bool:
-    """Every image of the set is in the store with its recorded digest (stat only, nothing is read)."""
+    """Every image of the set is in the store and its content matches the recorded digest."""
     store = ctx.get_store()
     try:
         index = json.loads(store.get_bytes(store.key_from_uri(manifest.uri), manifest.extra.get("index_sha256")))
@@ -124,7 +124,7 @@ def eval_set_present(ctx: RunContext, manifest: Manifest) -> bool:
     for entry in index["items"]:
         for kind in ("lr", "hr"):
             if entry[kind] is not None:
-                info = store.stat(entry[kind])
+                info = store.verify(entry[kind])
                 if info is None or info.sha256 != entry[f"{kind}_sha256"]:
                     return False
     return True

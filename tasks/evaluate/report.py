@@ -57,21 +57,122 @@ def summary_rows(result: EvalResult) -> list[dict]:
     return rows
 
 
+_SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+_MAX_REASONS = 4
+
+
+def _marker(i: int) -> str:
+    return str(i).translate(_SUPERSCRIPT)
+
+
+def _reason(text: str) -> str:
+    return (text or "").strip().removeprefix("n/a: ")
+
+
+def _missing_by_model(result: EvalResult, metric: str) -> dict[str, tuple[int, int, dict[str, list[str]]]]:
+    """model → (images lacking a value, images, reason → image names) for a cell that is n/a or partial."""
+    out = {}
+    for model, summ in result.summary.items():
+        rows = [r for r in result.rows if r.get("model") == model]
+        s = summ.get(metric)
+        if metric in result.unavailable or s is None:
+            reasons = {_reason(result.unavailable.get(metric, "")) or "not computed": [r["image"] for r in rows]}
+            out[model] = (len(rows), len(rows), reasons)
+            continue
+        if not any(metric in r for r in rows):  # set-level metric (FID): one value over the whole set
+            if s.mean is None:
+                out[model] = (len(rows), len(rows), {_reason(s.note) or "no value": [r["image"] for r in rows]})
+            continue
+        reasons: dict[str, list[str]] = {}
+        for r in rows:
+            v = r.get(metric)
+            if v is None or (isinstance(v, float) and not np.isfinite(v)):
+                why = r.get(f"{metric}_note") or ("non-finite score" if v is not None else _reason(s.note) or "no value")
+                reasons.setdefault(_reason(why), []).append(r["image"])
+        if reasons:
+            out[model] = (sum(len(v) for v in reasons.values()), len(rows), reasons)
+    return out
+
+
+def _metric_footnote(metric: str, missing: dict[str, tuple[int, int, dict[str, list[str]]]], models: list[str]) -> str:
+    counts = {m: (k, n) for m, (k, n, _) in missing.items()}
+    if len(counts) == len(models) and len(set(counts.values())) == 1:
+        k, n = next(iter(counts.values()))
+        who = f"{k}/{n} images of every model" if len(models) > 1 else f"{k}/{n} images of {models[0]}"
+    else:
+        who = ", ".join(f"{k}/{n} images of {m}" for m, (k, n) in counts.items())
+    images: dict[str, set[str]] = {}
+    for _, _, reasons in missing.values():
+        for why, names in reasons.items():
+            images.setdefault(why, set()).update(names)
+    ranked = sorted(images.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    parts = [why if len(ranked) == 1 else f"{why} ({len(names)} images)" for why, names in ranked[:_MAX_REASONS]]
+    if len(ranked) > _MAX_REASONS:
+        parts.append(f"… and {len(ranked) - _MAX_REASONS} more reasons (per-image notes in per_image.csv)")
+    return f"{metric}: no value for {who} — " + "; ".join(parts)
+
+
+def _efficiency_footnote(result: EvalResult) -> str:
+    """The peak-memory method and the latency protocol, per model (merged when every model shares them)."""
+    def protocol(e: dict) -> str:
+        shape = "×".join(str(d) for d in e.get("input_shape", ())) or "?"
+        mem = e.get("memory_method", "?")
+        return (f"peak MB: {mem}; latency: median of {e.get('reps', '?')} timed calls after {e.get('warmup', '?')} "
+                f"warm-up calls, torch threads {e.get('threads', '?')}, input {shape}"
+                + (f", device {e['device']}" if e.get("device") else "")
+                + "; MACs by torch FlopCounterMode (FLOPs / 2)")
+
+    by = {m: protocol(e) for m, e in result.efficiency.items() if e}
+    if len(set(by.values())) == 1:
+        return f"efficiency ({', '.join(by)}): {next(iter(by.values()))}"
+    return "efficiency: " + " | ".join(f"{m}: {p}" for m, p in by.items())
+
+
 def summary_markdown(result: EvalResult, n_images: int, conventions: dict, skipped: dict[str, str] | None = None) -> str:
+    """The summary table; every n/a cell (and every mean over fewer than all images) carries a superscript
+    marker whose footnote below the table gives the reason and how many images lacked a value."""
     metrics = metric_columns(result)
-    arrow = {m: "↓" if result.lower_better.get(m) else "↑" for m in metrics}
-    head = ["model"] + [f"{m} {arrow[m]}" for m in metrics] + ["latency ms ↓", "GMACs ↓", "params M ↓", "peak MB ↓"]
+    metrics += [m for m in result.unavailable if m not in metrics]  # requested but unavailable: n/a columns
+    models = list(result.summary)
+    arrow = {m: ("↓" if result.lower_better[m] else "↑") if m in result.lower_better else "" for m in metrics}
+    footnotes: list[str] = []
+    marks: dict[str, str] = {}
+
+    def mark(key: str, text: str) -> str:
+        if key not in marks:
+            footnotes.append(text)
+            marks[key] = _marker(len(footnotes))
+        return marks[key]
+
+    eff_mark = mark("efficiency", _efficiency_footnote(result)) if result.efficiency else ""
+    head = (["model"] + [f"{m} {arrow[m]}".rstrip() for m in metrics]
+            + [f"latency ms ↓{eff_mark}", f"GMACs ↓{eff_mark}", "params M ↓", f"peak MB ↓{eff_mark}"])
     lines = [f"# Evaluation ({n_images} images)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    missing = {m: _missing_by_model(result, m) for m in metrics}
     for model, summ in result.summary.items():
         cells = [model]
         for m in metrics:
-            s = summ[m]
-            cells.append("n/a" if s.mean is None else (_fmt(s.mean) if s.std is None else f"{_fmt(s.mean)} ± {_fmt(s.std)}"))
+            s = summ.get(m)
+            text = "n/a" if s is None or s.mean is None else (
+                _fmt(s.mean) if s.std is None else f"{_fmt(s.mean)} ± {_fmt(s.std)}")
+            if model in missing[m] or text == "n/a":
+                text += mark(f"metric:{m}", _metric_footnote(m, missing[m], models) if missing[m]
+                             else f"{m}: no value — {_reason(getattr(s, 'note', '')) or 'not computed'}")
+            cells.append(text)
         e = result.efficiency.get(model, {})
-        cells += [_fmt(e.get("latency_ms"), 2) if e else "n/a", _fmt(e["macs"] / 1e9, 3) if e else "n/a",
-                  _fmt(e["params"] / 1e6, 3) if e else "n/a", _fmt(e.get("peak_mem_mb"), 1) if e else "n/a"]
+        if not e:
+            na = "n/a" + mark("efficiency:none", "efficiency: not measured (evaluate.efficiency.enabled is false, "
+                                                 "or no images)")
+            cells += [na] * 4
+        else:
+            peak = _fmt(e.get("peak_mem_mb"), 1)
+            if peak == "n/a":
+                peak += mark(f"peak:{e.get('memory_method')}", f"peak MB ({model}): {e.get('memory_method')}")
+            cells += [_fmt(e.get("latency_ms"), 2), _fmt(e["macs"] / 1e9, 3), _fmt(e["params"] / 1e6, 3), peak]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "mean ± std (population) over the images that have a value; FID over the whole set."]
+    if footnotes:
+        lines += [""] + [f"- {_marker(i)} {t}" for i, t in enumerate(footnotes, 1)]
     notes = {f"{model}/{m}": s.note for model, summ in result.summary.items() for m, s in summ.items() if s.note}
     if notes:
         lines += ["", "## Notes", ""] + [f"- {k}: {v}" for k, v in sorted(notes.items())]
@@ -86,6 +187,31 @@ def summary_markdown(result: EvalResult, n_images: int, conventions: dict, skipp
         lines += ["", "## Efficiency protocol", "", "```json",
                   json.dumps(result.efficiency, indent=2, sort_keys=True, default=str), "```"]
     return "\n".join(lines) + "\n"
+
+
+def item_source(name: str) -> str:
+    """The source an item was cut from: its name without a pairs set's ``#<crop index>`` suffix
+    (``kodak/I04.bmp#3`` → ``kodak/I04.bmp``; datasets.py names pairs items ``<name>#<crop_index>``)."""
+    return name.rsplit("#", 1)[0] if "#" in name else name
+
+
+def grid_indices(names: list[str], n: int) -> list[int]:
+    """Up to ``n`` item indices spread over the distinct sources: round-robin over the sources in sorted
+    order, each source's items in their order (first item of every source first). Deterministic."""
+    if n <= 0:
+        return []
+    by_source: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        by_source.setdefault(item_source(name), []).append(i)
+    queues = [by_source[s] for s in sorted(by_source)]
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < n and any(depth < len(q) for q in queues):
+        for q in queues:
+            if depth < len(q) and len(picked) < n:
+                picked.append(q[depth])
+        depth += 1
+    return picked
 
 
 def _label(img: Image.Image, text: str) -> Image.Image:

@@ -5,7 +5,9 @@
 Conventions: SR outputs are quantised to 8 bit before scoring (as the PNGs the official scripts score);
 image metrics are computed per image (sizes differ); FID over the whole set; full-reference metrics and FID
 are "n/a: no HR" on LR-only sets; an image below a metric's minimum size is "n/a" with the reason, and the
-mean is over the images that have a value (their count is reported).
+mean is over the images that have a value (their count is reported). Every image without a value has a
+``<metric>_note`` in its row (the reason: ``ImageTooSmall``'s message, "no HR", "non-finite score"), which the
+report turns into the table's footnotes.
 """
 
 from __future__ import annotations
@@ -95,12 +97,14 @@ def evaluate_models(items: list[EvalItem], upscalers: dict, metric_names: list[s
             for name in per_metric:
                 m = metrics[name]
                 if m.info.mode == "FR" and hr is None:
-                    row[name] = None
+                    row[name], row[f"{name}_note"] = None, "no HR"
                     continue
                 try:
                     val = float(m.score(sr, hr if m.info.mode == "FR" else None)[0])
                 except ImageTooSmall as exc:
                     val, row[f"{name}_note"] = None, str(exc)
+                if val is not None and not math.isfinite(val):
+                    row[f"{name}_note"] = "non-finite score"
                 row[name] = val
                 per_metric[name].append(val)
             if hr is not None:

@@ -85,6 +85,23 @@ def conventions(cfg: EvaluateConfig, env: MetricEnv, eval_set: Manifest) -> dict
             "torch_threads": torch.get_num_threads()}
 
 
+def report_intact(store, manifest: Manifest) -> bool:
+    """The report object and every file it lists are in the store with matching content."""
+    key = store.key_from_uri(manifest.uri)
+    info = store.verify(key)
+    if info is None or info.sha256 != manifest.digest:
+        return False
+    try:
+        listing = json.loads(store.get_bytes(key))["files"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    for entry in listing.values():
+        obj = store.verify(store.key_from_uri(entry["uri"]))
+        if obj is None or obj.sha256 != entry["sha256"]:
+            return False
+    return True
+
+
 def _publish(ctx: RunContext, files: dict[str, Path], out: Path, prefix: str, summary: dict) -> tuple[str, str, dict]:
     store = ctx.get_store()
     listing = {}
@@ -145,7 +162,7 @@ def run_evaluate(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, model
     inputs = {"eval_set": eval_set.digest} | {n: m.digest for n, m in models.items() if n in cfg.models}
     key = cache_key(STEP, chash, inputs, code_ver)
     hit = cache.get(STEP, key)
-    if hit is not None and not store.exists(store.key_from_uri(hit.uri)):
+    if hit is not None and not report_intact(store, hit):
         hit = None
     conv = conventions(cfg, metric_env(cfg, assets=False), eval_set)
     with tracker.step_run(ctx.parent_run_id, STEP, {"evaluate": cfg.model_dump(mode="json"), "conventions": conv},

@@ -27,7 +27,7 @@ from srcompress.models.teachers import OneStepTeacher, load_teacher, save_teache
 from srcompress.models.teachers.bootstrap import train_tiny_teacher
 from srcompress.tasks.common.pairs import iter_pairs, load_all_pairs
 from srcompress.tasks.common.teacher_config import TeacherConfig
-from srcompress.tasks.common.teachers import folder_digest, publish_folder, vae_digest
+from srcompress.tasks.common.teachers import folder_digest, publish_folder, published_intact, vae_digest
 
 STEP = "bootstrap_teacher"
 
@@ -136,7 +136,7 @@ def run_teacher(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest | None, hol
     # Imports are never served from the cache: the folder behind a path may have changed, so its files are
     # re-hashed every run (that hash is the step's input digest, as the scan is for degrade).
     hit = cache.get(STEP, key) if boot else None
-    if hit is not None and not ctx.get_store().exists(ctx.get_store().key_from_uri(hit.uri)):
+    if hit is not None and not published_intact(ctx.get_store(), hit):  # missing or corrupted: retrain
         hit = None
     t0 = time.perf_counter()
     with tracker.step_run(ctx.parent_run_id, STEP, {"teacher": cfg.model_dump(mode="json")},

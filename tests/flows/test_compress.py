@@ -63,6 +63,16 @@ def test_run_twice_is_fully_cached_and_lineage_is_recorded(tmp_path):
     assert steps3["degrade"].data.metrics["shards_computed"] == 1
     assert steps3["degrade"].data.metrics["shards_cached"] == 3
 
+    # Corrupt another shard in place (same size, record untouched): not trusted, recomputed, healed.
+    victim = store / index["shards"][0]["key"]
+    data = bytearray(victim.read_bytes())
+    data[-100] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    fourth = run_pipeline(cfg, tmp_path / "w", until="degrade")
+    assert fourth["steps"]["degrade"]["digest"] == m["digest"] and victim.read_bytes() != bytes(data)
+    _, _, steps4 = _step_runs(fourth["tracking_uri"], fourth["parent_run_id"])
+    assert steps4["degrade"].data.metrics["shards_computed"] == 1
+
 
 def test_result_does_not_depend_on_worker_count(tmp_path):
     one = run_pipeline(load_config("tiny", SMALL + ["run.max_workers=1"]), tmp_path / "a", until="degrade")
