@@ -123,11 +123,24 @@ def field_docs(model: type[BaseModel], prefix: str = "") -> dict[str, str]:
 
 
 _SECRET_KEY = re.compile(r"(secret|password|passwd|token|credential|access_key|api_key|session_key)", re.I)
-_URI_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<userinfo>[^@/\s]+)@", re.I)
+_URI_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<userinfo>[^@/\s?#]+)@", re.I)
+# Query / fragment parameters that carry credentials: AWS SigV4 presigned parts, OAuth-style tokens, passwords.
+_SECRET_PARAM = re.compile(
+    r"(?P<name>[?&#;](?:[a-z0-9_.-]*(?:token|signature|credential|secret|password|passwd|api[_-]?key|"
+    r"access[_-]?key|session|auth|sig|key))=)(?P<value>[^&#\s'\"]*)", re.I)
+
+
+def redact_text(text: str) -> str:
+    """Credentials removed from any text (URIs inside log lines and error messages included): ``user:pass@``
+    becomes ``***@``, and the value of every credential-like query parameter becomes ``***``."""
+    text = _URI_USERINFO.sub(lambda m: f"{m['scheme']}***@", text)
+    return _SECRET_PARAM.sub(lambda m: f"{m['name']}***", text)
 
 
 def redact(value: Any, key: str = "") -> Any:
-    """Strip secrets before anything reaches logs or MLflow: secret-looking keys, and user:pass@ in URIs."""
+    """The one redaction policy (docs/architecture.md §6): secret-looking keys are masked whole; every string
+    is passed through ``redact_text``. Applied at every exit: flow parameters, MLflow params/tags/artifacts,
+    logs, error messages, summaries."""
     if isinstance(value, Mapping):
         return {k: redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -135,7 +148,7 @@ def redact(value: Any, key: str = "") -> Any:
     if key and _SECRET_KEY.search(key) and value not in (None, ""):
         return "***"
     if isinstance(value, str):
-        return _URI_USERINFO.sub(lambda m: f"{m['scheme']}***@", value)
+        return redact_text(value)
     return value
 
 

@@ -1,15 +1,22 @@
 """Efficiency of a model at a given input size: latency, MACs, parameters, peak memory.
 
-Speed claims in this field are often measured badly (methods.md §4: warm-up, I/O, precision), so the
+Speed claims in this field are often measured badly (docs/methods.md §5: warm-up, I/O, precision), so the
 protocol is fixed and recorded with the numbers:
 
+- **device**: the device of the model's parameters (or buffers) when it is an ``nn.Module`` that has any,
+  else the example's device. The example is passed as given: the upscalers move their input to the
+  model's device themselves;
 - **latency**: ``warmup`` untimed calls, then the median of ``reps`` timed calls under ``torch.no_grad()``,
-  inputs pre-loaded (no I/O), with the torch thread count recorded;
+  inputs pre-loaded (no I/O), CUDA synchronised around each call, with the torch thread count recorded;
 - **MACs**: ``torch.utils.flop_counter.FlopCounterMode`` FLOPs / 2 (one multiply-add = 2 FLOPs);
 - **params**: every parameter of the module;
-- **peak memory**: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the peak process-RSS increase over the
-  call, sampled every millisecond by a background thread (an upper-bound-ish estimate that includes the
-  allocator's caching; recorded as such).
+- **peak memory** (one separate call, after the timed ones, so the profiler's overhead is never timed):
+  on CUDA ``torch.cuda.max_memory_allocated`` minus the memory allocated before the call; on CPU the peak of
+  live tensor bytes over the call, from ``torch.profiler`` with ``profile_memory=True``: every allocation
+  and free of the CPU allocator during the call, in time order, summed; frees of blocks allocated before
+  the call are ignored. This counts what the tensors occupy, independent of whether the allocator reuses
+  freed memory (a process-RSS delta reads 0 once freed pages are reused), and excludes allocator caching
+  and non-tensor memory. The method's name is ``Efficiency.memory_method``.
 
     stats = measure(model, torch.rand(1, 3, 512, 512))
 """
@@ -17,7 +24,6 @@ protocol is fixed and recorded with the numbers:
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -27,6 +33,9 @@ from torch import nn
 
 Tensor = torch.Tensor
 
+CPU_MEMORY_METHOD = "torch.profiler live-tensor peak (CPU)"
+CUDA_MEMORY_METHOD = "cuda.max_memory_allocated"
+
 
 @dataclass(frozen=True)
 class Efficiency:
@@ -34,12 +43,13 @@ class Efficiency:
     latency_p90_ms: float
     macs: int
     params: int
-    peak_mem_mb: float
+    peak_mem_mb: float | None  # None when it could not be measured; memory_method then says why
     memory_method: str
     threads: int
     warmup: int
     reps: int
     input_shape: tuple[int, ...]
+    device: str = "cpu"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -53,59 +63,85 @@ def count_macs(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops() // 2)
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    import os
+def measurement_device(model: nn.Module | Callable[[Tensor], object], example: Tensor) -> torch.device:
+    """The model's parameter (or buffer) device for a module that has any, else the example's."""
+    if isinstance(model, nn.Module):
+        for t in model.parameters():
+            return t.device
+        for t in model.buffers():
+            return t.device
+    return example.device
 
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+def _live_tensor_peak_bytes(prof: torch.profiler.profile) -> int:
+    """Peak of the running sum of CPU allocations minus frees recorded by ``prof`` (in time order).
+
+    Frees of blocks allocated before the profiled region are reported by torch as negative sizes too;
+    they are matched by pointer and ignored, so they cannot pull the running sum below the call's own
+    allocations."""
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    events: list[tuple[int, int, int]] = []
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        f = node.extra_fields
+        if type(f).__name__ == "_ExtraFields_Allocation" and f.device.type == "cpu":
+            events.append((node.start_time_ns, int(f.alloc_size), int(f.ptr)))
+    events.sort(key=lambda e: e[0])  # stable: same-timestamp events keep their recorded order
+    live: dict[int, int] = {}
+    cur = peak = 0
+    for _, size, ptr in events:
+        if size > 0:
+            live[ptr] = live.get(ptr, 0) + size
+            cur += size
+            peak = max(peak, cur)
+        elif ptr in live:
+            cur -= live.pop(ptr)
+    return peak
 
 
-def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> tuple[float, str]:
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> tuple[float | None, str]:
+    """Peak memory of one ``fn()`` call in MiB on ``device``, and the method's name (see module docstring)."""
+    device = torch.device(device)
     if device.type == "cuda":
+        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         with torch.no_grad():
             fn()
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20, "cuda.max_memory_allocated"
-    base, peak, stop = _rss_mb(), [0.0], threading.Event()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20, CUDA_MEMORY_METHOD
+    if device.type != "cpu":
+        return None, f"unavailable: no peak-memory method for device {device.type}"
+    from torch.profiler import ProfilerActivity, profile
 
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss_mb())
-            time.sleep(0.001)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             fn()
-        peak[0] = max(peak[0], _rss_mb())
-    finally:
-        stop.set()
-        t.join()
-    return max(0.0, peak[0] - base), "rss-delta-1kHz"
+        return _live_tensor_peak_bytes(prof) / 2**20, CPU_MEMORY_METHOD
+    except RuntimeError as exc:  # e.g. another profiler already active in this process
+        return None, f"unavailable: torch.profiler failed ({exc})"
 
 
 def measure(model: nn.Module | Callable[[Tensor], object], example: Tensor, warmup: int = 2, reps: int = 10) -> Efficiency:
     """Measure ``model(example)`` with the fixed protocol above."""
-    device = example.device
+    device = measurement_device(model, example)
     call = (lambda: model(example))  # noqa: E731
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     with torch.no_grad():
         for _ in range(warmup):
             call()
         times = []
         for _ in range(reps):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            sync()
             t0 = time.perf_counter()
             call()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            sync()
             times.append((time.perf_counter() - t0) * 1000)
     times.sort()
     mem, method = peak_memory_mb(call, device)
     params = sum(p.numel() for p in model.parameters()) if isinstance(model, nn.Module) else 0
     return Efficiency(latency_ms=statistics.median(times), latency_p90_ms=times[min(len(times) - 1, int(0.9 * len(times)))],
                       macs=count_macs(call), params=params, peak_mem_mb=mem, memory_method=method,
-                      threads=torch.get_num_threads(), warmup=warmup, reps=reps, input_shape=tuple(example.shape))
+                      threads=torch.get_num_threads(), warmup=warmup, reps=reps, input_shape=tuple(example.shape),
+                      device=str(device))

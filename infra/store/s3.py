@@ -29,6 +29,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from srcompress.infra.config import redact_text
 from srcompress.infra.store.base import (
     CHUNK,
     ArtifactStore,
@@ -80,7 +81,9 @@ class S3Store(ArtifactStore):
         self.cfg = cfg or StoreConfig(uri=uri)
         self.bucket, self.prefix = split_s3_uri(uri)
         self.root_uri = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
-        self.endpoint = self.cfg.endpoint_url or os.environ.get("SRCOMPRESS_S3_ENDPOINT_URL") or "AWS default"
+        # For messages only, with any credentials in the URL removed (the client gets the real one).
+        self.endpoint = redact_text(self.cfg.endpoint_url or os.environ.get("SRCOMPRESS_S3_ENDPOINT_URL")
+                                    or "AWS default")
         self.client = client or make_s3_client(self.cfg)
         mb = 1024 * 1024
         self.transfer = TransferConfig(

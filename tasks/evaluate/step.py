@@ -29,7 +29,7 @@ from srcompress.models.upscalers import Bicubic, DiffusionSR
 from srcompress.tasks.evaluate.config import EvaluateConfig
 from srcompress.tasks.evaluate.data_step import read_eval_set
 from srcompress.tasks.evaluate.datasets import png_bytes
-from srcompress.tasks.evaluate.report import write_reports
+from srcompress.tasks.evaluate.report import grid_indices, write_reports
 from srcompress.tasks.evaluate.runner import evaluate_models
 from srcompress.tasks.common.teacher_config import TeacherConfig
 from srcompress.tasks.common.teachers import load_settings, materialize_teacher
@@ -136,7 +136,7 @@ def score_and_report(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, m
     env = metric_env(cfg, get_run_logger())
     items, index = read_eval_set(ctx, eval_set)
     ups = build_upscalers(ctx, cfg, int(eval_set.extra.get("scale", 4)), models, teacher_cfg)
-    keep = set(range(len(items))) if cfg.save_outputs else set(range(min(cfg.grid_images, len(items))))
+    keep = set(range(len(items))) if cfg.save_outputs else set(grid_indices([it.name for it in items], cfg.grid_images))
     result = evaluate_models(items, ups, cfg.metrics, env, keep, cfg.efficiency)
     out = Path(ctx.workdir) / "evaluations" / key[:16]
     files = write_reports(result, items, out, conv, cfg.grid_crop, index.get("skipped"))
