@@ -21,7 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from srcompress import __version__
 from srcompress.config import STEPS, SrConfig
 from srcompress.infra.config import redact
-from srcompress.flows.common import has_holdout, resolve
+from srcompress.flows.common import has_holdout, register, resolve
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import code_version
 from srcompress.infra.store import atomic_write_bytes
@@ -52,14 +52,14 @@ def _open_parent_run(cfg: SrConfig, ctx: RunContext) -> str:
 
 @flow(name="srcompress-compress", log_prints=True, validate_parameters=False)
 def compress(config: dict[str, Any] | str, workdir: str, until: str | None = None,
-             overrides: list[str] | None = None) -> dict[str, Any]:
+             overrides: list[str] | None = None, config_ref: str | None = None) -> dict[str, Any]:
     """Run the DAG up to and including ``until`` (default: every step). Returns the run summary.
 
     ``config`` is a resolved config dict, or (for deployments, see prefect.yaml) a YAML path / preset name
     with optional ``section.key=value`` overrides.
     """
     log = get_run_logger()
-    cfg, ctx = resolve(config, workdir, overrides)
+    cfg, ctx = resolve(config, workdir, overrides, config_ref)
     parent = _open_parent_run(cfg, ctx)
     ctx = ctx.model_copy(update={"parent_run_id": parent})
     tracker = ctx.get_tracker()
@@ -107,8 +107,9 @@ def run_pipeline(cfg: SrConfig, workdir: str | Path, until: str | None = None,
         raise ValueError(f"--until must be one of {', '.join(STEPS)}, got {until!r}")
     Path(workdir).mkdir(parents=True, exist_ok=True)
     runner = ThreadPoolTaskRunner(max_workers=cfg.run.max_workers)
+    shown, ref = register(cfg)  # Prefect stores parameters: the redacted config and a reference, no secret
     result = compress.with_options(task_runner=runner, flow_run_name=cfg.run.name)(
-        config=cfg.model_dump(mode="json"), workdir=str(workdir), until=until)
+        config=shown, workdir=str(workdir), until=until, config_ref=ref)
     if summary is not None:
         atomic_write_bytes(Path(summary).resolve(), json.dumps(result, indent=2, sort_keys=True).encode())
     return result

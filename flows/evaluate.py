@@ -22,7 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from srcompress import __version__
 from srcompress.config import SrConfig
 from srcompress.infra.config import redact
-from srcompress.flows.common import has_holdout, resolve
+from srcompress.flows.common import has_holdout, register, resolve
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, code_version
 from srcompress.infra.store import atomic_write_bytes
@@ -41,14 +41,15 @@ def _teacher(ctx: RunContext, cfg: SrConfig) -> Manifest:
 
 
 @flow(name="srcompress-evaluate", log_prints=True, validate_parameters=False)
-def evaluate(config: dict[str, Any] | str, workdir: str, data: str, overrides: list[str] | None = None) -> dict[str, Any]:
+def evaluate(config: dict[str, Any] | str, workdir: str, data: str, overrides: list[str] | None = None,
+             config_ref: str | None = None) -> dict[str, Any]:
     """Evaluate ``config['evaluate']['models']`` on ``data``; returns the summary (table paths, metrics).
 
     ``config`` is a resolved config dict, or (for deployments, see prefect.yaml) a YAML path / preset name
     with optional ``section.key=value`` overrides.
     """
     log = get_run_logger()
-    cfg, ctx = resolve(config, workdir, overrides)
+    cfg, ctx = resolve(config, workdir, overrides, config_ref)
     ctx.get_store().check()  # fail fast, before any MLflow run is opened
     tracker = ctx.get_tracker()
     parent = tracker.start_pipeline_run(f"{cfg.run.name}-evaluate", {
@@ -84,8 +85,9 @@ def run_evaluation(cfg: SrConfig, workdir: str | Path, data: str, summary: str |
     """Entry point used by the CLI and tests."""
     Path(workdir).mkdir(parents=True, exist_ok=True)
     runner = ThreadPoolTaskRunner(max_workers=cfg.run.max_workers)
+    shown, ref = register(cfg)  # Prefect stores parameters: the redacted config and a reference, no secret
     result = evaluate.with_options(task_runner=runner, flow_run_name=f"{cfg.run.name}-evaluate")(
-        config=cfg.model_dump(mode="json"), workdir=str(workdir), data=str(data))
+        config=shown, workdir=str(workdir), data=str(data), config_ref=ref)
     if summary is not None:
         atomic_write_bytes(Path(summary).resolve(), json.dumps(result, indent=2, sort_keys=True).encode())
     return result
