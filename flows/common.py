@@ -42,3 +42,17 @@ def resolve(config: dict[str, Any] | str, workdir: str, overrides: list[str] | N
 
 def has_holdout(cfg: SrConfig) -> bool:
     return bool(cfg.data.held_out or cfg.data.held_out_fraction)
+
+
+def reap_stale(tracker) -> None:
+    """Before a new pipeline run: runs a killed process left RUNNING become KILLED (MLflow) / Crashed (Prefect)."""
+    from prefect import get_run_logger
+
+    from srcompress.infra.orchestration import mark_flow_runs_crashed
+
+    stale = tracker.reap_stale_runs()
+    if stale:
+        ids = [s["prefect_flow_run_id"] for s in stale if s.get("prefect_flow_run_id")]
+        n = mark_flow_runs_crashed(ids, "the process running this flow was killed")
+        get_run_logger().warning("marked %d MLflow run(s) KILLED and %d Prefect flow run(s) Crashed, left running by "
+                                 "dead processes: %s", len(stale), n, ", ".join(s["run_id"] for s in stale))

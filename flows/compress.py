@@ -21,7 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from srcompress import __version__
 from srcompress.config import STEPS, SrConfig
 from srcompress.infra.config import redact
-from srcompress.flows.common import has_holdout, register, resolve
+from srcompress.flows.common import has_holdout, reap_stale, register, resolve
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import code_version
 from srcompress.infra.store import atomic_write_bytes
@@ -37,6 +37,7 @@ def _open_parent_run(cfg: SrConfig, ctx: RunContext) -> str:
 
     ctx.get_store().check()  # fail fast, before any MLflow run is opened
     tracker = ctx.get_tracker()
+    reap_stale(tracker)
     tags = {"config_hash": cfg.config_hash(), "code_version": code_version(__name__),
             "package_version": __version__, "prefect_flow_run_id": flow_run.get_id() or "",
             "host": socket.gethostname(), "store": ctx.get_store().root_uri, "kind": "pipeline"}

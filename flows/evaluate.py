@@ -22,7 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from srcompress import __version__
 from srcompress.config import SrConfig
 from srcompress.infra.config import redact
-from srcompress.flows.common import has_holdout, register, resolve
+from srcompress.flows.common import has_holdout, reap_stale, register, resolve
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, code_version
 from srcompress.infra.store import atomic_write_bytes
@@ -48,12 +48,15 @@ def evaluate(config: dict[str, Any] | str, workdir: str, data: str, overrides: l
     ``config`` is a resolved config dict, or (for deployments, see prefect.yaml) a YAML path / preset name
     with optional ``section.key=value`` overrides.
     """
+    from prefect.runtime import flow_run
+
     log = get_run_logger()
     cfg, ctx = resolve(config, workdir, overrides, config_ref)
     ctx.get_store().check()  # fail fast, before any MLflow run is opened
     tracker = ctx.get_tracker()
+    reap_stale(tracker)
     parent = tracker.start_pipeline_run(f"{cfg.run.name}-evaluate", {
-        "kind": "evaluation", "config_hash": cfg.config_hash(), "code_version": code_version(__name__),
+        "kind": "evaluation", "prefect_flow_run_id": flow_run.get_id() or "", "config_hash": cfg.config_hash(), "code_version": code_version(__name__),
         "package_version": __version__, "host": socket.gethostname(), "data": redact(data, "uri"),
         "models": ",".join(cfg.evaluate.models)}, {"evaluate": cfg.evaluate.model_dump(mode="json"), "data": data})
     ctx = ctx.model_copy(update={"parent_run_id": parent})

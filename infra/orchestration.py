@@ -25,3 +25,24 @@ def configure_prefect(workdir: str | Path) -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+
+
+def mark_flow_runs_crashed(flow_run_ids: list[str], reason: str) -> int:
+    """Set Prefect flow runs left ``Running`` by a killed process to ``Crashed`` (in the API this run talks to:
+    the embedded server keeps its database under the work dir, so the killed run's records are there)."""
+    import logging
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    done = 0
+    with get_client(sync_client=True) as client:
+        for fid in flow_run_ids:
+            try:
+                run = client.read_flow_run(fid)
+                if run.state is not None and not run.state.is_final():
+                    client.set_flow_run_state(fid, Crashed(message=reason), force=True)
+                    done += 1
+            except Exception as exc:  # an unknown id (another Prefect API) is not an error for this run
+                logging.getLogger("srcompress").info("flow run %s not marked crashed: %s", fid, exc)
+    return done

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -77,8 +78,9 @@ class Tracker:
 
     # -- runs ------------------------------------------------------------------------------------------
     def start_pipeline_run(self, name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
+        owner = {"owner.host": socket.gethostname(), "owner.pid": os.getpid(), "owner.started": _started(os.getpid())}
         run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags={f"{TAG_PREFIX}{k}": str(v) for k, v in tags.items()})
+                                     tags={f"{TAG_PREFIX}{k}": str(v) for k, v in {**tags, **owner}.items()})
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
@@ -89,6 +91,30 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=step, tags=all_tags)
         self.log_params(run.info.run_id, params)
         return run.info.run_id
+
+    def reap_stale_runs(self) -> list[dict[str, str]]:
+        """Pipeline runs left ``RUNNING`` by a process of this host that no longer exists (kill -9, power loss)
+        are marked ``KILLED``, with their step runs. Returns their tags (the caller marks their Prefect flow
+        runs crashed). Runs of other hosts are left alone: their owner may be alive."""
+        host = socket.gethostname()
+        stale = []
+        runs = self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'", max_results=1000)
+        for r in runs:
+            tags = r.data.tags
+            if tags.get(f"{TAG_PREFIX}owner.host") != host or "mlflow.parentRunId" in tags:
+                continue
+            pid, started = tags.get(f"{TAG_PREFIX}owner.pid"), tags.get(f"{TAG_PREFIX}owner.started")
+            if pid is None or (pid.isdigit() and _started(int(pid)) == started):
+                continue  # its owner is still running
+            for step in self.client.search_runs([self.experiment_id], f"tags.mlflow.parentRunId = '{r.info.run_id}'"):
+                if step.info.status == "RUNNING":
+                    self.client.set_terminated(step.info.run_id, status="KILLED")
+            self.client.set_terminated(r.info.run_id, status="KILLED")
+            self.client.set_tag(r.info.run_id, f"{TAG_PREFIX}killed_reason",
+                                f"owner process {pid} on {host} died without ending the run")
+            stale.append({k.removeprefix(TAG_PREFIX): v for k, v in tags.items() if k.startswith(TAG_PREFIX)}
+                         | {"run_id": r.info.run_id})
+        return stale
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
@@ -175,3 +201,13 @@ class Tracker:
             self.client.log_artifacts(run_id, str(local_path), artifact_path)
         else:
             self.client.log_artifact(run_id, str(local_path), artifact_path)
+
+
+def _started(pid: int) -> str:
+    """A process's start time as a string ('' if it does not exist): with the pid, identifies it uniquely."""
+    import psutil
+
+    try:
+        return f"{psutil.Process(pid).create_time():.3f}"
+    except psutil.Error:
+        return ""

@@ -72,6 +72,7 @@ def run(config: str = ConfigOpt, workdir: Optional[Path] = typer.Option(None, he
     workdir = (workdir or Path("runs") / cfg.run.name).resolve()
     from srcompress.infra.orchestration import configure_prefect
 
+    _watchdog()
     configure_prefect(workdir)  # before prefect is imported
     from srcompress.config import STEPS
     from srcompress.flows.compress import run_pipeline
@@ -84,6 +85,15 @@ def run(config: str = ConfigOpt, workdir: Optional[Path] = typer.Option(None, he
     except StoreError as exc:
         _fail(f"artifact store error: {exc}", 3)
     _human_summary("srcompress run", result, summary)
+
+
+def _watchdog() -> None:
+    """Every process this run starts (Prefect's embedded server, Ray) ends with it, even on kill -9."""
+    import atexit
+
+    from srcompress.infra.supervise import start_watchdog
+
+    atexit.register(start_watchdog())  # registered first, so it runs after Prefect's own exit handlers
 
 
 def _human_summary(title: str, result: dict, summary: Path | None) -> None:
@@ -124,6 +134,7 @@ def evaluate(config: str = ConfigOpt, data: Optional[str] = typer.Option(None, h
     workdir = (workdir or Path("runs") / cfg.run.name).resolve()
     from srcompress.infra.orchestration import configure_prefect
 
+    _watchdog()
     configure_prefect(workdir)
     from srcompress.flows.evaluate import run_evaluation
     from srcompress.infra.store import StoreError

@@ -65,6 +65,7 @@ class BootstrapConfig(StrictModel):
     val_fraction: float = Field(0.15, ge=0, lt=1, description="Training pairs held back to pick the best restorer checkpoint (never the held-out set).")
     eval_every: int = Field(50, ge=1, description="Validate every N restorer steps; the best checkpoint (step 0 included) is kept.")
     max_seconds: float = Field(360.0, gt=0, description="Time budget; exceeding it is logged as a warning (steps are fixed for reproducibility).")
+    checkpoint_every: int = Field(100, ge=0, description="Save a resumable checkpoint every N restorer steps (0 = never); a killed run resumes from the last one with identical results.")
 
     @model_validator(mode="after")
     def _check_identity(self) -> BootstrapConfig:
@@ -139,13 +140,18 @@ def _val_psnr(teacher: SD3OneStepTeacher, z_l: Tensor, hq: Tensor, batch: int = 
 
 
 def train_restorer(teacher: SD3OneStepTeacher, lq: Tensor, hq: Tensor, cfg: BootstrapConfig, g: torch.Generator,
-                   log: Callable[[str], None]) -> tuple[list[float], dict]:
+                   log: Callable[[str], None], checkpoint: Callable[[dict], None] | None = None,
+                   resume: dict | None = None) -> tuple[list[float], dict]:
     """Phase 2 on random latent tiles of the training pairs; keeps the checkpoint with the best validation
-    PSNR-Y (step 0 — the identity map — included), so training can only improve on where it started."""
+    PSNR-Y (step 0 — the identity map — included), so training can only improve on where it started.
+
+    ``checkpoint(state)`` is called every ``cfg.checkpoint_every`` steps with everything needed to continue
+    (weights, optimiser and schedule, the generator's state, the split, the best state so far); ``resume``
+    takes such a state and continues exactly where it stopped."""
     tr = teacher.backbone
     torch.nn.init.zeros_(tr.proj_out.weight)
     torch.nn.init.zeros_(tr.proj_out.bias)
-    perm = torch.randperm(len(lq), generator=g)
+    perm = resume["perm"] if resume else torch.randperm(len(lq), generator=g)
     n_val = int(round(cfg.val_fraction * len(lq))) if len(lq) > 1 else 0
     val, train = perm[:n_val], perm[n_val:]
     with torch.no_grad():
@@ -160,9 +166,19 @@ def train_restorer(teacher: SD3OneStepTeacher, lq: Tensor, hq: Tensor, cfg: Boot
     sched = _one_cycle(opt, cfg.restorer_lr, cfg.restorer_steps)
     f = teacher.latent_factor
     t = min(cfg.tile, z_l.shape[-1], z_l.shape[-2])
-    best = {"step": 0, "psnr": _val_psnr(teacher, z_l[val], hq[val]), "state": copy.deepcopy(tr.state_dict())}
-    losses: list[float] = []
-    for step in range(cfg.restorer_steps):
+    start, losses = 0, []
+    if resume:
+        tr.load_state_dict(resume["restorer"])
+        if cfg.pixel_weight > 0:
+            teacher.vae.decoder.load_state_dict(resume["decoder"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        g.set_state(resume["rng"])
+        best, losses, start = resume["best"], list(resume["losses"]), int(resume["step"])
+        log(f"bootstrap restorer: resumed at step {start}/{cfg.restorer_steps}")
+    else:
+        best = {"step": 0, "psnr": _val_psnr(teacher, z_l[val], hq[val]), "state": copy.deepcopy(tr.state_dict())}
+    for step in range(start, cfg.restorer_steps):
         idx = train[torch.randint(0, len(train), (cfg.batch_size,), generator=g)]
         i = int(torch.randint(0, z_l.shape[-2] - t + 1, (1,), generator=g))
         j = int(torch.randint(0, z_l.shape[-1] - t + 1, (1,), generator=g))
@@ -179,6 +195,12 @@ def train_restorer(teacher: SD3OneStepTeacher, lq: Tensor, hq: Tensor, cfg: Boot
             tr.train()
             if p > best["psnr"]:
                 best = {"step": step + 1, "psnr": p, "state": copy.deepcopy(tr.state_dict())}
+        if checkpoint and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
+                and step + 1 < cfg.restorer_steps:
+            checkpoint({"step": step + 1, "restorer": tr.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "rng": g.get_state(), "perm": perm, "best": best,
+                        "losses": losses, **({"decoder": teacher.vae.decoder.state_dict()}
+                                             if cfg.pixel_weight > 0 else {})})
     if n_val:
         tr.load_state_dict(best["state"])
         log(f"bootstrap restorer: kept step {best['step']} (validation PSNR-Y {best['psnr']:.3f} dB)")
@@ -187,11 +209,13 @@ def train_restorer(teacher: SD3OneStepTeacher, lq: Tensor, hq: Tensor, cfg: Boot
 
 
 def train_tiny_teacher(lq: Tensor, hq: Tensor, cfg: BootstrapConfig, log: Callable[[str], None] = print,
-                       device: torch.device | str = "cpu") -> tuple[SD3OneStepTeacher, dict]:
+                       device: torch.device | str = "cpu", checkpoint: Callable[[dict], None] | None = None,
+                       resume: dict | None = None) -> tuple[SD3OneStepTeacher, dict]:
     """Build and train the tiny teacher on ``device``. ``lq`` is already at HQ size; both (N, 3, H, W) in [0, 1].
 
     Random draws (batches, crops, augmentation) come from one CPU generator, so the draws are the same on
-    every device."""
+    every device. ``checkpoint`` / ``resume``: see ``train_restorer``; a resumed run skips the VAE phase (its
+    result is in the checkpoint) and ends with the same weights as an uninterrupted one."""
     if lq.shape != hq.shape:
         raise ValueError(f"LQ {tuple(lq.shape)} must be brought to the HQ size {tuple(hq.shape)} first")
     g = torch.Generator().manual_seed(cfg.seed)
@@ -203,10 +227,18 @@ def train_tiny_teacher(lq: Tensor, hq: Tensor, cfg: BootstrapConfig, log: Callab
                                vae_identity=cfg.vae_init == "identity").to(device)
     lq, hq = lq.to(device), hq.to(device)
     t0 = time.perf_counter()
-    vae_losses = train_vae(teacher, torch.cat([lq, hq]), cfg, g, log) if cfg.vae_steps else []
+    if resume:
+        teacher.vae.load_state_dict(resume["vae"])
+        vae_losses = list(resume["vae_losses"])
+    else:
+        vae_losses = train_vae(teacher, torch.cat([lq, hq]), cfg, g, log) if cfg.vae_steps else []
     t_vae = time.perf_counter() - t0
     sf = set_scaling_factor(teacher, hq)
-    rest_losses, sel = train_restorer(teacher, lq, hq, cfg, g, log)
+
+    def save(state: dict) -> None:
+        checkpoint({**state, "vae": teacher.vae.state_dict(), "vae_losses": vae_losses})
+
+    rest_losses, sel = train_restorer(teacher, lq, hq, cfg, g, log, save if checkpoint else None, resume)
     total = time.perf_counter() - t0
     stats = {"seconds_vae": t_vae, "seconds_restorer": total - t_vae, "seconds_total": total, "scaling_factor": sf,
              "vae_loss_final": sum(vae_losses[-50:]) / max(1, len(vae_losses[-50:])),

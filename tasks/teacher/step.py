@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
@@ -41,7 +42,8 @@ def step_config_hash(cfg: TeacherConfig) -> str:
     """Bootstrap: the training recipe only — load settings (timestep, LoRA, …) apply when later steps load the
     teacher and are in *their* keys, so changing them never retrains. Import: the whole teacher section."""
     if cfg.source == "bootstrap":
-        return canonical_hash({"bootstrap": cfg.bootstrap.model_dump(mode="json"), "lq_upsample": cfg.lq_upsample})
+        recipe = cfg.bootstrap.model_dump(mode="json", exclude={"checkpoint_every", "max_seconds"})  # not results
+        return canonical_hash({"bootstrap": recipe, "lq_upsample": cfg.lq_upsample})
     return cfg.config_hash()
 
 
@@ -72,7 +74,17 @@ def bootstrap(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest, holdout: Man
     device = resolve_device(ctx.device, "run.device")
     log.info("bootstrap_teacher: training on %d pairs (%dpx) on %s, budget %.0fs", len(lq), hq.shape[-1], device,
              bc.max_seconds)
-    teacher, stats = train_tiny_teacher(lq, hq, bc, log=log.info, device=device)
+    ckpt_key = f"teacher/checkpoints/{key}.pt"
+    resume = _load_checkpoint(store, ckpt_key, device, log)
+
+    def save_checkpoint(state: dict) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        store.put_bytes(ckpt_key, buf.getvalue())  # atomic: a kill leaves the previous checkpoint intact
+
+    teacher, stats = train_tiny_teacher(lq, hq, bc, log=log.info, device=device, checkpoint=save_checkpoint,
+                                        resume=resume)
+    stats["resumed_at_step"] = float(resume["step"]) if resume else 0.0
     if stats["seconds_total"] > bc.max_seconds:
         log.warning("bootstrap_teacher: took %.0fs, over the %.0fs budget", stats["seconds_total"], bc.max_seconds)
     folder = save_teacher(teacher, ctx.scratch("teachers", key[:24]))
@@ -93,7 +105,21 @@ def bootstrap(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest, holdout: Man
                                "vae_digest": vae_digest({k: v["sha256"] for k, v in index["files"].items()}),
                                **teacher.describe(), "metrics": metrics})
     ctx.get_cache().put(manifest)
+    store.delete(ckpt_key)  # the finished teacher supersedes it
     return manifest
+
+
+def _load_checkpoint(store: ArtifactStore, key: str, device, log) -> dict | None:
+    """The last checkpoint of an interrupted bootstrap (verified; tensors only: ``weights_only`` loading)."""
+    if store.verify(key) is None:
+        return None
+    try:
+        state = torch.load(io.BytesIO(store.get_bytes(key)), map_location=device, weights_only=True)
+    except Exception as exc:  # unreadable: start over rather than fail
+        log.warning("bootstrap_teacher: ignoring unreadable checkpoint %s (%s)", store.uri(key), exc)
+        return None
+    log.info("bootstrap_teacher: resuming from checkpoint %s (step %d)", store.uri(key), state["step"])
+    return state
 
 
 def import_teacher(ctx: RunContext, cfg: TeacherConfig, key: str, config_hash: str, code_ver: str,

@@ -41,3 +41,39 @@ def test_psnr_y_matches_the_matlab_convention():
     cropped = psnr_y(torch.from_numpy(b), torch.from_numpy(a), crop_border=4).numpy()
     mse_c = ((y(a)[:, 4:-4, 4:-4] - y(b)[:, 4:-4, 4:-4]) ** 2).mean(axis=(1, 2))
     assert np.allclose(cropped, 10 * np.log10(255**2 / mse_c))
+
+
+def test_bootstrap_resumes_from_a_checkpoint_to_identical_weights():
+    """Kill after the checkpoint at step 4 (simulated by raising), resume: the result equals an uninterrupted run."""
+    import io
+
+    g = torch.Generator().manual_seed(1)
+    hq = torch.rand(6, 3, 32, 32, generator=g)
+    lq = bicubic_to(torch.nn.functional.avg_pool2d(hq, 4), 32)
+    cfg = BootstrapConfig(vae_steps=2, restorer_steps=7, num_layers=1, batch_size=2, vae_crop=16, eval_every=2,
+                          val_fraction=0.0, checkpoint_every=4, vae_init="random", vae_channels=[8, 8],
+                          vae_norm_groups=4, tile=8, patch_size=2)
+    quiet = lambda m: None  # noqa: E731
+    full, _ = train_tiny_teacher(lq, hq, cfg, log=quiet)
+
+    saved: list[bytes] = []
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(state: dict) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        saved.append(buf.getvalue())
+        raise Killed
+
+    try:
+        train_tiny_teacher(lq, hq, cfg, log=quiet, checkpoint=save_then_die)
+    except Killed:
+        pass
+    state = torch.load(io.BytesIO(saved[-1]), weights_only=True)  # tensors and plain types only
+    assert state["step"] == 4
+    resumed, stats = train_tiny_teacher(lq, hq, cfg, log=quiet, resume=state)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert stats["val_pairs"] == 0  # the final weights are the last step's: the whole resumed trajectory counts

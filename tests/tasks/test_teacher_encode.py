@@ -98,7 +98,9 @@ def test_bootstrap_and_encode_end_to_end(tmp_path):
     assert other["outcomes"]["bootstrap_teacher"] == "cached" and other["outcomes"]["encode_latents"] == "ran"
     assert other["steps"]["encode_latents"]["digest"] != e["digest"]
     placed = run_pipeline(load_config("tiny", FAST + ["encode.num_actors=1"]), tmp_path / "w", until="encode_latents")
-    assert placed["outcomes"]["encode_latents"] == "cached" and placed["steps"]["encode_latents"] == e
+    assert placed["outcomes"]["encode_latents"] == "cached"
+    assert {k: v for k, v in placed["steps"]["encode_latents"].items() if k != "run_id"} == \
+        {k: v for k, v in e.items() if k != "run_id"}  # run_id: the resume above re-recorded the step
 
 
 def test_encode_is_deterministic_across_actor_counts_and_uses_the_real_teacher(tmp_path):
