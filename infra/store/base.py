@@ -61,9 +61,10 @@ class StoreConfig(StrictModel):
     profile: str | None = Field(None, description="AWS profile name (credentials always come from the standard AWS chain).")
     multipart_threshold_mb: int = Field(64, ge=5, description="Objects at least this large are uploaded in parts.")
     multipart_chunk_mb: int = Field(16, ge=5, description="Part size of multipart uploads.")
-    max_attempts: int = Field(4, ge=1, le=20, description="Attempts per S3 call before the endpoint is declared unreachable.")
+    max_attempts: int = Field(4, ge=1, le=20, description="Attempts per S3 call (connection errors, timeouts, 5xx, throttling) before the endpoint is declared unreachable; each retry is logged with the time budget left.")
     connect_timeout_s: float = Field(5.0, gt=0, description="S3 connect timeout per attempt.")
-    read_timeout_s: float = Field(60.0, gt=0, description="S3 read timeout per attempt.")
+    read_timeout_s: float = Field(20.0, gt=0, description="S3 read timeout per attempt (an endpoint that accepts but never answers fails after at most max_attempts × (connect + 2 × this) + backoff).")
+    retry_backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles per attempt.")
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@
 - The sha256 is stored as object metadata (``x-amz-meta-sha256``) and verified on every read.
 - Credentials come from the standard AWS chain (env, profile, instance role); they are never logged, and
   error messages name the endpoint and bucket only.
-- Bounded retries: botocore's ``standard`` retry mode with ``max_attempts``; after that an unreachable endpoint
-  raises ``StoreUnavailableError``.
+- Bounded, logged retries: connection errors, timeouts, 5xx and throttling are retried ``max_attempts`` times
+  with exponential backoff, each wait logged with the endpoint (redacted) and the time budget left; after that
+  ``StoreUnavailableError``. Worst case ≈ max_attempts × (connect + 2 × read timeout) + backoff.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import base64
 import io
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import (
@@ -46,6 +49,11 @@ from srcompress.infra.store.base import (
 )
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+_THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed", "503"}
+
+
+class _Transient(Exception):
+    """A failure worth retrying (connection, timeout, 5xx, throttling); its message is the error's name."""
 _AUTH = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "ExpiredToken", "InvalidToken"}
 
 
@@ -66,7 +74,8 @@ def make_s3_client(cfg: StoreConfig) -> Any:
     session = boto3.session.Session(profile_name=cfg.profile) if cfg.profile else boto3.session.Session()
     region = cfg.region or session.region_name or "us-east-1"
     bconf = Config(
-        retries={"max_attempts": cfg.max_attempts, "mode": "standard"},
+        # One attempt per botocore call: S3Store._call retries itself, so every wait is logged and bounded.
+        retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=cfg.connect_timeout_s,
         read_timeout=cfg.read_timeout_s,
         # path-style works with every S3-compatible server (moto, MinIO); AWS accepts it too.
@@ -101,14 +110,31 @@ class S3Store(ArtifactStore):
         return f"s3://{self.bucket}/{self._key(key)}"
 
     def _call(self, what: str, fn, *args, **kwargs):
-        """Run one boto3 call, translating transport/auth failures into store errors (no secrets)."""
+        """Run one boto3 call with bounded, logged retries on transient failures; translate failures into store
+        errors that name the endpoint (redacted) and never a credential."""
+        cfg = self.cfg
+        # an upload may wait twice for a silent server (100-continue, then the response)
+        per_attempt = cfg.connect_timeout_s + 2 * cfg.read_timeout_s
+        for attempt in range(1, cfg.max_attempts + 1):
+            try:
+                return self._call_once(what, fn, *args, **kwargs)
+            except _Transient as exc:
+                if attempt == cfg.max_attempts:
+                    raise StoreUnavailableError(
+                        f"S3 endpoint {self.endpoint} unreachable during {what} after {cfg.max_attempts} attempts "
+                        f"({exc}); check store.endpoint_url / network") from None
+                delay = cfg.retry_backoff_s * 2 ** (attempt - 1)
+                left = (cfg.max_attempts - attempt) * per_attempt + delay
+                log.warning("S3 %s at %s: %s; retry %d/%d in %.1f s (at most %.0f s left before giving up)",
+                            what, self.endpoint, exc, attempt + 1, cfg.max_attempts, delay, left)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _call_once(self, what: str, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as exc:
-            raise StoreUnavailableError(
-                f"S3 endpoint {self.endpoint} unreachable during {what} after {self.cfg.max_attempts} attempts "
-                f"({type(exc).__name__}); check store.endpoint_url / network"
-            ) from None
+            raise _Transient(type(exc).__name__) from None
         except NoCredentialsError:
             raise StoreUnavailableError(
                 f"no AWS credentials found for {self.root_uri} (standard chain: env, ~/.aws, instance role)"
@@ -123,31 +149,39 @@ class S3Store(ArtifactStore):
                 raise StoreUnavailableError(f"bucket {self.bucket!r} does not exist at {self.endpoint}") from None
             if code in _AUTH:
                 raise StoreUnavailableError(f"credentials rejected by {self.endpoint} for {what} ({code})") from None
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if status >= 500 or code in _THROTTLED:
+                raise _Transient(f"{code or status}") from None
             raise StoreError(f"S3 {what} failed at {self.endpoint}: {code}") from None
         except BotoCoreError as exc:
             raise StoreUnavailableError(f"S3 {what} failed at {self.endpoint}: {type(exc).__name__}") from None
+        except S3UploadFailedError as exc:  # s3transfer wraps the client error; its text may carry the URL
+            raise _Transient(f"upload failed: {redact_text(str(exc))[:200]}") from None
 
     def check(self) -> None:
         self._call("head bucket", self.client.head_bucket, Bucket=self.bucket)
 
     # -- writes ----------------------------------------------------------------------------------------
-    def _upload(self, key: str, fileobj, digest: str, size: int) -> ObjectInfo:
+    def _upload(self, key: str, open_body, digest: str, size: int) -> ObjectInfo:
+        """``open_body()`` gives a fresh readable stream per attempt (s3transfer closes it when a part fails)."""
         s3key = self._key(key)
         extra: dict[str, Any] = {"Metadata": {"sha256": digest}}
         if size < self.transfer.multipart_threshold:  # single PUT: S3 keeps a whole-object SHA-256 we can HEAD
             extra["ChecksumAlgorithm"] = "SHA256"
-        self._call(f"put {key}", self.client.upload_fileobj, fileobj, self.bucket, s3key, ExtraArgs=extra,
-                   Config=self.transfer)
+
+        def upload() -> None:
+            with open_body() as body:
+                self.client.upload_fileobj(body, self.bucket, s3key, ExtraArgs=extra, Config=self.transfer)
+
+        self._call(f"put {key}", upload)
         return ObjectInfo(normalize_key(key), f"s3://{self.bucket}/{s3key}", digest, size)
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        return self._upload(key, io.BytesIO(data), sha256_bytes(data), len(data))
+        return self._upload(key, lambda: io.BytesIO(data), sha256_bytes(data), len(data))
 
     def put_file(self, key: str, path: str | Path) -> ObjectInfo:
         path = Path(path)
-        digest = sha256_file(path)
-        with open(path, "rb") as f:
-            return self._upload(key, f, digest, path.stat().st_size)
+        return self._upload(key, lambda: open(path, "rb"), sha256_file(path), path.stat().st_size)
 
     def delete(self, key: str) -> None:
         self._call(f"delete {key}", self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
