@@ -55,6 +55,9 @@ class SrConfig(StrictModel):
         # Remote Ray actors write shards where the store is: a local-disk store would scatter them over the
         # nodes' own disks, and the driver would never see them.
         store_uri = self.store.uri or os.environ.get("SRCOMPRESS_STORE_URI") or ""
+        if self.evaluate.data.scale != self.degrade.scale:  # the teacher is trained at degrade.scale
+            raise ValueError(f"evaluate.data.scale={self.evaluate.data.scale} differs from degrade.scale="
+                             f"{self.degrade.scale}: the models are trained for one scale; set both to the same value")
         if self.encode.ray_address and not store_uri.startswith("s3://") and not self.encode.shared_filesystem:
             raise ValueError("encode.ray_address is set but store.uri is a local-disk store: Ray workers on other "
                              "nodes would write to their own disks. Use an s3:// store, or set "
@@ -93,5 +96,12 @@ def preflight(cfg: SrConfig) -> None:
     for key, value in local.items():
         if value and "://" not in value and not Path(value).expanduser().is_dir():
             problems.append(f"{key}: {value} is not a folder on this machine")
+    if cfg.data.held_out and not any(p.startswith("data.source") for p in problems):
+        from srcompress.tasks.common.sources import list_sources
+
+        try:  # names must exist in the source (one listing, before anything starts)
+            list_sources(cfg.data, cfg.store, "holdout")
+        except (ValueError, FileNotFoundError) as exc:
+            problems.append(str(exc))
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -9,6 +9,7 @@ more pixels than ``max_pixels``, smaller than the HQ crop.
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -55,6 +56,20 @@ def _decode_png16(data: bytes) -> Decoded:
     return Decoded(np.ascontiguousarray(rgb), conv, "PNG")
 
 
+_OPEN_LOCK = threading.Lock()
+
+
+def _open_header(data: bytes) -> Image.Image:
+    """``Image.open`` (header only) with Pillow's own pixel guard lifted: ``max_pixels`` — checked by the caller
+    before anything is decoded — is the one limit in force, and reasons quote it, not Pillow's number."""
+    with _OPEN_LOCK:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(io.BytesIO(data))
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def decode_image(data: bytes, max_pixels: int) -> Decoded:
     """Bytes → RGB uint8 array, or ``BadImage`` with a human-readable reason."""
     if not data:
@@ -62,7 +77,7 @@ def decode_image(data: bytes, max_pixels: int) -> Decoded:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = _open_header(data)
             w, h = img.size
             if w * h > max_pixels:
                 raise BadImage(f"{w}x{h} = {w * h} pixels exceeds data.max_pixels={max_pixels}")

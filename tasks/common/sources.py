@@ -8,8 +8,11 @@ has the same package versions.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -87,10 +90,56 @@ def bundled_files(sets: list[str]) -> list[tuple[str, Path]]:
     return out
 
 
-def list_sources(cfg: DataConfig, store_cfg: StoreConfig, split: str = "train") -> list[SourceRef]:
+def scan_folder(root: Path, exts: set[str] | None = None) -> tuple[list[tuple[str, Path]], dict[str, str]]:
+    """(name relative to root, path) of the regular files under ``root`` — sorted, hidden names (.*) skipped,
+    symlinks to files followed, symlinked folders not followed — and every other entry a user could have
+    meant as an input, with the reason it is skipped: broken or looping links, FIFOs / sockets / devices,
+    folders named like images, unreadable files. ``exts`` restricts files to those suffixes (lower case)."""
+    files: list[tuple[str, Path]] = []
+    skipped: dict[str, str] = {}
+
+    def wanted(name: str) -> bool:
+        return exts is None or Path(name).suffix.lower() in exts
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        base = Path(dirpath)
+        for d in list(dirnames):
+            rel = (base / d).relative_to(root).as_posix()
+            if (base / d).is_symlink():
+                dirnames.remove(d)
+                skipped[rel] = "symbolic link to a folder (not followed)"
+            elif exts is not None and wanted(d):
+                skipped[rel] = "a folder named like an image file"
+        for f in sorted(filenames):
+            if f.startswith("."):
+                continue
+            path, rel = base / f, (base / f).relative_to(root).as_posix()
+            if not wanted(f):
+                continue
+            try:
+                st = path.stat()
+            except OSError as exc:
+                loop = exc.errno == errno.ELOOP
+                skipped[rel] = "symbolic link loop" if loop else f"broken symbolic link ({os.readlink(path)})" \
+                    if path.is_symlink() else f"unreadable: {exc.strerror}"
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                kind = "FIFO" if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode) else "device"
+                skipped[rel] = f"not a regular file ({kind})"
+            elif not os.access(path, os.R_OK):
+                skipped[rel] = "unreadable: permission denied"
+            else:
+                files.append((rel, path))
+    return sorted(files), skipped
+
+
+def list_sources(cfg: DataConfig, store_cfg: StoreConfig, split: str = "train",
+                 skipped: dict[str, str] | None = None) -> list[SourceRef]:
     """Candidate files of the source, sorted by name; hidden files (.*) are skipped.
 
-    ``split="train"`` excludes ``data.held_out``; ``split="holdout"`` returns only those files.
+    ``split="train"`` excludes ``data.held_out``; ``split="holdout"`` returns only those files. Entries of a
+    folder source that cannot be inputs (links, FIFOs, unreadable …) are added to ``skipped`` with a reason.
     """
     if cfg.source == "bundled":
         refs = [SourceRef(n, "file", str(p), p.stat().st_size) for n, p in bundled_files(list(cfg.bundled_sets))]
@@ -102,9 +151,10 @@ def list_sources(cfg: DataConfig, store_cfg: StoreConfig, split: str = "train") 
         root = Path(cfg.source).expanduser()
         if not root.is_dir():
             raise FileNotFoundError(f"data.source: {cfg.source} is not a directory (nor 'bundled' nor s3://)")
-        refs = [SourceRef(p.relative_to(root).as_posix(), "file", str(p.resolve()), p.stat().st_size)
-                for p in sorted(root.rglob("*"))
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+        files, bad = scan_folder(root)
+        refs = [SourceRef(name, "file", str(p.resolve()), p.stat().st_size) for name, p in files]
+        if skipped is not None:
+            skipped.update(bad)
     refs.sort(key=lambda r: r.name)
     held = held_out_names(cfg, [r.name for r in refs])
     if split == "holdout":

@@ -20,7 +20,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
-from srcompress.infra.config import canonical_hash
+from srcompress.infra.config import canonical_hash, redact
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, cache_key, code_version, digest_of_digests
 from srcompress.tasks.degrade.config import DegradeConfig
@@ -75,10 +75,14 @@ def scan_sources(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, spli
     """Read and hash every source file; quarantine what cannot be used (copied into the store, with a reason)."""
     log = get_run_logger()
     store = ctx.get_store()
-    refs = list_sources(data_cfg, ctx.store, split)
-    log.info("degrade-scan: %d candidate files in %s", len(refs), data_cfg.source)
+    not_files: dict[str, str] = {}
+    refs = list_sources(data_cfg, ctx.store, split, not_files)
+    log.info("degrade-scan: %d candidate files in %s", len(refs), redact(data_cfg.source, "uri"))
     accepted: dict[str, SourceRecord] = {}
-    quarantined, duplicates = [], []
+    duplicates = []
+    quarantined = [Quarantined(name=name, digest=None, reason=why) for name, why in sorted(not_files.items())]
+    for q in quarantined:
+        log.warning("degrade-scan: skipped %s: %s", q.name, q.reason)
     for i, ref in enumerate(refs, 1):
         rec, bad, data = scan_one(ref, data_cfg, ctx.store, cfg.crop_size)
         if bad is not None:

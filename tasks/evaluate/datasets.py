@@ -28,6 +28,7 @@ from PIL import Image
 
 from srcompress.models.degradations import ops
 from srcompress.tasks.common.ingest import BadImage, decode_image
+from srcompress.tasks.common.sources import scan_folder
 from srcompress.tasks.evaluate.config import EvalDataConfig
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -56,14 +57,13 @@ def detect_kind(path: Path) -> str:
     return "hr"
 
 
-def image_files(root: Path) -> list[tuple[str, Path]]:
-    """(name relative to root, path) of image files, sorted; hidden files and folders skipped."""
-    out = []
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root)
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not any(s.startswith(".") for s in rel.parts):
-            out.append((rel.as_posix(), p))
-    return out
+def image_files(root: Path, skipped: dict[str, str] | None = None) -> list[tuple[str, Path]]:
+    """(name relative to root, path) of image files, sorted; hidden files and folders skipped; entries named
+    like images that cannot be read as files (links, FIFOs, folders, unreadable) go to ``skipped``."""
+    files, bad = scan_folder(root, IMAGE_EXTS)
+    if skipped is not None:
+        skipped.update(bad)
+    return files
 
 
 def _decode(path: Path, cfg: EvalDataConfig) -> tuple[np.ndarray, str]:
@@ -113,9 +113,13 @@ def load_hr(root: Path, cfg: EvalDataConfig, degrade_cfg=None) -> tuple[list[Eva
         if degrade_cfg is None or degrade_cfg.scale != cfg.scale:
             raise ValueError(f"evaluate.data.lq=degrade needs degrade.scale == evaluate.data.scale ({cfg.scale})")
         degrade_cfg = native_lr_config(degrade_cfg)
-    for name, path in image_files(root)[: cfg.max_images]:
+    seen: dict[str, str] = {}  # content digest → first name: a photo present twice is scored once
+    for name, path in image_files(root, skipped)[: cfg.max_images]:
         try:
             rgb, sha = _decode(path, cfg)
+            if sha in seen:
+                raise BadImage(f"duplicate of {seen[sha]} (same content)")
+            seen[sha] = name
             hr = center_crop(rgb, cfg.center_crop, cfg.scale)
             if min(hr.shape[:2]) < cfg.scale * 8:
                 raise BadImage(f"{rgb.shape[1]}x{rgb.shape[0]} is too small for ×{cfg.scale} evaluation")
@@ -134,9 +138,11 @@ def load_hr(root: Path, cfg: EvalDataConfig, degrade_cfg=None) -> tuple[list[Eva
 
 
 def load_paired(root: Path, cfg: EvalDataConfig) -> tuple[list[EvalItem], dict[str, str]]:
-    hrs = {Path(n).with_suffix("").as_posix(): p for n, p in image_files(root / "hr")}
-    lrs = {Path(n).with_suffix("").as_posix(): p for n, p in image_files(root / "lr")}
-    items, skipped = [], {}
+    items, skipped, seen = [], {}, {}
+    bad_hr, bad_lr = {}, {}
+    hrs = {Path(n).with_suffix("").as_posix(): p for n, p in image_files(root / "hr", bad_hr)}
+    lrs = {Path(n).with_suffix("").as_posix(): p for n, p in image_files(root / "lr", bad_lr)}
+    skipped.update({f"hr/{k}": v for k, v in bad_hr.items()} | {f"lr/{k}": v for k, v in bad_lr.items()})
     for stem in sorted(set(hrs) | set(lrs)):
         if stem not in hrs or stem not in lrs:
             skipped[stem] = f"no matching {'lr' if stem in hrs else 'hr'}/ file"
@@ -149,6 +155,9 @@ def load_paired(root: Path, cfg: EvalDataConfig) -> tuple[list[EvalItem], dict[s
             (h, w), s = lr.shape[:2], cfg.scale
             if not (h * s <= hr.shape[0] < (h + 1) * s and w * s <= hr.shape[1] < (w + 1) * s):
                 raise BadImage(f"HR {hr.shape[1]}x{hr.shape[0]} is not {s}x LR {w}x{h}")
+            if (sha_h, sha_l) in seen:
+                raise BadImage(f"duplicate of {seen[sha_h, sha_l]} (same HR and LR content)")
+            seen[sha_h, sha_l] = stem
         except (BadImage, OSError) as exc:
             skipped[stem] = str(exc)
             continue
@@ -159,10 +168,13 @@ def load_paired(root: Path, cfg: EvalDataConfig) -> tuple[list[EvalItem], dict[s
 
 def load_lr(root: Path, cfg: EvalDataConfig) -> tuple[list[EvalItem], dict[str, str]]:
     base = root / "lr" if (root / "lr").is_dir() else root
-    items, skipped = [], {}
-    for name, path in image_files(base)[: cfg.max_images]:
+    items, skipped, seen = [], {}, {}
+    for name, path in image_files(base, skipped)[: cfg.max_images]:
         try:
             lr, sha = _decode(path, cfg)
+            if sha in seen:
+                raise BadImage(f"duplicate of {seen[sha]} (same content)")
+            seen[sha] = name
         except (BadImage, OSError) as exc:
             skipped[name] = str(exc)
             continue
