@@ -51,3 +51,19 @@ def test_enormous_and_small_images():
     with pytest.raises(BadImage, match="smaller than the HQ crop"):
         check_size(dec, 32)
     check_size(decode_image(FILES["good.png"], 10**8), 96)
+
+
+def test_max_pixels_is_the_one_limit(monkeypatch):
+    """data.max_pixels wins over Pillow's own guard in both directions, and reasons quote the config's number."""
+    import pytest
+    from PIL import Image
+
+    from srcompress.tasks.common.ingest import BadImage, decode_image
+    from tests.tasks.odd_images import encode, photo
+
+    data = encode(Image.fromarray(photo(96, 128)), "PNG")  # 12288 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow alone would call this a bomb
+    assert decode_image(data, max_pixels=1_000_000).rgb.shape == (96, 128, 3)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # restored
+    with pytest.raises(BadImage, match=r"12288 pixels exceeds data\.max_pixels=5000"):
+        decode_image(data, max_pixels=5000)
