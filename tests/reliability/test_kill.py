@@ -1,0 +1,125 @@
+"""kill -9 during each long step (degrade, bootstrap_teacher, encode_latents, evaluate): the rerun completes,
+redoes only what was unfinished, ends with the digests of an uninterrupted run; no process of a killed run is
+alive 30 s later; its MLflow runs are marked KILLED."""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow import MlflowClient
+
+from tests.reliability.conftest import CLI, ROOT, cli_env, run_cli
+
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
+
+CFG = ["data.bundled_sets=[skimage, sklearn, kodak]", "data.held_out=[kodak/I04.bmp]", "degrade.crop_size=64",
+       "degrade.crops_per_image=6", "degrade.shard_size=2", "degrade.batch_size=2",
+       "teacher.bootstrap.num_layers=4", "teacher.bootstrap.restorer_steps=1200", "teacher.bootstrap.eval_every=200",
+       "teacher.bootstrap.checkpoint_every=100", "encode.num_actors=2",
+       "evaluate.metrics=[psnr, ssim, piqe, st_lpips]", "evaluate.data.center_crop=256",
+       "evaluate.efficiency.enabled=false"]
+ARGS = [f"--set={o}" for o in CFG]
+QUALITY = ("psnr", "ssim", "piqe", "st_lpips")
+
+
+def _kill_when(workdir: Path, pattern: str, timeout: float = 400) -> set[int]:
+    """Start the CLI, SIGKILL it when a line matching ``pattern`` appears; returns the pids it had started."""
+    proc = subprocess.Popen([*CLI, "run", "--config", "tiny", "--workdir", str(workdir), *ARGS], cwd=ROOT,
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    seen, deadline, out = set(), time.monotonic() + timeout, []
+    root = psutil.Process(proc.pid)
+    while time.monotonic() < deadline:
+        seen |= {p.pid for p in root.children(recursive=True)}
+        try:
+            line = lines.get(timeout=0.2)
+        except queue.Empty:
+            assert proc.poll() is None, "the run ended before the kill point:\n" + "".join(out[-40:])
+            continue
+        out.append(line)
+        if re.search(pattern, line):
+            seen |= {p.pid for p in root.children(recursive=True)}
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return seen
+    proc.kill()
+    raise AssertionError(f"never saw {pattern!r}:\n" + "".join(out[-40:]))
+
+
+def _gone_within(pids: set[int], seconds: float) -> list[str]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                p = psutil.Process(pid)
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(f"{pid} {' '.join(p.cmdline())[:80]}")
+            except psutil.Error:
+                continue
+        if not alive:
+            return []
+        time.sleep(1)
+    return alive
+
+
+def _finish(workdir: Path, summary: Path) -> dict:
+    res = run_cli("run", "--config", "tiny", "--workdir", str(workdir), "--summary", str(summary), *ARGS)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    return json.loads(summary.read_text())
+
+
+def _step_metric(summary: dict, step: str, metric: str) -> float:
+    client = MlflowClient(summary["tracking_uri"])
+    runs = client.search_runs([summary["experiment_id"]], f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'")
+    return next(r for r in runs if r.info.run_name == step).data.metrics[metric]
+
+
+def test_kill_9_in_every_long_step_resumes_to_the_same_digests(tmp_path):
+    ref = _finish(tmp_path / "reference", tmp_path / "ref.json")  # uninterrupted
+    work = tmp_path / "killed"
+    kill_points = [
+        ("degrade", r"degrade: shard 5/"),
+        ("bootstrap_teacher", r"bootstrap restorer 480/1200"),  # checkpoints at 100, 200, 300, 400
+        ("encode_latents", r"encode_latents: shard 3/"),
+        ("evaluate", r"build-eval-set.*Finished in state Completed"),
+    ]
+    for step, pattern in kill_points:
+        pids = _kill_when(work, pattern)
+        assert pids, step
+        alive = _gone_within(pids, 30)
+        assert not alive, (step, alive)
+    final = _finish(work, tmp_path / "final.json")
+
+    for step in ("degrade", "degrade_holdout", "bootstrap_teacher", "encode_latents", "eval_data"):
+        assert final["steps"][step]["digest"] == ref["steps"][step]["digest"], step
+    for model in ("bicubic", "teacher"):
+        for metric in QUALITY:
+            key = f"{model}.{metric}"
+            assert final["steps"]["evaluate"]["extra"]["metrics"][key] == pytest.approx(
+                ref["steps"]["evaluate"]["extra"]["metrics"][key], rel=1e-5), key  # float32 conv sums
+
+    client = MlflowClient(final["tracking_uri"])
+    parents = client.search_runs([final["experiment_id"]], "tags.`srcompress.kind` = 'pipeline'")
+    killed = [r for r in parents if r.info.status == "KILLED"]
+    assert len(killed) == len(kill_points) and not [r for r in parents if r.info.status == "RUNNING"]
+    # each rerun redid only the unfinished part: the resumed teacher started from its last checkpoint
+    teacher_runs = client.search_runs([final["experiment_id"]], "tags.`srcompress.step` = 'bootstrap_teacher'")
+    resumed = [r.data.metrics.get("resumed_at_step", 0) for r in teacher_runs]
+    assert max(resumed) >= 400, resumed
+    encode_runs = client.search_runs([final["experiment_id"]], "tags.`srcompress.step` = 'encode_latents'")
+    assert any(r.data.metrics.get("shards_cached", 0) >= 2 and r.data.metrics.get("shards_computed", 0) > 0
+               for r in encode_runs)  # the run after the encode kill kept the finished shards
+    degrade_runs = client.search_runs([final["experiment_id"]], "tags.`srcompress.step` = 'degrade'")
+    assert any(r.data.metrics.get("shards_cached", 0) >= 4 and r.data.metrics.get("shards_computed", 0) > 0
+               for r in degrade_runs)
