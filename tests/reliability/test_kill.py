@@ -8,6 +8,7 @@ import json
 import queue
 import re
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -113,6 +114,9 @@ def test_kill_9_in_every_long_step_resumes_to_the_same_digests(tmp_path):
     parents = client.search_runs([final["experiment_id"]], "tags.`srcompress.kind` = 'pipeline'")
     killed = [r for r in parents if r.info.status == "KILLED"]
     assert len(killed) == len(kill_points) and not [r for r in parents if r.info.status == "RUNNING"]
+    with sqlite3.connect(work / ".prefect" / "prefect.db") as db:  # the killed flow runs, as Prefect sees them
+        states = [row[0] for row in db.execute("SELECT state_type FROM flow_run")]
+    assert states.count("CRASHED") == len(kill_points) and "RUNNING" not in states, states
     # each rerun redid only the unfinished part: the resumed teacher started from its last checkpoint
     teacher_runs = client.search_runs([final["experiment_id"]], "tags.`srcompress.step` = 'bootstrap_teacher'")
     resumed = [r.data.metrics.get("resumed_at_step", 0) for r in teacher_runs]
