@@ -141,7 +141,9 @@ def test_pairs_manifest_and_bad_data(tmp_path):
     res = run_evaluation(cfg, tmp_path / "w", str(manifest))
     assert res["steps"]["eval_data"]["counts"]["images"] == 4
     assert res["steps"]["eval_data"]["extra"]["kind"] == "pairs"
-    assert res["metrics"]["bicubic.psnr"] > 15 and "niqe" in Path(res["table"]).read_text()  # n/a: too small
+    assert res["metrics"]["bicubic.psnr"] > 15 and "bicubic.niqe" not in res["metrics"]
+    md = Path(res["table"]).read_text()  # 64-px crops: NIQE's n/a cells carry their reason and count
+    assert "niqe: no value for 4/4 images of bicubic — " in md and "96x96" in md
     report = json.loads(Path(res["report_uri"].removeprefix("file://")).read_text())
     outs = sorted(k for k in report["files"] if k.startswith("outputs/bicubic/"))
     assert len(outs) == 4 and Image.open(report["files"][outs[0]]["uri"].removeprefix("file://")).size == (64, 64)

@@ -147,7 +147,8 @@ def test_two_node_ray_cluster_matches_local(tmp_path):
         subprocess.run([ray_bin, "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
                         *common], check=True, env=env, capture_output=True, timeout=180)
         local = run_pipeline(load_config("tiny", FAST), tmp_path / "local", until="encode_latents")
-        cluster_cfg = load_config("tiny", FAST + [f"encode.ray_address=127.0.0.1:{port}"])
+        # both "nodes" run on this machine: the local store is a filesystem they share
+        cluster_cfg = load_config("tiny", FAST + [f"encode.ray_address=127.0.0.1:{port}", "encode.shared_filesystem=true"])
         import ray
 
         with pytest.MonkeyPatch.context() as mp:
