@@ -29,6 +29,7 @@ from srcompress.tasks.degrade.step import run_degrade
 from srcompress.tasks.encode.step import run_encode
 from srcompress.tasks.evaluate.data_step import run_eval_data
 from srcompress.tasks.evaluate.step import run_evaluate
+from srcompress.tasks.redundancy.step import run_redundancy
 from srcompress.tasks.teacher.step import run_teacher
 
 
@@ -78,7 +79,10 @@ def compress(config: dict[str, Any] | str, workdir: str, until: str | None = Non
         if last >= STEPS.index("encode_latents"):
             manifests["encode_latents"] = run_encode(ctx, cfg.encode, cfg.teacher, manifests["degrade"],
                                                      manifests["bootstrap_teacher"])
-        # next: analyse_redundancy → search_pruning → distill (before evaluate) → register
+        if last >= STEPS.index("analyse_redundancy"):
+            manifests["analyse_redundancy"] = run_redundancy(ctx, cfg.redundancy, cfg.teacher,
+                                                             manifests["encode_latents"], manifests["bootstrap_teacher"])
+        # next: search_pruning → distill (before evaluate) → register
         if last >= STEPS.index("evaluate"):
             if "degrade_holdout" in manifests:  # bicubic vs teacher on the held-out images, never trained on
                 manifests["eval_data"] = run_eval_data(ctx, cfg.evaluate, cfg.data, cfg.degrade)
