@@ -30,6 +30,7 @@ from srcompress.tasks.encode.step import run_encode
 from srcompress.tasks.evaluate.data_step import run_eval_data
 from srcompress.tasks.evaluate.step import run_evaluate
 from srcompress.tasks.redundancy.step import run_redundancy
+from srcompress.tasks.search.step import run_search
 from srcompress.tasks.teacher.step import run_teacher
 
 
@@ -82,7 +83,11 @@ def compress(config: dict[str, Any] | str, workdir: str, until: str | None = Non
         if last >= STEPS.index("analyse_redundancy"):
             manifests["analyse_redundancy"] = run_redundancy(ctx, cfg.redundancy, cfg.teacher,
                                                              manifests["encode_latents"], manifests["bootstrap_teacher"])
-        # next: search_pruning → distill (before evaluate) → register
+        if last >= STEPS.index("search_pruning"):
+            manifests["search_pruning"] = run_search(ctx, cfg.search, cfg.teacher, manifests["encode_latents"],
+                                                     manifests["bootstrap_teacher"], manifests["analyse_redundancy"],
+                                                     cfg.encode.ray_address)
+        # next: distill (before evaluate) → register
         if last >= STEPS.index("evaluate"):
             if "degrade_holdout" in manifests:  # bicubic vs teacher on the held-out images, never trained on
                 manifests["eval_data"] = run_eval_data(ctx, cfg.evaluate, cfg.data, cfg.degrade)

@@ -4,7 +4,7 @@
 
 Sections: ``run`` (naming, parallelism), ``store`` (artifact store), ``tracking`` (MLflow), ``data`` (HR
 sources), ``degrade`` (Real-ESRGAN pairs), ``teacher`` (bootstrap or import), ``encode`` (Ray latents),
-``redundancy`` (block scores), ``evaluate`` (metrics, conventions, inference). Each section's hash is its step-config hash; the whole
+``redundancy`` (block scores), ``search`` (depth mask), ``evaluate`` (metrics, conventions, inference). Each section's hash is its step-config hash; the whole
 config's hash identifies the run's settings.
 """
 
@@ -25,9 +25,10 @@ from srcompress.tasks.common.sources import DataConfig
 from srcompress.tasks.encode.config import EncodeConfig
 from srcompress.tasks.evaluate.config import EvaluateConfig
 from srcompress.tasks.redundancy.config import RedundancyConfig
+from srcompress.tasks.search.config import SearchConfig
 from srcompress.tasks.common.teacher_config import TeacherConfig
 
-STEPS = ("degrade", "bootstrap_teacher", "encode_latents", "analyse_redundancy", "evaluate")  # DAG order (docs/architecture.md §1)
+STEPS = ("degrade", "bootstrap_teacher", "encode_latents", "analyse_redundancy", "search_pruning", "evaluate")  # DAG order (docs/architecture.md §1)
 
 
 class RunConfig(StrictModel):
@@ -50,6 +51,7 @@ class SrConfig(StrictModel):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Teacher (bootstrap or import).")
     encode: EncodeConfig = Field(default_factory=EncodeConfig, description="Latent pre-encoding on Ray.")
     redundancy: RedundancyConfig = Field(default_factory=RedundancyConfig, description="Redundancy analysis of the teacher's blocks.")
+    search: SearchConfig = Field(default_factory=SearchConfig, description="Depth-pruning mask search (DeepSpeed).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation: metrics, conventions, inference.")
 
     @model_validator(mode="after")
@@ -84,7 +86,7 @@ def preflight(cfg: SrConfig) -> None:
 
     problems = []
     checks = [("run.device", cfg.run.device), ("evaluate.device", cfg.evaluate.device),
-              ("redundancy.device", cfg.redundancy.device)]
+              ("redundancy.device", cfg.redundancy.device), ("search.device", cfg.search.device)]
     if cfg.encode.gpus_per_actor == 0 and not cfg.encode.ray_address:  # GPUs of a remote cluster are not ours to see
         checks.append(("encode.device", cfg.encode.device))
     for key, spec in checks:

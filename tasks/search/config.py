@@ -1,0 +1,69 @@
+"""Typed config of the ``search_pruning`` step (docs/methods.md §7): method, N:M, schedule, LoRA, DeepSpeed."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from srcompress.infra.config import StrictModel
+from srcompress.models.device import DEVICE_PATTERN
+from srcompress.models.pruning.search import TINYSR_LORA_TARGETS
+
+Method = Literal["learned", "block_influence", "pgp_cos", "pgp_kl", "removal", "uniform", "random_min"]
+
+
+class DeepSpeedConfig(StrictModel):
+    """The DeepSpeed engine (``deepspeed.initialize``); the optimiser is ours (param groups), not the config's."""
+
+    zero_stage: int = Field(1, ge=0, le=2, description="ZeRO stage (0: plain DDP-style, 1: optimiser states, 2: + gradients).")
+    bf16: bool = Field(False, description="bf16 mixed precision.")
+    gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimiser step.")
+    gradient_clipping: float = Field(1.0, ge=0, description="Global gradient-norm clip (0 = off).")
+
+    def engine_config(self, micro_batch: int) -> dict:
+        return {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": self.gradient_accumulation,
+                "gradient_clipping": self.gradient_clipping, "zero_optimization": {"stage": self.zero_stage},
+                "bf16": {"enabled": self.bf16}, "steps_per_print": 10**9, "wall_clock_breakdown": False}
+
+
+class SearchConfig(StrictModel):
+    """TinyFusion / TinySR depth-mask search, or a baseline mask given the same LoRA recovery."""
+
+    method: Method = Field("learned", description="learned (Gumbel N:M search) or a baseline: block_influence / pgp_cos / pgp_kl / removal (top-N per group by the redundancy report), uniform (every other block), random_min (the best of random N:M masks by calibration loss).")
+    n: int = Field(2, ge=1, description="Blocks kept per group.")
+    m: int = Field(4, ge=1, description="Group size (consecutive blocks); must divide the teacher's prunable blocks.")
+    steps: int = Field(200, ge=1, description="Optimiser steps (search; or LoRA recovery for baselines).")
+    batch_size: int = Field(4, ge=1, description="Micro-batch per rank.")
+    calibration_size: int = Field(64, ge=2, description="Latent-cache pairs used (seeded), split over the ranks.")
+    lr: float = Field(1e-4, gt=0, description="LoRA learning rate (AdamW).")
+    weight_decay: float = Field(1e-4, ge=0, description="LoRA weight decay (the gates have none).")
+    gate_lr_mult: float = Field(10.0, gt=0, description="Gate lr = this × lr (TinyFusion: 10).")
+    tau_start: float = Field(4.0, gt=0, description="Gumbel temperature at the first step (linear schedule).")
+    tau_end: float = Field(0.1, gt=0, description="Gumbel temperature at the last step.")
+    scaling: float = Field(1e2, gt=0, description="Logit scaling inside the Gumbel softmax (TinyFusion: 1e2).")
+    init: float = Field(0.02, description="Initial logit of every option (TinyFusion: 0.02).")
+    ema: float = Field(0.999, ge=0, lt=1, description="EMA decay of the logits; the final mask is the argmax of the EMA logits.")
+    dynamic: bool = Field(True, description="TinySR dynamic inter-block activation (neighbour option).")
+    expansion_corrosion: bool = Field(True, description="TinySR expansion-corrosion across paired groups (needs dynamic).")
+    lora_rank: int = Field(8, ge=0, description="LoRA rank on the masked backbone (0 = no LoRA).")
+    lora_alpha: int = Field(8, ge=1, description="LoRA alpha.")
+    lora_targets: list[str] = Field(list(TINYSR_LORA_TARGETS), min_length=1, description="peft target module names (TinySR's list by default).")
+    random_candidates: int = Field(16, ge=1, description="random_min: how many random N:M masks are scored.")
+    num_workers: int = Field(1, ge=1, description="DeepSpeed ranks, launched by Ray Train's TorchTrainer on the encode step's Ray (local or encode.ray_address).")
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig, description="DeepSpeed engine settings.")
+    log_every: int = Field(10, ge=1, description="Log loss, τ and per-group option probabilities to MLflow every N steps.")
+    checkpoint_every: int = Field(50, ge=0, description="DeepSpeed checkpoint (+ gates / EMA / RNG) to the store every N steps; 0 = never.")
+    seed: int = Field(0, description="Seed of the calibration draw, LoRA init, batches and Gumbel noise (per rank).")
+    device: str | None = Field(None, pattern=DEVICE_PATTERN, description="auto | cpu | cuda; null = run.device (each rank its own GPU under Ray Train).")
+
+    # Change how often things are logged or saved, or where they run — never the result.
+    NOT_RESULTS: ClassVar[frozenset[str]] = frozenset({"log_every", "checkpoint_every", "device"})
+
+    @model_validator(mode="after")
+    def _check(self) -> "SearchConfig":
+        if self.n > self.m:
+            raise ValueError(f"n={self.n} > m={self.m}: an N:M group keeps at most M blocks")
+        if self.expansion_corrosion and not self.dynamic:
+            raise ValueError("expansion_corrosion needs dynamic (the neighbour option it expands into)")
+        return self

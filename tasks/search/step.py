@@ -1,0 +1,165 @@
+"""The ``search_pruning`` DAG step: which blocks the student keeps — learned, or a baseline — plus its LoRA.
+
+    srcompress run --config configs/tiny.yaml --until search_pruning [--set search.num_workers=2]
+
+The Prefect task is the driver: it computes a baseline mask if one is asked for, starts (or joins) Ray and
+runs ``tasks/search/worker.py`` on ``search.num_workers`` DeepSpeed ranks through Ray Train's
+``TorchTrainer``, then turns rank 0's published result into the ``mask`` manifest, plots and MLflow records.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from srcompress.infra.config import canonical_hash
+from srcompress.infra.context import RunContext
+from srcompress.infra.manifest import Manifest, cache_key, code_version
+from srcompress.infra.ray_cluster import ray_session
+from srcompress.models.device import resolve_device
+from srcompress.models.pruning.masks import nm_options
+from srcompress.models.pruning.redundancy import top_k_mask
+from srcompress.tasks.common.latents import calibration_subset
+from srcompress.tasks.common.teacher_config import TeacherConfig
+from srcompress.tasks.common.teachers import load_settings
+from srcompress.tasks.search.config import SearchConfig
+from srcompress.tasks.search.plots import write_plots
+from srcompress.tasks.search.worker import build, center_tile, search_loop
+
+STEP = "search_pruning"
+SCORE_OF = {"block_influence": "block_influence", "pgp_cos": "pgp_cos", "pgp_kl": "pgp_kl", "removal": "removal_l1"}
+
+
+def step_code_version() -> str:
+    """Derived from this module's import closure (docs/architecture.md §3)."""
+    return code_version(__name__)
+
+
+def step_config_hash(cfg: SearchConfig, teacher_cfg: TeacherConfig) -> str:
+    return canonical_hash({"search": cfg.model_dump(mode="json", exclude=set(cfg.NOT_RESULTS)),
+                           "teacher": load_settings(teacher_cfg)})
+
+
+def per_group_top(importance: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep the ``n`` most important blocks of every group of ``m`` (baselines respect the N:M structure)."""
+    return torch.cat([top_k_mask(importance[g : g + m], n) for g in range(0, len(importance), m)])
+
+
+def baseline_mask(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, teacher: Manifest,
+                  latents: Manifest, redundancy: Manifest | None, num_blocks: int) -> list[float] | None:
+    if cfg.method == "learned":
+        return None
+    if cfg.method == "uniform":  # every other block within each group
+        return [float(i % 2 == 0) if cfg.n * 2 == cfg.m else float(i % cfg.m < cfg.n) for i in range(num_blocks)]
+    if cfg.method in SCORE_OF:
+        if redundancy is None:
+            raise ValueError(f"search.method={cfg.method} needs the analyse_redundancy report")
+        report = json.loads(ctx.get_store().get_bytes(ctx.get_store().key_from_uri(redundancy.uri), redundancy.digest))
+        score = report["scores"][SCORE_OF[cfg.method]]
+        importance = torch.tensor(score["mean"]) * score["importance_sign"]
+        return per_group_top(importance, cfg.n, cfg.m).tolist()
+    # random_min (TinyFusion): R random N:M masks, the lowest calibration loss without training
+    device = resolve_device(cfg.device or ctx.device, "search.device" if cfg.device else "run.device")
+    model = build(ctx, cfg.model_copy(update={"lora_rank": 0}), teacher_cfg, teacher, None, device)
+    data = calibration_subset(ctx.get_store(), latents, cfg.calibration_size, cfg.seed)
+    tile = getattr(model.teacher, "tile", None)
+    lq, target = center_tile(data["lq"], tile).to(device), center_tile(data["teacher"], tile).to(device)
+    g, options, best = torch.Generator().manual_seed(cfg.seed), nm_options(cfg.n, cfg.m), (float("inf"), None)
+    with torch.no_grad():
+        for _ in range(cfg.random_candidates):
+            mask = torch.cat([options[int(torch.randint(len(options), (1,), generator=g))]
+                              for _ in range(num_blocks // cfg.m)])
+            loss = float((model(lq, mask=mask) - target).abs().mean())
+            best = min(best, (loss, mask.tolist()), key=lambda t: t[0])
+    return best[1]
+
+
+@task(name="search-pruning", cache_policy=NO_CACHE, retries=0)
+def search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, latents: Manifest, teacher: Manifest,
+           fixed: list[float] | None, key: str, run_id: str, ray_address: str | None) -> dict:
+    """Launch the ranks; returns rank 0's published result."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    log = get_run_logger()
+    config = {"ctx": ctx.model_dump_json(), "cfg": cfg.model_dump_json(), "teacher_cfg": teacher_cfg.model_dump_json(),
+              "latents": latents.to_json(), "teacher": teacher.to_json(), "key": key, "run_id": run_id,
+              "fixed_mask": fixed}
+    use_gpu = resolve_device(cfg.device or ctx.device, "search.device").type == "cuda"
+    with ray_session(ray_address) as info:
+        log.info("search_pruning: %s, %d DeepSpeed rank(s) on Ray %s", cfg.method, cfg.num_workers, info)
+        trainer = TorchTrainer(search_loop, train_loop_config=config,
+                               scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu),
+                               run_config=RunConfig(name=f"search-{key[:12]}",
+                                                    storage_path=str(ctx.scratch("ray-train"))))
+        result = trainer.fit()
+        if result.error is not None:
+            raise RuntimeError(f"search_pruning failed on a rank: {result.error}")
+    store = ctx.get_store()
+    return json.loads(store.get_bytes(f"search/{key[:24]}/result.json"))
+
+
+def run_search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, latents: Manifest, teacher: Manifest,
+               redundancy: Manifest | None, ray_address: str | None) -> Manifest:
+    """Step driver: step cache → (baseline mask) → DeepSpeed ranks → mask manifest, in one nested MLflow run."""
+    log = get_run_logger()
+    tracker, cache, store = ctx.get_tracker(), ctx.get_cache(), ctx.get_store()
+    blocks = int(teacher.extra.get("prunable_blocks", 0))
+    if blocks and blocks % cfg.m:
+        raise ValueError(f"search.m={cfg.m} must divide the teacher's {blocks} prunable blocks")
+    code_ver, chash = step_code_version(), step_config_hash(cfg, teacher_cfg)
+    inputs = {"latents": latents.digest, "teacher": teacher.digest}
+    if cfg.method in SCORE_OF and redundancy is not None:
+        inputs["redundancy"] = redundancy.digest
+    key = cache_key(STEP, chash, inputs, code_ver)
+    hit = cache.get(STEP, key)
+    if hit is not None and not all((i := store.verify(store.key_from_uri(f["uri"]))) and i.sha256 == f["sha256"]
+                                   for f in hit.extra["files"].values()):
+        hit = None
+    ds = cfg.deepspeed.engine_config(cfg.batch_size)
+    with tracker.step_run(ctx.parent_run_id, STEP, {"search": cfg.model_dump(mode="json"), "deepspeed_config": ds,
+                                                    "world_size": cfg.num_workers},
+                          tags={"cache_key": key, "cache_hit": hit is not None, "method": cfg.method}) as run_id:
+        tracker.log_manifest(run_id, latents, context="training")
+        tracker.log_manifest(run_id, teacher, context="model")
+        if hit is not None:
+            log.info("search_pruning: cache hit %s; kept %s", key[:12], ", ".join(hit.extra["kept"]))
+            tracker.set_tags(run_id, {"source_run_id": hit.run_id or ""})
+            tracker.log_manifest_output(run_id, hit)
+            return hit
+        t0 = time.perf_counter()
+        fixed = baseline_mask(ctx, cfg, teacher_cfg, teacher, latents, redundancy, blocks)
+        result = search(ctx, cfg, teacher_cfg, latents, teacher, fixed, key, run_id, ray_address)
+        out = Path(ctx.workdir) / "search" / key[:16]
+        files = write_plots(result, out)
+        listing = {"result.json": {"uri": store.uri(f"search/{key[:24]}/result.json"),
+                                   "sha256": store.stat(f"search/{key[:24]}/result.json").sha256},
+                   "lora.safetensors": {"uri": store.uri(result["lora"]["key"]), "sha256": result["lora"]["sha256"]}}
+        for name, path in files.items():
+            obj = store.put_file(f"search/{key[:24]}/{name}", path)
+            listing[name] = {"uri": obj.uri, "sha256": obj.sha256}
+        tracker.log_artifact(run_id, out, "search")
+        tracker.log_text(run_id, json.dumps(result, indent=1), "search/result.json")
+        tracker.set_tags(run_id, {"kept_blocks": ",".join(result["kept"]), "world_size": result["world_size"]})
+        tracker.log_metrics(run_id, {"seconds": time.perf_counter() - t0, "kept": len(result["kept"])})
+        manifest = Manifest(kind="mask", step=STEP, uri=listing["result.json"]["uri"],
+                            digest=listing["result.json"]["sha256"], config_hash=chash, inputs=inputs,
+                            code_version=code_ver, cache_key=key, run_id=run_id,
+                            counts={"blocks": len(result["blocks"]), "kept": len(result["kept"]),
+                                    "world_size": result["world_size"]},
+                            extra={"method": cfg.method, "kept": result["kept"], "mask": result["mask"],
+                                   "blocks": result["blocks"], "teacher_digest": teacher.digest,
+                                   "n": cfg.n, "m": cfg.m, "confidence": result["confidence"],
+                                   "ema_logits": result["ema_logits"], "options": result["options"],
+                                   "lora_uri": listing["lora.safetensors"]["uri"], "deepspeed": result["deepspeed"],
+                                   "world_size": result["world_size"], "files": listing})
+        tracker.log_manifest_output(run_id, manifest)
+        cache.put(manifest)
+        log.info("search_pruning: kept %s (%s) in %.0f s", ", ".join(result["kept"]), cfg.method,
+                 time.perf_counter() - t0)
+        return manifest

@@ -1,0 +1,165 @@
+"""One DeepSpeed rank of the search (Ray Train's ``train_loop_per_worker``): masked teacher + LoRA + gates.
+
+Every rank loads the teacher, draws the same seeded calibration subset and trains on its slice (``rank::world``);
+Gumbel masks are sampled per rank (seeded by (seed, rank)), the gate and LoRA gradients are averaged by the
+engine, so the logits — and their EMA — stay identical across ranks. Every ``checkpoint_every`` steps all ranks
+call ``save_checkpoint`` (with the gates' EMA, the history and each rank's generator state as client state)
+and upload what they wrote to the store; a restarted search downloads the latest checkpoint and continues
+where it stopped. Rank 0 logs to MLflow and publishes the result (``search/<key>/result.json``, the LoRA as
+safetensors). Checkpoint files are DeepSpeed's own (torch pickles): they are only ever read back from our
+store after their sha256 was verified.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save
+
+from srcompress.infra.context import RunContext
+from srcompress.infra.manifest import Manifest
+from srcompress.models.device import resolve_device
+from srcompress.models.pruning.masks import tau_at
+from srcompress.models.pruning.search import MaskSearch
+from srcompress.models.teachers import load_teacher
+from srcompress.tasks.common.latents import calibration_subset
+from srcompress.tasks.common.teacher_config import TeacherConfig
+from srcompress.tasks.common.teachers import fetch_teacher_folder
+from srcompress.tasks.search.config import SearchConfig
+
+
+def center_tile(z: torch.Tensor, tile: int | None) -> torch.Tensor:
+    if not tile:
+        return z
+    h, w = z.shape[-2:]
+    top, left = max(0, (h - tile) // 2), max(0, (w - tile) // 2)
+    return z[..., top : top + tile, left : left + tile]
+
+
+def build(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, teacher: Manifest,
+          fixed_mask: list[float] | None, device: torch.device) -> MaskSearch:
+    """A fresh teacher (LoRA is injected in place: never the shared, memoised one) under the mask search."""
+    folder = fetch_teacher_folder(ctx.get_store(), teacher, Path(ctx.workdir) / "teachers")
+    net = load_teacher(folder, kind=teacher_cfg.kind, latent_mode=teacher_cfg.latent_mode,
+                       use_shift_factor=teacher_cfg.use_shift_factor, timestep=teacher_cfg.timestep,
+                       lora=teacher_cfg.lora, device=device)
+    mask = torch.tensor(fixed_mask) if fixed_mask is not None else None
+    return MaskSearch(net, cfg.n, cfg.m, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.init, cfg.scaling,
+                      cfg.dynamic, cfg.expansion_corrosion, cfg.ema, mask, cfg.seed).to(device)
+
+
+def _ckpt_prefix(key: str) -> str:
+    return f"search/{key[:24]}/checkpoint"
+
+
+def _download_latest(store, key: str, dest: Path) -> dict | None:
+    try:
+        latest = json.loads(store.get_bytes(f"{_ckpt_prefix(key)}/latest.json"))
+    except Exception:  # absent or unreadable: start from scratch
+        return None
+    for rel, sha in latest["files"].items():
+        store.get_file(f"{_ckpt_prefix(key)}/{rel}", dest / rel, expected_sha256=sha)
+    return latest
+
+
+def _upload(store, key: str, root: Path) -> dict[str, str]:
+    out = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        out[rel] = store.put_file(f"{_ckpt_prefix(key)}/{rel}", path).sha256
+    return out
+
+
+def search_loop(config: dict) -> None:
+    """Ray Train entry: ``config`` holds JSON strings only (RunContext, configs, manifests, key, run id, mask)."""
+    import deepspeed
+    import torch.distributed as dist
+
+    ctx = RunContext.model_validate_json(config["ctx"])
+    cfg = SearchConfig.model_validate_json(config["cfg"])
+    teacher_cfg = TeacherConfig.model_validate_json(config["teacher_cfg"])
+    latents, teacher = Manifest.from_json(config["latents"]), Manifest.from_json(config["teacher"])
+    key, run_id, fixed = config["key"], config["run_id"], config["fixed_mask"]
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.num_workers))
+    device = resolve_device(cfg.device or ctx.device, "search.device" if cfg.device else "run.device")
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    store = ctx.get_store()
+    torch.manual_seed(cfg.seed)
+    model = build(ctx, cfg, teacher_cfg, teacher, fixed, device)
+    data = calibration_subset(store, latents, cfg.calibration_size, cfg.seed)
+    if "teacher" not in data:
+        raise ValueError("search_pruning needs cached teacher latents (encode.teacher_output: true)")
+    tile = getattr(model.teacher, "tile", None)
+    lq, target = center_tile(data["lq"][rank::world], tile), center_tile(data["teacher"][rank::world], tile)
+    opt = torch.optim.AdamW(model.param_groups(cfg.lr, cfg.weight_decay, cfg.gate_lr_mult))
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt,
+                                      config=cfg.deepspeed.engine_config(min(cfg.batch_size, len(lq))))
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    history: list[dict] = []
+    start = 0
+    local = Path(tempfile.mkdtemp(prefix=f"search-{key[:8]}-r{rank}-", dir=ctx.scratch("search")))
+    try:
+        latest = _download_latest(store, key, local)
+        if latest is not None:
+            _, client = engine.load_checkpoint(str(local), tag=latest["tag"])
+            start, history = int(client["step"]), list(client["history"])
+            model.gates.ema_logits.copy_(client["ema_logits"].to(model.gates.ema_logits.device))
+            gen.set_state(client["rng"][rank])
+        tracker = ctx.get_tracker() if rank == 0 else None
+        for step in range(start, cfg.steps):
+            tau = tau_at(step, cfg.steps, cfg.tau_start, cfg.tau_end)
+            idx = torch.randint(len(lq), (min(cfg.batch_size, len(lq)),), generator=gen)
+            z = engine(lq[idx].to(device), tau, gen)
+            loss = (z.float() - target[idx].to(device)).abs().mean()
+            engine.backward(loss)
+            engine.step()
+            model.gates.update_ema()
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                probs = model.gates.probabilities()
+                rec = {"step": step + 1, "loss": float(loss), "tau": tau, "probs": probs.tolist(),
+                       "confidence": probs.max(-1).values.tolist()}
+                history.append(rec)
+                if tracker is not None:
+                    tracker.log_metrics(run_id, {"loss": rec["loss"], "tau": tau} | {
+                        f"group{g}.confidence": c for g, c in enumerate(rec["confidence"])} | {
+                        f"group{g}.option{o}": p for g, row in enumerate(rec["probs"]) for o, p in enumerate(row)},
+                        step=step + 1)
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                rngs = [None] * world
+                dist.all_gather_object(rngs, gen.get_state())
+                tag = f"step{step + 1}"
+                engine.save_checkpoint(str(local), tag=tag, client_state={
+                    "step": step + 1, "history": history, "ema_logits": model.gates.ema_logits.detach().cpu(),
+                    "rng": rngs})
+                dist.barrier()
+                files = _upload(store, key, local)
+                dist.barrier()
+                if rank == 0:
+                    store.put_bytes(f"{_ckpt_prefix(key)}/latest.json", json.dumps({"tag": tag, "files": files}).encode())
+        if rank == 0:
+            _publish(store, key, model, cfg, world, history, fixed is not None)
+        dist.barrier()
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def _publish(store, key: str, model: MaskSearch, cfg: SearchConfig, world: int, history: list[dict],
+             fixed: bool) -> None:
+    mask = model.fixed_mask if fixed else model.gates.final_mask()
+    lora = store.put_bytes(f"search/{key[:24]}/lora.safetensors", save(model.lora_state()) if model.lora_names
+                           else save({"empty": torch.zeros(0)}))
+    probs = model.gates.probabilities()
+    result = {"format": "srcompress.mask.v1", "mask": [int(v) for v in mask.tolist()],
+              "blocks": model.masker.names, "kept": [n for n, v in zip(model.masker.names, mask.tolist()) if v > 0.5],
+              "options": model.gates.options.int().tolist(), "ema_logits": model.gates.ema_logits.tolist(),
+              "probabilities": probs.tolist(), "confidence": probs.max(-1).values.tolist(),
+              "lora": {"key": lora.key, "sha256": lora.sha256, "rank": cfg.lora_rank, "alpha": cfg.lora_alpha,
+                       "targets": cfg.lora_targets},
+              "deepspeed": cfg.deepspeed.engine_config(cfg.batch_size), "world_size": world, "history": history}
+    store.put_bytes(f"search/{key[:24]}/result.json", json.dumps(result, indent=1).encode())

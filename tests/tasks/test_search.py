@@ -1,0 +1,54 @@
+"""search_pruning through the flow: DeepSpeed ranks via Ray Train, the mask manifest, MLflow records, cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from srcompress.config import load_config
+from srcompress.flows.compress import run_pipeline
+from srcompress.infra.config import ConfigError
+from tests.tasks.test_teacher_encode import FAST
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+SEARCH = FAST + ["redundancy.calibration_size=4", "search.n=1", "search.m=2", "search.steps=6",
+                 "search.calibration_size=6", "search.batch_size=2", "search.lora_rank=2", "search.lora_alpha=2",
+                 "search.log_every=2", "search.checkpoint_every=2"]
+
+
+def _run(client: MlflowClient, summary: dict, step: str):
+    runs = client.search_runs([summary["experiment_id"]], f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'")
+    return next(r for r in runs if r.info.run_name == step)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_learned_search_on_deepspeed_ranks(tmp_path, workers):
+    cfg = load_config("tiny", SEARCH + [f"search.num_workers={workers}"])
+    first = run_pipeline(cfg, tmp_path / "w", until="search_pruning")
+    m = first["steps"]["search_pruning"]
+    assert m["kind"] == "mask" and m["counts"] == {"blocks": 2, "kept": 1, "world_size": workers}
+    assert m["extra"]["mask"] in ([1, 0], [0, 1]) and len(m["extra"]["kept"]) == 1
+    result = json.loads(Path(m["uri"].removeprefix("file://")).read_text())
+    assert result["world_size"] == workers and len(result["history"]) == 3  # logged every 2 of 6 steps
+    assert result["deepspeed"]["zero_optimization"]["stage"] == 1
+    assert {"gates.png", "loss.png", "lora.safetensors", "result.json"} <= set(m["extra"]["files"])
+    client = MlflowClient(first["tracking_uri"])
+    run = _run(client, first, "search_pruning")
+    assert run.data.params["world_size"] == str(workers)
+    assert run.data.params["deepspeed_config.zero_optimization.stage"] == "1"
+    assert {"search/gates.png", "search/loss.png"} <= {a.path for a in client.list_artifacts(run.info.run_id, "search")}
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 3
+    again = run_pipeline(cfg, tmp_path / "w", until="search_pruning")
+    assert again["outcomes"]["search_pruning"] == "cached"
+
+
+def test_bad_search_configs_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"search: .*n=3 > m=2"):
+        load_config("tiny", ["search.n=3", "search.m=2"])
+    cfg = load_config("tiny", SEARCH + ["search.m=3", "search.n=1"])  # 2 prunable blocks
+    with pytest.raises(ValueError, match=r"search\.m=3 must divide the teacher's 2 prunable blocks"):
+        run_pipeline(cfg, tmp_path / "w", until="search_pruning")
