@@ -52,3 +52,42 @@ def test_bad_search_configs_name_the_key(tmp_path):
     cfg = load_config("tiny", SEARCH + ["search.m=3", "search.n=1"])  # 2 prunable blocks
     with pytest.raises(ValueError, match=r"search\.m=3 must divide the teacher's 2 prunable blocks"):
         run_pipeline(cfg, tmp_path / "w", until="search_pruning")
+
+
+def test_a_killed_search_resumes_to_the_same_logits(tmp_path):
+    """Ray Train's rank process is SIGKILLed after a checkpoint reached the store; the rerun resumes from it and
+    ends with the EMA logits of an uninterrupted search (same seed, same world size)."""
+    import threading
+    import time
+
+    import psutil
+
+    cfg = load_config("tiny", SEARCH + ["search.steps=16", "search.checkpoint_every=4", "search.log_every=4"])
+    ref = run_pipeline(cfg, tmp_path / "ref", until="search_pruning")["steps"]["search_pruning"]
+
+    store_root = tmp_path / "w" / "store"
+    killed = threading.Event()
+
+    def kill_after_checkpoint() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not killed.is_set():
+            if any(store_root.glob("search/*/checkpoint/latest.json")):
+                for p in psutil.process_iter(["cmdline"]):
+                    if any("RayTrainWorker" in part for part in (p.info["cmdline"] or [])):
+                        p.kill()
+                        killed.set()
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_after_checkpoint, daemon=True)
+    watcher.start()
+    with pytest.raises(Exception):
+        run_pipeline(cfg, tmp_path / "w", until="search_pruning")
+    assert killed.is_set()
+    out = run_pipeline(cfg, tmp_path / "w", until="search_pruning")
+    m = out["steps"]["search_pruning"]
+    client = MlflowClient(out["tracking_uri"])
+    losses = client.get_metric_history(_run(client, out, "search_pruning").info.run_id, "loss")
+    assert min(x.step for x in losses) > 4  # the rerun started after the checkpoint, not at step 0
+    assert m["extra"]["mask"] == ref["extra"]["mask"]
+    for a, b in zip(sum(m["extra"]["ema_logits"], []), sum(ref["extra"]["ema_logits"], [])):
+        assert abs(a - b) < 1e-5
