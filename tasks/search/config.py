@@ -10,7 +10,7 @@ from srcompress.infra.config import StrictModel
 from srcompress.models.device import DEVICE_PATTERN
 from srcompress.models.pruning.search import TINYSR_LORA_TARGETS
 
-Method = Literal["learned", "block_influence", "pgp_cos", "pgp_kl", "removal", "uniform", "random_min"]
+Method = Literal["learned", "block_influence", "pgp_cos", "pgp_kl", "removal", "uniform", "random_min", "given"]
 
 
 class DeepSpeedConfig(StrictModel):
@@ -30,7 +30,8 @@ class DeepSpeedConfig(StrictModel):
 class SearchConfig(StrictModel):
     """TinyFusion / TinySR depth-mask search, or a baseline mask given the same LoRA recovery."""
 
-    method: Method = Field("learned", description="learned (Gumbel N:M search) or a baseline: block_influence / pgp_cos / pgp_kl / removal (top-N per group by the redundancy report), uniform (every other block), random_min (the best of random N:M masks by calibration loss).")
+    method: Method = Field("learned", description="learned (Gumbel N:M search) or a baseline: block_influence / pgp_cos / pgp_kl / removal (top-N per group by the redundancy report), uniform (every other block), random_min (the best of random N:M masks by calibration loss), given (search.given_mask).")
+    given_mask: list[int] | str | None = Field(None, description="method=given: a 0/1 list ([1,0,1,0,…], one entry per prunable block) or the path / store URI of a search result.json; a mask searched for another teacher is rejected.")
     n: int = Field(2, ge=1, description="Blocks kept per group.")
     m: int = Field(4, ge=1, description="Group size (consecutive blocks); must divide the teacher's prunable blocks.")
     steps: int = Field(200, ge=1, description="Optimiser steps (search; or LoRA recovery for baselines).")
@@ -64,6 +65,8 @@ class SearchConfig(StrictModel):
     def _check(self) -> "SearchConfig":
         if self.n > self.m:
             raise ValueError(f"n={self.n} > m={self.m}: an N:M group keeps at most M blocks")
+        if (self.method == "given") != (self.given_mask is not None):
+            raise ValueError("given_mask is required with method=given, and only then")
         if self.expansion_corrosion and not self.dynamic:
             raise ValueError("expansion_corrosion needs dynamic (the neighbour option it expands into)")
         return self

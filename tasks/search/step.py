@@ -54,6 +54,8 @@ def baseline_mask(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig
                   latents: Manifest, redundancy: Manifest | None, num_blocks: int) -> list[float] | None:
     if cfg.method == "learned":
         return None
+    if cfg.method == "given":
+        return given_mask(ctx, cfg.given_mask, teacher, num_blocks)
     if cfg.method == "uniform":  # every other block within each group
         return [float(i % 2 == 0) if cfg.n * 2 == cfg.m else float(i % cfg.m < cfg.n) for i in range(num_blocks)]
     if cfg.method in SCORE_OF:
@@ -77,6 +79,23 @@ def baseline_mask(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig
             loss = float((model(lq, mask=mask) - target).abs().mean())
             best = min(best, (loss, mask.tolist()), key=lambda t: t[0])
     return best[1]
+
+
+def given_mask(ctx: RunContext, spec: list[int] | str, teacher: Manifest, num_blocks: int) -> list[float]:
+    """A user's mask: a literal 0/1 list, or a previous search's result.json (which must be for this teacher)."""
+    if isinstance(spec, list):
+        mask = [float(v) for v in spec]
+    else:
+        store = ctx.get_store()
+        raw = store.get_bytes(store.key_from_uri(spec)) if "://" in spec else Path(spec).expanduser().read_bytes()
+        result = json.loads(raw)
+        if result.get("teacher_digest") != teacher.digest:
+            raise ValueError(f"search.given_mask: that mask was searched for teacher "
+                             f"{str(result.get('teacher_digest'))[:12]}…, this run's teacher is {teacher.digest[:12]}…")
+        mask = [float(v) for v in result["mask"]]
+    if len(mask) != num_blocks or set(mask) - {0.0, 1.0}:
+        raise ValueError(f"search.given_mask: needs {num_blocks} entries of 0/1 (one per prunable block), got {mask}")
+    return mask
 
 
 @task(name="search-pruning", cache_policy=NO_CACHE, retries=0)

@@ -143,19 +143,20 @@ def search_loop(config: dict) -> None:
                 if rank == 0:
                     store.put_bytes(f"{_ckpt_prefix(key)}/latest.json", json.dumps({"tag": tag, "files": files}).encode())
         if rank == 0:
-            _publish(store, key, model, cfg, world, history, fixed is not None)
+            _publish(store, key, model, cfg, world, history, fixed is not None, teacher.digest)
         dist.barrier()
     finally:
         shutil.rmtree(local, ignore_errors=True)
 
 
 def _publish(store, key: str, model: MaskSearch, cfg: SearchConfig, world: int, history: list[dict],
-             fixed: bool) -> None:
+             fixed: bool, teacher_digest: str) -> None:
     mask = model.fixed_mask if fixed else model.gates.final_mask()
     lora = store.put_bytes(f"search/{key[:24]}/lora.safetensors", save(model.lora_state()) if model.lora_names
                            else save({"empty": torch.zeros(0)}))
     probs = model.gates.probabilities()
-    result = {"format": "srcompress.mask.v1", "mask": [int(v) for v in mask.tolist()],
+    result = {"format": "srcompress.mask.v1", "teacher_digest": teacher_digest, "method": cfg.method,
+              "mask": [int(v) for v in mask.tolist()],
               "blocks": model.masker.names, "kept": [n for n, v in zip(model.masker.names, mask.tolist()) if v > 0.5],
               "options": model.gates.options.int().tolist(), "ema_logits": model.gates.ema_logits.tolist(),
               "probabilities": probs.tolist(), "confidence": probs.max(-1).values.tolist(),

@@ -91,3 +91,29 @@ def test_a_killed_search_resumes_to_the_same_logits(tmp_path):
     assert m["extra"]["mask"] == ref["extra"]["mask"]
     for a, b in zip(sum(m["extra"]["ema_logits"], []), sum(ref["extra"]["ema_logits"], [])):
         assert abs(a - b) < 1e-5
+
+
+def test_baselines_and_given_masks(tmp_path):
+    """Every baseline yields an N:M mask with the same LoRA recovery; a given mask for another teacher is refused."""
+    masks = {}
+    for method in ("uniform", "block_influence", "removal", "random_min"):
+        cfg = load_config("tiny", SEARCH + [f"search.method={method}", "search.steps=2", "search.random_candidates=3"])
+        m = run_pipeline(cfg, tmp_path / "w", until="search_pruning")["steps"]["search_pruning"]
+        assert m["extra"]["method"] == method and sum(m["extra"]["mask"]) == 1, method
+        masks[method] = m
+    assert masks["uniform"]["extra"]["mask"] == [1, 0]
+    assert "redundancy" in masks["block_influence"]["inputs"] and "redundancy" not in masks["uniform"]["inputs"]
+    result_uri = masks["removal"]["uri"]
+    given = load_config("tiny", SEARCH + ["search.method=given", f"search.given_mask={result_uri}", "search.steps=2"])
+    m = run_pipeline(given, tmp_path / "w", until="search_pruning")["steps"]["search_pruning"]
+    assert m["extra"]["mask"] == masks["removal"]["extra"]["mask"]
+    other = json.loads(Path(result_uri.removeprefix("file://")).read_text()) | {"teacher_digest": "f" * 64}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    bad = load_config("tiny", SEARCH + ["search.method=given", f"search.given_mask={tmp_path / 'other.json'}"])
+    with pytest.raises(ValueError, match=r"search\.given_mask: that mask was searched for teacher ffffffffffff"):
+        run_pipeline(bad, tmp_path / "w", until="search_pruning")
+    wrong = load_config("tiny", SEARCH + ["search.method=given", "search.given_mask=[1, 0, 1]"])
+    with pytest.raises(ValueError, match=r"search\.given_mask: needs 2 entries"):
+        run_pipeline(wrong, tmp_path / "w", until="search_pruning")
+    with pytest.raises(ConfigError, match="given_mask is required"):
+        load_config("tiny", ["search.method=given"])
