@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -112,6 +113,7 @@ def search_loop(config: dict) -> None:
             model.gates.ema_logits.copy_(client["ema_logits"].to(model.gates.ema_logits.device))
             gen.set_state(client["rng"][rank])
         tracker = ctx.get_tracker() if rank == 0 else None
+        t0 = time.perf_counter()
         for step in range(start, cfg.steps):
             tau = tau_at(step, cfg.steps, cfg.tau_start, cfg.tau_end)
             idx = torch.randint(len(lq), (min(cfg.batch_size, len(lq)),), generator=gen)
@@ -142,15 +144,17 @@ def search_loop(config: dict) -> None:
                 dist.barrier()
                 if rank == 0:
                     store.put_bytes(f"{_ckpt_prefix(key)}/latest.json", json.dumps({"tag": tag, "files": files}).encode())
+        train_s = time.perf_counter() - t0  # the loop alone: no start-up (checkpoint saves included when on)
         if rank == 0:
-            _publish(store, key, model, cfg, world, history, fixed is not None, teacher.digest)
+            _publish(store, key, model, cfg, world, history, fixed is not None, teacher.digest,
+                     {"train_seconds": train_s, "steps_run": cfg.steps - start})
         dist.barrier()
     finally:
         shutil.rmtree(local, ignore_errors=True)
 
 
 def _publish(store, key: str, model: MaskSearch, cfg: SearchConfig, world: int, history: list[dict],
-             fixed: bool, teacher_digest: str) -> None:
+             fixed: bool, teacher_digest: str, timing: dict) -> None:
     mask = model.fixed_mask if fixed else model.gates.final_mask()
     lora = store.put_bytes(f"search/{key[:24]}/lora.safetensors", save(model.lora_state()) if model.lora_names
                            else save({"empty": torch.zeros(0)}))
@@ -162,5 +166,6 @@ def _publish(store, key: str, model: MaskSearch, cfg: SearchConfig, world: int, 
               "probabilities": probs.tolist(), "confidence": probs.max(-1).values.tolist(),
               "lora": {"key": lora.key, "sha256": lora.sha256, "rank": cfg.lora_rank, "alpha": cfg.lora_alpha,
                        "targets": cfg.lora_targets},
-              "deepspeed": cfg.deepspeed.engine_config(cfg.batch_size), "world_size": world, "history": history}
+              "deepspeed": cfg.deepspeed.engine_config(cfg.batch_size), "world_size": world, "history": history,
+              **timing}
     store.put_bytes(f"search/{key[:24]}/result.json", json.dumps(result, indent=1).encode())
