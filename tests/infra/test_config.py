@@ -126,3 +126,13 @@ def test_real_teacher_presets_import_a_folder_and_fail_clearly_when_it_is_missin
     assert f"teacher.source: {cfg.teacher.source} is not a folder" in res.output
     assert f"data.source: {cfg.data.source} is not a folder" in res.output
     assert not (tmp_path / "w").exists()
+
+
+def test_search_presets_carry_tinysr_values():
+    real = load_config("tsdsr-sd3").search
+    assert (real.n, real.m, real.lora_rank, real.lora_alpha, real.lr, real.weight_decay, real.ema) == \
+        (2, 4, 64, 64, 5e-5, 1e-4, 0.999)
+    assert real.lora_targets == ["to_k", "to_q", "to_v", "to_out.0", "proj", "linear", "linear_1", "linear_2", "net.2"]
+    assert real.deepspeed.zero_stage == 2 and real.deepspeed.bf16 and real.gate_lr_mult == 10
+    tiny = load_config("tiny").search
+    assert (tiny.n, tiny.m) == (2, 4) and tiny.steps < 200 and tiny.lora_rank < real.lora_rank
