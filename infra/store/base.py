@@ -153,6 +153,12 @@ class ArtifactStore(ABC):
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
 
+    def _require(self, key: str) -> ObjectInfo:
+        info = self.stat(key)
+        if info is None:
+            raise ObjectNotFoundError(f"no object {key!r} in {self.root_uri}")
+        return info
+
     def verify(self, key: str) -> ObjectInfo | None:
         """The object's info if it is present *and* its content matches the recorded sha256, else None.
 

@@ -138,12 +138,6 @@ class LocalStore(ArtifactStore):
             return None
         return info
 
-    def _require(self, key: str) -> ObjectInfo:
-        info = self.stat(key)
-        if info is None:
-            raise ObjectNotFoundError(f"no object {key!r} in {self.root_uri}")
-        return info
-
     def get_bytes(self, key: str, expected_sha256: str | None = None) -> bytes:
         info = self._require(key)
         data = self._path(key).read_bytes()

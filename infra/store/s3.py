@@ -219,12 +219,6 @@ class S3Store(ArtifactStore):
             return info
         return super().verify(key)
 
-    def _require(self, key: str) -> ObjectInfo:
-        info = self.stat(key)
-        if info is None:
-            raise ObjectNotFoundError(f"no object {key!r} in {self.root_uri}")
-        return info
-
     def get_bytes(self, key: str, expected_sha256: str | None = None) -> bytes:
         resp = self._call(f"get {key}", self.client.get_object, Bucket=self.bucket, Key=self._key(key))
         data = resp["Body"].read()
