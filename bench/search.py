@@ -1,6 +1,6 @@
 """Depth-mask search vs the baselines it must beat, under the same LoRA recovery, in one run.
 
-    .venv/bin/python bench/search.py [--search-steps 60] [--recovery-steps 40] [--workdir DIR]
+    .venv/bin/python bench/search.py [--search-steps N] [--recovery-steps 40] [--workdir DIR]
 
 On the embedded default (bundled photos, the bootstrapped tiny teacher, its latent cache and redundancy
 report — computed once, cached in the work dir) it takes the mask of every method: ``learned`` (the TinyFusion /
@@ -76,7 +76,7 @@ def measure(work: Path, summary: dict, cfg, mask_result: dict, lora_result: dict
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--search-steps", type=int, default=60)
+    ap.add_argument("--search-steps", type=int, default=None, help="default: the tiny preset's search.steps")
     ap.add_argument("--recovery-steps", type=int, default=40)
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
@@ -88,7 +88,7 @@ def main() -> None:
     from srcompress.flows.compress import run_pipeline
     from srcompress.infra.store import LocalStore
 
-    base = ["search.checkpoint_every=0", f"search.steps={args.search_steps}"]
+    base = ["search.checkpoint_every=0"] + ([f"search.steps={args.search_steps}"] if args.search_steps else [])
     store = LocalStore(work / "store")
     masks, rows = {}, []
     for method in METHODS:
@@ -106,7 +106,8 @@ def main() -> None:
         after = measure(work, r, rec_cfg, res, rec)
         rows.append((method, "".join(str(v) for v in res["mask"]), before["cal_l1"], after["cal_l1"],
                      after["psnr_y"], after["st_lpips"], secs, time.perf_counter() - t0))
-    print(f"\nLoRA recovery: {args.recovery_steps} steps for every mask (learned search: {args.search_steps} steps)")
+    print(f"\nLoRA recovery: {args.recovery_steps} steps for every mask (learned search: "
+          f"{load_config('tiny', base).search.steps} steps)")
     print(f"{'method':16s} {'mask':10s} {'cal L1 before':>13s} {'after':>8s} {'PSNR-Y vs T':>11s} {'ST-LPIPS':>9s} "
           f"{'search s':>8s} {'recover s':>9s}")
     for m, mask, b, a, p, lp, s1, s2 in sorted(rows, key=lambda r: r[3]):

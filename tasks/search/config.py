@@ -34,7 +34,7 @@ class SearchConfig(StrictModel):
     given_mask: list[int] | str | None = Field(None, description="method=given: a 0/1 list ([1,0,1,0,…], one entry per prunable block) or the path / store URI of a search result.json; a mask searched for another teacher is rejected.")
     n: int = Field(2, ge=1, description="Blocks kept per group.")
     m: int = Field(4, ge=1, description="Group size (consecutive blocks); must divide the teacher's prunable blocks.")
-    steps: int = Field(200, ge=1, description="Optimiser steps (search; or LoRA recovery for baselines).")
+    steps: int = Field(200, ge=1, description="Training micro-steps (search, or LoRA recovery for baselines); the optimiser steps every deepspeed.gradient_accumulation of them, τ follows the micro-steps.")
     batch_size: int = Field(4, ge=1, description="Micro-batch per rank.")
     calibration_size: int = Field(64, ge=2, description="Latent-cache pairs used (seeded), split over the ranks.")
     lr: float = Field(1e-4, gt=0, description="LoRA learning rate (AdamW).")

@@ -117,3 +117,13 @@ def test_baselines_and_given_masks(tmp_path):
         run_pipeline(wrong, tmp_path / "w", until="search_pruning")
     with pytest.raises(ConfigError, match="given_mask is required"):
         load_config("tiny", ["search.method=given"])
+
+
+def test_zero_2_bf16_and_accumulation_run_on_cpu(tmp_path):
+    cfg = load_config("tiny", SEARCH + ["search.deepspeed.zero_stage=2", "search.deepspeed.bf16=true",
+                                        "search.deepspeed.gradient_accumulation=2", "search.steps=4",
+                                        "search.checkpoint_every=0"])
+    m = run_pipeline(cfg, tmp_path / "w", until="search_pruning")["steps"]["search_pruning"]
+    ds = m["extra"]["deepspeed"]
+    assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] and ds["gradient_accumulation_steps"] == 2
+    assert sum(m["extra"]["mask"]) == 1
