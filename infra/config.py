@@ -10,7 +10,6 @@ Each component owns one pydantic model (``StoreConfig``, ``TrackingConfig``, ``D
 
 from __future__ import annotations
 
-import copy
 import re
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
@@ -18,7 +17,7 @@ from typing import Any, Mapping, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from srcompress.typed import StrictModel, canonical_hash, canonical_json  # noqa: F401  (re-exported)
+from srcompress.typed import StrictModel, canonical_hash, canonical_json, deep_merge  # noqa: F401  (re-exported)
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -28,17 +27,6 @@ PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"  # repo: <root>/con
 
 class ConfigError(ValueError):
     """A configuration could not be loaded or validated. The message names the offending key."""
-
-
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; ``override`` wins; lists are replaced, not concatenated."""
-    out = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:

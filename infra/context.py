@@ -116,6 +116,17 @@ class StepCache:
                 return False
         return True
 
+    def listed_intact(self, listing: dict[str, dict]) -> bool:
+        """Every object of a ``{name: {"uri", "sha256"}}`` listing is in the store with matching content."""
+        for entry in listing.values():
+            try:
+                info = self.store.verify(self.store.key_from_uri(entry["uri"]))
+            except InvalidKeyError:
+                return False
+            if info is None or info.sha256 != entry["sha256"]:
+                return False
+        return True
+
     def put(self, manifest: Manifest) -> None:
         self.store.put_bytes(self.key_of(manifest.step, manifest.cache_key), manifest.to_json().encode())
 

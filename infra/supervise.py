@@ -19,7 +19,6 @@ import os
 import select
 import subprocess
 import sys
-import time
 from typing import Callable
 
 POLL_S = 0.5

@@ -7,9 +7,10 @@ Pure pydantic + stdlib.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
-from typing import Any
+from typing import Any, Mapping
 
 from pydantic import BaseModel, ConfigDict
 
@@ -21,6 +22,17 @@ def canonical_json(obj: Any) -> str:
 
 def canonical_hash(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``override`` wins; lists are replaced, not concatenated."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 class StrictModel(BaseModel):

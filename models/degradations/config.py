@@ -12,13 +12,12 @@ Defaults follow BasicSR (``basicsr/data/realesrgan_dataset.py``, ``basicsr/model
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, Literal, Mapping
 
 from pydantic import Field, field_validator, model_validator
 
-from srcompress.typed import StrictModel
+from srcompress.typed import StrictModel, deep_merge
 
 KernelName = Literal["iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso"]
 QuantizePoint = Literal["lq", "output", "none"]
@@ -34,17 +33,6 @@ def _check_range(value: Range, name: str, low: float = -math.inf, high: float = 
     if not (low <= a <= b <= high):
         raise ValueError(f"{name} must satisfy {low} <= min <= max <= {high}, got {value}")
     return value
-
-
-def _merge_under(base: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge where ``data`` wins (lists replaced); ``base`` only fills what is missing."""
-    out = copy.deepcopy(dict(base))
-    for key, value in data.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge_under(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 class KernelConfig(StrictModel):
@@ -167,4 +155,4 @@ class DegradationConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _second_stage_base(cls, data: Any) -> Any:
-        return _merge_under(SECOND_STAGE_BASE, data) if isinstance(data, Mapping) else data
+        return deep_merge(SECOND_STAGE_BASE, data) if isinstance(data, Mapping) else data

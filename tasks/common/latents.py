@@ -6,32 +6,19 @@ every read is verified against the digest the index records.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-
 import torch
 from safetensors.torch import load
 
 from srcompress.infra.manifest import Manifest
 from srcompress.infra.store import ArtifactStore
+from srcompress.tasks.common.pairs import ShardRef, index_shards
 
 
-@dataclass(frozen=True)
-class LatentShard:
-    index: int
-    key: str
-    sha256: str
-    count: int
+def latent_shards(store: ArtifactStore, manifest: Manifest) -> list[ShardRef]:
+    return index_shards(store, manifest, "latents")
 
 
-def latent_shards(store: ArtifactStore, manifest: Manifest) -> list[LatentShard]:
-    if manifest.kind != "latents":
-        raise ValueError(f"expected a latents manifest, got {manifest.kind!r}")
-    index = json.loads(store.get_bytes(store.key_from_uri(manifest.uri), manifest.extra.get("index_sha256")))
-    return [LatentShard(i, s["key"], s["sha256"], s["count"]) for i, s in enumerate(index["shards"])]
-
-
-def read_latents(store: ArtifactStore, shard: LatentShard) -> dict[str, torch.Tensor]:
+def read_latents(store: ArtifactStore, shard: ShardRef) -> dict[str, torch.Tensor]:
     """``lq``, ``hq`` [, ``teacher``] as float32 tensors (the cache may store float16 / bfloat16)."""
     return {k: v.float() for k, v in load(store.get_bytes(shard.key, expected_sha256=shard.sha256)).items()}
 
@@ -51,3 +38,13 @@ def calibration_subset(store: ArtifactStore, manifest: Manifest, size: int, seed
                 for k, v in tensors.items():
                     out.setdefault(k, [None] * len(picked))[pos] = v[i]
     return {k: torch.stack(v) for k, v in out.items()}
+
+
+def center_tile(z: torch.Tensor, tile: int | None) -> torch.Tensor:
+    """The centre ``tile``×``tile`` latent crop (a bounded positional embedding sees one tile at a time, as
+    inference tiles); the whole latent when ``tile`` is None."""
+    if not tile:
+        return z
+    h, w = z.shape[-2:]
+    top, left = max(0, (h - tile) // 2), max(0, (w - tile) // 2)
+    return z[..., top : top + tile, left : left + tile]

@@ -29,11 +29,16 @@ class ShardRef:
     count: int
 
 
-def shard_refs(store: ArtifactStore, manifest: Manifest) -> list[ShardRef]:
-    if manifest.kind != "pairs":
-        raise ValueError(f"expected a pairs manifest, got {manifest.kind!r}")
+def index_shards(store: ArtifactStore, manifest: Manifest, kind: str) -> list[ShardRef]:
+    """The shards listed by a sharded output's index object (pairs, latents), index verified on read."""
+    if manifest.kind != kind:
+        raise ValueError(f"expected a {kind} manifest, got {manifest.kind!r}")
     index = json.loads(store.get_bytes(store.key_from_uri(manifest.uri), manifest.extra.get("index_sha256")))
     return [ShardRef(i, s["key"], s["sha256"], s["count"]) for i, s in enumerate(index["shards"])]
+
+
+def shard_refs(store: ArtifactStore, manifest: Manifest) -> list[ShardRef]:
+    return index_shards(store, manifest, "pairs")
 
 
 def read_shard(store: ArtifactStore, ref: ShardRef) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:

@@ -11,7 +11,6 @@ flip, seed and the drawn degradation parameters).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 

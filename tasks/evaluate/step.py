@@ -85,8 +85,9 @@ def conventions(cfg: EvaluateConfig, env: MetricEnv, eval_set: Manifest) -> dict
             "torch_threads": torch.get_num_threads()}
 
 
-def report_intact(store, manifest: Manifest) -> bool:
+def report_intact(ctx: RunContext, manifest: Manifest) -> bool:
     """The report object and every file it lists are in the store with matching content."""
+    store = ctx.get_store()
     key = store.key_from_uri(manifest.uri)
     info = store.verify(key)
     if info is None or info.sha256 != manifest.digest:
@@ -95,11 +96,7 @@ def report_intact(store, manifest: Manifest) -> bool:
         listing = json.loads(store.get_bytes(key))["files"]
     except (ValueError, KeyError, TypeError):
         return False
-    for entry in listing.values():
-        obj = store.verify(store.key_from_uri(entry["uri"]))
-        if obj is None or obj.sha256 != entry["sha256"]:
-            return False
-    return True
+    return ctx.get_cache().listed_intact(listing)
 
 
 def _publish(ctx: RunContext, files: dict[str, Path], out: Path, prefix: str, summary: dict) -> tuple[str, str, dict]:
@@ -157,12 +154,12 @@ def run_evaluate(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, model
                  teacher_cfg: TeacherConfig) -> Manifest:
     """Step driver: cached by (eval-set digest, model digests, config hash, code version), one nested MLflow run."""
     log = get_run_logger()
-    tracker, cache, store = ctx.get_tracker(), ctx.get_cache(), ctx.get_store()
+    tracker, cache = ctx.get_tracker(), ctx.get_cache()
     code_ver, chash = step_code_version(), step_config_hash(cfg, teacher_cfg)
     inputs = {"eval_set": eval_set.digest} | {n: m.digest for n, m in models.items() if n in cfg.models}
     key = cache_key(STEP, chash, inputs, code_ver)
     hit = cache.get(STEP, key)
-    if hit is not None and not report_intact(store, hit):
+    if hit is not None and not report_intact(ctx, hit):
         hit = None
     conv = conventions(cfg, metric_env(cfg, assets=False), eval_set)
     with tracker.step_run(ctx.parent_run_id, STEP, {"evaluate": cfg.model_dump(mode="json"), "conventions": conv},

@@ -24,7 +24,7 @@ from srcompress.infra.manifest import Manifest, cache_key, code_version
 from srcompress.models.device import resolve_device
 from srcompress.models.pruning.masked import DepthMasker
 from srcompress.models.pruning.redundancy import SCORES, block_scores
-from srcompress.tasks.common.latents import calibration_subset
+from srcompress.tasks.common.latents import calibration_subset, center_tile
 from srcompress.tasks.common.teacher_config import TeacherConfig
 from srcompress.tasks.common.teachers import load_settings, materialize_teacher
 from srcompress.tasks.redundancy.config import RedundancyConfig
@@ -46,12 +46,6 @@ def step_config_hash(cfg: RedundancyConfig, teacher_cfg: TeacherConfig) -> str:
                            "teacher": load_settings(teacher_cfg)})
 
 
-def center_tile(z: torch.Tensor, tile: int) -> torch.Tensor:
-    h, w = z.shape[-2:]
-    top, left = max(0, (h - tile) // 2), max(0, (w - tile) // 2)
-    return z[..., top : top + tile, left : left + tile]
-
-
 @task(name="redundancy-scores", cache_policy=NO_CACHE, retries=0)
 def compute(ctx: RunContext, cfg: RedundancyConfig, teacher_cfg: TeacherConfig, latents: Manifest, teacher: Manifest,
             key: str) -> dict:
@@ -60,8 +54,7 @@ def compute(ctx: RunContext, cfg: RedundancyConfig, teacher_cfg: TeacherConfig, 
     device = resolve_device(cfg.device or ctx.device, "redundancy.device" if cfg.device else "run.device")
     net = materialize_teacher(store, teacher, teacher_cfg, Path(ctx.workdir) / "teachers", device)
     cal = calibration_subset(store, latents, cfg.calibration_size, cfg.seed)
-    if net.tile:  # a bounded positional embedding sees one tile at a time: score centre tiles, as inference does
-        cal = {k: center_tile(v, net.tile) for k, v in cal.items()}
+    cal = {k: center_tile(v, net.tile) for k, v in cal.items()}
     masker = DepthMasker(net)
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in SCORES}
     for i in range(0, len(cal["lq"]), cfg.batch_size):
@@ -90,13 +83,12 @@ def run_redundancy(ctx: RunContext, cfg: RedundancyConfig, teacher_cfg: TeacherC
                    teacher: Manifest) -> Manifest:
     """Step driver: step cache → scores → report + manifest, in one nested MLflow run."""
     log = get_run_logger()
-    tracker, cache, store = ctx.get_tracker(), ctx.get_cache(), ctx.get_store()
+    tracker, cache = ctx.get_tracker(), ctx.get_cache()
     code_ver, chash = step_code_version(), step_config_hash(cfg, teacher_cfg)
     inputs = {"latents": latents.digest, "teacher": teacher.digest}
     key = cache_key(STEP, chash, inputs, code_ver)
     hit = cache.get(STEP, key)
-    if hit is not None and not all((i := store.verify(store.key_from_uri(f["uri"]))) and i.sha256 == f["sha256"]
-                                   for f in hit.extra["files"].values()):
+    if hit is not None and not cache.listed_intact(hit.extra["files"]):
         hit = None  # a lost or corrupted report file: recompute (docs/architecture.md §6)
     with tracker.step_run(ctx.parent_run_id, STEP, {"redundancy": cfg.model_dump(mode="json")},
                           tags={"cache_key": key, "cache_hit": hit is not None}) as run_id:

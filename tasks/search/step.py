@@ -24,12 +24,12 @@ from srcompress.infra.ray_cluster import ray_session
 from srcompress.models.device import resolve_device
 from srcompress.models.pruning.masks import nm_options
 from srcompress.models.pruning.redundancy import top_k_mask
-from srcompress.tasks.common.latents import calibration_subset
+from srcompress.tasks.common.latents import calibration_subset, center_tile
 from srcompress.tasks.common.teacher_config import TeacherConfig
 from srcompress.tasks.common.teachers import load_settings
 from srcompress.tasks.search.config import SearchConfig
 from srcompress.tasks.search.plots import write_plots
-from srcompress.tasks.search.worker import build, center_tile, search_loop
+from srcompress.tasks.search.worker import build, search_loop
 
 STEP = "search_pruning"
 SCORE_OF = {"block_influence": "block_influence", "pgp_cos": "pgp_cos", "pgp_kl": "pgp_kl", "removal": "removal_l1"}
@@ -137,8 +137,7 @@ def run_search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, l
         inputs["redundancy"] = redundancy.digest
     key = cache_key(STEP, chash, inputs, code_ver)
     hit = cache.get(STEP, key)
-    if hit is not None and not all((i := store.verify(store.key_from_uri(f["uri"]))) and i.sha256 == f["sha256"]
-                                   for f in hit.extra["files"].values()):
+    if hit is not None and not cache.listed_intact(hit.extra["files"]):
         hit = None
     ds = cfg.deepspeed.engine_config(cfg.batch_size)
     with tracker.step_run(ctx.parent_run_id, STEP, {"search": cfg.model_dump(mode="json"), "deepspeed_config": ds,

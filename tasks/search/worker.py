@@ -28,18 +28,10 @@ from srcompress.models.device import resolve_device
 from srcompress.models.pruning.masks import tau_at
 from srcompress.models.pruning.search import MaskSearch
 from srcompress.models.teachers import load_teacher
-from srcompress.tasks.common.latents import calibration_subset
+from srcompress.tasks.common.latents import calibration_subset, center_tile
 from srcompress.tasks.common.teacher_config import TeacherConfig
 from srcompress.tasks.common.teachers import fetch_teacher_folder
 from srcompress.tasks.search.config import SearchConfig
-
-
-def center_tile(z: torch.Tensor, tile: int | None) -> torch.Tensor:
-    if not tile:
-        return z
-    h, w = z.shape[-2:]
-    top, left = max(0, (h - tile) // 2), max(0, (w - tile) // 2)
-    return z[..., top : top + tile, left : left + tile]
 
 
 def build(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, teacher: Manifest,

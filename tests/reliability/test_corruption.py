@@ -4,7 +4,6 @@ not just present), recomputes exactly that, and ends with the same digests — t
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
