@@ -46,6 +46,15 @@ def build(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, teache
                       cfg.dynamic, cfg.expansion_corrosion, cfg.ema, mask, cfg.seed).to(device)
 
 
+def _perceptual(device: torch.device) -> torch.nn.Module:
+    """The frozen ST-LPIPS network (weights from the stlpips-pytorch wheel, checked key by key)."""
+    from srcompress.models.iqa import MetricEnv
+    from srcompress.models.iqa.stlpips import STLPIPS
+
+    net = STLPIPS(MetricEnv(device=str(device))).model
+    return net.requires_grad_(False)
+
+
 def _ckpt_prefix(key: str) -> str:
     return f"search/{key[:24]}/checkpoint"
 
@@ -93,6 +102,7 @@ def search_loop(config: dict) -> None:
     opt = torch.optim.AdamW(model.param_groups(cfg.lr, cfg.weight_decay, cfg.gate_lr_mult))
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt,
                                       config=cfg.deepspeed.engine_config(min(cfg.batch_size, len(lq))))
+    perceptual = _perceptual(device) if cfg.perceptual_weight > 0 else None
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     history: list[dict] = []
     start = 0
@@ -111,6 +121,10 @@ def search_loop(config: dict) -> None:
             idx = torch.randint(len(lq), (min(cfg.batch_size, len(lq)),), generator=gen)
             z = engine(lq[idx].to(device), tau, gen)
             loss = (z.float() - target[idx].to(device)).abs().mean()
+            if perceptual is not None:  # ST-LPIPS after decoding, against the decoded teacher latent
+                dec = model.teacher.decode
+                loss = loss + cfg.perceptual_weight * perceptual(dec(z), dec(target[idx].to(device)).detach(),
+                                                                 normalize=True).mean()
             engine.backward(loss)
             engine.step()
             model.gates.update_ema()

@@ -127,3 +127,19 @@ def test_zero_2_bf16_and_accumulation_run_on_cpu(tmp_path):
     ds = m["extra"]["deepspeed"]
     assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] and ds["gradient_accumulation_steps"] == 2
     assert sum(m["extra"]["mask"]) == 1
+
+
+def test_perceptual_term_changes_the_search(tmp_path):
+    from srcompress.models.teachers import save_teacher
+    from srcompress.models.teachers.tiny import tiny_sd3_teacher
+
+    # a random (untrained) teacher: removing a block changes its output a lot, so both terms are far from 0
+    folder = save_teacher(tiny_sd3_teacher(seed=3, num_layers=2, tile=32, patch_size=4), tmp_path / "teacher")
+    base = SEARCH + [f"teacher.source={folder}", "search.steps=4", "search.checkpoint_every=0", "search.log_every=1"]
+    plain = run_pipeline(load_config("tiny", base), tmp_path / "w", until="search_pruning")["steps"]["search_pruning"]
+    perc = run_pipeline(load_config("tiny", base + ["search.perceptual_weight=1.0"]), tmp_path / "w",
+                        until="search_pruning")["steps"]["search_pruning"]
+    lp = [h["loss"] for h in json.loads(Path(perc["uri"].removeprefix("file://")).read_text())["history"]]
+    l1 = [h["loss"] for h in json.loads(Path(plain["uri"].removeprefix("file://")).read_text())["history"]]
+    assert perc["cache_key"] != plain["cache_key"]
+    assert lp[0] > l1[0] + 1e-3  # same first batch and mask (same seed): the ST-LPIPS term is in the loss
