@@ -62,6 +62,10 @@ class SrConfig(StrictModel):
         if self.evaluate.data.scale != self.degrade.scale:  # the teacher is trained at degrade.scale
             raise ValueError(f"evaluate.data.scale={self.evaluate.data.scale} differs from degrade.scale="
                              f"{self.degrade.scale}: the models are trained for one scale; set both to the same value")
+        blocks = self.teacher.bootstrap.num_layers
+        if self.teacher.source == "bootstrap" and blocks % self.search.m:  # imported teachers: checked at the step
+            raise ValueError(f"search.m={self.search.m} must divide the bootstrap teacher's {blocks} blocks "
+                             f"(teacher.bootstrap.num_layers)")
         if self.encode.ray_address and not store_uri.startswith("s3://") and not self.encode.shared_filesystem:
             raise ValueError("encode.ray_address is set but store.uri is a local-disk store: Ray workers on other "
                              "nodes would write to their own disks. Use an s3:// store, or set "

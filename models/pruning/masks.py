@@ -91,7 +91,8 @@ class NMGumbelGates(nn.Module):
     def sample(self, tau: float, generator: torch.Generator | None = None) -> Tensor:
         """One (num_blocks,) mask for the current batch; differentiable w.r.t. the logits (straight-through)."""
         onehot = gumbel_hard(self.logits * self.scaling, tau, generator)  # (G, K)
-        masks = onehot @ self.options  # (G, M), exactly 0/1 in the forward pass
+        options = self.options.to(onehot.dtype)  # bf16 engines cast the logits, not this buffer
+        masks = onehot @ options  # (G, M), exactly 0/1 in the forward pass
         self.last_choice = [int(i) for i in onehot.argmax(-1)]
         if not (self.dynamic and self.expansion_corrosion) or self.groups < 2:
             return masks.reshape(-1)
@@ -102,7 +103,7 @@ class NMGumbelGates(nn.Module):
             ends = []
             for g in (a, b):
                 k = neighbour_index(self.logits[g], self.options, self.last_choice[g], generator)
-                nb = self.options[k] * onehot[g, self.last_choice[g]]  # the neighbour, on m's gradient path
+                nb = options[k] * onehot[g, self.last_choice[g]]  # the neighbour, on m's gradient path
                 ends.append((masks[g] * nb, masks[g] + nb - masks[g] * nb))  # (m∩n, m∪n)
             (a_and, a_or), (b_and, b_or) = ends
             out[a] = pair[p, 0] * a_and + pair[p, 1] * masks[a] + pair[p, 2] * a_or

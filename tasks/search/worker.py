@@ -103,6 +103,7 @@ def search_loop(config: dict) -> None:
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt,
                                       config=cfg.deepspeed.engine_config(min(cfg.batch_size, len(lq))))
     perceptual = _perceptual(device) if cfg.perceptual_weight > 0 else None
+    dtype = torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32  # the engine casts the model, not our inputs
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     history: list[dict] = []
     start = 0
@@ -119,12 +120,15 @@ def search_loop(config: dict) -> None:
         for step in range(start, cfg.steps):
             tau = tau_at(step, cfg.steps, cfg.tau_start, cfg.tau_end)
             idx = torch.randint(len(lq), (min(cfg.batch_size, len(lq)),), generator=gen)
-            z = engine(lq[idx].to(device), tau, gen)
+            # bf16 engines cast the weights; autocast casts what diffusers computes in float32 on the way
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.deepspeed.bf16):
+                z = engine(lq[idx].to(device=device, dtype=dtype), tau, gen)
             loss = (z.float() - target[idx].to(device)).abs().mean()
             if perceptual is not None:  # ST-LPIPS after decoding, against the decoded teacher latent
                 dec = model.teacher.decode
-                loss = loss + cfg.perceptual_weight * perceptual(dec(z), dec(target[idx].to(device)).detach(),
-                                                                 normalize=True).mean()
+                loss = loss + cfg.perceptual_weight * perceptual(
+                    dec(z).float(), dec(target[idx].to(device=device, dtype=dtype)).float().detach(),
+                    normalize=True).mean()
             engine.backward(loss)
             engine.step()
             model.gates.update_ema()

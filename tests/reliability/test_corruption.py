@@ -16,7 +16,9 @@ pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("prefect_harness"
 CFG = ["data.bundled_sets=[sklearn, kodak]", "data.held_out=[kodak/I04.bmp]", "degrade.crop_size=64",
        "degrade.crops_per_image=2", "degrade.shard_size=4", "teacher.bootstrap.num_layers=2",
        "teacher.bootstrap.restorer_steps=8", "teacher.bootstrap.batch_size=4", "teacher.bootstrap.eval_every=4",
-       "encode.num_actors=1", "evaluate.metrics=[psnr, ssim]", "evaluate.data.center_crop=128",
+       "encode.num_actors=1", "redundancy.calibration_size=4", "search.n=1", "search.m=2", "search.steps=4",
+       "search.calibration_size=8", "search.lora_rank=2", "search.checkpoint_every=0",
+       "evaluate.metrics=[psnr, ssim]", "evaluate.data.center_crop=128",
        "evaluate.efficiency.enabled=false", "evaluate.grid_images=1"]
 FAULTS = ("corrupt", "truncate", "delete")
 

@@ -49,7 +49,13 @@ def test_learned_search_on_deepspeed_ranks(tmp_path, workers):
 def test_bad_search_configs_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"search: .*n=3 > m=2"):
         load_config("tiny", ["search.n=3", "search.m=2"])
-    cfg = load_config("tiny", SEARCH + ["search.m=3", "search.n=1"])  # 2 prunable blocks
+    with pytest.raises(ConfigError, match=r"search\.m=3 must divide the bootstrap teacher's 2 blocks"):
+        load_config("tiny", SEARCH + ["search.m=3", "search.n=1"])  # at load, before any work
+    from srcompress.models.teachers import save_teacher
+    from srcompress.models.teachers.tiny import tiny_sd3_teacher
+
+    folder = save_teacher(tiny_sd3_teacher(seed=3, num_layers=2, tile=32, patch_size=4), tmp_path / "teacher")
+    cfg = load_config("tiny", SEARCH + ["search.m=3", "search.n=1", f"teacher.source={folder}"])  # imported
     with pytest.raises(ValueError, match=r"search\.m=3 must divide the teacher's 2 prunable blocks"):
         run_pipeline(cfg, tmp_path / "w", until="search_pruning")
 
