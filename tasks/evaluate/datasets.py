@@ -74,6 +74,15 @@ def _decode(path: Path, cfg: EvalDataConfig) -> tuple[np.ndarray, str]:
     return decode_image(data, cfg.max_pixels).rgb, hashlib.sha256(data).hexdigest()
 
 
+def _decode_new(path: Path, cfg: EvalDataConfig, name: str, seen: dict[str, str]) -> tuple[np.ndarray, str]:
+    """``_decode``, refusing content already seen under another name (a photo present twice is scored once)."""
+    rgb, sha = _decode(path, cfg)
+    if sha in seen:
+        raise BadImage(f"duplicate of {seen[sha]} (same content)")
+    seen[sha] = name
+    return rgb, sha
+
+
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float() / 255
 
@@ -113,13 +122,10 @@ def load_hr(root: Path, cfg: EvalDataConfig, degrade_cfg=None) -> tuple[list[Eva
         if degrade_cfg is None or degrade_cfg.scale != cfg.scale:
             raise ValueError(f"evaluate.data.lq=degrade needs degrade.scale == evaluate.data.scale ({cfg.scale})")
         degrade_cfg = native_lr_config(degrade_cfg)
-    seen: dict[str, str] = {}  # content digest → first name: a photo present twice is scored once
+    seen: dict[str, str] = {}  # content digest → first name
     for name, path in image_files(root, skipped)[: cfg.max_images]:
         try:
-            rgb, sha = _decode(path, cfg)
-            if sha in seen:
-                raise BadImage(f"duplicate of {seen[sha]} (same content)")
-            seen[sha] = name
+            rgb, sha = _decode_new(path, cfg, name, seen)
             hr = center_crop(rgb, cfg.center_crop, cfg.scale)
             if min(hr.shape[:2]) < cfg.scale * 8:
                 raise BadImage(f"{rgb.shape[1]}x{rgb.shape[0]} is too small for ×{cfg.scale} evaluation")
@@ -171,10 +177,7 @@ def load_lr(root: Path, cfg: EvalDataConfig) -> tuple[list[EvalItem], dict[str, 
     items, skipped, seen = [], {}, {}
     for name, path in image_files(base, skipped)[: cfg.max_images]:
         try:
-            lr, sha = _decode(path, cfg)
-            if sha in seen:
-                raise BadImage(f"duplicate of {seen[sha]} (same content)")
-            seen[sha] = name
+            lr, sha = _decode_new(path, cfg, name, seen)
         except (BadImage, OSError) as exc:
             skipped[name] = str(exc)
             continue
