@@ -1,0 +1,187 @@
+"""The student behind the teachers' one interface, and the diffusers-loadable folder it is published as.
+
+    student = build_student(teacher, mask, lora_state=…, lora_rank=4, lora_alpha=4, streamline=True)
+    student.vae = tiny_vae; student.tiny_vae = True            # optional (models/student/tiny_vae.py)
+    save_student(student, folder); student = load_student(folder)
+    sr = student(lq01)                                          # same call as a teacher
+
+Folder layout (docs/methods.md §8.5), safetensors only::
+
+    <student>/model_index.json          ours: class names of each component, for humans and tools
+    <student>/transformer/              SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer")
+    <student>/vae/                      AutoencoderKL, or SeparableAutoencoderTiny (both ``from_pretrained``)
+    <student>/prompt_embeds.safetensors fixed prompt / pooled embeddings (un-streamlined use)
+    <student>/phase_adapter.safetensors optional (PEAM reinterpretation)
+    <student>/student.json              kind, latent convention, timestep, tiling, flags, kept blocks
+
+A streamlined student is saved as its exact diffusers equivalent (``StreamlinedSD3.to_diffusers``) and
+streamlined again at load, so the folder is plain diffusers and the loaded model computes the same output.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from srcompress.models.student.phase import PhaseExchangeAdapter
+from srcompress.models.student.streamline import StreamlinedSD3
+from srcompress.models.student.surgery import kept_indices, merge_lora, prune_sd3
+from srcompress.models.student.tiny_vae import SeparableAutoencoderTiny
+from srcompress.models.teachers.base import LatentConvention, OneStepTeacher
+
+Tensor = torch.Tensor
+FORMAT = "srcompress.student.v1"
+
+
+class StudentSR(OneStepTeacher):
+    """A pruned SD3 backbone (plain or streamlined), the teacher's VAE or a tiny one, an optional adapter."""
+
+    kind = "student"
+
+    def __init__(self, vae: nn.Module, backbone: nn.Module, convention: LatentConvention, prompt_embeds: Tensor,
+                 pooled_prompt_embeds: Tensor, timestep: float = 1000.0, tile: int | None = None,
+                 tile_overlap: int = 8, latent_factor: int | None = None, phase: PhaseExchangeAdapter | None = None,
+                 kept: list[str] | None = None):
+        super().__init__(vae, backbone, convention, tile, tile_overlap)
+        self.register_buffer("prompt_embeds", prompt_embeds, persistent=False)
+        self.register_buffer("pooled_prompt_embeds", pooled_prompt_embeds, persistent=False)
+        self.timestep = float(timestep)
+        self._latent_factor = latent_factor or 2 ** (len(vae.config.block_out_channels) - 1)
+        self.phase = phase
+        self.kept = list(kept or [])
+
+    @property
+    def streamlined(self) -> bool:
+        return isinstance(self.backbone, StreamlinedSD3)
+
+    @property
+    def tiny_vae(self) -> bool:
+        return isinstance(self.vae, SeparableAutoencoderTiny)
+
+    @property
+    def latent_factor(self) -> int:
+        return self._latent_factor
+
+    def encode(self, x01: Tensor, generator=None) -> Tensor:
+        if self.tiny_vae:  # trained to output the teacher's scaled latents
+            return self.vae.encode(x01 * 2 - 1).latents
+        return super().encode(x01, generator)
+
+    def decode(self, z: Tensor) -> Tensor:
+        if self.tiny_vae:
+            return ((self.vae.decode(z).sample.clamp(-1, 1) + 1) / 2).clamp(0, 1)
+        return super().decode(z)
+
+    def velocity(self, z: Tensor) -> Tensor:
+        if self.streamlined:
+            return self.backbone(z)
+        b = z.shape[0]
+        return self.backbone(hidden_states=z, encoder_hidden_states=self.prompt_embeds.expand(b, -1, -1).to(z.dtype),
+                             pooled_projections=self.pooled_prompt_embeds.expand(b, -1).to(z.dtype),
+                             timestep=torch.full((b,), self.timestep, dtype=z.dtype, device=z.device)).sample
+
+    def restore_tile(self, z_lq: Tensor) -> Tensor:
+        z = z_lq - (self.timestep / 1000.0) * self.velocity(z_lq)
+        return self.phase(z, z_lq) if self.phase is not None else z
+
+    def prunable_blocks(self) -> list[tuple[str, nn.Module]]:
+        return [(f"transformer_blocks.{i}", b) for i, b in enumerate(self.backbone.transformer_blocks)]
+
+    def streamline(self) -> StudentSR:
+        """Cache the conditioning in place (exact; see models/student/streamline.py)."""
+        if not self.streamlined:
+            self.backbone = StreamlinedSD3(self.backbone, self.prompt_embeds, self.pooled_prompt_embeds, self.timestep)
+        return self
+
+    def describe(self) -> dict:
+        return {**super().describe(), "streamlined": self.streamlined, "tiny_vae": self.tiny_vae,
+                "phase_adapter": self.phase is not None, "kept_blocks": self.kept}
+
+
+def build_student(teacher: OneStepTeacher, mask: list[float] | Tensor, lora_state: dict[str, Tensor] | None = None,
+                  lora_rank: int = 0, lora_alpha: int = 1, streamline: bool = False,
+                  phase_adapter: bool = False) -> StudentSR:
+    """The teacher's kept blocks (search LoRA merged first) as a smaller model of the teacher's class.
+
+    Only SD3-transformer teachers are supported; a UNet teacher raises (docs/methods.md §8.1)."""
+    import copy
+
+    if getattr(teacher, "kind", None) != "sd3":
+        raise NotImplementedError(f"student build: {getattr(teacher, 'kind', type(teacher).__name__)} teachers are "
+                                  "not supported yet (SD3-transformer teachers only)")
+    keep = kept_indices(mask)
+    if len(mask) != len(teacher.backbone.transformer_blocks):
+        raise ValueError(f"mask has {len(mask)} entries, the teacher has {len(teacher.backbone.transformer_blocks)} blocks")
+    backbone = merge_lora(copy.deepcopy(teacher.backbone), lora_state or {}, lora_rank, lora_alpha)
+    pruned = prune_sd3(backbone, keep)
+    phase = PhaseExchangeAdapter(int(teacher.vae.config.latent_channels)) if phase_adapter else None
+    p = next(teacher.backbone.parameters())
+    student = StudentSR(copy.deepcopy(teacher.vae), pruned, teacher.convention, teacher.prompt_embeds.clone(),
+                        teacher.pooled_prompt_embeds.clone(), teacher.timestep, teacher.tile, teacher.tile_overlap,
+                        teacher.latent_factor, phase, [f"transformer_blocks.{i}" for i in keep]).to(p.device)
+    if streamline:
+        student.streamline()
+    return student.eval().requires_grad_(False)
+
+
+def save_student(student: StudentSR, folder: str | Path, extra: dict | None = None) -> Path:
+    """Write the diffusers-loadable student folder (see the module docstring)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    backbone = student.backbone.to_diffusers() if student.streamlined else student.backbone
+    backbone.save_pretrained(folder / "transformer", safe_serialization=True)
+    student.vae.save_pretrained(folder / "vae", safe_serialization=True)
+    save_file({"prompt_embeds": student.prompt_embeds.detach().cpu().contiguous(),
+               "pooled_prompt_embeds": student.pooled_prompt_embeds.detach().cpu().contiguous()},
+              str(folder / "prompt_embeds.safetensors"))
+    if student.phase is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in student.phase.state_dict().items()},
+                  str(folder / "phase_adapter.safetensors"))
+    vae_cls = type(student.vae)
+    index = {"_class_name": "SrcompressStudent", "format": FORMAT,
+             "transformer": ["diffusers", type(backbone).__name__],
+             "vae": ["diffusers" if vae_cls.__module__.startswith("diffusers") else vae_cls.__module__,
+                     vae_cls.__name__]}
+    meta = {"format": FORMAT, "kind": "student", "backbone": "sd3", "convention": student.convention.as_dict(),
+            "timestep": student.timestep, "tile": student.tile, "tile_overlap": student.tile_overlap,
+            "latent_factor": student.latent_factor, "streamlined": student.streamlined,
+            "tiny_vae": student.tiny_vae, "phase_adapter": student.phase is not None, "kept_blocks": student.kept,
+            **(extra or {})}
+    (folder / "model_index.json").write_text(json.dumps(index, indent=1, sort_keys=True))
+    (folder / "student.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    return folder
+
+
+def load_student(folder: str | Path, streamline: bool | None = None, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> StudentSR:
+    """Read a student folder (safetensors only, nothing downloaded); ``streamline`` None = as it was saved."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+
+    folder = Path(folder)
+    meta_path = folder / "student.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"student: missing {meta_path}")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"student: {meta_path} has format {meta.get('format')!r}, expected {FORMAT}")
+    common = dict(local_files_only=True, use_safetensors=True, torch_dtype=dtype)
+    backbone = SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer", **common)
+    vae_cls = SeparableAutoencoderTiny if meta["tiny_vae"] else AutoencoderKL
+    vae = vae_cls.from_pretrained(folder, subfolder="vae", **common)
+    prompts = load_file(str(folder / "prompt_embeds.safetensors"))
+    phase = None
+    if meta.get("phase_adapter"):
+        phase = PhaseExchangeAdapter(int(backbone.config.in_channels))
+        phase.load_state_dict(load_file(str(folder / "phase_adapter.safetensors")))
+    c = meta["convention"]
+    student = StudentSR(vae, backbone, LatentConvention(c["scaling_factor"], c["shift_factor"], c["mode"]),
+                        prompts["prompt_embeds"].to(dtype), prompts["pooled_prompt_embeds"].to(dtype),
+                        meta["timestep"], meta["tile"], meta["tile_overlap"], meta["latent_factor"], phase,
+                        meta.get("kept_blocks"))
+    if streamline if streamline is not None else meta.get("streamlined", False):
+        student.streamline()
+    return student.to(device).eval().requires_grad_(False)

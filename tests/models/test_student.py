@@ -1,0 +1,144 @@
+"""Student build: block surgery equals the masked teacher, streamlining is exact, the folder round-trips through
+``from_pretrained``, the tiny VAE learns a factor-8 AutoencoderKL, the phase adapter starts as the identity."""
+
+from __future__ import annotations
+
+import torch
+
+from srcompress.models.pruning.masked import DepthMasker
+from srcompress.models.pruning.search import MaskSearch
+from srcompress.models.student.phase import PhaseExchangeAdapter
+from srcompress.models.student.streamline import CachedModulation, StreamlinedSD3
+from srcompress.models.student.student import build_student, load_student, save_student
+from srcompress.models.student.tiny_vae import SeparableAutoencoderTiny, tiny_vae_config, tiny_vae_for, train_tiny_vae
+from srcompress.models.teachers.tiny import tiny_sd3_teacher
+
+
+def _randomise(teacher, seed=1):
+    """Random weights everywhere (diffusers zero-inits adaLN and proj_out: the test must see every path)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in teacher.backbone.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return teacher.eval()
+
+
+def _teacher(**kw):
+    return _randomise(tiny_sd3_teacher(seed=0, num_layers=4, latent_channels=8, head_dim=8, heads=2, patch_size=2,
+                                       vae_channels=(16,), vae_norm_groups=1, vae_identity=True, tile=8, **kw))
+
+
+def test_all_ones_mask_student_equals_teacher():
+    t = _teacher()
+    s = build_student(t, [1, 1, 1, 1])
+    z = torch.randn(2, 8, 8, 8)
+    assert torch.allclose(s.restore_tile(z), t.restore_tile(z), atol=1e-6)
+    assert sum(p.numel() for p in s.backbone.parameters()) == sum(p.numel() for p in t.backbone.parameters())
+
+
+def test_pruned_student_equals_masked_teacher_whichever_block_is_last():
+    t = _teacher()
+    z = torch.randn(2, 8, 8, 8)
+    masker = DepthMasker(t)
+    for mask in ([1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 0, 0]):
+        s = build_student(t, mask)
+        assert len(s.backbone.transformer_blocks) == 2
+        assert s.backbone.transformer_blocks[-1].context_pre_only
+        with torch.no_grad(), masker.masked(torch.tensor(mask, dtype=torch.float32)):
+            ref = t.restore_tile(z)
+        assert torch.allclose(s.restore_tile(z), ref, atol=1e-5), mask
+        assert sum(p.numel() for p in s.backbone.parameters()) < sum(p.numel() for p in t.backbone.parameters())
+
+
+def test_search_lora_is_merged_before_the_blocks_are_copied():
+    t = _teacher()
+    search = MaskSearch(_teacher(), n=1, m=2, lora_rank=2, lora_alpha=4, fixed_mask=torch.tensor([1.0, 0, 0, 1]))
+    with torch.no_grad():
+        for n, p in search.teacher.backbone.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3)
+    z = torch.randn(1, 8, 8, 8)
+    with torch.no_grad():
+        ref = search(z, mask=search.fixed_mask)
+    s = build_student(t, [1, 0, 0, 1], lora_state=search.lora_state(), lora_rank=2, lora_alpha=4)
+    assert torch.allclose(s.restore_tile(z), ref, atol=1e-5)
+    plain = build_student(t, [1, 0, 0, 1])
+    assert not torch.allclose(plain.restore_tile(z), ref, atol=1e-3)  # the LoRA mattered
+
+
+def test_streamlined_equals_unstreamlined_and_folds_back_exactly():
+    t = _teacher()
+    s = build_student(t, [1, 0, 1, 1])
+    fast = build_student(t, [1, 0, 1, 1], streamline=True)
+    assert isinstance(fast.backbone, StreamlinedSD3)
+    names = {n.split(".")[0] for n, _ in fast.backbone.named_modules() if n}
+    assert "time_text_embed" not in names and "context_embedder" not in names
+    assert all(isinstance(b.norm1.linear, CachedModulation) for b in fast.backbone.transformer_blocks)
+    assert isinstance(fast.backbone.norm_out.linear, CachedModulation)
+    z = torch.randn(3, 8, 8, 8)
+    assert torch.allclose(fast.restore_tile(z), s.restore_tile(z), atol=1e-5)
+    assert sum(p.numel() for p in fast.backbone.parameters()) < sum(p.numel() for p in s.backbone.parameters())
+    with torch.no_grad():  # trained modulations fold back too
+        fast.backbone.transformer_blocks[0].norm1.linear.value.add_(0.1)
+    back = fast.backbone.to_diffusers()
+    ref = fast.backbone(z)
+    out = back(hidden_states=z, encoder_hidden_states=s.prompt_embeds.expand(3, -1, -1),
+               pooled_projections=s.pooled_prompt_embeds.expand(3, -1), timestep=torch.full((3,), 1000.0)).sample
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_student_folder_loads_with_from_pretrained(tmp_path):
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+
+    t = _teacher()
+    s = build_student(t, [0, 1, 1, 0], streamline=True, phase_adapter=True)
+    with torch.no_grad():
+        s.phase.fuse.weight.normal_(0, 0.1)
+    save_student(s, tmp_path / "st")
+    assert not list((tmp_path / "st").rglob("*.bin")) and not list((tmp_path / "st").rglob("*.pt"))
+    tr = SD3Transformer2DModel.from_pretrained(tmp_path / "st", subfolder="transformer", local_files_only=True)
+    assert tr.config.num_layers == 2
+    AutoencoderKL.from_pretrained(tmp_path / "st", subfolder="vae", local_files_only=True)
+    back = load_student(tmp_path / "st")
+    assert back.streamlined and back.phase is not None and back.kept == ["transformer_blocks.1", "transformer_blocks.2"]
+    x = torch.rand(1, 3, 16, 16)
+    assert torch.allclose(back(x), s(x), atol=1e-5)
+    assert torch.allclose(load_student(tmp_path / "st", streamline=False)(x), s(x), atol=1e-5)
+
+
+def test_phase_adapter_starts_as_identity_and_learns():
+    a = PhaseExchangeAdapter(4)
+    z, zl = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    assert torch.equal(a(z, zl), z)
+    target = z + 0.1 * torch.randn_like(z)
+    opt = torch.optim.Adam(a.parameters(), 1e-2)
+    first = None
+    for _ in range(30):
+        loss = (a(z, zl) - target).pow(2).mean()
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first
+
+
+def test_tiny_vae_learns_a_factor8_autoencoderkl(tmp_path):
+    t = tiny_sd3_teacher(seed=0, num_layers=2, latent_channels=4, head_dim=8, heads=2, vae_channels=(8, 8, 8, 8),
+                         vae_norm_groups=4)
+    assert t.latent_factor == 8
+    vae = tiny_vae_for(t, width=16, blocks=1)
+    assert isinstance(vae, SeparableAutoencoderTiny)
+    dense = sum(p.numel() for p in SeparableAutoencoderTiny(**tiny_vae_config(4, 8, 16, 1, separable=False)).parameters())
+    assert sum(p.numel() for p in vae.parameters()) < dense / 3  # depthwise-separable convs
+    g = torch.Generator().manual_seed(0)
+    images = torch.nn.functional.interpolate(torch.rand(8, 3, 8, 8, generator=g), size=64, mode="bilinear")
+    x = images[:2]
+    z_t = t.encode(x)
+    before = (vae.encode(x * 2 - 1).latents - z_t).abs().mean()
+    stats = train_tiny_vae(vae, t, images, steps=60, lr=3e-3, batch=4, crop=32)
+    after = (vae.encode(x * 2 - 1).latents - z_t).abs().mean()
+    assert vae.encode(x * 2 - 1).latents.shape == z_t.shape == (2, 4, 8, 8)
+    assert after < 0.7 * before and stats["decoder_l1"] is not None
+    vae.save_pretrained(tmp_path / "v")
+    again = SeparableAutoencoderTiny.from_pretrained(tmp_path / "v")
+    assert torch.allclose(again.encode(x * 2 - 1).latents, vae.encode(x * 2 - 1).latents, atol=1e-6)
