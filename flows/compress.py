@@ -26,6 +26,7 @@ from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import code_version
 from srcompress.infra.store import atomic_write_bytes
 from srcompress.tasks.degrade.step import run_degrade
+from srcompress.tasks.distill.step import run_distill
 from srcompress.tasks.encode.step import run_encode
 from srcompress.tasks.evaluate.data_step import run_eval_data
 from srcompress.tasks.evaluate.step import run_evaluate
@@ -51,6 +52,31 @@ def _open_parent_run(cfg: SrConfig, ctx: RunContext) -> str:
         tracker.end_run(run_id, "FAILED")
         raise
     return run_id
+
+
+def distill(ctx: RunContext, cfg: SrConfig, manifests: dict[str, Any], pixel: bool) -> dict[str, Any]:
+    """Stage 1 then (``pixel``) stage 2; with ``distill.phase_ablation`` the same with the adapter flipped."""
+    common = dict(latents=manifests["encode_latents"], pairs=manifests["degrade"],
+                  teacher=manifests["bootstrap_teacher"], mask=manifests["search_pruning"],
+                  ray_address=cfg.encode.ray_address)
+    out = {}
+    variants = [("", cfg.distill.phase_adapter)]
+    if cfg.distill.phase_ablation:
+        variants.append(("_ablation", not cfg.distill.phase_adapter))
+    for suffix, phase in variants:
+        s1 = run_distill(ctx, cfg.distill, cfg.teacher, "stage1", phase=phase, **common)
+        out[f"distill_latent{suffix}"] = s1
+        if pixel:
+            out[f"distill_pixel{suffix}"] = run_distill(ctx, cfg.distill, cfg.teacher, "stage2", stage1=s1,
+                                                        phase=phase, **common)
+    return out
+
+
+def evaluated_models(manifests: dict[str, Any]) -> dict[str, Any]:
+    """Table name → the manifest the evaluate step loads it from (docs/architecture.md §1)."""
+    names = {"teacher": "bootstrap_teacher", "pruned": "search_pruning", "searched": "search_pruning",
+             "student_stage1": "distill_latent", "student": "distill_pixel", "student_ablation": "distill_pixel_ablation"}
+    return {name: manifests[step] for name, step in names.items() if step in manifests}
 
 
 @flow(name="srcompress-compress", log_prints=True, validate_parameters=False)
@@ -87,12 +113,14 @@ def compress(config: dict[str, Any] | str, workdir: str, until: str | None = Non
             manifests["search_pruning"] = run_search(ctx, cfg.search, cfg.teacher, manifests["encode_latents"],
                                                      manifests["bootstrap_teacher"], manifests["analyse_redundancy"],
                                                      cfg.encode.ray_address)
-        # next: distill (before evaluate) → register
+        if last >= STEPS.index("distill_latent"):
+            manifests.update(distill(ctx, cfg, manifests, last >= STEPS.index("distill_pixel")))
+        # next: register
         if last >= STEPS.index("evaluate"):
-            if "degrade_holdout" in manifests:  # bicubic vs teacher on the held-out images, never trained on
+            if "degrade_holdout" in manifests:  # every model on the held-out images, never trained on
                 manifests["eval_data"] = run_eval_data(ctx, cfg.evaluate, cfg.data, cfg.degrade)
                 manifests["evaluate"] = run_evaluate(ctx, cfg.evaluate, manifests["eval_data"],
-                                                     {"teacher": manifests["bootstrap_teacher"]}, cfg.teacher)
+                                                     evaluated_models(manifests), cfg.teacher)
             else:
                 log.warning("evaluate: skipped, no held-out images (set data.held_out or data.held_out_fraction, "
                             "or use `srcompress evaluate --data …`)")

@@ -35,3 +35,20 @@ def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[st
     finally:
         if started:
             ray.shutdown()
+
+
+def train_on_ray(loop, config: dict, num_workers: int, use_gpu: bool, name: str, storage: str,
+                 address: str | None) -> str:
+    """Run ``loop(config)`` on ``num_workers`` Ray Train workers (``TorchTrainer``: one process per rank, the
+    torch process group set up for DeepSpeed); raises with the rank's error. Returns the cluster description."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    with ray_session(address) as info:
+        trainer = TorchTrainer(loop, train_loop_config=config,
+                               scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+                               run_config=RunConfig(name=name, storage_path=storage))
+        result = trainer.fit()
+        if result.error is not None:
+            raise RuntimeError(f"{name} failed on a rank: {result.error}")
+    return info

@@ -1,13 +1,17 @@
-"""Command line: ``srcompress run`` (the DAG), ``srcompress evaluate``, ``srcompress config show``, ``srcompress assets``.
+"""Command line: ``srcompress run`` (the DAG), ``srcompress evaluate``, ``srcompress plan``, ``srcompress upscale``,
+``srcompress config show``, ``srcompress assets``.
 
     srcompress run --config configs/tiny.yaml --workdir runs/tiny --until degrade --summary runs/tiny/summary.json
     srcompress evaluate --config configs/tiny.yaml --data ~/photos --models bicubic,teacher --summary S.json
+    srcompress plan --config configs/tsdsr-sd3.yaml [--keep 8 | --mask result.json] [--json]
+    srcompress upscale --model runs/student --input lr.png --output sr.png
     srcompress config show --config configs/tiny.yaml --set degrade.crop_size=64
     srcompress assets fetch
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -158,6 +162,257 @@ def _list_metrics(cfg) -> None:
             typer.echo(f"{name:10s} ok  ({m.info.mode}, {'lower' if m.info.lower_better else 'higher'} is better, {m.info.backend})")
         except MetricUnavailable as exc:
             typer.echo(f"{name:10s} {exc}")
+
+
+@app.command()
+def plan(config: str = ConfigOpt,
+         keep: Optional[int] = typer.Option(None, "--keep", min=1, help="Keep N blocks, evenly spaced (first and last included); default: the config's search.n of every search.m blocks (the first n of each group)."),
+         mask: Optional[str] = typer.Option(None, "--mask", help="The kept blocks from a search result.json (its \"mask\") or a JSON 0/1 list: a path, file:// or s3:// URI, or the list itself."),
+         as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON."),
+         size: int = typer.Option(512, "--size", min=16, help="Square input size in pixels (one untiled pass)."),
+         overrides: Optional[list[str]] = SetOpt) -> None:
+    """Params and GMACs of TSD-SR's SD3-medium teacher and its student, counted on the meta device (no weights)."""
+    cfg = _load(config, overrides, machine=False)
+    if cfg.teacher.kind == "unet" or (cfg.teacher.kind == "auto" and (Path(cfg.teacher.source) / "unet").is_dir()):
+        _fail(f"plan: only SD3-transformer teachers are supported (TSD-SR / TinySR); {config} has a UNet teacher "
+              "(teacher.kind: unet), for which no student can be built yet", 2)
+    if keep is not None and mask is not None:
+        _fail("plan: give --keep or --mask, not both", 2)
+    import logging
+
+    from srcompress.models.student import plan as planning
+
+    logging.getLogger("diffusers").setLevel(logging.ERROR)  # the meta build's dtype-cast notice is noise here
+    n_blocks = int(planning.SD3_MEDIUM_TRANSFORMER["num_layers"])
+    try:
+        if mask is not None:
+            chosen = {"mask": planning.parse_mask(_read_mask(mask, cfg), n_blocks, source=f"--mask {mask}")}
+            how = f"--mask {mask}"
+        elif keep is not None:
+            chosen = {"keep": planning.spread_keep(n_blocks, keep)}
+            how = f"--keep {keep}: evenly spaced"
+        else:
+            n, m = cfg.search.n, cfg.search.m
+            chosen = {"keep": planning.nm_keep(n_blocks, n, m)}
+            how = f"search {n}:{m} from the config: the first {n} of every {m}"
+        report = planning.plan(planning.SD3_MEDIUM_TRANSFORMER, planning.SD3_MEDIUM_VAE, size=size,
+                               text_tokens=planning.TSDSR_TEXT_TOKENS, tiny_vae=planning.TINY_VAE, **chosen)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc), 2)
+    if as_json:
+        typer.echo(json.dumps(report, indent=1))
+        return
+    _print_plan(report, how)
+
+
+def _read_mask(spec: str, cfg) -> bytes | str:
+    """A mask given inline (``[1,0,…]``), as a local path / file:// URI, or as an s3:// URI (read through the
+    config's store settings: endpoint, credentials chain)."""
+    if spec.lstrip().startswith("["):
+        return spec
+    if spec.startswith("s3://"):
+        from srcompress.infra.store import StoreError, open_store
+
+        root, _, name = spec.rpartition("/")
+        try:
+            return open_store(cfg.store.model_copy(update={"uri": root}), ".").get_bytes(name)
+        except StoreError as exc:
+            raise ValueError(f"--mask {spec}: {exc}") from None
+    if spec.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        spec = unquote(urlparse(spec).path)
+    elif "://" in spec:
+        raise ValueError(f"--mask {spec}: unsupported scheme (a path, file:// or s3://)")
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise ValueError(f"--mask {spec}: no such file")
+    return path.read_bytes()
+
+
+def _print_plan(r: dict, how: str) -> None:
+    def row(label: str, part: dict, note: str = "") -> None:
+        typer.echo(f"  {label:<44s} {part['params'] / 1e6:>10,.1f}M {part['gmacs']:>10,.1f}{('   ' + note) if note else ''}")
+
+    tv, tt, sb, sv = r["teacher_vae"], r["teacher_transformer"], r["student_backbone"], r["student_vae"]
+    c, hw = r["latent"][0], r["latent"][1:]
+    typer.echo(f"srcompress plan: TSD-SR's SD3-medium teacher and its student at {r['size']}x{r['size']} "
+               f"(latent {c}x{hw[0]}x{hw[1]}, {r['text_tokens']} text tokens), counted on the meta device")
+    typer.echo(f"kept blocks: {len(r['kept'])} of {r['blocks']} ({how}): {' '.join(map(str, r['kept']))}\n")
+    typer.echo(f"  {'':<44s} {'params':>11s} {'GMACs':>10s}")
+    row("teacher VAE (AutoencoderKL, encoder + decoder)", tv,
+        f"encode {tv['encode_gmacs']:,.1f} + decode {tv['decode_gmacs']:,.1f}")
+    row(f"teacher transformer ({tt['blocks']} blocks)", tt)
+    row("teacher total", r["teacher"])
+    row(f"student transformer ({sb['blocks']} blocks{', streamlined' if sb['streamlined'] else ''})", sb)
+    row("student tiny VAE (separable AutoencoderTiny)", sv,
+        f"encode {sv['encode_gmacs']:,.1f} + decode {sv['decode_gmacs']:,.1f}")
+    row("student total", r["student"])
+    typer.echo(f"  {'reduction':<44s} {'x' + format(r['reduction']['params'], '.2f'):>11s} "
+               f"{'x' + format(r['reduction']['gmacs'], '.2f'):>10s}")
+    row("TinySR student (reported)", r["tinysr_reported"], "text stream removed there; kept here")
+    typer.echo(f"\n{r['protocol']}")
+
+
+COLOR_FIXES = ("wavelet", "adain", "none")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+MAX_INPUT_PIXELS = 100_000_000  # the evaluate step's decompression-bomb guard
+
+
+@app.command()
+def upscale(model: Path = typer.Option(..., "--model", "-m", help="A published student folder (student.json) or a teacher folder (teacher.json / transformer/ / unet/)."),
+            inputs: list[Path] = typer.Option(..., "--input", "-i", help="LR image (repeatable); any size."),
+            output: Path = typer.Option(..., "--output", "-o", help="Output .png (one input) or a folder (<input name>.png in it)."),
+            scale: int = typer.Option(4, "--scale", min=1, help="Upscaling factor."),
+            tile: Optional[int] = typer.Option(None, "--tile", min=1, help="Latent tile size; default: the model's own (student.json / teacher.json), capped at the positional embedding."),
+            tile_overlap: Optional[int] = typer.Option(None, "--tile-overlap", min=0, help="Latent tile overlap; default: the model's own."),
+            color_fix: str = typer.Option("wavelet", "--color-fix", help="wavelet | adain | none (against the bicubic-upsampled input)."),
+            device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+            no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")) -> None:
+    """Super-resolve images with a student or teacher folder: LR in, xscale PNG out (Gaussian-blended latent tiles)."""
+    if color_fix not in COLOR_FIXES:
+        _fail(f"--color-fix must be one of: {', '.join(COLOR_FIXES)}", 2)
+    model = model.expanduser()
+    if not model.is_dir():
+        _fail(f"--model {model}: no such folder", 2)
+    targets = _upscale_targets([p.expanduser() for p in inputs], output.expanduser())
+    from srcompress.models.device import DeviceError, resolve_device
+
+    try:
+        dev = resolve_device(device, "--device")
+    except DeviceError as exc:
+        _fail(str(exc), 2)
+    for src, _ in targets:  # every input decodes before anything is loaded or written
+        _decode_lr(src)
+    sr_model, up = _load_upscaler(model, dev, scale, tile, tile_overlap, color_fix)
+    import torch
+    from tqdm import tqdm
+
+    for src, dest in targets:
+        lr = _decode_lr(src)
+        h, w = lr.shape[-2:]
+        with tqdm(total=_tile_count(up, h, w), desc=src.name, unit="tile", disable=no_progress, leave=False) as bar, \
+                _tile_progress(sr_model, bar.update), torch.no_grad():
+            sr = up(lr)
+        _write_png(_to_uint8(sr), dest)
+        typer.echo(f"{src} ({w}x{h}) -> {dest} ({sr.shape[-1]}x{sr.shape[-2]})")
+
+
+def _upscale_targets(inputs: list[Path], output: Path) -> list[tuple[Path, Path]]:
+    """(input, output PNG) pairs: ``--output x.png`` for one input, else a folder of ``<stem>.png``."""
+    for src in inputs:
+        if not src.is_file():
+            _fail(f"--input {src}: no such file", 2)
+    suffix = output.suffix.lower()
+    if suffix == ".png" and not output.is_dir():
+        if len(inputs) > 1:
+            _fail(f"--output {output}: {len(inputs)} inputs need an output folder, not one .png", 2)
+        return [(inputs[0], output)]
+    if suffix in IMAGE_SUFFIXES and not output.is_dir():
+        _fail(f"--output {output}: outputs are PNG: name a .png file or a folder", 2)
+    if output.exists() and not output.is_dir():
+        _fail(f"--output {output}: exists and is not a folder", 2)
+    dests = [output / f"{src.stem}.png" for src in inputs]
+    dup = sorted({d.name for d in dests if dests.count(d) > 1})
+    if dup:
+        _fail(f"--output {output}: several inputs would write {', '.join(dup)}; give one input per name", 2)
+    return list(zip(inputs, dests))
+
+
+def _decode_lr(path: Path):
+    """The image as a (1, 3, h, w) float tensor in [0, 1] (the pipeline's decoder: EXIF, alpha, 16-bit)."""
+    import torch
+
+    from srcompress.tasks.common.ingest import BadImage, decode_image
+
+    try:
+        rgb = decode_image(path.read_bytes(), MAX_INPUT_PIXELS).rgb
+    except BadImage as exc:
+        _fail(f"--input {path}: cannot decode the image: {exc}", 2)
+    except OSError as exc:
+        _fail(f"--input {path}: cannot read: {exc}", 2)
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255.0
+
+
+def _load_upscaler(folder: Path, device, scale: int, tile: int | None, overlap: int | None, color_fix: str):
+    from srcompress.models.upscalers import DiffusionSR
+
+    try:
+        if (folder / "student.json").is_file():
+            from srcompress.models.student.student import load_student
+
+            model, name = load_student(folder, device=device), "student"
+        elif (folder / "teacher.json").is_file() or (folder / "transformer").is_dir() or (folder / "unet").is_dir():
+            from srcompress.models.teachers.loader import load_teacher
+
+            model, name = load_teacher(folder, device=device), "teacher"
+        else:
+            _fail(f"--model {folder}: neither a student folder (student.json) nor a teacher folder "
+                  "(teacher.json, transformer/ or unet/)", 2)
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(f"--model {folder}: cannot load: {exc}", 2)
+    up = DiffusionSR(model, scale=scale, name=name, tile="model" if tile is None else tile,
+                     tile_overlap="model" if overlap is None else overlap, color_fix=color_fix)
+    return model, up
+
+
+def _tile_count(up, h: int, w: int) -> int:
+    """How many latent tiles ``up`` runs on an h x w input (as ``models/teachers/tiling.py`` lays them out)."""
+    from srcompress.models.teachers.tiling import tile_starts
+
+    lat = [-(-(s * up.scale) // up.multiple) * up.multiple // up.model.latent_factor for s in (h, w)]
+    if not up.tile or max(lat) <= up.tile:
+        return 1
+    rows, cols = (len(tile_starts(max(s, up.tile), up.tile, up.tile_overlap)) for s in lat)
+    return rows * cols
+
+
+@contextlib.contextmanager
+def _tile_progress(model, tick):
+    """Call ``tick(n)`` after each ``restore_tile`` call on n tiles (an instance attribute shadows the method
+    for this block only; ``DiffusionSR`` looks ``restore_tile`` up on the model at call time)."""
+    inner = model.restore_tile
+
+    def counted(z):
+        out = inner(z)
+        tick(int(z.shape[0]))
+        return out
+
+    model.restore_tile = counted
+    try:
+        yield
+    finally:
+        del model.restore_tile
+
+
+def _to_uint8(sr):
+    """(1, 3, H, W) in [0, 1] → (H, W, 3) uint8, rounded to nearest."""
+    import torch
+
+    return (sr[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def _write_png(rgb, dest: Path) -> None:
+    """Write atomically: a temp file in the destination folder, fsynced, then ``os.replace`` onto ``dest``."""
+    import os
+    import tempfile
+
+    from PIL import Image
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(rgb).save(f, format="PNG")
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an output image gets the usual permissions
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @assets_app.command("fetch")

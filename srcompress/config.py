@@ -4,7 +4,7 @@
 
 Sections: ``run`` (naming, parallelism), ``store`` (artifact store), ``tracking`` (MLflow), ``data`` (HR
 sources), ``degrade`` (Real-ESRGAN pairs), ``teacher`` (bootstrap or import), ``encode`` (Ray latents),
-``redundancy`` (block scores), ``search`` (depth mask), ``evaluate`` (metrics, conventions, inference). Each section's hash is its step-config hash; the whole
+``redundancy`` (block scores), ``search`` (depth mask), ``distill`` (student, two stages), ``evaluate`` (metrics, conventions, inference). Each section's hash is its step-config hash; the whole
 config's hash identifies the run's settings.
 """
 
@@ -21,6 +21,7 @@ from srcompress.models.device import DEVICE_PATTERN
 from srcompress.infra.store import StoreConfig
 from srcompress.infra.tracking import TrackingConfig
 from srcompress.tasks.degrade.config import DegradeConfig
+from srcompress.tasks.distill.config import DistillConfig
 from srcompress.tasks.common.sources import DataConfig
 from srcompress.tasks.encode.config import EncodeConfig
 from srcompress.tasks.evaluate.config import EvaluateConfig
@@ -28,7 +29,8 @@ from srcompress.tasks.redundancy.config import RedundancyConfig
 from srcompress.tasks.search.config import SearchConfig
 from srcompress.tasks.common.teacher_config import TeacherConfig
 
-STEPS = ("degrade", "bootstrap_teacher", "encode_latents", "analyse_redundancy", "search_pruning", "evaluate")  # DAG order (docs/architecture.md §1)
+STEPS = ("degrade", "bootstrap_teacher", "encode_latents", "analyse_redundancy", "search_pruning", "distill_latent",
+         "distill_pixel", "evaluate")  # DAG order (docs/architecture.md §1)
 
 
 class RunConfig(StrictModel):
@@ -52,6 +54,7 @@ class SrConfig(StrictModel):
     encode: EncodeConfig = Field(default_factory=EncodeConfig, description="Latent pre-encoding on Ray.")
     redundancy: RedundancyConfig = Field(default_factory=RedundancyConfig, description="Redundancy analysis of the teacher's blocks.")
     search: SearchConfig = Field(default_factory=SearchConfig, description="Depth-pruning mask search (DeepSpeed).")
+    distill: DistillConfig = Field(default_factory=DistillConfig, description="Student build and two-stage distillation (DeepSpeed).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation: metrics, conventions, inference.")
 
     @model_validator(mode="after")
@@ -90,7 +93,8 @@ def preflight(cfg: SrConfig) -> None:
 
     problems = []
     checks = [("run.device", cfg.run.device), ("evaluate.device", cfg.evaluate.device),
-              ("redundancy.device", cfg.redundancy.device), ("search.device", cfg.search.device)]
+              ("redundancy.device", cfg.redundancy.device), ("search.device", cfg.search.device),
+              ("distill.device", cfg.distill.device)]
     if cfg.encode.gpus_per_actor == 0 and not cfg.encode.ray_address:  # GPUs of a remote cluster are not ours to see
         checks.append(("encode.device", cfg.encode.device))
     for key, spec in checks:

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 
 from srcompress.infra.store import atomic_write_bytes
 from srcompress.tasks.evaluate.datasets import EvalItem
+from srcompress.tasks.evaluate.retention import efficiency_ratios, retention, retention_markdown
 from srcompress.tasks.evaluate.runner import EvalResult
 
 GRID_LABEL_H = 18
@@ -248,7 +249,14 @@ def write_reports(result: EvalResult, items: list[EvalItem], out: Path, conventi
     atomic_write_bytes(files["per_image_csv"], _csv_bytes(result.rows, ["image", "model", "lr_size", "seconds"] + metrics + notes))
     atomic_write_bytes(files["summary_csv"], _csv_bytes(summary_rows(result), ["model", "metric", "mean", "std", "n",
                                                                                  "lower_better", "note"]))
-    atomic_write_bytes(files["summary_md"], summary_markdown(result, len(items), conventions, skipped).encode())
+    md = summary_markdown(result, len(items), conventions, skipped)
+    if "teacher" in result.summary and len(result.summary) > 2:  # something besides bicubic and the teacher
+        ret = retention(result)
+        files["retention_json"] = out / "retention.json"
+        atomic_write_bytes(files["retention_json"], json.dumps({**ret, "efficiency": efficiency_ratios(result)},
+                                                               indent=1, sort_keys=True).encode())
+        md = md.rstrip() + "\n\n" + retention_markdown(ret, efficiency_ratios(result))
+    atomic_write_bytes(files["summary_md"], md.encode())
     atomic_write_bytes(files["efficiency_json"], json.dumps(result.efficiency, indent=2, sort_keys=True).encode())
     grid_ids = sorted(set.intersection(*[set(o) for o in result.outputs.values()])) if result.outputs else []
     for idx in grid_ids:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load as safetensors_load
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -25,6 +26,7 @@ from srcompress.infra.manifest import Manifest, cache_key, code_version
 from srcompress.infra.store import atomic_write_bytes
 from srcompress.models.device import resolve_device
 from srcompress.models.iqa import MetricEnv
+from srcompress.models.student.student import build_student, load_student
 from srcompress.models.upscalers import Bicubic, DiffusionSR
 from srcompress.tasks.evaluate.config import EvaluateConfig
 from srcompress.tasks.evaluate.data_step import read_eval_set
@@ -32,7 +34,7 @@ from srcompress.tasks.evaluate.datasets import png_bytes
 from srcompress.tasks.evaluate.report import grid_indices, write_reports
 from srcompress.tasks.evaluate.runner import evaluate_models
 from srcompress.tasks.common.teacher_config import TeacherConfig
-from srcompress.tasks.common.teachers import load_settings, materialize_teacher
+from srcompress.tasks.common.teachers import fetch_teacher_folder, load_settings, materialize_teacher
 
 STEP = "evaluate"
 
@@ -61,6 +63,29 @@ def step_config_hash(cfg: EvaluateConfig, teacher_cfg: TeacherConfig) -> str:
                            "teacher": load_settings(teacher_cfg)})
 
 
+def load_model(ctx: RunContext, name: str, models: dict[str, Manifest], teacher_cfg: TeacherConfig, device):
+    """A model of the table from its manifest: a teacher, a student folder, or the teacher under a mask."""
+    if name not in models:
+        raise ValueError(f"model {name!r} requested but no {name} manifest was produced")
+    m, cache = models[name], Path(ctx.workdir)
+    if m.kind == "teacher":
+        return materialize_teacher(ctx.get_store(), m, teacher_cfg, cache / "teachers", device)
+    if m.kind == "student":
+        return load_student(fetch_teacher_folder(ctx.get_store(), m, cache / "students"), device=device)
+    if m.kind == "mask":  # pruned / searched: built from the teacher, nothing trained beyond the search
+        if "teacher" not in models:
+            raise ValueError(f"model {name!r} needs the teacher manifest")
+        teacher = materialize_teacher(ctx.get_store(), models["teacher"], teacher_cfg, cache / "teachers", device)
+        store = ctx.get_store()
+        result = json.loads(store.get_bytes(store.key_from_uri(m.uri), m.digest))
+        lora = {}
+        if name == "searched":
+            raw = store.get_bytes(result["lora"]["key"], expected_sha256=result["lora"]["sha256"])
+            lora = {k: v for k, v in safetensors_load(raw).items() if "lora_" in k}
+        return build_student(teacher, result["mask"], lora, int(result["lora"]["rank"]), int(result["lora"]["alpha"]))
+    raise ValueError(f"model {name!r}: cannot evaluate a {m.kind!r} manifest")
+
+
 def build_upscalers(ctx: RunContext, cfg: EvaluateConfig, scale: int, models: dict[str, Manifest],
                     teacher_cfg: TeacherConfig) -> dict:
     ups: dict = {"bicubic": Bicubic(scale)}
@@ -69,9 +94,7 @@ def build_upscalers(ctx: RunContext, cfg: EvaluateConfig, scale: int, models: di
     for name in cfg.models:
         if name == "bicubic":
             continue
-        if name not in models:
-            raise ValueError(f"model {name!r} requested but no {name} manifest was produced")
-        net = materialize_teacher(ctx.get_store(), models[name], teacher_cfg, Path(ctx.workdir) / "teachers", device)
+        net = load_model(ctx, name, models, teacher_cfg, device)
         ups[name] = DiffusionSR(net.eval(), scale=scale, name=name, tile=inf.tile, tile_overlap=inf.tile_overlap,
                                 vae_tiling=inf.vae_tiling, vae_tile=inf.vae_tile, color_fix=inf.color_fix,
                                 seed=inf.seed)

@@ -9,22 +9,9 @@ from pydantic import Field, model_validator
 from srcompress.infra.config import StrictModel
 from srcompress.models.device import DEVICE_PATTERN
 from srcompress.models.pruning.search import TINYSR_LORA_TARGETS
+from srcompress.tasks.common.training import DeepSpeedConfig
 
 Method = Literal["learned", "block_influence", "pgp_cos", "pgp_kl", "removal", "uniform", "random_min", "given"]
-
-
-class DeepSpeedConfig(StrictModel):
-    """The DeepSpeed engine (``deepspeed.initialize``); the optimiser is ours (param groups), not the config's."""
-
-    zero_stage: int = Field(1, ge=0, le=2, description="ZeRO stage (0: plain DDP-style, 1: optimiser states, 2: + gradients).")
-    bf16: bool = Field(False, description="bf16 mixed precision.")
-    gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimiser step.")
-    gradient_clipping: float = Field(1.0, ge=0, description="Global gradient-norm clip (0 = off).")
-
-    def engine_config(self, micro_batch: int) -> dict:
-        return {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": self.gradient_accumulation,
-                "gradient_clipping": self.gradient_clipping, "zero_optimization": {"stage": self.zero_stage},
-                "bf16": {"enabled": self.bf16}, "steps_per_print": 10**9, "wall_clock_breakdown": False}
 
 
 class SearchConfig(StrictModel):

@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from srcompress.infra.config import canonical_hash
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, cache_key, code_version
-from srcompress.infra.ray_cluster import ray_session
+from srcompress.infra.ray_cluster import train_on_ray
 from srcompress.models.device import resolve_device
 from srcompress.models.pruning.masks import nm_options
 from srcompress.models.pruning.redundancy import top_k_mask
@@ -102,23 +102,15 @@ def given_mask(ctx: RunContext, spec: list[int] | str, teacher: Manifest, num_bl
 def search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, latents: Manifest, teacher: Manifest,
            fixed: list[float] | None, key: str, run_id: str, ray_address: str | None) -> dict:
     """Launch the ranks; returns rank 0's published result."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     log = get_run_logger()
     config = {"ctx": ctx.model_dump_json(), "cfg": cfg.model_dump_json(), "teacher_cfg": teacher_cfg.model_dump_json(),
               "latents": latents.to_json(), "teacher": teacher.to_json(), "key": key, "run_id": run_id,
               "fixed_mask": fixed}
     use_gpu = resolve_device(cfg.device or ctx.device, "search.device").type == "cuda"
-    with ray_session(ray_address) as info:
-        log.info("search_pruning: %s, %d DeepSpeed rank(s) on Ray %s", cfg.method, cfg.num_workers, info)
-        trainer = TorchTrainer(search_loop, train_loop_config=config,
-                               scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu),
-                               run_config=RunConfig(name=f"search-{key[:12]}",
-                                                    storage_path=str(ctx.scratch("ray-train"))))
-        result = trainer.fit()
-        if result.error is not None:
-            raise RuntimeError(f"search_pruning failed on a rank: {result.error}")
+    log.info("search_pruning: %s, %d DeepSpeed rank(s) on Ray", cfg.method, cfg.num_workers)
+    info = train_on_ray(search_loop, config, cfg.num_workers, use_gpu, f"search-{key[:12]}",
+                        str(ctx.scratch("ray-train")), ray_address)
+    log.info("search_pruning: ranks finished on Ray %s", info)
     store = ctx.get_store()
     return json.loads(store.get_bytes(f"search/{key[:24]}/result.json"))
 

@@ -13,7 +13,6 @@ store after their sha256 was verified.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -24,13 +23,13 @@ from safetensors.torch import save
 
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest
-from srcompress.models.device import resolve_device
 from srcompress.models.pruning.masks import tau_at
 from srcompress.models.pruning.search import MaskSearch
 from srcompress.models.teachers import load_teacher
 from srcompress.tasks.common.latents import calibration_subset, center_tile
 from srcompress.tasks.common.teacher_config import TeacherConfig
 from srcompress.tasks.common.teachers import fetch_teacher_folder
+from srcompress.tasks.common.training import StoreCheckpoints, init_rank, perceptual_net
 from srcompress.tasks.search.config import SearchConfig
 
 
@@ -46,37 +45,6 @@ def build(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, teache
                       cfg.dynamic, cfg.expansion_corrosion, cfg.ema, mask, cfg.seed).to(device)
 
 
-def _perceptual(device: torch.device) -> torch.nn.Module:
-    """The frozen ST-LPIPS network (weights from the stlpips-pytorch wheel, checked key by key)."""
-    from srcompress.models.iqa import MetricEnv
-    from srcompress.models.iqa.stlpips import STLPIPS
-
-    net = STLPIPS(MetricEnv(device=str(device))).model
-    return net.requires_grad_(False)
-
-
-def _ckpt_prefix(key: str) -> str:
-    return f"search/{key[:24]}/checkpoint"
-
-
-def _download_latest(store, key: str, dest: Path) -> dict | None:
-    try:
-        latest = json.loads(store.get_bytes(f"{_ckpt_prefix(key)}/latest.json"))
-    except Exception:  # absent or unreadable: start from scratch
-        return None
-    for rel, sha in latest["files"].items():
-        store.get_file(f"{_ckpt_prefix(key)}/{rel}", dest / rel, expected_sha256=sha)
-    return latest
-
-
-def _upload(store, key: str, root: Path) -> dict[str, str]:
-    out = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
-        out[rel] = store.put_file(f"{_ckpt_prefix(key)}/{rel}", path).sha256
-    return out
-
-
 def search_loop(config: dict) -> None:
     """Ray Train entry: ``config`` holds JSON strings only (RunContext, configs, manifests, key, run id, mask)."""
     import deepspeed
@@ -87,10 +55,8 @@ def search_loop(config: dict) -> None:
     teacher_cfg = TeacherConfig.model_validate_json(config["teacher_cfg"])
     latents, teacher = Manifest.from_json(config["latents"]), Manifest.from_json(config["teacher"])
     key, run_id, fixed = config["key"], config["run_id"], config["fixed_mask"]
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.num_workers))
-    device = resolve_device(cfg.device or ctx.device, "search.device" if cfg.device else "run.device")
-    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world, device = init_rank(cfg.device or ctx.device, cfg.num_workers,
+                                    "search.device" if cfg.device else "run.device")
     store = ctx.get_store()
     torch.manual_seed(cfg.seed)
     model = build(ctx, cfg, teacher_cfg, teacher, fixed, device)
@@ -102,14 +68,15 @@ def search_loop(config: dict) -> None:
     opt = torch.optim.AdamW(model.param_groups(cfg.lr, cfg.weight_decay, cfg.gate_lr_mult))
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt,
                                       config=cfg.deepspeed.engine_config(min(cfg.batch_size, len(lq))))
-    perceptual = _perceptual(device) if cfg.perceptual_weight > 0 else None
+    perceptual = perceptual_net(device) if cfg.perceptual_weight > 0 else None
     dtype = torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32  # the engine casts the model, not our inputs
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     history: list[dict] = []
     start = 0
     local = Path(tempfile.mkdtemp(prefix=f"search-{key[:8]}-r{rank}-", dir=ctx.scratch("search")))
     try:
-        latest = _download_latest(store, key, local)
+        ckpt = StoreCheckpoints(store, f"search/{key[:24]}/checkpoint", local, rank)
+        latest = ckpt.restore()
         if latest is not None:
             _, client = engine.load_checkpoint(str(local), tag=latest["tag"])
             start, history = int(client["step"]), list(client["history"])
@@ -146,14 +113,9 @@ def search_loop(config: dict) -> None:
                 rngs = [None] * world
                 dist.all_gather_object(rngs, gen.get_state())
                 tag = f"step{step + 1}"
-                engine.save_checkpoint(str(local), tag=tag, client_state={
-                    "step": step + 1, "history": history, "ema_logits": model.gates.ema_logits.detach().cpu(),
-                    "rng": rngs})
-                dist.barrier()
-                files = _upload(store, key, local)
-                dist.barrier()
-                if rank == 0:
-                    store.put_bytes(f"{_ckpt_prefix(key)}/latest.json", json.dumps({"tag": tag, "files": files}).encode())
+                client = {"step": step + 1, "history": history, "ema_logits": model.gates.ema_logits.detach().cpu(),
+                          "rng": rngs}
+                ckpt.save(tag, lambda root: engine.save_checkpoint(str(root), tag=tag, client_state=client))
         train_s = time.perf_counter() - t0  # the loop alone: no start-up (checkpoint saves included when on)
         if rank == 0:
             _publish(store, key, model, cfg, world, history, fixed is not None, teacher.digest,

@@ -1,0 +1,129 @@
+"""distill_latent / distill_pixel through the flow: DeepSpeed ranks via Ray Train, student manifests, the
+diffusers-loadable folder, MLflow curves and grids, per-stage caching, resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from srcompress.config import load_config
+from srcompress.flows.compress import run_pipeline
+from srcompress.models.student.student import load_student
+from tests.tasks.test_search import SEARCH
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+DISTILL = SEARCH + ["search.steps=2", "distill.train_size=6", "distill.stage1.steps=4", "distill.stage1.batch_size=2",
+                    "distill.stage2.steps=3", "distill.stage2.batch_size=2", "distill.log_every=1",
+                    "distill.checkpoint_every=0", "distill.stage2.discriminator=patch"]
+
+
+def _run(client: MlflowClient, summary: dict, step: str):
+    runs = client.search_runs([summary["experiment_id"]], f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'")
+    return next(r for r in runs if r.info.run_name == step)
+
+
+def _folder(summary: dict, step: str, root):
+    from srcompress.infra.manifest import Manifest
+    from srcompress.infra.store import StoreConfig, open_store
+    from srcompress.tasks.common.teachers import fetch_teacher_folder
+
+    m = Manifest.model_validate(summary["steps"][step])
+    return fetch_teacher_folder(open_store(StoreConfig(uri=summary["store"]), root), m, root)
+
+
+def _diffusers_sr(folder, x01: torch.Tensor) -> torch.Tensor:
+    """The student computed with nothing of ours: diffusers classes from_pretrained + the folder's JSON."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from safetensors.torch import load_file
+
+    meta = json.loads((folder / "student.json").read_text())
+    tr = SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer", local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True)
+    pe = load_file(str(folder / "prompt_embeds.safetensors"))
+    sf = meta["convention"]["scaling_factor"]
+    with torch.no_grad():
+        z = vae.encode(x01 * 2 - 1).latent_dist.mean * sf
+        v = tr(hidden_states=z, encoder_hidden_states=pe["prompt_embeds"], pooled_projections=pe["pooled_prompt_embeds"],
+               timestep=torch.full((1,), meta["timestep"])).sample
+        return ((vae.decode((z - meta["timestep"] / 1000 * v) / sf).sample.clamp(-1, 1) + 1) / 2).clamp(0, 1)
+
+
+def test_two_stage_distillation_publishes_a_diffusers_student(tmp_path):
+    cfg = load_config("tiny", DISTILL)
+    out = run_pipeline(cfg, tmp_path / "w", until="distill_pixel")
+    s1, s2 = out["steps"]["distill_latent"], out["steps"]["distill_pixel"]
+    assert s1["kind"] == s2["kind"] == "student" and s2["inputs"]["stage1"] == s1["digest"]
+    assert s1["counts"]["steps"] == 4 and s2["counts"]["steps"] == 3
+    assert s2["extra"]["streamlined"] and len(s2["extra"]["kept_blocks"]) == 1
+    folder = _folder(out, "distill_pixel", tmp_path / "fetch")
+    assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt")) and not list(folder.rglob("*.pkl"))
+    assert json.loads((folder / "model_index.json").read_text())["transformer"] == ["diffusers", "SD3Transformer2DModel"]
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    ours = load_student(folder)
+    assert ours.streamlined
+    with torch.no_grad():
+        assert torch.allclose(_diffusers_sr(folder, x), ours(x), atol=1e-4)
+    client = MlflowClient(out["tracking_uri"])
+    r1, r2 = _run(client, out, "distill_latent"), _run(client, out, "distill_pixel")
+    assert len(client.get_metric_history(r1.info.run_id, "stage1.loss")) == 4
+    assert {"stage2.loss", "stage2.d_loss", "stage2.g_adv", "stage2.perceptual"} <= set(r2.data.metrics)
+    assert "distill/stage2_grid.png" in {a.path for a in client.list_artifacts(r2.info.run_id, "distill")}
+    # stage 2 settings change: stage 1 is reused from the cache, stage 2 retrains
+    again = run_pipeline(load_config("tiny", DISTILL + ["distill.stage2.gan_weight=0"]), tmp_path / "w",
+                         until="distill_pixel")
+    assert again["outcomes"]["distill_latent"] == "cached" and again["outcomes"]["distill_pixel"] != "cached"
+    assert again["steps"]["distill_latent"]["digest"] == s1["digest"]
+
+
+def test_two_ranks_tiny_vae_phase_adapter_and_gan(tmp_path):
+    cfg = load_config("tiny", DISTILL + ["distill.num_workers=2", "distill.tiny_vae.enabled=true",
+                                         "distill.tiny_vae.steps=3", "distill.tiny_vae.width=8",
+                                         "distill.tiny_vae.blocks=1", "distill.phase_adapter=true",
+                                         "distill.stage2.discriminator=projected_stlpips",
+                                         "distill.deepspeed.zero_stage=2"])
+    out = run_pipeline(cfg, tmp_path / "w", until="distill_pixel")
+    s2 = out["steps"]["distill_pixel"]
+    assert s2["counts"]["world_size"] == 2 and s2["extra"]["tiny_vae"] and s2["extra"]["phase_adapter"]
+    student = load_student(_folder(out, "distill_pixel", tmp_path / "fetch"))
+    assert student.tiny_vae and student.phase is not None
+    assert student(torch.rand(1, 3, 40, 24)).shape == (1, 3, 40, 24)
+    assert s2["extra"]["tiny_vae_fit"]["steps"] == 3
+
+
+def test_a_killed_distillation_stage_resumes_from_its_checkpoint(tmp_path):
+    """Ray Train's rank process is SIGKILLed after a stage-1 checkpoint reached the store; the rerun resumes
+    from it (its first logged step is after the checkpoint) and ends with the uninterrupted run's student."""
+    import psutil
+
+    cfg = load_config("tiny", DISTILL + ["distill.stage1.steps=12", "distill.checkpoint_every=4"])
+    ref = run_pipeline(cfg, tmp_path / "ref", until="distill_latent")["steps"]["distill_latent"]
+    store_root = tmp_path / "w" / "store"
+    killed = threading.Event()
+
+    def kill_after_checkpoint() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not killed.is_set():
+            if any(store_root.glob("distill/*/stage1/checkpoint/latest.json")):
+                for p in psutil.process_iter(["cmdline"]):
+                    if any("RayTrainWorker" in part for part in (p.info["cmdline"] or [])):
+                        p.kill()
+                        killed.set()
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_after_checkpoint, daemon=True)
+    watcher.start()
+    with pytest.raises(Exception):
+        run_pipeline(cfg, tmp_path / "w", until="distill_latent")
+    assert killed.is_set()
+    out = run_pipeline(cfg, tmp_path / "w", until="distill_latent")
+    m = out["steps"]["distill_latent"]
+    client = MlflowClient(out["tracking_uri"])
+    losses = client.get_metric_history(_run(client, out, "distill_latent").info.run_id, "stage1.loss")
+    assert min(x.step for x in losses) > 4 and m["counts"]["steps"] < 12  # resumed, not restarted
+    assert m["digest"] == ref["digest"]  # bit-identical student folder
