@@ -8,7 +8,8 @@ protocol is fixed and recorded with the numbers:
   model's device themselves;
 - **latency**: ``warmup`` untimed calls, then the median of ``reps`` timed calls under ``torch.no_grad()``,
   inputs pre-loaded (no I/O), CUDA synchronised around each call, with the torch thread count recorded;
-- **MACs**: ``torch.utils.flop_counter.FlopCounterMode`` FLOPs / 2 (one multiply-add = 2 FLOPs);
+- **MACs**: ``torch.utils.flop_counter.FlopCounterMode`` FLOPs / 2 (one multiply-add = 2 FLOPs), attention on
+  the math SDPA backend (the counter has no formula for the fused CPU attention kernel);
 - **params**: every parameter of the module;
 - **peak memory** (one separate call, after the timed ones, so the profiler's overhead is never timed):
   on CUDA ``torch.cuda.max_memory_allocated`` minus the memory allocated before the call; on CPU the peak of
@@ -56,9 +57,12 @@ class Efficiency:
 
 
 def count_macs(fn: Callable[[], object]) -> int:
+    """MACs of one call. Attention runs on the math SDPA backend while counting: the flop counter has no
+    formula for the fused CPU kernel and would count attention as zero."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         fn()
     return int(counter.get_total_flops() // 2)
 

@@ -250,7 +250,8 @@ def _print_plan(r: dict, how: str) -> None:
     row("student total", r["student"])
     typer.echo(f"  {'reduction':<44s} {'x' + format(r['reduction']['params'], '.2f'):>11s} "
                f"{'x' + format(r['reduction']['gmacs'], '.2f'):>10s}")
-    row("TinySR student (reported)", r["tinysr_reported"], "text stream removed there; kept here")
+    ref = r["tinysr_reported"]
+    row(f"TinySR student (reported, {ref['size']}x{ref['size']})", ref, "text stream removed there; kept here")
     typer.echo(f"\n{r['protocol']}")
 
 
@@ -294,7 +295,10 @@ def upscale(model: Path = typer.Option(..., "--model", "-m", help="A published s
         with tqdm(total=_tile_count(up, h, w), desc=src.name, unit="tile", disable=no_progress, leave=False) as bar, \
                 _tile_progress(sr_model, bar.update), torch.no_grad():
             sr = up(lr)
-        _write_png(_to_uint8(sr), dest)
+        try:
+            _write_png(_to_uint8(sr), dest)
+        except OSError as exc:
+            _fail(f"--output {dest}: cannot write: {exc}", 3)
         typer.echo(f"{src} ({w}x{h}) -> {dest} ({sr.shape[-1]}x{sr.shape[-2]})")
 
 
@@ -307,7 +311,7 @@ def _upscale_targets(inputs: list[Path], output: Path) -> list[tuple[Path, Path]
     if suffix == ".png" and not output.is_dir():
         if len(inputs) > 1:
             _fail(f"--output {output}: {len(inputs)} inputs need an output folder, not one .png", 2)
-        return [(inputs[0], output)]
+        return _not_onto_inputs([(inputs[0], output)])
     if suffix in IMAGE_SUFFIXES and not output.is_dir():
         _fail(f"--output {output}: outputs are PNG: name a .png file or a folder", 2)
     if output.exists() and not output.is_dir():
@@ -316,7 +320,14 @@ def _upscale_targets(inputs: list[Path], output: Path) -> list[tuple[Path, Path]
     dup = sorted({d.name for d in dests if dests.count(d) > 1})
     if dup:
         _fail(f"--output {output}: several inputs would write {', '.join(dup)}; give one input per name", 2)
-    return list(zip(inputs, dests))
+    return _not_onto_inputs(list(zip(inputs, dests)))
+
+
+def _not_onto_inputs(pairs: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+    for src, dest in pairs:
+        if dest.resolve() == src.resolve():
+            _fail(f"--output {dest}: would overwrite its input; choose another name or folder", 2)
+    return pairs
 
 
 def _decode_lr(path: Path):

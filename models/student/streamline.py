@@ -62,8 +62,9 @@ class StreamlinedSD3(nn.Module):
         self.register_buffer("context", context.detach().clone())
         # What ``to_diffusers`` needs to rebuild the removed modules (kept off the module tree: not weights
         # of the streamlined model, not counted in its parameters).
-        self._removed = {"time_text_embed": {k: v.detach().cpu().clone() for k, v in tr.time_text_embed.state_dict().items()},
-                         "context_embedder": {k: v.detach().cpu().clone() for k, v in tr.context_embedder.state_dict().items()}}
+        keep = lambda v: v.detach() if v.is_meta else v.detach().cpu().clone()  # noqa: E731 (meta: plan's counts)
+        self._removed = {name: {k: keep(v) for k, v in getattr(tr, name).state_dict().items()}
+                         for name in ("time_text_embed", "context_embedder")}
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         b, _, height, width = hidden_states.shape
@@ -84,7 +85,9 @@ class StreamlinedSD3(nn.Module):
         cfg = {k: v for k, v in dict(self.config).items() if not k.startswith("_")}
         cfg["num_layers"] = len(self.transformer_blocks)
         p = next(self.parameters())
-        out = SD3Transformer2DModel.from_config(cfg).to(device=p.device, dtype=p.dtype)
+        out = SD3Transformer2DModel.from_config(cfg).to(device=p.device)
+        if p.dtype != torch.float32:
+            out = out.to(dtype=p.dtype)
         state = {}
         for name, value in self.state_dict().items():
             if name == "context":

@@ -49,7 +49,7 @@ def merge_lora(backbone: nn.Module, state: dict[str, torch.Tensor], rank: int, a
 
 
 def kept_indices(mask: list[float] | torch.Tensor) -> list[int]:
-    keep = [i for i, v in enumerate(torch.as_tensor(mask, dtype=torch.float32).tolist()) if v > 0.5]
+    keep = [i for i, v in enumerate(torch.as_tensor(mask, dtype=torch.float32, device="cpu").tolist()) if v > 0.5]
     if not keep:
         raise ValueError("the mask keeps no block")
     return keep
@@ -74,7 +74,10 @@ def prune_sd3(transformer: nn.Module, keep: list[int]) -> nn.Module:
     dual = set(cfg.get("dual_attention_layers") or ())
     cfg.update(num_layers=len(keep), dual_attention_layers=tuple(i for i, k in enumerate(keep) if k in dual))
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    student = SD3Transformer2DModel.from_config(cfg).to(dtype=next(transformer.parameters()).dtype)
+    student = SD3Transformer2DModel.from_config(cfg)
+    dtype = next(transformer.parameters()).dtype
+    if dtype != torch.float32:  # diffusers warns on a no-op .to(dtype)
+        student = student.to(dtype=dtype)
     new_of = {k: i for i, k in enumerate(keep)}
     dim = transformer.inner_dim
     last_new = len(keep) - 1
