@@ -122,8 +122,8 @@ def main() -> None:
                         ("search x2", ["search.num_workers=2", "search.batch_size=2"]),
                         ("lora x1", ["search.num_workers=1", "search.batch_size=4", "search.method=uniform"])):
         cfg = load_config("tiny", base + extra + ["search.seed=7"])
-        res = _result(store, run_pipeline(cfg, work, until="search_pruning")["steps"]["search_pruning"])
-        speed[name] = res["steps_run"] / res["train_seconds"]
+        timing = run_pipeline(cfg, work, until="search_pruning")["steps"]["search_pruning"]["extra"]["timing"]
+        speed[name] = timing["steps_run"] / timing["train_seconds"]
     print(f"\nsteps/s (global batch 4): 1 rank {speed['search x1']:.2f}, 2 ranks {speed['search x2']:.2f} "
           f"(ratio {speed['search x2'] / speed['search x1']:.2f}); plain LoRA step {speed['lora x1']:.2f}/s; "
           f"gate overhead (search step / LoRA step time) {speed['lora x1'] / speed['search x1']:.2f}")

@@ -54,6 +54,30 @@ def _open_parent_run(cfg: SrConfig, ctx: RunContext) -> str:
     return run_id
 
 
+def train_steps(ctx: RunContext, cfg: SrConfig, last: int) -> dict[str, Any]:
+    """Every step before ``evaluate`` up to ``STEPS[last]``, in DAG order; returns their manifests. Also used by
+    the evaluation flow to obtain (from the cache, after a run) the models it is asked to score."""
+    manifests: dict[str, Any] = {"degrade": run_degrade(ctx, cfg.data, cfg.degrade, cfg.run.max_workers)}
+    if has_holdout(cfg):  # evaluation images, degraded the same way, never trained on
+        manifests["degrade_holdout"] = run_degrade(ctx, cfg.data, cfg.degrade, cfg.run.max_workers, "holdout")
+    if last >= STEPS.index("bootstrap_teacher"):
+        manifests["bootstrap_teacher"] = run_teacher(ctx, cfg.teacher, manifests["degrade"],
+                                                     manifests.get("degrade_holdout"))
+    if last >= STEPS.index("encode_latents"):
+        manifests["encode_latents"] = run_encode(ctx, cfg.encode, cfg.teacher, manifests["degrade"],
+                                                 manifests["bootstrap_teacher"])
+    if last >= STEPS.index("analyse_redundancy"):
+        manifests["analyse_redundancy"] = run_redundancy(ctx, cfg.redundancy, cfg.teacher,
+                                                         manifests["encode_latents"], manifests["bootstrap_teacher"])
+    if last >= STEPS.index("search_pruning"):
+        manifests["search_pruning"] = run_search(ctx, cfg.search, cfg.teacher, manifests["encode_latents"],
+                                                 manifests["bootstrap_teacher"], manifests["analyse_redundancy"],
+                                                 cfg.encode.ray_address)
+    if last >= STEPS.index("distill_latent"):
+        manifests.update(distill(ctx, cfg, manifests, last >= STEPS.index("distill_pixel")))
+    return manifests
+
+
 def distill(ctx: RunContext, cfg: SrConfig, manifests: dict[str, Any], pixel: bool) -> dict[str, Any]:
     """Stage 1 then (``pixel``) stage 2; with ``distill.phase_ablation`` the same with the adapter flipped."""
     common = dict(latents=manifests["encode_latents"], pairs=manifests["degrade"],
@@ -72,11 +96,20 @@ def distill(ctx: RunContext, cfg: SrConfig, manifests: dict[str, Any], pixel: bo
     return out
 
 
+# Table name → the step whose manifest the evaluate step loads it from (docs/architecture.md §1).
+MODEL_STEPS = {"teacher": "bootstrap_teacher", "pruned": "search_pruning", "searched": "search_pruning",
+               "student_stage1": "distill_latent", "student": "distill_pixel",
+               "student_ablation": "distill_pixel_ablation"}
+
+
 def evaluated_models(manifests: dict[str, Any]) -> dict[str, Any]:
-    """Table name → the manifest the evaluate step loads it from (docs/architecture.md §1)."""
-    names = {"teacher": "bootstrap_teacher", "pruned": "search_pruning", "searched": "search_pruning",
-             "student_stage1": "distill_latent", "student": "distill_pixel", "student_ablation": "distill_pixel_ablation"}
-    return {name: manifests[step] for name, step in names.items() if step in manifests}
+    return {name: manifests[step] for name, step in MODEL_STEPS.items() if step in manifests}
+
+
+def last_step_for(models: list[str]) -> str | None:
+    """The last training step the requested models need (None: bicubic and the teacher only)."""
+    needed = [MODEL_STEPS[m].removesuffix("_ablation") for m in models if m not in ("bicubic", "teacher")]
+    return max(needed, key=STEPS.index) if needed else None
 
 
 @flow(name="srcompress-compress", log_prints=True, validate_parameters=False)
@@ -97,24 +130,7 @@ def compress(config: dict[str, Any] | str, workdir: str, until: str | None = Non
     last = STEPS.index(until or STEPS[-1])
     manifests: dict[str, Any] = {}
     try:
-        manifests["degrade"] = run_degrade(ctx, cfg.data, cfg.degrade, cfg.run.max_workers)
-        if has_holdout(cfg):  # evaluation images, degraded the same way, never trained on
-            manifests["degrade_holdout"] = run_degrade(ctx, cfg.data, cfg.degrade, cfg.run.max_workers, "holdout")
-        if last >= STEPS.index("bootstrap_teacher"):
-            manifests["bootstrap_teacher"] = run_teacher(ctx, cfg.teacher, manifests["degrade"],
-                                                         manifests.get("degrade_holdout"))
-        if last >= STEPS.index("encode_latents"):
-            manifests["encode_latents"] = run_encode(ctx, cfg.encode, cfg.teacher, manifests["degrade"],
-                                                     manifests["bootstrap_teacher"])
-        if last >= STEPS.index("analyse_redundancy"):
-            manifests["analyse_redundancy"] = run_redundancy(ctx, cfg.redundancy, cfg.teacher,
-                                                             manifests["encode_latents"], manifests["bootstrap_teacher"])
-        if last >= STEPS.index("search_pruning"):
-            manifests["search_pruning"] = run_search(ctx, cfg.search, cfg.teacher, manifests["encode_latents"],
-                                                     manifests["bootstrap_teacher"], manifests["analyse_redundancy"],
-                                                     cfg.encode.ray_address)
-        if last >= STEPS.index("distill_latent"):
-            manifests.update(distill(ctx, cfg, manifests, last >= STEPS.index("distill_pixel")))
+        manifests.update(train_steps(ctx, cfg, last))
         # next: register
         if last >= STEPS.index("evaluate"):
             if "degrade_holdout" in manifests:  # every model on the held-out images, never trained on

@@ -1,4 +1,4 @@
-"""The standalone evaluation flow: score bicubic, the teacher (and later students) on any dataset.
+"""The standalone evaluation flow: score bicubic, the teacher, pruned models and students on any dataset.
 
     srcompress evaluate --config configs/tiny.yaml --data ~/photos --models bicubic,teacher --summary S.json
 
@@ -6,7 +6,9 @@
 manifest (.json), or an s3:// prefix of any of these. The teacher comes from the config's ``teacher``
 section: an imported folder/URI is hashed and recorded; ``bootstrap`` (the embedded default) reuses the
 pipeline's cached degrade → bootstrap_teacher steps, training the tiny teacher only if no run has yet.
-The flow only orchestrates: eval_data and evaluate are step drivers in ``tasks/evaluate/``.
+Pruned models and students come from the DAG's own steps (``flows/compress.train_steps``): after a
+``srcompress run`` with the same config they are all cache hits. The flow only orchestrates: eval_data and
+evaluate are step drivers in ``tasks/evaluate/``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from srcompress import __version__
-from srcompress.config import SrConfig
+from srcompress.config import STEPS, SrConfig
+from srcompress.flows.compress import evaluated_models, last_step_for, train_steps
 from srcompress.infra.config import redact
 from srcompress.flows.common import has_holdout, reap_stale, register, resolve
 from srcompress.infra.context import RunContext
@@ -63,7 +66,11 @@ def evaluate(config: dict[str, Any] | str, workdir: str, data: str, overrides: l
     manifests: dict[str, Manifest] = {}
     try:
         models = {}
-        if "teacher" in cfg.evaluate.models:
+        trained = last_step_for(cfg.evaluate.models)
+        if trained is not None:  # pruned / searched / students: the DAG's steps (cached after `srcompress run`)
+            manifests.update(train_steps(ctx, cfg, STEPS.index(trained)))
+            models = evaluated_models(manifests)
+        elif "teacher" in cfg.evaluate.models:
             manifests["teacher"] = models["teacher"] = _teacher(ctx, cfg)
         manifests["eval_data"] = run_eval_data(ctx, cfg.evaluate, data, cfg.degrade)
         manifests["evaluate"] = run_evaluate(ctx, cfg.evaluate, manifests["eval_data"], models, cfg.teacher)

@@ -113,14 +113,18 @@ def _human_summary(title: str, result: dict, summary: Path | None) -> None:
                f"run {result['parent_run_id']})")
     if result.get("table"):
         typer.echo(f"table:  {result['table']}\n")
-        typer.echo(Path(result["table"]).read_text().split("\n## ")[0].rstrip())
+        sections = Path(result["table"]).read_text().split("\n## ")
+        typer.echo(sections[0].rstrip())  # the table; then the retention of the teacher's gain, when scored
+        for sec in sections[1:]:
+            if sec.startswith("Retention"):
+                typer.echo("\n## " + sec.rstrip())
     if summary:
         typer.echo(f"\nsummary: {summary}")
 
 
 @app.command()
 def evaluate(config: str = ConfigOpt, data: Optional[str] = typer.Option(None, help="HR folder, paired folder (hr/ + lr/), LR-only folder, pairs manifest .json, or s3:// prefix."),
-             models: Optional[str] = typer.Option(None, help="Comma-separated: bicubic,teacher (bicubic is always included)."),
+             models: Optional[str] = typer.Option(None, help="Comma-separated: bicubic,teacher (bicubic is always included; pruned/searched/student* need a run's distill outputs)."),
              workdir: Optional[Path] = typer.Option(None, help="Work dir (default runs/<run.name>)."),
              summary: Optional[Path] = typer.Option(None, help="Write the evaluation summary JSON here."),
              list_metrics: bool = typer.Option(False, "--list-metrics", help="List metrics and whether they can run here."),

@@ -141,6 +141,12 @@ def save_student(student: StudentSR, folder: str | Path, extra: dict | None = No
     if student.phase is not None:
         save_file({k: v.detach().cpu().contiguous() for k, v in student.phase.state_dict().items()},
                   str(folder / "phase_adapter.safetensors"))
+    for cfg_file in (folder / "transformer" / "config.json", folder / "vae" / "config.json"):
+        # diffusers records where a model was loaded from: a machine-local path that would make the folder's
+        # digest differ between identical runs in different work dirs
+        data = json.loads(cfg_file.read_text())
+        data.pop("_name_or_path", None)
+        cfg_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     vae_cls = type(student.vae)
     index = {"_class_name": "SrcompressStudent", "format": FORMAT,
              "transformer": ["diffusers", type(backbone).__name__],

@@ -145,6 +145,7 @@ def run_search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, l
         t0 = time.perf_counter()
         fixed = baseline_mask(ctx, cfg, teacher_cfg, teacher, latents, redundancy, blocks)
         result = search(ctx, cfg, teacher_cfg, latents, teacher, fixed, key, run_id, ray_address)
+        timing = json.loads(store.get_bytes(f"search/{key[:24]}/timing.json"))
         out = Path(ctx.workdir) / "search" / key[:16]
         files = write_plots(result, out)
         listing = {"result.json": {"uri": store.uri(f"search/{key[:24]}/result.json"),
@@ -156,7 +157,7 @@ def run_search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, l
         tracker.log_artifact(run_id, out, "search")
         tracker.log_text(run_id, json.dumps(result, indent=1), "search/result.json")
         tracker.set_tags(run_id, {"kept_blocks": ",".join(result["kept"]), "world_size": result["world_size"]})
-        tracker.log_metrics(run_id, {"seconds": time.perf_counter() - t0, "kept": len(result["kept"])})
+        tracker.log_metrics(run_id, {"seconds": time.perf_counter() - t0, "kept": len(result["kept"]), **timing})
         manifest = Manifest(kind="mask", step=STEP, uri=listing["result.json"]["uri"],
                             digest=listing["result.json"]["sha256"], config_hash=chash, inputs=inputs,
                             code_version=code_ver, cache_key=key, run_id=run_id,
@@ -167,7 +168,7 @@ def run_search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, l
                                    "n": cfg.n, "m": cfg.m, "confidence": result["confidence"],
                                    "ema_logits": result["ema_logits"], "options": result["options"],
                                    "lora_uri": listing["lora.safetensors"]["uri"], "deepspeed": result["deepspeed"],
-                                   "world_size": result["world_size"], "files": listing})
+                                   "world_size": result["world_size"], "files": listing, "timing": timing})
         tracker.log_manifest_output(run_id, manifest)
         cache.put(manifest)
         log.info("search_pruning: kept %s (%s) in %.0f s", ", ".join(result["kept"]), cfg.method,

@@ -139,5 +139,8 @@ def _publish(store, key: str, model: MaskSearch, cfg: SearchConfig, world: int, 
               "lora": {"key": lora.key, "sha256": lora.sha256, "rank": cfg.lora_rank, "alpha": cfg.lora_alpha,
                        "targets": cfg.lora_targets},
               "deepspeed": cfg.deepspeed.engine_config(cfg.batch_size), "world_size": world, "history": history,
-              **timing}
+              "steps": cfg.steps}
+    # Wall-clock figures live beside the result, not in it: the result's digest is the mask's identity and
+    # must not change from run to run (timings do).
+    store.put_bytes(f"search/{key[:24]}/timing.json", json.dumps(timing).encode())
     store.put_bytes(f"search/{key[:24]}/result.json", json.dumps(result, indent=1).encode())

@@ -25,6 +25,7 @@ from srcompress.tasks.common.sources import bundled_files
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 FAST = ["evaluate.metrics=[psnr, ssim, niqe, st_lpips, lpips, fid]", "evaluate.data.center_crop=192",
+        "evaluate.models=[bicubic, teacher]",
         "evaluate.efficiency.reps=2", "evaluate.grid_images=2"]
 
 

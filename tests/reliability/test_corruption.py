@@ -19,7 +19,8 @@ CFG = ["data.bundled_sets=[sklearn, kodak]", "data.held_out=[kodak/I04.bmp]", "d
        "encode.num_actors=1", "redundancy.calibration_size=4", "search.n=1", "search.m=2", "search.steps=4",
        "search.calibration_size=8", "search.lora_rank=2", "search.checkpoint_every=0",
        "evaluate.metrics=[psnr, ssim]", "evaluate.data.center_crop=128",
-       "evaluate.efficiency.enabled=false", "evaluate.grid_images=1"]
+       "evaluate.efficiency.enabled=false", "evaluate.grid_images=1", "evaluate.models=[bicubic, teacher, student]",
+       "distill.train_size=8", "distill.stage1.steps=4", "distill.stage1.batch_size=2", "distill.stage2.steps=2", "distill.stage2.batch_size=2", "distill.checkpoint_every=0"]
 FAULTS = ("corrupt", "truncate", "delete")
 
 
@@ -47,7 +48,11 @@ def _victims(store: LocalStore, steps: dict) -> dict[str, str]:
                    and rel.endswith(".safetensors"))
     evalset = _index(store, steps["eval_data"])
     report = _index(store, steps["evaluate"])
+    student = _index(store, steps["distill_pixel"])
     return {
+        "student weights": next(e["key"] for rel, e in student["files"].items()
+                                if rel.startswith("transformer/") and rel.endswith(".safetensors")),
+        "student index": store.key_from_uri(steps["distill_pixel"]["uri"]),
         "degrade shard": _index(store, steps["degrade"])["shards"][1]["key"],
         "pairs index": store.key_from_uri(steps["degrade"]["uri"]),
         "cache manifest": f"cache/encode_latents/{steps['encode_latents']['cache_key']}.json",

@@ -27,7 +27,8 @@ CFG = ["data.bundled_sets=[skimage, sklearn, kodak]", "data.held_out=[kodak/I04.
        "teacher.bootstrap.num_layers=4", "teacher.bootstrap.restorer_steps=1200", "teacher.bootstrap.eval_every=200",
        "teacher.bootstrap.checkpoint_every=100", "encode.num_actors=2",
        "evaluate.metrics=[psnr, ssim, piqe, st_lpips]", "evaluate.data.center_crop=256",
-       "evaluate.efficiency.enabled=false"]
+       "evaluate.efficiency.enabled=false", "evaluate.models=[bicubic, teacher, student]", "search.steps=20",
+       "distill.train_size=8", "distill.stage1.steps=4", "distill.stage1.batch_size=2", "distill.stage2.steps=2", "distill.stage2.batch_size=2", "distill.checkpoint_every=0"]
 ARGS = [f"--set={o}" for o in CFG]
 QUALITY = ("psnr", "ssim", "piqe", "st_lpips")
 
