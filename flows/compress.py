@@ -31,6 +31,7 @@ from srcompress.tasks.encode.step import run_encode
 from srcompress.tasks.evaluate.data_step import run_eval_data
 from srcompress.tasks.evaluate.step import run_evaluate
 from srcompress.tasks.redundancy.step import run_redundancy
+from srcompress.tasks.register.step import run_register
 from srcompress.tasks.search.step import run_search
 from srcompress.tasks.teacher.step import run_teacher
 
@@ -131,7 +132,6 @@ def compress(config: dict[str, Any] | str, workdir: str, until: str | None = Non
     manifests: dict[str, Any] = {}
     try:
         manifests.update(train_steps(ctx, cfg, last))
-        # next: register
         if last >= STEPS.index("evaluate"):
             if "degrade_holdout" in manifests:  # every model on the held-out images, never trained on
                 manifests["eval_data"] = run_eval_data(ctx, cfg.evaluate, cfg.data, cfg.degrade)
@@ -140,6 +140,11 @@ def compress(config: dict[str, Any] | str, workdir: str, until: str | None = Non
             else:
                 log.warning("evaluate: skipped, no held-out images (set data.held_out or data.held_out_fraction, "
                             "or use `srcompress evaluate --data …`)")
+        if last >= STEPS.index("register") and cfg.register.enabled:
+            manifests["register"] = run_register(ctx, cfg.register, manifests, cfg.degrade.scale,
+                                                 cfg.evaluate.inference.model_dump(mode="json",
+                                                                                   include={"tile", "tile_overlap", "color_fix"}),
+                                                 cfg.config_hash())
     except BaseException:
         tracker.end_run(parent, "FAILED")
         raise
@@ -151,6 +156,7 @@ def compress(config: dict[str, Any] | str, workdir: str, until: str | None = Non
             "outcomes": tracker.step_outcomes(parent),
             "store": ctx.get_store().root_uri, "config_hash": cfg.config_hash(), "until": until or STEPS[-1],
             "table": manifests["evaluate"].extra["table_path"] if "evaluate" in manifests else None,
+            "model_version": manifests["register"].uri if "register" in manifests else None,
             "steps": {k: m.model_dump(mode="json") for k, m in manifests.items()}}
 
 

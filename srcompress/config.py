@@ -4,7 +4,7 @@
 
 Sections: ``run`` (naming, parallelism), ``store`` (artifact store), ``tracking`` (MLflow), ``data`` (HR
 sources), ``degrade`` (Real-ESRGAN pairs), ``teacher`` (bootstrap or import), ``encode`` (Ray latents),
-``redundancy`` (block scores), ``search`` (depth mask), ``distill`` (student, two stages), ``evaluate`` (metrics, conventions, inference). Each section's hash is its step-config hash; the whole
+``redundancy`` (block scores), ``search`` (depth mask), ``distill`` (student, two stages), ``evaluate``, ``register`` (model registry) (metrics, conventions, inference). Each section's hash is its step-config hash; the whole
 config's hash identifies the run's settings.
 """
 
@@ -26,11 +26,12 @@ from srcompress.tasks.common.sources import DataConfig
 from srcompress.tasks.encode.config import EncodeConfig
 from srcompress.tasks.evaluate.config import EvaluateConfig
 from srcompress.tasks.redundancy.config import RedundancyConfig
+from srcompress.tasks.register.config import RegisterConfig
 from srcompress.tasks.search.config import SearchConfig
 from srcompress.tasks.common.teacher_config import TeacherConfig
 
 STEPS = ("degrade", "bootstrap_teacher", "encode_latents", "analyse_redundancy", "search_pruning", "distill_latent",
-         "distill_pixel", "evaluate")  # DAG order (docs/architecture.md §1)
+         "distill_pixel", "evaluate", "register")  # DAG order (docs/architecture.md §1)
 
 
 class RunConfig(StrictModel):
@@ -56,6 +57,7 @@ class SrConfig(StrictModel):
     search: SearchConfig = Field(default_factory=SearchConfig, description="Depth-pruning mask search (DeepSpeed).")
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Student build and two-stage distillation (DeepSpeed).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation: metrics, conventions, inference.")
+    register: RegisterConfig = Field(default_factory=RegisterConfig, description="MLflow model registry: version, aliases, promotion gate.")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "SrConfig":

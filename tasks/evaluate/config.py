@@ -27,6 +27,7 @@ class EvalDataConfig(StrictModel):
     lq: Literal["bicubic", "degrade"] = Field("bicubic", description="HR folders: LQ by plain bicubic downsampling (antialiased, MATLAB imresize-like) or by the config's degrade pipeline (seeded per image).")
     scale: int = Field(4, ge=1, le=16, description="Upscaling factor (HR side / LR side).")
     center_crop: int | None = Field(512, ge=16, description="HR folders: centre-crop HR to this square first (StableSR-style 512 test crops); None = whole image (cropped to a multiple of scale).")
+    tiles: int | None = Field(None, ge=16, description="HR folders: after the centre crop (and degradation), split each image into non-overlapping tiles of this HR side, each its own evaluation item named <image>#<k> (more paired items for the retention statistics); None = one item per image. Must be a multiple of scale.")
     max_images: int | None = Field(None, ge=1, description="Use at most this many images (sorted by name).")
     seed: int = Field(0, description="Seed of the degradation draws (per image: seed, name digest).")
     endpoint_url: str | None = Field(None, description="S3 endpoint for an s3:// dataset; default: the store's.")

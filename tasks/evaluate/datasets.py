@@ -139,8 +139,26 @@ def load_hr(root: Path, cfg: EvalDataConfig, degrade_cfg=None) -> tuple[list[Eva
             lr, note = to_uint8(lq), f"degrade seed={_seed(cfg.seed, sha)}"
         else:
             lr, note = bicubic_down(hr, cfg.scale), f"bicubic-antialias x{cfg.scale}"
-        items.append(EvalItem(name, lr, hr, sha, note))
+        items.extend(split_tiles(EvalItem(name, lr, hr, sha, note), cfg.tiles, cfg.scale))
     return items, skipped
+
+
+def split_tiles(item: EvalItem, tile: int | None, scale: int) -> list[EvalItem]:
+    """Non-overlapping ``tile``-sized HR tiles (and their LR tiles) of an item, row-major; the item if None.
+    The image is degraded whole first, so every tile carries the image's own degradation."""
+    if not tile:
+        return [item]
+    if tile % scale:
+        raise ValueError(f"evaluate.data.tiles={tile} must be a multiple of the scale {scale}")
+    h, w = item.hr.shape[:2]
+    t = tile // scale
+    out = []
+    for i in range(h // tile):
+        for j in range(w // tile):
+            out.append(EvalItem(f"{item.name}#{len(out)}", item.lr[i * t : (i + 1) * t, j * t : (j + 1) * t],
+                                item.hr[i * tile : (i + 1) * tile, j * tile : (j + 1) * tile], item.source_sha256,
+                                f"{item.note}; tile {i},{j} of {tile}px"))
+    return out or [item]
 
 
 def load_paired(root: Path, cfg: EvalDataConfig) -> tuple[list[EvalItem], dict[str, str]]:

@@ -1,0 +1,115 @@
+"""The MLflow model registry: register a student as a pyfunc model version, move aliases, read lineage back.
+
+    v = register_student(tracking_uri, run_id, "srcompress-tiny", folder, model_config, tags)   # → version
+    decision = promote(tracking_uri, "srcompress-tiny", v, gate)                              # aliases
+    info = resolve("models:/srcompress-tiny@champion", tracking_uri)                          # version + tags
+    folder = download_student(info, dest)                                                     # its safetensors folder
+
+Everything is read from MLflow alone (works against a remote tracking server): a version's tags name every
+upstream digest and run (``lineage.*``), so ``srcompress lineage`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def register_student(tracking_uri: str, run_id: str, name: str, folder: Path, model_config: dict,
+                     tags: dict[str, str], description: str = "") -> str:
+    """Log the student folder as a pyfunc model in ``run_id`` and register it; returns the version number."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id):  # resumes the step's run: the model's source run
+        info = mlflow.pyfunc.log_model(name="student", python_model=str(PYFUNC_CODE),
+                                       artifacts={"student": str(folder)}, model_config=model_config,
+                                       pip_requirements=["srcompress"])
+    client = _client(tracking_uri)
+    try:
+        client.create_registered_model(name, description="srcompress students (one-step diffusion SR)")
+    except Exception:  # exists (or created concurrently)
+        pass
+    mv = client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags, description=description)
+    deadline = time.monotonic() + 120
+    while mv.status != "READY" and time.monotonic() < deadline:  # file/sqlite stores are READY at once
+        time.sleep(0.5)
+        mv = client.get_model_version(name, mv.version)
+    return str(mv.version)
+
+
+def find_version(tracking_uri: str, name: str, tag: str, value: str) -> str | None:
+    """An existing version of ``name`` whose tag ``tag`` equals ``value`` (the register step's idempotence)."""
+    client = _client(tracking_uri)
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except Exception:
+        return None
+    hits = sorted((int(v.version) for v in versions if v.tags.get(tag) == value), reverse=True)
+    return str(hits[0]) if hits else None
+
+
+def version_info(tracking_uri: str, name: str, version: str) -> dict[str, Any]:
+    client = _client(tracking_uri)
+    mv = client.get_model_version(name, version)
+    aliases = list(getattr(mv, "aliases", []) or [])
+    return {"name": name, "version": str(mv.version), "run_id": mv.run_id, "source": mv.source, "tags": dict(mv.tags),
+            "aliases": aliases, "status": mv.status}
+
+
+def alias_version(tracking_uri: str, name: str, alias: str) -> str | None:
+    try:
+        return str(_client(tracking_uri).get_model_version_by_alias(name, alias).version)
+    except Exception:
+        return None
+
+
+def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> None:
+    _client(tracking_uri).set_registered_model_alias(name, alias, version)
+
+
+def set_version_tags(tracking_uri: str, name: str, version: str, tags: dict[str, str]) -> None:
+    client = _client(tracking_uri)
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, str(v))
+
+
+def resolve(ref: str, tracking_uri: str) -> dict[str, Any]:
+    """``models:/name@alias`` | ``models:/name/version`` → version info; a run id → that run's lineage tags."""
+    m = _MODEL_URI.match(ref)
+    if m:
+        name = m.group("name")
+        version = m.group("version") or alias_version(tracking_uri, name, m.group("alias"))
+        if version is None:
+            raise LookupError(f"{ref}: no version has alias {m.group('alias')!r}")
+        return version_info(tracking_uri, name, version)
+    if re.fullmatch(r"[0-9a-f]{32}", ref):
+        run = _client(tracking_uri).get_run(ref)
+        return {"run_id": ref, "tags": dict(run.data.tags), "name": None, "version": None, "aliases": []}
+    raise ValueError(f"not a model URI (models:/name@alias, models:/name/version) or run id: {ref!r}")
+
+
+def download_student(info: dict[str, Any], tracking_uri: str, dest: Path) -> Path:
+    """The registered version's student folder (the pyfunc's ``student`` artifact), downloaded once."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    dest.mkdir(parents=True, exist_ok=True)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{info['name']}/{info['version']}",
+                                                dst_path=str(dest), tracking_uri=tracking_uri)
+    found = [p.parent for p in Path(local).rglob("student.json")]
+    if not found:
+        raise FileNotFoundError(f"models:/{info['name']}/{info['version']}: no student folder in its artifacts")
+    return found[0]

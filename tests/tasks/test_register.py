@@ -1,0 +1,167 @@
+"""register: the final student as an MLflow model version (pyfunc) with lineage tags, aliases and the
+promotion gate; the pyfunc loads with MLflow's own API and serves over HTTP with ``mlflow models serve``."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+from PIL import Image
+
+from srcompress.config import load_config
+from srcompress.flows.compress import run_pipeline
+from tests.conftest import free_port, wait_http
+from tests.tasks.test_distill import DISTILL, _folder
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+REGISTER = DISTILL + ["evaluate.models=[bicubic, teacher, pruned, student]", "evaluate.metrics=[psnr, st_lpips, piqe]",
+                      "evaluate.data.center_crop=64", "evaluate.efficiency.enabled=false", "evaluate.grid_images=0",
+                      "register.model_name=sr-test"]
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    work = tmp_path_factory.mktemp("reg")
+    out = run_pipeline(load_config("tiny", REGISTER), work / "w")
+    return work, out
+
+
+def test_version_carries_the_whole_lineage_and_aliases(registered):
+    _, out = registered
+    reg = out["steps"]["register"]
+    assert out["model_version"] == "models:/sr-test/1" and reg["extra"]["aliases"] == ["candidate", "champion"]
+    client = MlflowClient(out["tracking_uri"])
+    mv = client.get_model_version_by_alias("sr-test", "candidate")
+    assert str(mv.version) == "1" and str(client.get_model_version_by_alias("sr-test", "champion").version) == "1"
+    tags = mv.tags
+    for step in ("degrade", "bootstrap_teacher", "encode_latents", "analyse_redundancy", "search_pruning",
+                 "distill_latent", "distill_pixel", "eval_data", "evaluate"):
+        assert tags[f"lineage.{step}.digest"] == out["steps"][step]["digest"], step
+        assert tags[f"lineage.{step}.run_id"] == out["steps"][step]["run_id"], step
+    assert tags["lineage.dataset.digest"] == out["steps"]["degrade"]["inputs"]["sources"]
+    assert tags["lineage.degrade.config_hash"] == out["steps"]["degrade"]["config_hash"]
+    assert tags["lineage.bootstrap_teacher.vae_digest"] and tags["lineage.config_hash"] == out["config_hash"]
+    assert "metrics.student.psnr" in tags and "metrics.teacher.st_lpips" in tags and tags["srcompress.code_version"]
+    assert tags["gate.decision"] == "champion" and tags["gate.reason"] == "no champion yet"
+    # idempotent: the same student and evaluation do not add a version
+    again = run_pipeline(load_config("tiny", REGISTER), registered[0] / "w")
+    assert again["model_version"] == "models:/sr-test/1"
+
+
+def test_pyfunc_loads_and_reproduces_the_student(registered):
+    work, out = registered
+    mlflow.set_tracking_uri(out["tracking_uri"])
+    model = mlflow.pyfunc.load_model("models:/sr-test@champion")
+    lr = (np.random.default_rng(0).random((20, 24, 3)) * 255).astype(np.uint8)
+    sr = model.predict(lr)
+    assert sr.shape == (80, 96, 3) and sr.dtype == np.uint8
+    from srcompress.models.student.student import load_student
+    from srcompress.models.upscalers import DiffusionSR
+
+    up = DiffusionSR(load_student(_folder(out, "distill_pixel", work / "fetch")), 4, color_fix="wavelet")
+    with torch.no_grad():
+        ref = up(torch.from_numpy(lr.astype(np.float32) / 255).permute(2, 0, 1)[None])
+    ref = (ref[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    assert np.abs(sr.astype(int) - ref.astype(int)).max() <= 1
+    buf = io.BytesIO()
+    Image.fromarray(lr).save(buf, format="PNG")
+    import pandas as pd
+
+    df = model.predict(pd.DataFrame({"image": [base64.b64encode(buf.getvalue()).decode()]}))
+    assert (df.loc[0, "height"], df.loc[0, "width"]) == (80, 96)
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_one_request(registered):
+    _, out = registered
+    port = free_port()
+    bindir = os.path.dirname(sys.executable)  # the server execs uvicorn from the environment's bin/
+    env = {**os.environ, "MLFLOW_TRACKING_URI": out["tracking_uri"], "PATH": f"{bindir}:{os.environ['PATH']}"}
+    mlflow_bin = os.path.join(bindir, "mlflow")
+    proc = subprocess.Popen([mlflow_bin, "models", "serve", "-m", "models:/sr-test/1", "--env-manager", "local",
+                             "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", 180)
+        img = Image.fromarray((np.random.default_rng(1).random((16, 20, 3)) * 255).astype(np.uint8))
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        body = json.dumps({"dataframe_split": {"columns": ["image"],
+                                               "data": [[base64.b64encode(buf.getvalue()).decode()]]}}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            preds = json.loads(resp.read())["predictions"]
+        png = base64.b64decode(preds[0]["image"])
+        assert Image.open(io.BytesIO(png)).size == (80, 64)
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+
+
+def test_promotion_gate_keeps_the_champion_when_the_new_version_is_worse(registered):
+    work, _ = registered
+    # a different student (stage 2 changed) on the same evaluation set; a gate no version can pass
+    strict = REGISTER + ["distill.stage2.steps=2", "register.gate.tolerance={psnr: -1000}"]
+    out = run_pipeline(load_config("tiny", strict), work / "w")
+    client = MlflowClient(out["tracking_uri"])
+    assert out["model_version"] == "models:/sr-test/2"
+    assert str(client.get_model_version_by_alias("sr-test", "candidate").version) == "2"
+    assert str(client.get_model_version_by_alias("sr-test", "champion").version) == "1"
+    tags = client.get_model_version("sr-test", "2").tags
+    assert tags["gate.decision"] == "candidate" and "worse than champion 1 on psnr" in tags["gate.reason"]
+    gate = out["steps"]["register"]["extra"]["gate"]
+    assert any(c["metric"] == "psnr" and not c["pass"] for c in gate["checks"])
+    lenient = REGISTER + ["distill.stage2.steps=1", "register.gate.tolerance={psnr: 1000, st_lpips: 1000, piqe: 1000}",
+                          "register.gate.retention_tolerance=1000"]
+    out = run_pipeline(load_config("tiny", lenient), work / "w")
+    assert str(client.get_model_version_by_alias("sr-test", "champion").version) == "3"
+
+
+def test_lineage_tree_json_and_verify(registered, tmp_path):
+    from typer.testing import CliRunner
+
+    from srcompress.cli import app
+
+    work, out = registered
+    uri = out["tracking_uri"]
+    res = CliRunner().invoke(app, ["lineage", "models:/sr-test@candidate", "--tracking-uri", uri, "--verify"])
+    assert res.exit_code == 0, res.output
+    for step in ("degrade", "bootstrap_teacher", "encode_latents", "analyse_redundancy", "search_pruning",
+                 "distill_latent", "distill_pixel", "evaluate"):
+        assert step in res.output
+    assert "verify: every recorded object is present and unchanged" in res.output
+    res = CliRunner().invoke(app, ["lineage", "models:/sr-test/1", "--tracking-uri", uri, "--json"])
+    chain = json.loads(res.output)
+    assert [s["step"] for s in chain["steps"]][:2] == ["degrade", "bootstrap_teacher"]
+    assert chain["dataset_digest"] == out["steps"]["degrade"]["inputs"]["sources"]
+    # one object changes in the store: --verify names it and exits 1
+    from srcompress.infra.store import LocalStore
+
+    store = LocalStore(work / "w" / "store")
+    key = store.key_from_uri(out["steps"]["search_pruning"]["uri"])
+    path = work / "w" / "store" / key
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original.replace(b'"mask"', b'"mask" ', 1))
+        res = CliRunner().invoke(app, ["lineage", "models:/sr-test/1", "--tracking-uri", uri, "--verify"])
+        assert res.exit_code == 1 and "search_pruning: changed" in res.output, res.output
+    finally:
+        path.write_bytes(original)
+    bad = CliRunner().invoke(app, ["lineage", "models:/sr-test@nope", "--tracking-uri", uri])
+    assert bad.exit_code == 2 and "no version has alias 'nope'" in bad.output
