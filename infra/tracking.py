@@ -12,6 +12,7 @@ thread-local (docs/stack.md, MLflow), and Prefect runs tasks in worker threads.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -39,6 +40,26 @@ class TrackingConfig(StrictModel):
     )
 
 
+@functools.lru_cache(maxsize=1)
+def source_tags() -> dict[str, str]:
+    """MLflow's own source / user tags: who ran what (entry point, git commit of a source checkout)."""
+    import getpass
+    import subprocess
+    import sys
+
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "srcompress " + " ".join(sys.argv[1:2]) if
+            Path(sys.argv[0]).name == "srcompress" else Path(sys.argv[0]).name or "python"}
+    with contextlib.suppress(Exception):
+        tags["mlflow.user"] = getpass.getuser()
+    root = Path(__file__).resolve().parents[1]
+    with contextlib.suppress(Exception):
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        if len(commit) == 40:
+            tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
 def resolve_tracking_uri(cfg: TrackingConfig, workdir: str | Path) -> str:
     if cfg.uri:
         return cfg.uri
@@ -62,6 +83,12 @@ class Tracker:
         self.experiment_id = self._experiment(store_root_uri)
 
     def _experiment(self, store_root_uri: str | None) -> str:
+        exp_id = self._find_or_create(store_root_uri)
+        with contextlib.suppress(Exception):  # the UI then opens on the training runs, not the GenAI traces page
+            self.client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
+        return exp_id
+
+    def _find_or_create(self, store_root_uri: str | None) -> str:
         exp = self.client.get_experiment_by_name(self.cfg.experiment)
         if exp is not None:
             return exp.experiment_id
@@ -80,13 +107,14 @@ class Tracker:
     def start_pipeline_run(self, name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
         owner = {"owner.host": socket.gethostname(), "owner.pid": os.getpid(), "owner.started": _started(os.getpid())}
         run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags={f"{TAG_PREFIX}{k}": str(v) for k, v in {**tags, **owner}.items()})
+                                     tags={f"{TAG_PREFIX}{k}": str(v) for k, v in {**tags, **owner}.items()}
+                                     | source_tags())
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
     def start_step_run(self, parent_run_id: str, step: str, params: Mapping[str, Any],
                        tags: Mapping[str, str] | None = None) -> str:
-        all_tags = {"mlflow.parentRunId": parent_run_id, f"{TAG_PREFIX}step": step}
+        all_tags = {"mlflow.parentRunId": parent_run_id, f"{TAG_PREFIX}step": step} | source_tags()
         all_tags.update({f"{TAG_PREFIX}{k}": str(v) for k, v in (tags or {}).items()})
         run = self.client.create_run(self.experiment_id, run_name=step, tags=all_tags)
         self.log_params(run.info.run_id, params)
