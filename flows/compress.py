@@ -140,8 +140,8 @@ def compress(config: dict[str, Any] | str, workdir: str, until: str | None = Non
             else:
                 log.warning("evaluate: skipped, no held-out images (set data.held_out or data.held_out_fraction, "
                             "or use `srcompress evaluate --data …`)")
-        if last >= STEPS.index("register") and cfg.register.enabled:
-            manifests["register"] = run_register(ctx, cfg.register, manifests, cfg.degrade.scale,
+        if last >= STEPS.index("register") and cfg.registry.enabled:
+            manifests["register"] = run_register(ctx, cfg.registry, manifests, cfg.degrade.scale,
                                                  cfg.evaluate.inference.model_dump(mode="json",
                                                                                    include={"tile", "tile_overlap", "color_fix"}),
                                                  cfg.config_hash())

@@ -1,7 +1,8 @@
-"""Prefect settings for the embedded default: a local ephemeral API under the work dir, analytics off.
+"""Prefect settings for the embedded default (a local ephemeral API under the work dir, analytics off), and the
+dataset-registered events that deployments trigger on (a real Prefect server: docs/deploy.md).
 
-Must run before ``prefect`` is imported: Prefect reads its settings from the environment at import time.
-Any value the user already set (``PREFECT_API_URL`` for a real server, ``PREFECT_HOME``…) wins.
+``configure_prefect`` must run before ``prefect`` is imported: Prefect reads its settings from the environment at
+import time. Any value the user already set (``PREFECT_API_URL`` for a real server, ``PREFECT_HOME``…) wins.
 """
 
 from __future__ import annotations
@@ -46,3 +47,94 @@ def mark_flow_runs_crashed(flow_run_ids: list[str], reason: str) -> int:
             except Exception as exc:  # an unknown id (another Prefect API) is not an error for this run
                 logging.getLogger("srcompress").info("flow run %s not marked crashed: %s", fid, exc)
     return done
+
+
+# -- datasets registered with a Prefect server (srcompress datasets register; prefect.yaml's triggers) -----------
+
+class PrefectServerError(RuntimeError):
+    """No Prefect server to send to: ``PREFECT_API_URL`` unset (Prefect would start a throwaway ephemeral API that no
+    deployment or worker listens to), or set but not answering."""
+
+
+def prefect_server_url() -> str:
+    """The configured Prefect API URL (environment or active profile), checked to answer ``/health``.
+
+    Raises ``PrefectServerError`` with a one-line reason, credentials redacted."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from srcompress.infra.config import redact_text
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise PrefectServerError(
+            "PREFECT_API_URL is not set: an event sent to Prefect's ephemeral API reaches no deployment; set it to "
+            "your server (e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api)")
+    with get_client(sync_client=True) as client:
+        exc = client.api_healthcheck()
+    if exc is not None:
+        reason = redact_text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise PrefectServerError(f"the Prefect server at PREFECT_API_URL={redact_text(url)} does not answer: {reason}")
+    return url
+
+
+def emit_dataset_registered(event: str, resource: dict[str, str], payload: dict, timeout: float = 30.0) -> str:
+    """Send one event to the Prefect server at ``PREFECT_API_URL`` and return its id.
+
+    The events websocket client is used directly (not ``prefect.events.emit_event``, whose background worker logs
+    and drops an event it cannot deliver): a connection or send failure raises ``PrefectServerError``, and when this returns
+    the websocket has been closed in order after the event's frame (the server has received it; it persists and
+    matches events asynchronously, within seconds). Deployment triggers
+    (prefect.yaml) template their parameters from ``payload``."""
+    import asyncio
+
+    from prefect.events import Event
+    from prefect.events.clients import PrefectEventsClient, get_events_client
+
+    from srcompress.infra.config import redact_text
+
+    ev = Event(event=event, resource=resource, payload=payload)
+
+    async def send() -> None:
+        client = get_events_client(reconnection_attempts=2)
+        if not isinstance(client, PrefectEventsClient):  # the ephemeral-API case is refused before this
+            raise PrefectServerError(f"no Prefect server events endpoint to send {event} to")
+        async with client:
+            await client.emit(ev)
+
+    try:
+        asyncio.run(asyncio.wait_for(send(), timeout))
+    except PrefectServerError:
+        raise
+    except Exception as exc:  # connection refused, handshake/auth failure, timeout
+        raise PrefectServerError(f"could not send {event} to the Prefect server: "
+                                 f"{redact_text(str(exc)) or type(exc).__name__}") from None
+    return str(ev.id)
+
+
+def listening_deployments(event: str, resource: dict[str, str]) -> list[str]:
+    """``flow/deployment`` names that an enabled automation on the server will run for this event (the event
+    triggers ``prefect deploy`` creates from prefect.yaml); an empty list when none listens."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import AutomationSort
+    from prefect.events.actions import RunDeployment
+    from prefect.events.schemas.automations import EventTrigger
+    from prefect.events.schemas.events import Resource, matches
+
+    res = Resource.model_validate(resource)
+    names: list[str] = []
+    with get_client(sync_client=True) as client:
+        # every body field explicit: Prefect's server under FastAPI >= 0.151 rejects a null sort / limit (422)
+        for auto in client.read_automations(sort=AutomationSort.CREATED_DESC, limit=200, offset=0):
+            trig = auto.trigger
+            if not auto.enabled or not isinstance(trig, EventTrigger):
+                continue
+            if trig.expect and not any(matches(e, event) for e in trig.expect):
+                continue
+            if not trig.match.matches(res):
+                continue
+            for action in auto.actions:
+                if isinstance(action, RunDeployment) and action.deployment_id is not None:
+                    dep = client.read_deployment(action.deployment_id)
+                    names.append(f"{client.read_flow(dep.flow_id).name}/{dep.name}")
+    return sorted(set(names))

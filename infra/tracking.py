@@ -40,6 +40,25 @@ class TrackingConfig(StrictModel):
     )
 
 
+@contextlib.contextmanager
+def _sqlite_init_lock(uri: str) -> Iterator[None]:
+    """Two processes opening one fresh sqlite MLflow database at once race on MLflow's schema migrations
+    (alembic); an exclusive lock beside the database serialises the first open of each process."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".init-lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 @functools.lru_cache(maxsize=1)
 def source_tags() -> dict[str, str]:
     """MLflow's own source / user tags: who ran what (entry point, git commit of a source checkout)."""
@@ -79,8 +98,9 @@ class Tracker:
         self.cfg = cfg
         self.uri = resolve_tracking_uri(cfg, workdir)
         self.s3_endpoint_url = s3_endpoint_url
-        self.client = MlflowClient(tracking_uri=self.uri)
-        self.experiment_id = self._experiment(store_root_uri)
+        with _sqlite_init_lock(self.uri):
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self.experiment_id = self._experiment(store_root_uri)
 
     def _experiment(self, store_root_uri: str | None) -> str:
         exp_id = self._find_or_create(store_root_uri)

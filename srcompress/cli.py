@@ -25,6 +25,7 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
 app.add_typer(config_app, name="config")
 assets_app = typer.Typer(no_args_is_help=True, help="Offline metric assets (NIQE parameters).")
 app.add_typer(assets_app, name="assets")
+app.add_typer(__import__("srcompress.datasets_cli", fromlist=["app"]).app, name="datasets")  # datasets register
 
 ConfigOpt = typer.Option(..., "--config", "-c", help="YAML config file or preset name (configs/<name>.yaml).")
 SetOpt = typer.Option(None, "--set", help="Override a key: section.key=value (repeatable).")
@@ -448,6 +449,52 @@ def assets_show() -> None:
 
     for s in status():
         typer.echo(f"{s.name}: {'present' if s.present else 'missing'} at {s.path} (source: {s.source})")
+
+
+@app.command()
+def lineage(ref: str = typer.Argument(..., help="models:/<name>@<alias>, models:/<name>/<version>, or an MLflow run id."),
+            tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else the config's)."),
+            config: Optional[str] = typer.Option(None, "--config", "-c", help="Config whose tracking/store settings to use."),
+            workdir: Optional[Path] = typer.Option(None, help="Work dir of the config's default sqlite/store (default runs/<run.name>)."),
+            verify: bool = typer.Option(False, "--verify", help="Re-check every recorded digest against the artifact store."),
+            as_json: bool = typer.Option(False, "--json", help="Print the chain as JSON.")) -> None:
+    """Where a model came from: dataset → pairs → teacher → latents → redundancy → mask → stages → evaluation."""
+    import os
+
+    from srcompress.infra import lineage as lin
+    from srcompress.infra.config import redact
+
+    cfg = _load(config, None, machine=False) if config else None
+    work = workdir or (Path("runs") / cfg.run.name if cfg else None)
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is None and cfg is not None:
+        from srcompress.infra.tracking import resolve_tracking_uri
+
+        uri = resolve_tracking_uri(cfg.tracking, work)
+    if uri is None:
+        _fail("lineage: no tracking URI (give --tracking-uri, set MLFLOW_TRACKING_URI, or --config)", 2)
+    try:
+        chain = lin.lineage(ref, uri)
+    except (LookupError, ValueError) as exc:
+        _fail(f"lineage: {exc}", 2)
+    except Exception as exc:  # unreachable server, unknown name …
+        _fail(f"lineage: {redact(uri, 'uri')}: {type(exc).__name__}: {exc}", 3)
+    problems = None
+    if verify:
+        from srcompress.infra.store import StoreConfig, open_store
+
+        store_cfg = cfg.store if cfg is not None else StoreConfig()
+        store = open_store(store_cfg.model_copy(update={"uri": chain["store"]}), work or Path("."))
+        problems = lin.verify(chain, store)
+    if as_json:
+        typer.echo(json.dumps({**chain, **({"verify": problems} if problems is not None else {})}, indent=1))
+    else:
+        typer.echo(lin.render_tree(chain))
+        if problems is not None:
+            typer.echo("verify: every recorded object is present and unchanged" if not problems
+                       else "verify: FAILED\n  " + "\n  ".join(problems))
+    if problems:
+        raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -4,7 +4,7 @@
 
 Sections: ``run`` (naming, parallelism), ``store`` (artifact store), ``tracking`` (MLflow), ``data`` (HR
 sources), ``degrade`` (Real-ESRGAN pairs), ``teacher`` (bootstrap or import), ``encode`` (Ray latents),
-``redundancy`` (block scores), ``search`` (depth mask), ``distill`` (student, two stages), ``evaluate``, ``register`` (model registry) (metrics, conventions, inference). Each section's hash is its step-config hash; the whole
+``redundancy`` (block scores), ``search`` (depth mask), ``distill`` (student, two stages), ``evaluate``, ``registry`` (the register step) (metrics, conventions, inference). Each section's hash is its step-config hash; the whole
 config's hash identifies the run's settings.
 """
 
@@ -57,7 +57,7 @@ class SrConfig(StrictModel):
     search: SearchConfig = Field(default_factory=SearchConfig, description="Depth-pruning mask search (DeepSpeed).")
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Student build and two-stage distillation (DeepSpeed).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation: metrics, conventions, inference.")
-    register: RegisterConfig = Field(default_factory=RegisterConfig, description="MLflow model registry: version, aliases, promotion gate.")
+    registry: RegisterConfig = Field(default_factory=RegisterConfig, description="The register step: MLflow registered model, aliases, promotion gate.")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "SrConfig":

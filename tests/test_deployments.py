@@ -59,3 +59,22 @@ def test_new_dataset_deployment_runs_on_a_real_folder(tmp_path, monkeypatch):
     out = fl(config=params["config"], workdir=str(tmp_path / "w"), until="degrade", overrides=params["overrides"])
     train, hold = out["steps"]["degrade"], out["steps"]["degrade_holdout"]
     assert hold["counts"]["sources"] == 1 and train["counts"]["sources"] == 4  # a seeded 10% (at least one)
+
+
+def test_datasets_register_emits_what_the_triggers_expect():
+    """`srcompress datasets register --for X` sends the event, resource and payload key a trigger listens to."""
+    from prefect.events.schemas.events import Resource, ResourceSpecification, matches
+
+    from srcompress.datasets_cli import PURPOSES
+
+    deps = _deployments()
+    for purpose, target in (("retrain", "retrain-on-new-dataset"), ("evaluate", "evaluate-on-new-dataset")):
+        event, kind, key = PURPOSES[purpose]
+        (trig,) = deps[target]["triggers"]
+        assert any(matches(e, event) for e in trig["expect"]), (purpose, trig["expect"])
+        resource = Resource.model_validate({"prefect.resource.id": f"srcompress.{kind}.0123abcd"})
+        assert ResourceSpecification.model_validate(trig["match"]).matches(resource), purpose
+        assert f"{{{{ event.payload.{key} }}}}" in str(trig["parameters"]), (purpose, trig["parameters"])
+        others = [name for name, d in deps.items() if name != target for t in d.get("triggers", [])
+                  if any(matches(e, event) for e in t["expect"])]
+        assert not others, (purpose, others)  # one event, one deployment

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -168,7 +169,9 @@ def score_and_report(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, m
                 files[f"output_{model}_{idx}"] = path
     metrics = _flat_metrics(result)
     summary = {"metrics": metrics, "unavailable": result.unavailable, "images": len(items)}
-    uri, sha, listing = _publish(ctx, files, out, f"evaluate/{key[:24]}", summary)
+    # A report records measured time, so two evaluations of the same inputs differ byte for byte: each one
+    # publishes under its own prefix (concurrent runs never write different bytes to one key).
+    uri, sha, listing = _publish(ctx, files, out, f"evaluate/{key[:24]}/{uuid.uuid4().hex[:12]}", summary)
     return {"metrics": metrics, "unavailable": result.unavailable, "out": str(out), "uri": uri, "sha256": sha,
             "listing": listing, "images": len(items), "models": len(ups)}
 

@@ -6,7 +6,7 @@
 The version is a pyfunc (``infra/pyfunc_model.py``: images in, upscaled images out; its artifact is the
 student's safetensors folder) whose tags name every upstream digest and run (``lineage.<step>.*``), the
 evaluation's headline metrics and retention, the code version and config hash. Alias ``candidate`` always;
-alias ``champion`` only through the promotion gate (``register.gate``), whose decision and numbers are
+alias ``champion`` only through the promotion gate (``registry.gate``), whose decision and numbers are
 logged on the version and the step run. Idempotent: a rerun with the same student and evaluation finds the
 version it registered (tag ``srcompress.register_key``) instead of adding one.
 """

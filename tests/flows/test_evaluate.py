@@ -25,7 +25,7 @@ from srcompress.tasks.common.sources import bundled_files
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 FAST = ["evaluate.metrics=[psnr, ssim, niqe, st_lpips, lpips, fid]", "evaluate.data.center_crop=192",
-        "evaluate.models=[bicubic, teacher]",
+        "evaluate.models=[bicubic, teacher]", "evaluate.data.tiles=null",
         "evaluate.efficiency.reps=2", "evaluate.grid_images=2"]
 
 

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 REGISTER = DISTILL + ["evaluate.models=[bicubic, teacher, pruned, student]", "evaluate.metrics=[psnr, st_lpips, piqe]",
                       "evaluate.data.center_crop=64", "evaluate.efficiency.enabled=false", "evaluate.grid_images=0",
-                      "register.model_name=sr-test"]
+                      "registry.model_name=sr-test"]
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_mlflow_models_serve_answers_one_request(registered):
 def test_promotion_gate_keeps_the_champion_when_the_new_version_is_worse(registered):
     work, _ = registered
     # a different student (stage 2 changed) on the same evaluation set; a gate no version can pass
-    strict = REGISTER + ["distill.stage2.steps=2", "register.gate.tolerance={psnr: -1000}"]
+    strict = REGISTER + ["distill.stage2.steps=2", "registry.gate.tolerance={psnr: -1000}"]
     out = run_pipeline(load_config("tiny", strict), work / "w")
     client = MlflowClient(out["tracking_uri"])
     assert out["model_version"] == "models:/sr-test/2"
@@ -127,8 +127,8 @@ def test_promotion_gate_keeps_the_champion_when_the_new_version_is_worse(registe
     assert tags["gate.decision"] == "candidate" and "worse than champion 1 on psnr" in tags["gate.reason"]
     gate = out["steps"]["register"]["extra"]["gate"]
     assert any(c["metric"] == "psnr" and not c["pass"] for c in gate["checks"])
-    lenient = REGISTER + ["distill.stage2.steps=1", "register.gate.tolerance={psnr: 1000, st_lpips: 1000, piqe: 1000}",
-                          "register.gate.retention_tolerance=1000"]
+    lenient = REGISTER + ["distill.stage2.steps=1", "registry.gate.tolerance={psnr: 1000, st_lpips: 1000, piqe: 1000}",
+                          "registry.gate.retention_tolerance=1000"]
     out = run_pipeline(load_config("tiny", lenient), work / "w")
     assert str(client.get_model_version_by_alias("sr-test", "champion").version) == "3"
 
