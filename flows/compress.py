@@ -109,7 +109,7 @@ def evaluated_models(manifests: dict[str, Any]) -> dict[str, Any]:
 
 def last_step_for(models: list[str]) -> str | None:
     """The last training step the requested models need (None: bicubic and the teacher only)."""
-    needed = [MODEL_STEPS[m].removesuffix("_ablation") for m in models if m not in ("bicubic", "teacher")]
+    needed = [MODEL_STEPS[m].removesuffix("_ablation") for m in models if m in MODEL_STEPS and m != "teacher"]
     return max(needed, key=STEPS.index) if needed else None
 
 

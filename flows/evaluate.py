@@ -31,7 +31,7 @@ from srcompress.infra.manifest import Manifest, code_version
 from srcompress.infra.store import atomic_write_bytes
 from srcompress.tasks.degrade.step import run_degrade
 from srcompress.tasks.evaluate.data_step import run_eval_data
-from srcompress.tasks.evaluate.step import run_evaluate
+from srcompress.tasks.evaluate.step import registered_manifest, run_evaluate
 from srcompress.tasks.teacher.step import run_teacher
 
 
@@ -72,6 +72,8 @@ def evaluate(config: dict[str, Any] | str, workdir: str, data: str, overrides: l
             models = evaluated_models(manifests)
         elif "teacher" in cfg.evaluate.models:
             manifests["teacher"] = models["teacher"] = _teacher(ctx, cfg)
+        for ref in (m for m in cfg.evaluate.models if m.startswith("models:/")):  # registered versions
+            models[ref] = registered_manifest(ctx, ref)
         manifests["eval_data"] = run_eval_data(ctx, cfg.evaluate, data, cfg.degrade)
         manifests["evaluate"] = run_evaluate(ctx, cfg.evaluate, manifests["eval_data"], models, cfg.teacher)
     except BaseException:

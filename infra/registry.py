@@ -42,7 +42,9 @@ def register_student(tracking_uri: str, run_id: str, name: str, folder: Path, mo
         client.create_registered_model(name, description="srcompress students (one-step diffusion SR)")
     except Exception:  # exists (or created concurrently)
         pass
-    mv = client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags, description=description)
+    # model_id: a tracking server validates a models:/m-… source against it (sqlite clients do not check)
+    mv = client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags, description=description,
+                                     model_id=info.model_id)
     deadline = time.monotonic() + 120
     while mv.status != "READY" and time.monotonic() < deadline:  # file/sqlite stores are READY at once
         time.sleep(0.5)

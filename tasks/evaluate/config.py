@@ -6,6 +6,7 @@ docs/methods.md §5: the colour space, crop, colour fix and tile settings are lo
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
@@ -17,6 +18,7 @@ DEFAULT_METRICS = ["psnr", "ssim", "ms_ssim", "st_lpips", "lpips", "dists", "niq
                    "maniqa", "clipiqa", "fid"]
 # bicubic: the baseline; teacher; pruned: the teacher's kept blocks, no training; searched: + the search's LoRA;
 # student_stage1: after latent distillation; student: the final student; student_ablation: the PEAM ablation.
+REGISTERED = re.compile(r"^models:/[\w.-]+(@[\w-]+|/\d+)$")  # an MLflow registered model version
 MODEL_KINDS = ("bicubic", "teacher", "pruned", "searched", "student_stage1", "student", "student_ablation")
 
 
@@ -59,7 +61,7 @@ class EvaluateConfig(StrictModel):
     """The evaluation step: dataset handling, metrics and their conventions, inference, report."""
 
     device: str | None = Field(None, pattern=DEVICE_PATTERN, description="Device of model inference and efficiency timing: auto | cpu | cuda | cuda:N; null = run.device.")
-    models: list[str] = Field(["bicubic", "teacher"], min_length=1, description="Models to evaluate: bicubic (always added), teacher, pruned (mask applied, no training), searched (mask + search LoRA), student_stage1, student, student_ablation (distill.phase_ablation); the report scores each one's retention of the teacher's gain.")
+    models: list[str] = Field(["bicubic", "teacher"], min_length=1, description="Models to evaluate: bicubic (always added), teacher, registered versions (models:/<name>@<alias> or models:/<name>/<version>, loaded from MLflow's registry), pruned (mask applied, no training), searched (mask + search LoRA), student_stage1, student, student_ablation (distill.phase_ablation); the report scores each one's retention of the teacher's gain.")
     metrics: list[str] = Field(DEFAULT_METRICS, min_length=1, description="Metric names (see `srcompress evaluate --list-metrics`); unavailable ones are reported, not fatal.")
     crop_border: int = Field(0, ge=0, description="Pixels cropped from each edge before PSNR/SSIM/MS-SSIM/NIQE (SR papers: 0; classic BasicSR: = scale).")
     color_space: Literal["ycbcr", "yiq"] = Field("ycbcr", description="Colour space whose Y channel PSNR/SSIM/MS-SSIM use (SR convention: ycbcr, BT.601).")
@@ -76,9 +78,10 @@ class EvaluateConfig(StrictModel):
     @field_validator("models")
     @classmethod
     def _models(cls, v: list[str]) -> list[str]:
-        unknown = [m for m in v if m not in MODEL_KINDS]
+        unknown = [m for m in v if m not in MODEL_KINDS and not REGISTERED.match(m)]
         if unknown:
-            raise ValueError(f"unknown models {unknown}; known: {', '.join(MODEL_KINDS)}")
+            raise ValueError(f"unknown models {unknown}; known: {', '.join(MODEL_KINDS)}, or a registered version "
+                             "models:/<name>@<alias> | models:/<name>/<version>")
         return ["bicubic"] + [m for m in dict.fromkeys(v) if m != "bicubic"]
 
     @field_validator("metrics")

@@ -21,6 +21,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from srcompress.infra.assets import AssetUnavailable, niqe_params_path
+from srcompress.infra import registry
 from srcompress.infra.config import canonical_hash
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, cache_key, code_version
@@ -73,6 +74,10 @@ def load_model(ctx: RunContext, name: str, models: dict[str, Manifest], teacher_
         return materialize_teacher(ctx.get_store(), m, teacher_cfg, cache / "teachers", device)
     if m.kind == "student":
         return load_student(fetch_teacher_folder(ctx.get_store(), m, cache / "students"), device=device)
+    if m.kind == "model_version":  # a registered version: its pyfunc's student folder, from MLflow
+        info = registry.resolve(m.uri, ctx.get_tracker().uri)
+        folder = registry.download_student(info, ctx.get_tracker().uri, cache / "registered" / m.digest[:24])
+        return load_student(folder, device=device)
     if m.kind == "mask":  # pruned / searched: built from the teacher, nothing trained beyond the search
         if "teacher" not in models:
             raise ValueError(f"model {name!r} needs the teacher manifest")
@@ -85,6 +90,18 @@ def load_model(ctx: RunContext, name: str, models: dict[str, Manifest], teacher_
             lora = {k: v for k, v in safetensors_load(raw).items() if "lora_" in k}
         return build_student(teacher, result["mask"], lora, int(result["lora"]["rank"]), int(result["lora"]["alpha"]))
     raise ValueError(f"model {name!r}: cannot evaluate a {m.kind!r} manifest")
+
+
+def registered_manifest(ctx: RunContext, ref: str) -> Manifest:
+    """A ``models:/name@alias`` (or ``/version``) reference as a manifest: the version it resolves to now, and
+    the student digest its lineage records (so the evaluation's cache key follows the alias)."""
+    info = registry.resolve(ref, ctx.get_tracker().uri)
+    digest = info["tags"].get("lineage.distill_pixel.digest")
+    if not digest:
+        raise ValueError(f"{ref}: version {info['version']} has no srcompress lineage (not registered by srcompress)")
+    return Manifest(kind="model_version", step="register", uri=f"models:/{info['name']}/{info['version']}",
+                    digest=digest, config_hash="", inputs={}, code_version="", cache_key="", run_id=info.get("run_id"),
+                    extra={"ref": ref, "version": info["version"]})
 
 
 def build_upscalers(ctx: RunContext, cfg: EvaluateConfig, scale: int, models: dict[str, Manifest],
@@ -135,16 +152,23 @@ def _publish(ctx: RunContext, files: dict[str, Path], out: Path, prefix: str, su
     return store.uri(obj.key), obj.sha256, listing
 
 
+def metric_prefix(model: str) -> str:
+    """The model's name in metric keys: MLflow metric names may not contain '@' (registered aliases)."""
+    return model.replace("@", "/alias/")
+
+
 def _flat_metrics(result) -> dict[str, float]:
     """``<model>.<metric>`` means, ``.std``, and the efficiency numbers: what MLflow and the manifest carry."""
-    metrics = {}
+    metrics, name_of = {}, {}
     for model, summ in result.summary.items():
+        name_of[metric_prefix(model)] = model
+        model = metric_prefix(model)
         for metric, s in summ.items():
             if s.mean is not None:
                 metrics[f"{model}.{metric}"] = s.mean
             if s.std is not None:
                 metrics[f"{model}.{metric}.std"] = s.std
-        for k, v in result.efficiency.get(model, {}).items():
+        for k, v in result.efficiency.get(name_of.get(model, model), {}).items():
             if isinstance(v, (int, float)) and k in ("latency_ms", "latency_p90_ms", "macs", "params", "peak_mem_mb"):
                 metrics[f"{model}.{k}"] = float(v)
     return metrics
@@ -164,7 +188,7 @@ def score_and_report(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, m
     if cfg.save_outputs:
         for model, outs in result.outputs.items():
             for idx, arr in outs.items():
-                path = out / "outputs" / model / f"{idx:05d}.png"
+                path = out / "outputs" / model.replace("models:/", "").replace("/", "-v") / f"{idx:05d}.png"
                 atomic_write_bytes(path, png_bytes(arr))
                 files[f"output_{model}_{idx}"] = path
     metrics = _flat_metrics(result)

@@ -380,4 +380,6 @@ def test_registered_evalset_triggers_an_evaluation_recorded_in_mlflow(stack):
     tags, metrics = parent.data.tags, parent.data.metrics
     assert tags["srcompress.kind"] == "evaluation" and tags["srcompress.data"] == str(stack.evalset)
     assert {"bicubic.psnr", "bicubic.ssim", "teacher.psnr", "teacher.ssim"} <= set(metrics), metrics
+    # the deployment scores the model in production: the champion the retraining runs above registered
+    assert "models:/srcompress-student/alias/champion.psnr" in metrics, metrics
     assert all(v == v for v in metrics.values())  # no NaN

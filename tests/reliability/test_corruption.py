@@ -66,6 +66,7 @@ def _victims(store: LocalStore, steps: dict) -> dict[str, str]:
     }
 
 
+@pytest.mark.timeout(3000)  # many full-DAG reruns (or the whole main job): beyond the default 900 s on a loaded 2-core machine
 def test_every_object_kind_heals_after_corrupt_truncate_delete(tmp_path):
     cfg = load_config("tiny", CFG)
     work = tmp_path / "w"

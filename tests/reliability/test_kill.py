@@ -87,6 +87,7 @@ def _step_metric(summary: dict, step: str, metric: str) -> float:
     return next(r for r in runs if r.info.run_name == step).data.metrics[metric]
 
 
+@pytest.mark.timeout(3000)  # many full-DAG reruns (or the whole main job): beyond the default 900 s on a loaded 2-core machine
 def test_kill_9_in_every_long_step_resumes_to_the_same_digests(tmp_path):
     ref = _finish(tmp_path / "reference", tmp_path / "ref.json")  # uninterrupted
     work = tmp_path / "killed"

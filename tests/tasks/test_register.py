@@ -165,3 +165,23 @@ def test_lineage_tree_json_and_verify(registered, tmp_path):
         path.write_bytes(original)
     bad = CliRunner().invoke(app, ["lineage", "models:/sr-test@nope", "--tracking-uri", uri])
     assert bad.exit_code == 2 and "no version has alias 'nope'" in bad.output
+
+
+def test_evaluate_scores_a_registered_version_on_new_photos(registered, tmp_path):
+    """`srcompress evaluate --models bicubic,models:/<name>@champion`: the model in production, on a new set."""
+    import shutil
+
+    from srcompress.flows.evaluate import run_evaluation
+    from srcompress.tasks.common.sources import bundled_files
+
+    work, out = registered
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, path in bundled_files(["sklearn"]):
+        shutil.copy(path, photos / name.split("/")[-1])
+    cfg = load_config("tiny", REGISTER + ["evaluate.models=[bicubic, models:/sr-test@champion]"])
+    res = run_evaluation(cfg, work / "w", str(photos))
+    champion = str(MlflowClient(out["tracking_uri"]).get_model_version_by_alias("sr-test", "champion").version)
+    assert "models:/sr-test/alias/champion.psnr" in res["metrics"] and res["steps"]["evaluate"]["counts"]["images"] == 2
+    assert res["steps"]["evaluate"]["inputs"]["models:/sr-test@champion"] == \
+        MlflowClient(out["tracking_uri"]).get_model_version("sr-test", champion).tags["lineage.distill_pixel.digest"]

@@ -163,6 +163,7 @@ def test_two_node_ray_cluster_matches_local(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3000)  # many full-DAG reruns (or the whole main job): beyond the default 900 s on a loaded 2-core machine
 def test_main_job_compresses_a_teacher_worth_compressing(tmp_path):
     """The embedded default, as shipped (the README's main job): the bootstrapped teacher clearly beats bicubic
     on the held-out photos; the final student keeps ≥ 80% of every significant gain at half the depth, the
