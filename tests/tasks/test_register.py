@@ -160,7 +160,7 @@ def test_lineage_tree_json_and_verify(registered, tmp_path):
     try:
         path.write_bytes(original.replace(b'"mask"', b'"mask" ', 1))
         res = CliRunner().invoke(app, ["lineage", "models:/sr-test/1", "--tracking-uri", uri, "--verify"])
-        assert res.exit_code == 1 and "search_pruning: changed" in res.output, res.output
+        assert res.exit_code == 1 and "search_pruning: missing or altered" in res.output, res.output
     finally:
         path.write_bytes(original)
     bad = CliRunner().invoke(app, ["lineage", "models:/sr-test@nope", "--tracking-uri", uri])
