@@ -11,6 +11,8 @@ upstream digest and run (``lineage.*``), so ``srcompress lineage`` needs nothing
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import time
 from pathlib import Path
@@ -18,6 +20,32 @@ from typing import Any
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
+
+
+@contextlib.contextmanager
+def _fluent(uri: str):
+    """MLflow's fluent API for one call: ``set_tracking_uri`` also writes MLFLOW_TRACKING_URI (and the registry
+    variable) into os.environ, which every later run and subprocess would inherit — restore both after."""
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    old_tracking = mlflow.get_tracking_uri() if saved["MLFLOW_TRACKING_URI"] else None
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield mlflow
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        mlflow.set_tracking_uri(old_tracking) if old_tracking else None
+        for k, v in saved.items():  # set_tracking_uri above rewrote the variable again
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _client(uri: str):
@@ -29,11 +57,7 @@ def _client(uri: str):
 def register_student(tracking_uri: str, run_id: str, name: str, folder: Path, model_config: dict,
                      tags: dict[str, str], description: str = "") -> str:
     """Log the student folder as a pyfunc model in ``run_id`` and register it; returns the version number."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):  # resumes the step's run: the model's source run
+    with _fluent(tracking_uri) as mlflow, mlflow.start_run(run_id=run_id):  # resumes the step's run
         info = mlflow.pyfunc.log_model(name="student", python_model=str(PYFUNC_CODE),
                                        artifacts={"student": str(folder)}, model_config=model_config,
                                        pip_requirements=["srcompress"])
@@ -105,12 +129,10 @@ def resolve(ref: str, tracking_uri: str) -> dict[str, Any]:
 
 def download_student(info: dict[str, Any], tracking_uri: str, dest: Path) -> Path:
     """The registered version's student folder (the pyfunc's ``student`` artifact), downloaded once."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
     dest.mkdir(parents=True, exist_ok=True)
-    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{info['name']}/{info['version']}",
-                                                dst_path=str(dest), tracking_uri=tracking_uri)
+    with _fluent(tracking_uri) as mlflow:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{info['name']}/{info['version']}",
+                                                    dst_path=str(dest), tracking_uri=tracking_uri)
     found = [p.parent for p in Path(local).rglob("student.json")]
     if not found:
         raise FileNotFoundError(f"models:/{info['name']}/{info['version']}: no student folder in its artifacts")

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 
 import mlflow
@@ -60,10 +59,10 @@ def test_version_carries_the_whole_lineage_and_aliases(registered):
     assert again["model_version"] == "models:/sr-test/1"
 
 
-def test_pyfunc_loads_and_reproduces_the_student(registered):
+def test_pyfunc_loads_and_reproduces_the_student(registered, monkeypatch):
     work, out = registered
-    mlflow.set_tracking_uri(out["tracking_uri"])
-    model = mlflow.pyfunc.load_model("models:/sr-test@champion")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", out["tracking_uri"])  # restored after the test (MLflow's own
+    model = mlflow.pyfunc.load_model("models:/sr-test@champion")    # set_tracking_uri would leak it to later tests)
     lr = (np.random.default_rng(0).random((20, 24, 3)) * 255).astype(np.uint8)
     sr = model.predict(lr)
     assert sr.shape == (80, 96, 3) and sr.dtype == np.uint8
