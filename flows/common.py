@@ -36,7 +36,8 @@ def resolve(config: dict[str, Any] | str, workdir: str, overrides: list[str] | N
         cfg = SrConfig.model_validate(config) if isinstance(config, dict) else load_config(config, overrides)
     preflight(cfg)  # deployments reach the flow without the CLI: check devices and folders here too
     ctx = RunContext(workdir=str(Path(workdir).resolve()), store=cfg.store, tracking=cfg.tracking,
-                     torch_threads=cfg.run.torch_threads, device=cfg.run.device)
+                     torch_threads=cfg.run.torch_threads, device=cfg.run.device,
+                     ray_address=cfg.run.ray_address)
     return cfg, ctx
 
 

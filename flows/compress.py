@@ -73,7 +73,7 @@ def train_steps(ctx: RunContext, cfg: SrConfig, last: int) -> dict[str, Any]:
     if last >= STEPS.index("search_pruning"):
         manifests["search_pruning"] = run_search(ctx, cfg.search, cfg.teacher, manifests["encode_latents"],
                                                  manifests["bootstrap_teacher"], manifests["analyse_redundancy"],
-                                                 cfg.encode.ray_address)
+                                                 ctx.ray_address)
     if last >= STEPS.index("distill_latent"):
         manifests.update(distill(ctx, cfg, manifests, last >= STEPS.index("distill_pixel")))
     return manifests
@@ -83,7 +83,7 @@ def distill(ctx: RunContext, cfg: SrConfig, manifests: dict[str, Any], pixel: bo
     """Stage 1 then (``pixel``) stage 2; with ``distill.phase_ablation`` the same with the adapter flipped."""
     common = dict(latents=manifests["encode_latents"], pairs=manifests["degrade"],
                   teacher=manifests["bootstrap_teacher"], mask=manifests["search_pruning"],
-                  ray_address=cfg.encode.ray_address)
+                  ray_address=ctx.ray_address)
     out = {}
     variants = [("", cfg.distill.phase_adapter)]
     if cfg.distill.phase_ablation:

@@ -36,6 +36,7 @@ class RunContext(BaseModel):
     parent_run_id: str | None = None
     torch_threads: int = 0
     device: str = "auto"  # run.device; steps resolve it (with their own override) via models.device
+    ray_address: str | None = None  # run.ray_address: the cluster every heavy step uses (placement, not content)
 
     def get_store(self) -> ArtifactStore:
         return _store(self.workdir, self.store.model_dump_json())

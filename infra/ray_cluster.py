@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -52,3 +52,31 @@ def train_on_ray(loop, config: dict, num_workers: int, use_gpu: bool, name: str,
         if result.error is not None:
             raise RuntimeError(f"{name} failed on a rank: {result.error}")
     return info
+
+
+def map_on_ray(fn: Callable[..., Any], calls: list[tuple], address: str | None, num_cpus: float = 1.0,
+               max_retries: int = 2, on_start: Callable[[str], None] | None = None) -> Iterator[tuple[int, Any]]:
+    """``fn(*args)`` for every ``args`` in ``calls`` as Ray tasks on the cluster; yields ``(i, result)`` in the
+    order they finish, so the caller can log progress while the rest still runs.
+
+    ``fn`` must be a module-level function of an installed package (Ray ships it by reference) taking and
+    returning small plain values: the data moves through the artifact store, never through Ray's object store.
+    A task that raises or whose worker dies is retried ``max_retries`` times; then its error is raised here."""
+    import ray
+
+    with ray_session(address) as info:
+        if on_start:
+            on_start(info)
+        remote = ray.remote(num_cpus=num_cpus, max_retries=max_retries, retry_exceptions=True)(fn)
+        pending = {remote.remote(*args): i for i, args in enumerate(calls)}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                yield pending.pop(ref), ray.get(ref)
+
+
+def where_am_i() -> str:
+    """``<node id prefix>/<pid>`` of the calling Ray worker: recorded with each piece of work it did."""
+    import ray
+
+    return f"{ray.get_runtime_context().get_node_id()[:12]}/{os.getpid()}"

@@ -297,7 +297,7 @@ def upscale(model: Path = typer.Option(..., "--model", "-m", help="A published s
     for src, dest in targets:
         lr = _decode_lr(src)
         h, w = lr.shape[-2:]
-        with tqdm(total=_tile_count(up, h, w), desc=src.name, unit="tile", disable=no_progress, leave=False) as bar, \
+        with tqdm(total=_tile_count(up, h, w), desc=src.name, unit="tile", disable=no_progress) as bar, \
                 _tile_progress(sr_model, bar.update), torch.no_grad():
             sr = up(lr)
         try:

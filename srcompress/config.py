@@ -41,6 +41,8 @@ class RunConfig(StrictModel):
     max_workers: int = Field(2, ge=1, le=64, description="Prefect task-runner threads for shard fan-out.")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads per worker; 0 = cores / max_workers.")
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="Where models run: auto (cuda if available, else cpu) | cpu | cuda | cuda:N; steps may override (encode.device, evaluate.device).")
+    ray_address: str | None = Field(None, description="Ray cluster for every heavy step (host:port, 'auto', ray://…): degradation shards, latent encoding, the DeepSpeed ranks of search and distillation, evaluation scoring. None = degradation and scoring on this process's threads, a local Ray for the rest.")
+    shared_filesystem: bool = Field(False, description="With ray_address and a local-disk store: the store path is a shared mount (NFS, …) on every node.")
 
 
 class SrConfig(StrictModel):
@@ -71,10 +73,10 @@ class SrConfig(StrictModel):
         if self.teacher.source == "bootstrap" and blocks % self.search.m:  # imported teachers: checked at the step
             raise ValueError(f"search.m={self.search.m} must divide the bootstrap teacher's {blocks} blocks "
                              f"(teacher.bootstrap.num_layers)")
-        if self.encode.ray_address and not store_uri.startswith("s3://") and not self.encode.shared_filesystem:
-            raise ValueError("encode.ray_address is set but store.uri is a local-disk store: Ray workers on other "
+        if self.run.ray_address and not store_uri.startswith("s3://") and not self.run.shared_filesystem:
+            raise ValueError("run.ray_address is set but store.uri is a local-disk store: Ray workers on other "
                              "nodes would write to their own disks. Use an s3:// store, or set "
-                             "encode.shared_filesystem=true if the store path is a shared mount on every node")
+                             "run.shared_filesystem=true if the store path is a shared mount on every node")
         return self
 
 
@@ -97,7 +99,7 @@ def preflight(cfg: SrConfig) -> None:
     checks = [("run.device", cfg.run.device), ("evaluate.device", cfg.evaluate.device),
               ("redundancy.device", cfg.redundancy.device), ("search.device", cfg.search.device),
               ("distill.device", cfg.distill.device)]
-    if cfg.encode.gpus_per_actor == 0 and not cfg.encode.ray_address:  # GPUs of a remote cluster are not ours to see
+    if cfg.encode.gpus_per_actor == 0 and not cfg.run.ray_address:  # GPUs of a remote cluster are not ours to see
         checks.append(("encode.device", cfg.encode.device))
     for key, spec in checks:
         if spec is not None:

@@ -116,6 +116,17 @@ class FID:
             self._hq_cache[key] = self.features(hq)
         self._hq.extend(self._hq_cache[key])
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The pool features accumulated so far (SR and the paired HQ), one row per image."""
+        empty = np.zeros((0, 2048))
+        return {"sr": np.stack(self._sr) if self._sr else empty, "hq": np.stack(self._hq) if self._hq else empty}
+
+    def load_states(self, states: list[dict[str, np.ndarray]]) -> None:
+        """Append slices' ``state()`` in order: the same features, in the same order, as one pass."""
+        for st in states:
+            self._sr.extend(st["sr"])
+            self._hq.extend(st["hq"])
+
     @property
     def count(self) -> int:
         return len(self._sr)

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Protocol
 
+import numpy as np
 import torch
 
 Tensor = torch.Tensor
@@ -76,6 +77,9 @@ class DistributionMetric(Protocol):
     def reset(self) -> None: ...
     def update(self, sr: Tensor, hq: Tensor | None = None) -> None: ...
     def compute(self) -> float: ...
+    # What ``update`` accumulated, as arrays, so slices of a set scored apart (Ray workers) add up exactly.
+    def state(self) -> dict[str, np.ndarray]: ...
+    def load_states(self, states: list[dict[str, np.ndarray]]) -> None: ...
 
 
 Builder = Callable[[MetricEnv], "ImageMetric | DistributionMetric"]

@@ -72,6 +72,7 @@ class ShardResult(_Model):
     count: int
     computed: bool
     seconds: float = 0.0
+    worker: str = ""  # "<node id>/<pid>" when a Ray task computed it (run.ray_address)
 
 
 def scan_one(ref: SourceRef, data_cfg: DataConfig, store_cfg: StoreConfig,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import time
 from pathlib import PurePosixPath
 
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from srcompress.infra.config import canonical_hash, redact
 from srcompress.infra.context import RunContext
+from srcompress.infra.ray_cluster import map_on_ray, where_am_i
 from srcompress.infra.manifest import Manifest, cache_key, code_version, digest_of_digests
 from srcompress.tasks.degrade.config import DegradeConfig
 from srcompress.tasks.degrade.shards import (
@@ -34,6 +36,7 @@ from srcompress.tasks.degrade.shards import (
     scan_one,
 )
 from srcompress.tasks.common.sources import DataConfig, list_sources
+from srcompress.tasks.common.threads import threads_for
 
 STEP = "degrade"
 
@@ -62,12 +65,6 @@ def step_config_hash(data_cfg: DataConfig, cfg: DegradeConfig, split: str = "tra
     # Where the files live is not part of the computation; their names and digests are (scan inputs).
     return canonical_hash({"degrade": cfg.model_dump(mode="json"), "split": split,
                            "data": data_cfg.model_dump(mode="json", exclude={"source", "endpoint_url"})})
-
-
-def _set_threads(ctx: RunContext, workers: int) -> None:
-    n = ctx.torch_threads or max(1, (os.cpu_count() or 1) // max(1, workers))
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
 
 
 @task(name="degrade-scan", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
@@ -107,19 +104,17 @@ def scan_sources(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, spli
                       duplicates=duplicates)
 
 
-@task(name="degrade-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
-      task_run_name="degrade-shard-{spec.index}")
-def degrade_shard(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, spec: ShardSpec, total: int,
-                  workers: int) -> ShardResult:
-    """Compute one shard unless an object with its cache key is already in the store."""
-    log = get_run_logger()
+def compute_or_reuse(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, spec: ShardSpec,
+                     threads: int) -> ShardResult:
+    """One shard: the stored object when its content checks out (a corrupted shard is recomputed, not trusted),
+    else computed with ``threads`` torch threads and published atomically."""
     store = ctx.get_store()
-    info = store.verify(spec.object_key)  # content-checked: a corrupted shard is recomputed, not trusted
+    info = store.verify(spec.object_key)
     if info is not None:
-        log.info("degrade: shard %d/%d cached (%d pairs)", spec.index + 1, total, len(spec.items))
         return ShardResult(index=spec.index, key=info.key, uri=info.uri, sha256=info.sha256,
                            count=len(spec.items), computed=False)
-    _set_threads(ctx, workers)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     t0 = time.perf_counter()
     tmp = ctx.scratch("degrade") / f"{spec.cache_key}.{os.getpid()}.{time.monotonic_ns()}.safetensors"
     try:
@@ -127,10 +122,52 @@ def degrade_shard(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, spe
         info = store.put_file(spec.object_key, tmp)
     finally:
         tmp.unlink(missing_ok=True)
-    dt = time.perf_counter() - t0
-    log.info("degrade: shard %d/%d done: %d pairs in %.1fs (%.1f pairs/s)", spec.index + 1, total, n, dt, n / dt)
     return ShardResult(index=spec.index, key=info.key, uri=info.uri, sha256=info.sha256, count=n, computed=True,
-                       seconds=dt)
+                       seconds=time.perf_counter() - t0)
+
+
+def _log_shard(log, r: ShardResult, total: int) -> None:
+    where = f" on {r.worker}" if r.worker else ""
+    if r.computed:
+        log.info("degrade: shard %d/%d done%s: %d pairs in %.1fs (%.1f pairs/s)", r.index + 1, total, where,
+                 r.count, r.seconds, r.count / max(r.seconds, 1e-9))
+    else:
+        log.info("degrade: shard %d/%d cached (%d pairs)", r.index + 1, total, r.count)
+
+
+@task(name="degrade-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
+      task_run_name="degrade-shard-{spec.index}")
+def degrade_shard(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, spec: ShardSpec, total: int,
+                  workers: int) -> ShardResult:
+    """Compute one shard on this process's thread pool unless it is already in the store."""
+    result = compute_or_reuse(ctx, data_cfg, cfg, spec, threads_for(ctx, workers))
+    _log_shard(get_run_logger(), result, total)
+    return result
+
+
+def shard_on_ray_worker(ctx_json: str, data_cfg_json: str, cfg_json: str, spec_json: str) -> dict:
+    """A shard as a Ray task (``run.ray_address``): rebuilt from JSON on whichever node Ray picked, one torch
+    thread (the task holds one CPU), the result tagged with the worker that computed it."""
+    result = compute_or_reuse(RunContext.model_validate_json(ctx_json), DataConfig.model_validate_json(data_cfg_json),
+                              DegradeConfig.model_validate_json(cfg_json), ShardSpec.model_validate_json(spec_json),
+                              RunContext.model_validate_json(ctx_json).torch_threads or 1)
+    return result.model_copy(update={"worker": where_am_i()}).model_dump(mode="json")
+
+
+@task(name="degrade-shards-ray", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def degrade_on_ray(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, shards: list[ShardSpec]) -> list[ShardResult]:
+    """Every shard as a Ray task on the cluster (one CPU each): a 100k-image dataset scales with the cluster.
+    Shards already in the store come back as cached from the workers' own check, so a rerun redoes only the
+    missing ones."""
+    log = get_run_logger()
+    calls = [(ctx.model_dump_json(), data_cfg.model_dump_json(), cfg.model_dump_json(), s.model_dump_json())
+             for s in shards]
+    results = []
+    for _, row in map_on_ray(shard_on_ray_worker, calls, ctx.ray_address,
+                             on_start=lambda info: log.info("degrade: %d shards on Ray %s", len(shards), info)):
+        results.append(ShardResult.model_validate(row))
+        _log_shard(log, results[-1], len(shards))
+    return results
 
 
 @task(name="degrade-finalize", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
@@ -159,7 +196,9 @@ def finalize(ctx: RunContext, cfg: DegradeConfig, scan: ScanResult, shards: list
                 "quarantined": len(scan.quarantined), "converted": len(report["converted"]),
                 "duplicates": len(scan.duplicates)},
         extra={"index_sha256": idx.sha256, "quarantine_report": rep.uri, "scale": cfg.scale,
-               "hq_size": cfg.crop_size, "lq_size": lq_size, "split": split},
+               "hq_size": cfg.crop_size, "lq_size": lq_size, "split": split,
+               # which Ray workers ("<node id>/<pid>") computed how many shards: empty on the local thread pool
+               "computed_on": dict(Counter(s.worker for s in shards if s.computed and s.worker))},
     )
     ctx.get_cache().put(manifest)
     return manifest
@@ -192,8 +231,11 @@ def run_degrade(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, worke
             tracker.log_manifest_output(run_id, hit)
             return hit
         shards = plan_shards(scan.accepted, cfg, lambda inp: cache_key("degrade_shard", config_hash, inp, code_ver))
-        futures = [degrade_shard.submit(ctx, data_cfg, cfg, s, len(shards), workers) for s in shards]
-        results = [f.result() for f in futures]
+        if ctx.ray_address:
+            results = degrade_on_ray(ctx, data_cfg, cfg, shards)
+        else:
+            futures = [degrade_shard.submit(ctx, data_cfg, cfg, s, len(shards), workers) for s in shards]
+            results = [f.result() for f in futures]
         manifest = finalize(ctx, cfg, scan, results, step_key, config_hash, inputs, code_ver, run_id, split)
         computed = [r for r in results if r.computed]
         dt = time.perf_counter() - t0

@@ -1,7 +1,7 @@
 """The ``encode_latents`` DAG step: a Ray Data actor pool streams pairs shards through the VAE and the teacher.
 
     srcompress run --config configs/tiny.yaml --until encode_latents
-    srcompress run --config my.yaml --set encode.ray_address=10.0.0.5:6379 --set encode.num_actors=8
+    srcompress run --config my.yaml --set run.ray_address=10.0.0.5:6379 --set encode.num_actors=8
 
 The Prefect task is the Ray driver (docs/architecture.md §1): it starts or joins a Ray cluster, feeds one
 row per pairs shard (references only, never tensors) to ``EncoderActor``s, and collects one small row per
@@ -62,7 +62,7 @@ def encode_on_ray(ctx: RunContext, cfg: EncodeConfig, teacher_cfg: TeacherConfig
     """Run the actor pool over every pairs shard; returns one small row per latent shard, in shard order."""
     log = get_run_logger()
     refs = shard_refs(ctx.get_store(), pairs)
-    with ray_session(cfg.ray_address, num_cpus=None if cfg.ray_address else os.cpu_count()) as info:
+    with ray_session(ctx.ray_address, num_cpus=None if ctx.ray_address else os.cpu_count()) as info:
         log.info("encode_latents: %d shards on Ray %s with %d actor(s)", len(refs), info, cfg.num_actors)
         ds = encode_dataset(ctx, cfg, teacher_cfg, refs, teacher, code_ver)
         rows = []

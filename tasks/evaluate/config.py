@@ -74,6 +74,7 @@ class EvaluateConfig(StrictModel):
     grid_images: int = Field(6, ge=0, description="How many images get a comparison grid (LQ | bicubic | models | HQ).")
     grid_crop: int = Field(256, ge=32, description="Grids show a centre crop of this HR size (full image if smaller).")
     save_outputs: bool = Field(False, description="Also store every SR output as PNG.")
+    items_per_task: int = Field(8, ge=1, description="With run.ray_address: images per Ray scoring task (each task loads one model and scores that many images; every (model, slice) task runs at once across the cluster).")
 
     @field_validator("models")
     @classmethod

@@ -130,12 +130,14 @@ def eval_set_present(ctx: RunContext, manifest: Manifest) -> bool:
     return True
 
 
-def read_eval_set(ctx: RunContext, manifest: Manifest) -> tuple[list[EvalItem], dict]:
+def read_eval_set(ctx: RunContext, manifest: Manifest, indices: list[int] | None = None) -> tuple[list[EvalItem], dict]:
+    """The set's items (or only those at ``indices``: a scoring task reads its own slice), verified."""
     store = ctx.get_store()
     index = json.loads(store.get_bytes(store.key_from_uri(manifest.uri), manifest.extra.get("index_sha256")))
+    entries = index["items"] if indices is None else [index["items"][i] for i in indices]
     items = [EvalItem(e["name"], png_decode(store.get_bytes(e["lr"], e["lr_sha256"])),
                       png_decode(store.get_bytes(e["hr"], e["hr_sha256"])) if e["hr"] else None,
-                      e["source_sha256"], e["note"]) for e in index["items"]]
+                      e["source_sha256"], e["note"]) for e in entries]
     return items, index
 
 

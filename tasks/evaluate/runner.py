@@ -17,6 +17,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -66,8 +67,94 @@ def _summarise(values: list[float | None], note: str = "") -> MetricSummary:
     return MetricSummary(statistics.fmean(vals), statistics.pstdev(vals) if len(vals) > 1 else 0.0, len(vals), note)
 
 
+@dataclass
+class Scored:
+    """One model on a slice of the items: what a worker sends back (plain values and small arrays)."""
+
+    rows: list[dict]
+    values: dict[str, list[float | None]]  # per-image metric → value per item of the slice, in order
+    dist: dict[str, dict[str, np.ndarray]]  # distribution metric → its accumulated state (``state()``)
+    outputs: dict[int, np.ndarray]  # item index → SR uint8, for the kept (grid) items
+
+
+def score_items(model_name: str, up, items: list[EvalItem], indices: list[int], metrics: dict,
+                keep_outputs: set[int]) -> Scored:
+    """Run ``up`` on ``items`` (whose global indices are ``indices``) and score each output."""
+    per_metric: dict[str, list[float | None]] = {n: [] for n, m in metrics.items() if m.info.mode != "DIST"}
+    dist = {n: m for n, m in metrics.items() if m.info.mode == "DIST"}
+    for m in dist.values():
+        m.reset()
+    rows, outputs = [], {}
+    for idx, item in zip(indices, items):
+        lr = to_tensor(item.lr)
+        size = tuple(item.hr.shape[:2]) if item.hr is not None else None
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            sr_f = up(lr, size)
+        seconds = time.perf_counter() - t0
+        sr_u8 = to_uint8(sr_f)
+        sr = to_tensor(sr_u8)
+        hr = to_tensor(item.hr) if item.hr is not None else None
+        if hr is not None and sr.shape != hr.shape:
+            raise RuntimeError(f"{model_name} produced {tuple(sr.shape)} for {item.name}, HR is {tuple(hr.shape)}")
+        row = {"image": item.name, "model": model_name, "lr_size": f"{item.lr.shape[1]}x{item.lr.shape[0]}",
+               "seconds": round(seconds, 4)}
+        for name in per_metric:
+            m = metrics[name]
+            if m.info.mode == "FR" and hr is None:
+                row[name], row[f"{name}_note"] = None, "no HR"
+                per_metric[name].append(None)
+                continue
+            try:
+                val = float(m.score(sr, hr if m.info.mode == "FR" else None)[0])
+            except ImageTooSmall as exc:
+                val, row[f"{name}_note"] = None, str(exc)
+            if val is not None and not math.isfinite(val):
+                row[f"{name}_note"] = "non-finite score"
+            row[name] = val
+            per_metric[name].append(val)
+        if hr is not None:
+            for m in dist.values():
+                m.update(sr, hr)
+        if idx in keep_outputs:
+            outputs[idx] = sr_u8
+        rows.append(row)
+    return Scored(rows, per_metric, {n: m.state() for n, m in dist.items()}, outputs)
+
+
+def summarise(res: EvalResult, model_name: str, parts: list[Scored], metrics: dict, has_hr: bool) -> None:
+    """Fold a model's slices (in item order) into ``res``: rows, kept outputs, per-metric summaries."""
+    res.outputs[model_name] = {}
+    values: dict[str, list[float | None]] = {n: [] for n, m in metrics.items() if m.info.mode != "DIST"}
+    for part in parts:
+        res.rows.extend(part.rows)
+        res.outputs[model_name].update(part.outputs)
+        for n in values:
+            values[n].extend(part.values[n])
+    summ = {n: _summarise(v, "" if has_hr or metrics[n].info.mode != "FR" else "n/a: no HR")
+            for n, v in values.items()}
+    for n, m in metrics.items():
+        if m.info.mode != "DIST":
+            continue
+        if not has_hr:
+            summ[n] = MetricSummary(None, None, 0, "n/a: no HR")
+            continue
+        m.reset()
+        m.load_states([p.dist[n] for p in parts])  # concatenated in item order: the same numbers as one pass
+        try:
+            summ[n] = MetricSummary(m.compute(), None, m.count, f"over {m.count} images")
+        except ValueError as exc:
+            summ[n] = MetricSummary(None, None, m.count, str(exc))
+    summ["seconds_per_image"] = _summarise([r["seconds"] for r in res.rows if r["model"] == model_name])
+    res.summary[model_name] = summ
+
+
 def evaluate_models(items: list[EvalItem], upscalers: dict, metric_names: list[str], env: MetricEnv,
-                    keep_outputs: set[int], eff: EfficiencyConfig) -> EvalResult:
+                    keep_outputs: set[int], eff: EfficiencyConfig,
+                    scorer: Callable[[str], list[Scored]] | None = None) -> EvalResult:
+    """Score every model; ``scorer(model_name)`` (e.g. Ray tasks on a cluster, ``tasks/evaluate/cluster.py``)
+    returns a model's slices in item order instead of scoring here. Efficiency is always measured here, in
+    one process, so the models' timings are side by side."""
     res = EvalResult()
     metrics, res.unavailable = build_metrics(metric_names, env)
     has_hr = all(it.hr is not None for it in items)
@@ -75,56 +162,9 @@ def evaluate_models(items: list[EvalItem], upscalers: dict, metric_names: list[s
         res.lower_better[name] = m.info.lower_better
     for model_name, up in upscalers.items():
         res.models[model_name] = up.describe()
-        res.outputs[model_name] = {}
-        per_metric: dict[str, list[float | None]] = {n: [] for n, m in metrics.items() if m.info.mode != "DIST"}
-        dist = {n: m for n, m in metrics.items() if m.info.mode == "DIST"}
-        for m in dist.values():
-            m.reset()
-        for idx, item in enumerate(items):
-            lr = to_tensor(item.lr)
-            size = tuple(item.hr.shape[:2]) if item.hr is not None else None
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                sr_f = up(lr, size)
-            seconds = time.perf_counter() - t0
-            sr_u8 = to_uint8(sr_f)
-            sr = to_tensor(sr_u8)
-            hr = to_tensor(item.hr) if item.hr is not None else None
-            if hr is not None and sr.shape != hr.shape:
-                raise RuntimeError(f"{model_name} produced {tuple(sr.shape)} for {item.name}, HR is {tuple(hr.shape)}")
-            row = {"image": item.name, "model": model_name, "lr_size": f"{item.lr.shape[1]}x{item.lr.shape[0]}",
-                   "seconds": round(seconds, 4)}
-            for name in per_metric:
-                m = metrics[name]
-                if m.info.mode == "FR" and hr is None:
-                    row[name], row[f"{name}_note"] = None, "no HR"
-                    continue
-                try:
-                    val = float(m.score(sr, hr if m.info.mode == "FR" else None)[0])
-                except ImageTooSmall as exc:
-                    val, row[f"{name}_note"] = None, str(exc)
-                if val is not None and not math.isfinite(val):
-                    row[f"{name}_note"] = "non-finite score"
-                row[name] = val
-                per_metric[name].append(val)
-            if hr is not None:
-                for m in dist.values():
-                    m.update(sr, hr)
-            if idx in keep_outputs:
-                res.outputs[model_name][idx] = sr_u8
-            res.rows.append(row)
-        summ = {n: _summarise(v, "" if has_hr or metrics[n].info.mode != "FR" else "n/a: no HR")
-                for n, v in per_metric.items()}
-        for n, m in dist.items():
-            if not has_hr:
-                summ[n] = MetricSummary(None, None, 0, "n/a: no HR")
-                continue
-            try:
-                summ[n] = MetricSummary(m.compute(), None, m.count, f"over {m.count} images")
-            except ValueError as exc:
-                summ[n] = MetricSummary(None, None, m.count, str(exc))
-        summ["seconds_per_image"] = _summarise([r["seconds"] for r in res.rows if r["model"] == model_name])
-        res.summary[model_name] = summ
+        parts = scorer(model_name) if scorer else [score_items(model_name, up, items, list(range(len(items))),
+                                                               metrics, keep_outputs)]
+        summarise(res, model_name, parts, metrics, has_hr)
         if eff.enabled and items:
             h, w = items[0].lr.shape[:2]
             if items[0].hr is not None and items[0].hr.shape == items[0].lr.shape:  # LQ stored at HR size

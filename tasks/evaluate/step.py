@@ -15,7 +15,6 @@ import time
 import uuid
 from pathlib import Path
 
-import torch
 from safetensors.torch import load as safetensors_load
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -30,6 +29,7 @@ from srcompress.models.device import resolve_device
 from srcompress.models.iqa import MetricEnv
 from srcompress.models.student.student import build_student, load_student
 from srcompress.models.upscalers import Bicubic, DiffusionSR
+from srcompress.tasks.evaluate.cluster import ClusterScorer
 from srcompress.tasks.evaluate.config import EvaluateConfig
 from srcompress.tasks.evaluate.data_step import read_eval_set
 from srcompress.tasks.evaluate.datasets import png_bytes
@@ -37,6 +37,7 @@ from srcompress.tasks.evaluate.report import grid_indices, write_reports
 from srcompress.tasks.evaluate.runner import evaluate_models
 from srcompress.tasks.common.teacher_config import TeacherConfig
 from srcompress.tasks.common.teachers import fetch_teacher_folder, load_settings, materialize_teacher
+from srcompress.tasks.common.threads import threads_for, use_threads
 
 STEP = "evaluate"
 
@@ -61,7 +62,7 @@ def metric_env(cfg: EvaluateConfig, log=None, assets: bool = True) -> MetricEnv:
 
 def step_config_hash(cfg: EvaluateConfig, teacher_cfg: TeacherConfig) -> str:
     """The evaluation settings (not the device) and how the teacher is loaded (timestep, LoRA, …)."""
-    return canonical_hash({"evaluate": cfg.model_dump(mode="json", exclude={"device"}),
+    return canonical_hash({"evaluate": cfg.model_dump(mode="json", exclude={"device", "items_per_task"}),
                            "teacher": load_settings(teacher_cfg)})
 
 
@@ -104,26 +105,28 @@ def registered_manifest(ctx: RunContext, ref: str) -> Manifest:
                     extra={"ref": ref, "version": info["version"]})
 
 
-def build_upscalers(ctx: RunContext, cfg: EvaluateConfig, scale: int, models: dict[str, Manifest],
-                    teacher_cfg: TeacherConfig) -> dict:
-    ups: dict = {"bicubic": Bicubic(scale)}
+def build_upscaler(ctx: RunContext, cfg: EvaluateConfig, scale: int, name: str, models: dict[str, Manifest],
+                   teacher_cfg: TeacherConfig):
+    """One model of the table, wrapped as the evaluation runs it (tiles, colour fix) on the step's device."""
+    if name == "bicubic":
+        return Bicubic(scale)
     inf = cfg.inference
     device = resolve_device(cfg.device or ctx.device, "evaluate.device" if cfg.device else "run.device")
-    for name in cfg.models:
-        if name == "bicubic":
-            continue
-        net = load_model(ctx, name, models, teacher_cfg, device)
-        ups[name] = DiffusionSR(net.eval(), scale=scale, name=name, tile=inf.tile, tile_overlap=inf.tile_overlap,
-                                vae_tiling=inf.vae_tiling, vae_tile=inf.vae_tile, color_fix=inf.color_fix,
-                                seed=inf.seed)
-    return ups
+    net = load_model(ctx, name, models, teacher_cfg, device)
+    return DiffusionSR(net.eval(), scale=scale, name=name, tile=inf.tile, tile_overlap=inf.tile_overlap,
+                       vae_tiling=inf.vae_tiling, vae_tile=inf.vae_tile, color_fix=inf.color_fix, seed=inf.seed)
 
 
-def conventions(cfg: EvaluateConfig, env: MetricEnv, eval_set: Manifest) -> dict:
+def build_upscalers(ctx: RunContext, cfg: EvaluateConfig, scale: int, models: dict[str, Manifest],
+                    teacher_cfg: TeacherConfig) -> dict:
+    return {name: build_upscaler(ctx, cfg, scale, name, models, teacher_cfg) for name in cfg.models}
+
+
+def conventions(ctx: RunContext, cfg: EvaluateConfig, env: MetricEnv, eval_set: Manifest) -> dict:
     return {"metrics": env.conventions(), "inference": cfg.inference.model_dump(mode="json"),
             "data": {k: eval_set.extra.get(k) for k in ("source", "kind", "scale", "lq")},
             "outputs": "quantised to 8 bit before scoring", "std": "population (ddof=0)",
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": threads_for(ctx)}
 
 
 def report_intact(ctx: RunContext, manifest: Manifest) -> bool:
@@ -178,11 +181,15 @@ def _flat_metrics(result) -> dict[str, float]:
 def score_and_report(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, models: dict[str, Manifest],
                      teacher_cfg: TeacherConfig, conv: dict, key: str) -> dict:
     """Run every model on the set, score, write and publish the reports; returns paths, URIs and numbers."""
+    use_threads(ctx)
     env = metric_env(cfg, get_run_logger())
     items, index = read_eval_set(ctx, eval_set)
     ups = build_upscalers(ctx, cfg, int(eval_set.extra.get("scale", 4)), models, teacher_cfg)
     keep = set(range(len(items))) if cfg.save_outputs else set(grid_indices([it.name for it in items], cfg.grid_images))
-    result = evaluate_models(items, ups, cfg.metrics, env, keep, cfg.efficiency)
+    scorer = None
+    if ctx.ray_address:  # every (model, slice of images) a Ray task on the cluster; efficiency stays here
+        scorer = ClusterScorer(ctx, cfg, eval_set, models, teacher_cfg, list(ups), len(items), keep, get_run_logger())
+    result = evaluate_models(items, ups, cfg.metrics, env, keep, cfg.efficiency, scorer)
     out = Path(ctx.workdir) / "evaluations" / key[:16]
     files = write_reports(result, items, out, conv, cfg.grid_crop, index.get("skipped"))
     if cfg.save_outputs:
@@ -197,7 +204,8 @@ def score_and_report(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, m
     # publishes under its own prefix (concurrent runs never write different bytes to one key).
     uri, sha, listing = _publish(ctx, files, out, f"evaluate/{key[:24]}/{uuid.uuid4().hex[:12]}", summary)
     return {"metrics": metrics, "unavailable": result.unavailable, "out": str(out), "uri": uri, "sha256": sha,
-            "listing": listing, "images": len(items), "models": len(ups)}
+            "listing": listing, "images": len(items), "models": len(ups),
+            "scored_on": scorer.workers if scorer else {}}
 
 
 def run_evaluate(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, models: dict[str, Manifest],
@@ -211,7 +219,7 @@ def run_evaluate(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, model
     hit = cache.get(STEP, key)
     if hit is not None and not report_intact(ctx, hit):
         hit = None
-    conv = conventions(cfg, metric_env(cfg, assets=False), eval_set)
+    conv = conventions(ctx, cfg, metric_env(cfg, assets=False), eval_set)
     with tracker.step_run(ctx.parent_run_id, STEP, {"evaluate": cfg.model_dump(mode="json"), "conventions": conv},
                           tags={"cache_key": key, "cache_hit": hit is not None}) as run_id:
         tracker.log_manifest(run_id, eval_set, context="evaluation")
@@ -236,7 +244,9 @@ def run_evaluate(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, model
                                     "unavailable": len(unavailable)},
                             extra={"table_uri": table_uri, "table_path": str(out / "summary.md"),
                                    "per_image_uri": listing["per_image.csv"]["uri"], "metrics": metrics,
-                                   "unavailable": unavailable, "seconds": round(time.perf_counter() - t0, 2)})
+                                   "unavailable": unavailable, "seconds": round(time.perf_counter() - t0, 2),
+                                   # Ray workers ("<node id>/<pid>") → scoring tasks run; empty when scored here
+                                   "scored_on": r["scored_on"]})
         tracker.log_manifest_output(run_id, manifest)
         cache.put(manifest)
         log.info("evaluate: %d images × %d models in %.1f s; table %s", r["images"], r["models"],

@@ -29,6 +29,7 @@ from srcompress.tasks.common.teacher_config import TeacherConfig
 from srcompress.tasks.common.teachers import load_settings, materialize_teacher
 from srcompress.tasks.redundancy.config import RedundancyConfig
 from srcompress.tasks.redundancy.report import write_report
+from srcompress.tasks.common.threads import use_threads
 
 STEP = "analyse_redundancy"
 ADAPTATION = ("PGP-DiffSR compares block outputs at adjacent sampling steps; a one-step teacher has none, so "
@@ -50,6 +51,7 @@ def step_config_hash(cfg: RedundancyConfig, teacher_cfg: TeacherConfig) -> str:
 def compute(ctx: RunContext, cfg: RedundancyConfig, teacher_cfg: TeacherConfig, latents: Manifest, teacher: Manifest,
             key: str) -> dict:
     """Scores on the calibration subset → report files under the work dir and in the store."""
+    use_threads(ctx)
     store = ctx.get_store()
     device = resolve_device(cfg.device or ctx.device, "redundancy.device" if cfg.device else "run.device")
     net = materialize_teacher(store, teacher, teacher_cfg, Path(ctx.workdir) / "teachers", device)

@@ -39,7 +39,7 @@ class SearchConfig(StrictModel):
     lora_alpha: int = Field(8, ge=1, description="LoRA alpha.")
     lora_targets: list[str] = Field(list(TINYSR_LORA_TARGETS), min_length=1, description="peft target module names (TinySR's list by default).")
     random_candidates: int = Field(16, ge=1, description="random_min: how many random N:M masks are scored.")
-    num_workers: int = Field(1, ge=1, description="DeepSpeed ranks, launched by Ray Train's TorchTrainer on the encode step's Ray (local or encode.ray_address).")
+    num_workers: int = Field(1, ge=1, description="DeepSpeed ranks, launched by Ray Train's TorchTrainer on the encode step's Ray (local, or run.ray_address).")
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig, description="DeepSpeed engine settings.")
     log_every: int = Field(10, ge=1, description="Log loss, τ and per-group option probabilities to MLflow every N steps.")
     checkpoint_every: int = Field(50, ge=0, description="DeepSpeed checkpoint (+ gates / EMA / RNG) to the store every N steps; 0 = never.")

@@ -29,6 +29,7 @@ from srcompress.models.teachers.bootstrap import train_tiny_teacher
 from srcompress.tasks.common.pairs import iter_pairs, load_all_pairs
 from srcompress.tasks.common.teacher_config import TeacherConfig
 from srcompress.tasks.common.teachers import folder_digest, publish_folder, published_intact, vae_digest
+from srcompress.tasks.common.threads import use_threads
 
 STEP = "bootstrap_teacher"
 
@@ -67,6 +68,7 @@ def psnr_vs_bicubic(teacher: OneStepTeacher, store: ArtifactStore, pairs: Manife
 def bootstrap(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest, holdout: Manifest | None, key: str,
               config_hash: str, code_ver: str, run_id: str) -> Manifest:
     log = get_run_logger()
+    use_threads(ctx)
     store, tracker = ctx.get_store(), ctx.get_tracker()
     bc = cfg.bootstrap
     lq, hq = load_all_pairs(store, pairs)

@@ -191,7 +191,7 @@ def test_dag_on_a_two_node_ray_cluster_with_mlflow_server_and_s3_store(mlflow_se
 
         overrides = [o for o in REGISTER if not o.startswith("registry.model_name=")] + [
             f"registry.model_name={name}", f"tracking.experiment={name}", f"tracking.uri={mlflow_server['url']}",
-            f"store.uri=s3://{bucket}/{prefix}", f"store.endpoint_url={endpoint}", f"encode.ray_address={address}",
+            f"store.uri=s3://{bucket}/{prefix}", f"store.endpoint_url={endpoint}", f"run.ray_address={address}",
             "search.num_workers=2", "distill.num_workers=2"]
         watcher = _RayletChildren(raylets)
         watcher.start()

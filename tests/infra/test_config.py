@@ -104,12 +104,15 @@ def test_config_show_cli():
 
 def test_remote_ray_with_a_local_store_is_rejected_naming_the_keys(monkeypatch):
     monkeypatch.delenv("SRCOMPRESS_STORE_URI", raising=False)
-    with pytest.raises(ConfigError, match=r"encode\.ray_address .* store\.uri .* encode\.shared_filesystem"):
-        load_config("tiny", ["encode.ray_address=10.1.2.3:6379"])
-    assert load_config("tiny", ["encode.ray_address=10.1.2.3:6379", "encode.shared_filesystem=true"])
-    assert load_config("tiny", ["encode.ray_address=10.1.2.3:6379", "store.uri=s3://bucket/prefix"])
+    with pytest.raises(ConfigError, match=r"run\.ray_address .* store\.uri .* run\.shared_filesystem"):
+        load_config("tiny", ["run.ray_address=10.1.2.3:6379"])
+    assert load_config("tiny", ["run.ray_address=10.1.2.3:6379", "run.shared_filesystem=true"])
+    assert load_config("tiny", ["run.ray_address=10.1.2.3:6379", "store.uri=s3://bucket/prefix"])
     monkeypatch.setenv("SRCOMPRESS_STORE_URI", "s3://bucket/from-env")
-    assert load_config("tiny", ["encode.ray_address=10.1.2.3:6379"])
+    assert load_config("tiny", ["run.ray_address=10.1.2.3:6379"])
+    # the key's old home says where it went (one cluster for every heavy step)
+    with pytest.raises(ConfigError, match=r"encode\.ray_address moved to run\.ray_address"):
+        load_config("tiny", ["encode.ray_address=10.1.2.3:6379"])
 
 
 @pytest.mark.parametrize("preset", ["tsdsr-sd3", "osediff-sd21"])

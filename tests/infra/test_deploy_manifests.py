@@ -50,7 +50,7 @@ LIBRARY_ENV = {
     "MLFLOW_TRACKING_URI": "MLflow client: tracking.uri's default (infra/tracking.py)",
     "MLFLOW_S3_ENDPOINT_URL": "MLflow's S3 artifact client (set by the tracker from store.endpoint_url)",
     "PREFECT_API_URL": "Prefect client: a Prefect server instead of the ephemeral local API",
-    "RAY_ADDRESS": "ray.init: the cluster joined when encode.ray_address is 'auto'",
+    "RAY_ADDRESS": "ray.init: the cluster joined when run.ray_address is 'auto'",
 }
 # The standard AWS chain (credentials, region, profile), as botocore names it.
 from botocore.configprovider import BOTOCORE_DEFAUT_SESSION_VARIABLES as _BOTO_VARS  # noqa: E402
@@ -363,7 +363,7 @@ def test_cluster_config_validates_and_matches_the_wiring(monkeypatch):
     cfg = cluster_config(monkeypatch)
     assert cfg.store.uri.startswith("s3://")
     ray_port = int(flag(command(SERVICES["ray-head"]), "--port"))
-    assert cfg.encode.ray_address == f"ray-head:{ray_port}" == compose_env("prefect-worker")["RAY_ADDRESS"]
+    assert cfg.run.ray_address == f"ray-head:{ray_port}" == compose_env("prefect-worker")["RAY_ADDRESS"]
     for where, env in srcompress_envs():
         assert cfg.tracking.uri == env["MLFLOW_TRACKING_URI"], where
         assert cfg.store.endpoint_url == env["SRCOMPRESS_S3_ENDPOINT_URL"], where
@@ -377,7 +377,7 @@ def test_cluster_config_validates_and_matches_the_wiring(monkeypatch):
     for cmd in (command(SERVICES["mlflow"]), mlflow_k8s):
         assert urlsplit(flag(cmd, "--artifacts-destination")).netloc == bucket
     # the validator is what keeps a Ray address off a local store: without store.uri the file is refused
-    with pytest.raises(ConfigError, match="encode.ray_address"):
+    with pytest.raises(ConfigError, match="run.ray_address"):
         load_config(CLUSTER_YAML, ["store.uri=null"])
 
 

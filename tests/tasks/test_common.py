@@ -77,3 +77,39 @@ def test_held_out_fraction_is_seeded_and_works_on_any_folder(tmp_path):
     train = {r.name for r in list_sources(cfg, StoreConfig(), "train")}
     hold = {r.name for r in list_sources(cfg, StoreConfig(), "holdout")}
     assert hold == a and train == set(names) - a
+
+
+def test_a_step_computes_with_its_own_thread_count_whatever_an_earlier_step_left(tmp_path):
+    """The count a step gets must not depend on which steps ran before it in the process (a cache-hit step
+    leaves the setting alone): a resumed run trained the teacher with another count and other weights."""
+    import os
+
+    import torch
+
+    from srcompress.infra.context import RunContext
+    from srcompress.infra.tracking import TrackingConfig
+    from srcompress.tasks.common.threads import threads_for, use_threads
+
+    def ctx(n: int) -> RunContext:
+        return RunContext(workdir=str(tmp_path), store=StoreConfig(), tracking=TrackingConfig(), torch_threads=n)
+
+    cores = os.cpu_count() or 1
+    before = torch.get_num_threads()
+    try:
+        seen = []
+        for left_behind in (1, cores):
+            torch.set_num_threads(left_behind)  # what an earlier step (e.g. degradation shards) set
+
+            def step() -> None:  # Prefect runs tasks on its own threads: they start from the process default
+                use_threads(ctx(0))
+                seen.append(torch.get_num_threads())
+
+            t = threading.Thread(target=step)
+            t.start()
+            t.join()
+        assert seen == [cores, cores]
+        assert threads_for(ctx(0), workers=2) == max(1, cores // 2) and threads_for(ctx(3), workers=2) == 3
+        use_threads(ctx(1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,12 @@ from safetensors.torch import load
 
 from srcompress.config import load_config
 from srcompress.flows.compress import run_pipeline
+from srcompress.flows.evaluate import run_evaluation
 from srcompress.infra.config import ConfigError
 from srcompress.infra.store import LocalStore
 from srcompress.models.teachers import load_teacher, save_teacher
 from srcompress.models.teachers.tiny import tiny_sd3_teacher
+from srcompress.tasks.common.sources import bundled_files
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -148,14 +151,46 @@ def test_two_node_ray_cluster_matches_local(tmp_path):
         subprocess.run([ray_bin, "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
                         *common], check=True, env=env, capture_output=True, timeout=180)
         local = run_pipeline(load_config("tiny", FAST), tmp_path / "local", until="encode_latents")
+        photos = tmp_path / "photos"
+        photos.mkdir()
+        for name, path in bundled_files(["sklearn", "skimage"])[:3]:
+            shutil.copy(path, photos / name.split("/")[-1])
+        EVAL = ["evaluate.models=[bicubic, teacher]", "evaluate.metrics=[psnr, ssim, fid]",
+                "evaluate.items_per_task=1", "evaluate.efficiency.enabled=false", "evaluate.data.center_crop=96"]
+        here = run_evaluation(load_config("tiny", FAST + EVAL), tmp_path / "local", str(photos))
         # both "nodes" run on this machine: the local store is a filesystem they share
-        cluster_cfg = load_config("tiny", FAST + [f"encode.ray_address=127.0.0.1:{port}", "encode.shared_filesystem=true"])
+        cluster_cfg = load_config("tiny", FAST + [f"run.ray_address=127.0.0.1:{port}", "run.shared_filesystem=true"])
         import ray
 
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("RAY_AUTH_MODE", "disabled")
             remote = run_pipeline(cluster_cfg, tmp_path / "remote", until="encode_latents")
             assert not ray.is_initialized()
+            # evaluation scoring on the cluster: 3 images, 1 per task, bicubic and teacher → 6 Ray tasks
+            scored = run_evaluation(load_config("tiny", FAST + EVAL + [f"run.ray_address=127.0.0.1:{port}",
+                                                                      "run.shared_filesystem=true"]),
+                                    tmp_path / "remote", str(photos))
+            ray.init(address=f"127.0.0.1:{port}", include_dashboard=False, log_to_driver=False)
+            try:
+                nodes = {n["NodeID"][:12]: "node:__internal_head__" in n["Resources"] for n in ray.nodes() if n["Alive"]}
+            finally:
+                ray.shutdown()
+        # the degradation shards were Ray tasks on the cluster (both nodes hold 1 CPU: the worker node got some)
+        # and produced the local thread pool's bytes
+        assert remote["steps"]["degrade"]["digest"] == local["steps"]["degrade"]["digest"]
+        assert not local["steps"]["degrade"]["extra"]["computed_on"]
+        on = remote["steps"]["degrade"]["extra"]["computed_on"]
+        assert sum(on.values()) == remote["steps"]["degrade"]["counts"]["shards"]
+        assert any(not nodes[w.split("/")[0]] for w in on), (on, nodes)
+        # so was scoring, with the numbers of the driver's own pass (FID: the slices' features, in item order)
+        assert not here["steps"]["evaluate"]["extra"]["scored_on"]
+        tasks_on = scored["steps"]["evaluate"]["extra"]["scored_on"]
+        assert sum(tasks_on.values()) == 6 and any(not nodes[w.split("/")[0]] for w in tasks_on), (tasks_on, nodes)
+        assert set(scored["metrics"]) == set(here["metrics"]) and "teacher.fid" in here["metrics"]
+        for k, v in here["metrics"].items():
+            if "seconds" in k:
+                continue  # wall time, not a score
+            assert scored["metrics"][k] == pytest.approx(v, rel=1e-4, abs=1e-6), k  # 1 vs 2 torch threads
         assert remote["steps"]["encode_latents"]["digest"] == local["steps"]["encode_latents"]["digest"]
         assert torch.equal(_latents(remote)["teacher"], _latents(local)["teacher"])
     finally:

@@ -1,0 +1,29 @@
+"""The torch intra-op thread count of a compute step, set by the step itself.
+
+A float reduction split over 1 or 2 threads sums in a different order, so a step's output bits depend on the
+thread count it ran with. ``torch.set_num_threads`` is part per-thread (OpenMP's ICV) and part process-wide
+(the default new threads start with, MKL), so a step that did not set it inherited whatever an earlier step
+left behind: a resumed run — where degradation was a cache hit and never touched the setting — trained the
+teacher with 2 threads where the uninterrupted run had used 1, and ended with other weights. Every task that
+computes in the driver process therefore calls ``use_threads`` first, in the thread that computes."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from srcompress.infra.context import RunContext
+
+
+def threads_for(ctx: RunContext, workers: int = 1) -> int:
+    """``run.torch_threads`` when set, else the cores shared evenly by the step's ``workers``."""
+    return ctx.torch_threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def use_threads(ctx: RunContext, workers: int = 1) -> int:
+    """Set this thread's (and new threads') torch intra-op count for a step with ``workers`` side by side."""
+    n = threads_for(ctx, workers)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
