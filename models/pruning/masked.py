@@ -7,7 +7,9 @@
 For SD3 blocks the blend applies to the image stream and the context stream (TinyFusion / TinySR), except
 the context of the last, ``context_pre_only`` block, which has no context output. ``m_j = 0`` makes block j
 exactly the identity (``0·f + 1·x == x`` in floating point), which is also how removal sensitivity "skips"
-a block. UNet units (resnets / attentions) blend their single output with their input when shapes agree.
+a block. UNet units (resnets / attentions) blend their single output with their input; attentions return a
+1-tuple ``(sample,)`` inside diffusers' blocks, which is blended too (a masked attention used to pass through
+unchanged). Only units whose output has their input's shape are prunable (``UNetOneStepTeacher.prunable_blocks``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ class DepthMasker:
             if isinstance(output, tuple) and len(output) == 2:  # SD3: (context, image)
                 ctx_in = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
                 return _blend(m, output[0], ctx_in), _blend(m, output[1], hs_in)
+            if isinstance(output, tuple) and len(output) == 1:  # UNet attentions (return_dict=False): (sample,)
+                return (_blend(m, output[0], hs_in),)
+            if hasattr(output, "sample") and isinstance(output.sample, Tensor):  # a diffusers output object
+                output.sample = _blend(m, output.sample, hs_in)
+                return output
             return _blend(m, output, hs_in)
         return hook
 

@@ -53,14 +53,23 @@ class UNetOneStepTeacher(OneStepTeacher):
         raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
 
     def prunable_blocks(self) -> list[tuple[str, nn.Module]]:
-        """Resnet and attention units inside down / mid / up blocks, in execution order."""
+        """Resnet and attention units inside down / mid / up blocks, in execution order — those a mask can
+        turn into the identity: every attention (residual, same shape), and resnets that keep their input's
+        width. A resnet that changes the width (the first of a wider down block) or that takes a skip connection
+        (every up-block resnet: its input is the concatenation) has no identity to fall back to, so it is not a
+        prunable unit (masking it would silently do nothing)."""
         out: list[tuple[str, nn.Module]] = []
+
+        def identity_able(r: nn.Module) -> bool:
+            return (getattr(r, "in_channels", None) == getattr(r, "out_channels", None)
+                    and not getattr(r, "up", False) and not getattr(r, "down", False))
 
         def units(prefix: str, blk: nn.Module) -> None:
             resnets = list(getattr(blk, "resnets", []))
             attns = list(getattr(blk, "attentions", None) or [])
             for j, r in enumerate(resnets):
-                out.append((f"{prefix}.resnets.{j}", r))
+                if identity_able(r):
+                    out.append((f"{prefix}.resnets.{j}", r))
                 # mid block: resnet0, attn0, resnet1 — attention j follows resnet j (and j+1 for mid)
                 if j < len(attns):
                     out.append((f"{prefix}.attentions.{j}", attns[j]))

@@ -5,7 +5,9 @@
 - a real ``mlflow server`` (fixture ``mlflow_server``) whose artifacts it proxies to a moto S3 server;
 - the artifact store on that S3 server (``store.uri=s3://<bucket>/<prefix>``, ``store.endpoint_url``);
 
-then the tiny DAG (``run_pipeline`` in this process, which joins the cluster as its Ray driver) with the search
+then the tiny DAG (``run_pipeline`` in this process, which joins the cluster as its Ray driver, ``run.ray_address``):
+degradation shards and evaluation scoring as Ray tasks on that cluster (some of each must have run in a
+process of the worker node: the workers they report are checked against the raylet children seen), the search
 and both distillation stages on 2 DeepSpeed ranks through Ray Train on that cluster, and ``srcompress lineage
 models:/<name>@candidate --verify`` read back from the MLflow server and the S3 store.
 
@@ -228,6 +230,18 @@ def test_dag_on_a_two_node_ray_cluster_with_mlflow_server_and_s3_store(mlflow_se
             assert {a["Address"]["NodeID"] for a in ranks} == {head["NodeID"], worker["NodeID"]}, summary
             for a in ranks:
                 assert watcher.seen.get(a["Pid"]) == a["Address"]["NodeID"], (summary, watcher.seen)
+
+        # -- degradation shards and evaluation scoring were Ray tasks too; some ran in worker-node processes
+        for step, field, total in (("degrade", "computed_on", out["steps"]["degrade"]["counts"]["shards"]),
+                                   ("evaluate", "scored_on", None)):
+            on = out["steps"][step]["extra"][field]
+            assert total is None or sum(on.values()) == total, (step, on)
+            node_of = {w: w.split("/")[0] for w in on}
+            assert set(node_of.values()) <= {head["NodeID"][:12], worker["NodeID"][:12]}, (step, on)
+            by_worker = [w for w, n in node_of.items() if n == worker["NodeID"][:12]]
+            assert by_worker, (step, on)
+            assert all(watcher.seen.get(int(w.split("/")[1])) == worker["NodeID"] for w in by_worker), \
+                (step, on, watcher.seen)
 
         # -- the store is the S3 bucket, nothing on local disk
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")

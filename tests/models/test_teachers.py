@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from srcompress.models.teachers import TeacherLoadError, load_teacher, save_teacher
+from srcompress.models.pruning.masked import DepthMasker
 from srcompress.models.teachers.tiny import tiny_sd3_teacher, tiny_unet_teacher
 
 
@@ -73,8 +74,17 @@ def test_block_enumeration_and_hooks(sd3, unet):
         sd3.restore_latent(z)
     assert torch.equal(allf["transformer_blocks.0"]["output"], allf["transformer_blocks.1"]["input"])
     unames = [n for n, _ in unet.prunable_blocks()]
-    assert unames[:3] == ["down_blocks.0.resnets.0", "down_blocks.0.attentions.0", "down_blocks.1.resnets.0"]
-    assert "mid_block.attentions.0" in unames and unames[-1].startswith("up_blocks.1.")
+    # units a mask can make the identity: not the widening down_blocks.1.resnets.0, no up-block resnet (skips)
+    assert unames == ["down_blocks.0.resnets.0", "down_blocks.0.attentions.0", "mid_block.resnets.0",
+                      "mid_block.attentions.0", "mid_block.resnets.1", "up_blocks.1.attentions.0",
+                      "up_blocks.1.attentions.1"]
+    masker = DepthMasker(unet)
+    z = unet.encode(_lq())
+    with torch.no_grad():
+        base = unet.restore_latent(z)
+        for i, name in enumerate(unames):  # masking any listed unit changes the output (it really is skipped)
+            with masker.masked(masker.skipping(i)):
+                assert not torch.allclose(unet.restore_latent(z), base, atol=1e-6), name
     with torch.no_grad(), unet.capture(["mid_block.resnets.0", "up_blocks.1.attentions.1"]) as uf:
         unet.restore_latent(unet.encode(_lq()))
     assert uf["mid_block.resnets.0"]["output"].dim() == 4 and uf["up_blocks.1.attentions.1"]["output"].dim() == 4
