@@ -1,6 +1,6 @@
 """Degradation and evaluation scoring on a Ray cluster vs this process's own threads, side by side in one run.
 
-    .venv/bin/python bench/cluster.py [--sizes 24 96 384] [--eval-images 6 24] [--cpus 2]
+    .venv/bin/python bench/cluster.py [--sizes 24 96 384 1560] [--eval-images 16 128] [--cpus 2]
 
 Starts one Ray cluster (``ray start --head`` as its own process, ``--cpus`` CPUs: a cluster that is already up,
 as ``run.ray_address`` joins it) and, for each size, runs the same step twice on fresh work dirs: on the
@@ -45,8 +45,8 @@ def degrade_seconds(out: dict) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[24, 96, 384], help="Degraded pairs per run.")
-    ap.add_argument("--eval-images", type=int, nargs="+", default=[6, 24], help="Evaluation images per run.")
+    ap.add_argument("--sizes", type=int, nargs="*", default=[24, 96, 384, 1560], help="Degraded pairs per run.")
+    ap.add_argument("--eval-images", type=int, nargs="*", default=[16, 128], help="Evaluation images per run.")
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
@@ -86,8 +86,8 @@ def main() -> None:
         photos = work / "photos"
         photos.mkdir()
         crops = [(name, path) for name, path in files]
-        print(f"evaluation scoring (bicubic + tiny teacher, psnr/ssim/st_lpips/piqe, 128-px centre crops, "
-              f"4 images per Ray task):")
+        print("evaluation scoring (bicubic + tiny teacher, psnr/ssim/st_lpips/piqe, 128-px centre crops, "
+              "4 images per Ray task):")
         teacher_base = ["data.bundled_sets=[sklearn]", "data.held_out=[]", "degrade.crop_size=64",
                         "degrade.crops_per_image=2", "teacher.bootstrap.restorer_steps=20"]
         for n in args.eval_images:
@@ -95,7 +95,9 @@ def main() -> None:
             photos.mkdir()
             for i in range(n):
                 name, path = crops[i % len(crops)]
-                Image.open(path).convert("RGB").save(photos / f"{i:04d}-{Path(name).stem}.png")
+                im = Image.open(path).convert("RGB")
+                dx = 4 * (i // len(crops))  # shifted copies: distinct content (the eval set drops duplicates)
+                im.crop((dx, 0, im.width, im.height)).save(photos / f"{i:04d}-{Path(name).stem}.png")
             ev = ["evaluate.models=[bicubic, teacher]", "evaluate.metrics=[psnr, ssim, st_lpips, piqe]",
                   "evaluate.efficiency.enabled=false", "evaluate.data.center_crop=128", "evaluate.items_per_task=4",
                   "evaluate.grid_images=0"]
