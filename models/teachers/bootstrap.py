@@ -175,9 +175,11 @@ def train_restorer(teacher: SD3OneStepTeacher, lq: Tensor, hq: Tensor, cfg: Boot
         sched.load_state_dict(resume["scheduler"])
         g.set_state(resume["rng"])
         best, losses, start = resume["best"], list(resume["losses"]), int(resume["step"])
+        history = [tuple(h) for h in resume.get("val_history", [])]
         log(f"bootstrap restorer: resumed at step {start}/{cfg.restorer_steps}")
     else:
         best = {"step": 0, "psnr": _val_psnr(teacher, z_l[val], hq[val]), "state": copy.deepcopy(tr.state_dict())}
+        history = [(0, best["psnr"])] if n_val else []
     for step in range(start, cfg.restorer_steps):
         idx = train[torch.randint(0, len(train), (cfg.batch_size,), generator=g)]
         i = int(torch.randint(0, z_l.shape[-2] - t + 1, (1,), generator=g))
@@ -192,6 +194,7 @@ def train_restorer(teacher: SD3OneStepTeacher, lq: Tensor, hq: Tensor, cfg: Boot
         if n_val and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.restorer_steps):
             tr.eval()
             p = _val_psnr(teacher, z_l[val], hq[val])
+            history.append((step + 1, p))
             tr.train()
             if p > best["psnr"]:
                 best = {"step": step + 1, "psnr": p, "state": copy.deepcopy(tr.state_dict())}
@@ -199,13 +202,14 @@ def train_restorer(teacher: SD3OneStepTeacher, lq: Tensor, hq: Tensor, cfg: Boot
                 and step + 1 < cfg.restorer_steps:
             checkpoint({"step": step + 1, "restorer": tr.state_dict(), "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict(), "rng": g.get_state(), "perm": perm, "best": best,
-                        "losses": losses, **({"decoder": teacher.vae.decoder.state_dict()}
+                        "losses": losses, "val_history": history, **({"decoder": teacher.vae.decoder.state_dict()}
                                              if cfg.pixel_weight > 0 else {})})
     if n_val:
         tr.load_state_dict(best["state"])
         log(f"bootstrap restorer: kept step {best['step']} (validation PSNR-Y {best['psnr']:.3f} dB)")
     teacher.eval().requires_grad_(False)
-    return losses, {"best_step": best["step"], "val_psnr_y": best["psnr"], "val_pairs": n_val}
+    return losses, {"best_step": best["step"], "val_psnr_y": best["psnr"], "val_pairs": n_val,
+                    "val_history": history}
 
 
 def train_tiny_teacher(lq: Tensor, hq: Tensor, cfg: BootstrapConfig, log: Callable[[str], None] = print,
@@ -244,4 +248,7 @@ def train_tiny_teacher(lq: Tensor, hq: Tensor, cfg: BootstrapConfig, log: Callab
              "vae_loss_final": sum(vae_losses[-50:]) / max(1, len(vae_losses[-50:])),
              "restorer_loss_final": sum(rest_losses[-50:]) / max(1, len(rest_losses[-50:])),
              "train_pairs": len(lq), **sel}
+    # the training curves, for the step's plots (not metrics: lists); stats keeps plain numbers
+    stats["curves"] = {"vae_loss": vae_losses, "restorer_loss": rest_losses,
+                       "val_psnr_y": [list(h) for h in stats.pop("val_history")]}
     return teacher, stats

@@ -24,8 +24,10 @@ from pydantic import BaseModel, ConfigDict
 from srcompress.infra.config import canonical_hash, redact
 from srcompress.infra.context import RunContext
 from srcompress.infra.ray_cluster import map_on_ray, where_am_i
+from srcompress.infra.store import atomic_write_bytes
 from srcompress.infra.manifest import Manifest, cache_key, code_version, digest_of_digests
 from srcompress.tasks.degrade.config import DegradeConfig
+from srcompress.tasks.degrade.preview import pairs_preview
 from srcompress.tasks.degrade.shards import (
     Quarantined,
     SourceRecord,
@@ -238,6 +240,11 @@ def run_degrade(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, worke
             results = [f.result() for f in futures]
         manifest = finalize(ctx, cfg, scan, results, step_key, config_hash, inputs, code_ver, run_id, split)
         computed = [r for r in results if r.computed]
+        preview = pairs_preview(ctx.get_store(), manifest)
+        if preview is not None:
+            path = ctx.scratch("degrade") / f"{step_key[:24]}-preview.png"
+            atomic_write_bytes(path, preview)
+            tracker.log_artifact(run_id, path, "degrade")
         dt = time.perf_counter() - t0
         tracker.log_metrics(run_id, {"shards_computed": len(computed), "shards_cached": len(results) - len(computed),
                                      "seconds": dt, "pairs_per_s": sum(r.count for r in computed) / dt})

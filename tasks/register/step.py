@@ -117,6 +117,12 @@ def run_register(ctx: RunContext, cfg: RegisterConfig, manifests: dict[str, Mani
                                    "gate.reason": decision["reason"], "gate.compared_to": champion or ""})
         tracker.log_text(run_id, json.dumps(decision, indent=1, sort_keys=True), "register/gate.json")
         tracker.set_tags(run_id, {"model_version": version, "gate": "champion" if decision["promote"] else "candidate"})
+        # the headline numbers the version was registered with, as metrics of the step run (the UI charts them)
+        tracker.log_metrics(run_id, {"version": float(version), "promoted_to_champion": float(decision["promote"]),
+                                     **{k: float(v) for k, v in metrics.items()
+                                        if k.startswith("student.") and not k.endswith(".std")},
+                                     **{f"retention.{r['metric']}": float(r["retention"]) for r in ret.get("rows", [])
+                                        if r["model"] == "student"}})
         log.info("register: gate — %s (%s)", "champion" if decision["promote"] else "candidate only", decision["reason"])
         return Manifest(kind="model_version", step=STEP, uri=f"models:/{cfg.model_name}/{version}",
                         digest=student.digest, config_hash=chash, inputs=inputs, code_version=code_ver, cache_key=key,

@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from srcompress.infra.config import canonical_hash
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, cache_key, code_version
-from srcompress.infra.store import ArtifactStore
+from srcompress.infra.store import ArtifactStore, atomic_write_bytes
 from srcompress.models.device import module_device, resolve_device
 from srcompress.models.metrics import bicubic_to, psnr_y
 from srcompress.models.teachers import OneStepTeacher, load_teacher, save_teacher
@@ -64,6 +64,32 @@ def psnr_vs_bicubic(teacher: OneStepTeacher, store: ArtifactStore, pairs: Manife
     return {"psnr_y_teacher": ours / n, "psnr_y_bicubic": bic / n, "eval_pairs": float(n)}
 
 
+def training_plot(curves: dict, best_step: float | None) -> bytes:
+    """PNG: the restorer's loss per step and the validation PSNR-Y (the kept step marked)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3))
+    a.plot(curves["restorer_loss"], lw=0.6)
+    a.set_yscale("log")
+    a.set_xlabel("restorer step")
+    a.set_ylabel("latent loss")
+    if curves["val_psnr_y"]:
+        steps, psnr = zip(*curves["val_psnr_y"])
+        b.plot(steps, psnr, marker=".")
+        if best_step is not None:
+            b.axvline(best_step, color="grey", ls="--", lw=0.8, label=f"kept: step {int(best_step)}")
+            b.legend(fontsize=7)
+    b.set_xlabel("restorer step")
+    b.set_ylabel("validation PSNR-Y (dB)")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 @task(name="bootstrap-teacher", cache_policy=NO_CACHE, retries=0)
 def bootstrap(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest, holdout: Manifest | None, key: str,
               config_hash: str, code_ver: str, run_id: str) -> Manifest:
@@ -90,6 +116,7 @@ def bootstrap(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest, holdout: Man
     if stats["seconds_total"] > bc.max_seconds:
         log.warning("bootstrap_teacher: took %.0fs, over the %.0fs budget", stats["seconds_total"], bc.max_seconds)
     folder = save_teacher(teacher, ctx.scratch("teachers", key[:24]))
+    curves = stats.pop("curves")
     metrics = dict(stats)
     if holdout is not None:
         reloaded = load_teacher(folder, device=device)  # measure what later steps will load, not the in-memory object
@@ -99,6 +126,9 @@ def bootstrap(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest, holdout: Man
     uri, digest, index = publish_folder(store, folder, f"teacher/{key}")
     tracker.log_metrics(run_id, metrics)
     tracker.log_text(run_id, json.dumps(metrics, indent=1), "teacher/metrics.json")
+    plot = ctx.scratch("teachers", key[:24]) / "training.png"
+    atomic_write_bytes(plot, training_plot(curves, metrics.get("best_step")))
+    tracker.log_artifact(run_id, plot, "teacher")
     inputs = {"pairs": pairs.digest} | ({"holdout": holdout.digest} if holdout else {})
     manifest = Manifest(kind="teacher", step=STEP, uri=uri, digest=digest, config_hash=config_hash, inputs=inputs,
                         code_version=code_ver, cache_key=key, run_id=run_id,

@@ -83,6 +83,11 @@ def test_bootstrap_and_encode_end_to_end(tmp_path):
                                                              "encode_latents"}
     boot = next(r for r in runs if r.data.tags["srcompress.step"] == "bootstrap_teacher")
     assert "psnr_y_teacher" in boot.data.metrics and "psnr_y_bicubic" in boot.data.metrics
+    # each step run carries its plots: the teacher's training curves, a look at the degraded pairs
+    assert [a.path for a in client.list_artifacts(boot.info.run_id, "teacher")] == \
+        ["teacher/metrics.json", "teacher/training.png"]
+    deg = next(r for r in runs if r.info.run_name == "degrade")
+    assert any(a.path.endswith("-preview.png") for a in client.list_artifacts(deg.info.run_id, "degrade"))
 
     second = run_pipeline(cfg, tmp_path / "w", until="encode_latents")
     assert second["steps"] == steps  # nothing recomputed, identical manifests
