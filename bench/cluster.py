@@ -85,7 +85,6 @@ def main() -> None:
 
         photos = work / "photos"
         photos.mkdir()
-        crops = [(name, path) for name, path in files]
         print("evaluation scoring (bicubic + tiny teacher, psnr/ssim/st_lpips/piqe, 128-px centre crops, "
               "4 images per Ray task):")
         teacher_base = ["data.bundled_sets=[sklearn]", "data.held_out=[]", "degrade.crop_size=64",
@@ -94,9 +93,9 @@ def main() -> None:
             shutil.rmtree(photos)
             photos.mkdir()
             for i in range(n):
-                name, path = crops[i % len(crops)]
+                name, path = files[i % len(files)]
                 im = Image.open(path).convert("RGB")
-                dx = 4 * (i // len(crops))  # shifted copies: distinct content (the eval set drops duplicates)
+                dx = 4 * (i // len(files))  # shifted copies: distinct content (the eval set drops duplicates)
                 im.crop((dx, 0, im.width, im.height)).save(photos / f"{i:04d}-{Path(name).stem}.png")
             ev = ["evaluate.models=[bicubic, teacher]", "evaluate.metrics=[psnr, ssim, st_lpips, piqe]",
                   "evaluate.efficiency.enabled=false", "evaluate.data.center_crop=128", "evaluate.items_per_task=4",

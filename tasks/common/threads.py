@@ -21,9 +21,18 @@ def threads_for(ctx: RunContext, workers: int = 1) -> int:
     return ctx.torch_threads or max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def use_threads(ctx: RunContext, workers: int = 1) -> int:
-    """Set this thread's (and new threads') torch intra-op count for a step with ``workers`` side by side."""
-    n = threads_for(ctx, workers)
+def ray_task_threads(ctx: RunContext) -> int:
+    """A Ray task holds one CPU: ``run.torch_threads`` when set, else 1 (results independent of placement)."""
+    return ctx.torch_threads or 1
+
+
+def set_threads(n: int) -> int:
+    """Set this thread's (and new threads') torch intra-op count to ``n`` (a no-op when it already is)."""
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+def use_threads(ctx: RunContext, workers: int = 1) -> int:
+    """Set the count for a step with ``workers`` side by side in this process."""
+    return set_threads(threads_for(ctx, workers))

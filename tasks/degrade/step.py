@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 import time
+from collections import Counter
 from pathlib import PurePosixPath
 
-import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
@@ -38,7 +37,7 @@ from srcompress.tasks.degrade.shards import (
     scan_one,
 )
 from srcompress.tasks.common.sources import DataConfig, list_sources
-from srcompress.tasks.common.threads import threads_for
+from srcompress.tasks.common.threads import ray_task_threads, set_threads, threads_for
 
 STEP = "degrade"
 
@@ -115,8 +114,7 @@ def compute_or_reuse(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, 
     if info is not None:
         return ShardResult(index=spec.index, key=info.key, uri=info.uri, sha256=info.sha256,
                            count=len(spec.items), computed=False)
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     t0 = time.perf_counter()
     tmp = ctx.scratch("degrade") / f"{spec.cache_key}.{os.getpid()}.{time.monotonic_ns()}.safetensors"
     try:
@@ -150,9 +148,10 @@ def degrade_shard(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, spe
 def shard_on_ray_worker(ctx_json: str, data_cfg_json: str, cfg_json: str, spec_json: str) -> dict:
     """A shard as a Ray task (``run.ray_address``): rebuilt from JSON on whichever node Ray picked, one torch
     thread (the task holds one CPU), the result tagged with the worker that computed it."""
-    result = compute_or_reuse(RunContext.model_validate_json(ctx_json), DataConfig.model_validate_json(data_cfg_json),
+    ctx = RunContext.model_validate_json(ctx_json)
+    result = compute_or_reuse(ctx, DataConfig.model_validate_json(data_cfg_json),
                               DegradeConfig.model_validate_json(cfg_json), ShardSpec.model_validate_json(spec_json),
-                              RunContext.model_validate_json(ctx_json).torch_threads or 1)
+                              ray_task_threads(ctx))
     return result.model_copy(update={"worker": where_am_i()}).model_dump(mode="json")
 
 

@@ -12,11 +12,11 @@ side, so the driver measures every model itself after scoring.
 
 from __future__ import annotations
 
-
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest
 from srcompress.infra.ray_cluster import map_on_ray, where_am_i
 from srcompress.tasks.common.teacher_config import TeacherConfig
+from srcompress.tasks.common.threads import ray_task_threads, set_threads
 from srcompress.tasks.evaluate.config import EvaluateConfig
 from srcompress.tasks.evaluate.data_step import read_eval_set
 from srcompress.tasks.evaluate.runner import Scored, build_metrics, score_items
@@ -26,8 +26,6 @@ def score_slice_on_worker(job_json: str, model: str, indices: list[int], keep: l
     """A Ray task: ``model`` on the items at ``indices``; returns ``Scored`` as a dict plus who computed it."""
     import json
 
-    import torch
-
     from srcompress.tasks.evaluate import step  # the step's model loading and metric conventions
 
     job = json.loads(job_json)
@@ -36,7 +34,7 @@ def score_slice_on_worker(job_json: str, model: str, indices: list[int], keep: l
     eval_set = Manifest.model_validate_json(job["eval_set"])
     models = {k: Manifest.model_validate_json(v) for k, v in job["models"].items()}
     teacher_cfg = TeacherConfig.model_validate_json(job["teacher_cfg"])
-    torch.set_num_threads(ctx.torch_threads or 1)  # the task holds one CPU
+    set_threads(ray_task_threads(ctx))
     items, _ = read_eval_set(ctx, eval_set, indices)
     up = step.build_upscaler(ctx, cfg, job["scale"], model, models, teacher_cfg)
     metrics, _ = build_metrics(cfg.metrics, step.metric_env(cfg))
