@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -115,7 +116,10 @@ def bootstrap(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest, holdout: Man
     stats["resumed_at_step"] = float(resume["step"]) if resume else 0.0
     if stats["seconds_total"] > bc.max_seconds:
         log.warning("bootstrap_teacher: took %.0fs, over the %.0fs budget", stats["seconds_total"], bc.max_seconds)
-    folder = save_teacher(teacher, ctx.scratch("teachers", key[:24]))
+    # Published from an emptied folder: whatever an earlier attempt left there would become part of the teacher
+    folder = ctx.scratch("teachers", key[:24])
+    shutil.rmtree(folder)
+    folder = save_teacher(teacher, folder)
     curves = stats.pop("curves")
     metrics = dict(stats)
     if holdout is not None:
@@ -126,7 +130,7 @@ def bootstrap(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest, holdout: Man
     uri, digest, index = publish_folder(store, folder, f"teacher/{key}")
     tracker.log_metrics(run_id, metrics)
     tracker.log_text(run_id, json.dumps(metrics, indent=1), "teacher/metrics.json")
-    plot = ctx.scratch("teachers", key[:24]) / "training.png"
+    plot = ctx.scratch("teacher-plots", key[:24]) / "training.png"  # beside the published folder, never in it
     atomic_write_bytes(plot, training_plot(curves, metrics.get("best_step")))
     tracker.log_artifact(run_id, plot, "teacher")
     inputs = {"pairs": pairs.digest} | ({"holdout": holdout.digest} if holdout else {})
