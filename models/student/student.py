@@ -9,10 +9,11 @@ Folder layout (docs/methods.md §8.5), safetensors only::
 
     <student>/model_index.json          ours: class names of each component, for humans and tools
     <student>/transformer/              SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer")
+    <student>/unet/ + scheduler/        UNet students: UNet2DConditionModel / DDPMScheduler ``from_pretrained``
     <student>/vae/                      AutoencoderKL, or SeparableAutoencoderTiny (both ``from_pretrained``)
-    <student>/prompt_embeds.safetensors fixed prompt / pooled embeddings (un-streamlined use)
+    <student>/prompt_embeds.safetensors fixed prompt (+ pooled, SD3) embeddings (un-streamlined use)
     <student>/phase_adapter.safetensors optional (PEAM reinterpretation)
-    <student>/student.json              kind, latent convention, timestep, tiling, flags, kept blocks
+    <student>/student.json              backbone kind, latent convention, timestep, tiling, flags, kept units
 
 A streamlined student is saved as its exact diffusers equivalent (``StreamlinedSD3.to_diffusers``) and
 streamlined again at load, so the folder is plain diffusers and the loaded model computes the same output.
@@ -31,32 +32,22 @@ from srcompress.models.student.phase import PhaseExchangeAdapter
 from srcompress.models.student.streamline import StreamlinedSD3
 from srcompress.models.student.surgery import kept_indices, merge_lora, prune_sd3
 from srcompress.models.student.tiny_vae import SeparableAutoencoderTiny
+from srcompress.models.student.unet_surgery import prune_unet
 from srcompress.models.teachers.base import LatentConvention, OneStepTeacher
+from srcompress.models.teachers.unet import UNetOneStepTeacher
 
 Tensor = torch.Tensor
 FORMAT = "srcompress.student.v1"
+UNET_STREAMLINE = ("streamlining caches SD3's per-block adaLN modulation; a UNet student has none to cache "
+                   "(set distill.streamline=false for UNet teachers)")
 
 
-class StudentSR(OneStepTeacher):
-    """A pruned SD3 backbone (plain or streamlined), the teacher's VAE or a tiny one, an optional adapter."""
+class _StudentIO:
+    """What every student adds to its teacher's interface: an optional tiny VAE (trained to the teacher's
+    scaled latents, so no scaling here), an optional phase adapter, the kept units."""
 
-    kind = "student"
-
-    def __init__(self, vae: nn.Module, backbone: nn.Module, convention: LatentConvention, prompt_embeds: Tensor,
-                 pooled_prompt_embeds: Tensor, timestep: float = 1000.0, tile: int | None = None,
-                 tile_overlap: int = 8, latent_factor: int | None = None, phase: PhaseExchangeAdapter | None = None,
-                 kept: list[str] | None = None):
-        super().__init__(vae, backbone, convention, tile, tile_overlap)
-        self.register_buffer("prompt_embeds", prompt_embeds, persistent=False)
-        self.register_buffer("pooled_prompt_embeds", pooled_prompt_embeds, persistent=False)
-        self.timestep = float(timestep)
-        self._latent_factor = latent_factor or 2 ** (len(vae.config.block_out_channels) - 1)
-        self.phase = phase
-        self.kept = list(kept or [])
-
-    @property
-    def streamlined(self) -> bool:
-        return isinstance(self.backbone, StreamlinedSD3)
+    phase: PhaseExchangeAdapter | None
+    _latent_factor: int
 
     @property
     def tiny_vae(self) -> bool:
@@ -75,6 +66,33 @@ class StudentSR(OneStepTeacher):
         if self.tiny_vae:
             return ((self.vae.decode(z).sample.clamp(-1, 1) + 1) / 2).clamp(0, 1)
         return super().decode(z)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "streamlined": self.streamlined, "tiny_vae": self.tiny_vae,
+                "phase_adapter": self.phase is not None, "kept_blocks": self.kept}
+
+
+class StudentSR(_StudentIO, OneStepTeacher):
+    """A pruned SD3 backbone (plain or streamlined), the teacher's VAE or a tiny one, an optional adapter."""
+
+    kind = "student"
+    backbone_kind = "sd3"
+
+    def __init__(self, vae: nn.Module, backbone: nn.Module, convention: LatentConvention, prompt_embeds: Tensor,
+                 pooled_prompt_embeds: Tensor, timestep: float = 1000.0, tile: int | None = None,
+                 tile_overlap: int = 8, latent_factor: int | None = None, phase: PhaseExchangeAdapter | None = None,
+                 kept: list[str] | None = None):
+        super().__init__(vae, backbone, convention, tile, tile_overlap)
+        self.register_buffer("prompt_embeds", prompt_embeds, persistent=False)
+        self.register_buffer("pooled_prompt_embeds", pooled_prompt_embeds, persistent=False)
+        self.timestep = float(timestep)
+        self._latent_factor = latent_factor or 2 ** (len(vae.config.block_out_channels) - 1)
+        self.phase = phase
+        self.kept = list(kept or [])
+
+    @property
+    def streamlined(self) -> bool:
+        return isinstance(self.backbone, StreamlinedSD3)
 
     def velocity(self, z: Tensor) -> Tensor:
         if self.streamlined:
@@ -97,75 +115,115 @@ class StudentSR(OneStepTeacher):
             self.backbone = StreamlinedSD3(self.backbone, self.prompt_embeds, self.pooled_prompt_embeds, self.timestep)
         return self
 
+
+class UNetStudentSR(_StudentIO, UNetOneStepTeacher):
+    """A UNet teacher after BK-SDM-style surgery (models/student/unet_surgery.py): the same one-step formula,
+    the teacher's VAE or a tiny one, an optional adapter. ``surgery`` is ``prune_unet``'s report."""
+
+    kind = "student"
+    backbone_kind = "unet"
+    streamlined = False
+
+    def __init__(self, vae: nn.Module, unet: nn.Module, scheduler, prompt_embeds: Tensor,
+                 convention: LatentConvention, timestep: int = 999, tile: int | None = None, tile_overlap: int = 8,
+                 latent_factor: int | None = None, phase: PhaseExchangeAdapter | None = None,
+                 kept: list[str] | None = None, surgery: dict | None = None):
+        UNetOneStepTeacher.__init__(self, vae, unet, scheduler, prompt_embeds, convention, timestep, tile, tile_overlap)
+        self._latent_factor = latent_factor or 2 ** (len(vae.config.block_out_channels) - 1)
+        self.phase = phase
+        self.kept = list(kept or [])
+        self.surgery = dict(surgery or {})
+
+    def restore_tile(self, z_lq: Tensor) -> Tensor:
+        z = UNetOneStepTeacher.restore_tile(self, z_lq)
+        return self.phase(z, z_lq) if self.phase is not None else z
+
+    def streamline(self) -> UNetStudentSR:
+        raise ValueError(UNET_STREAMLINE)
+
     def describe(self) -> dict:
-        return {**super().describe(), "streamlined": self.streamlined, "tiny_vae": self.tiny_vae,
-                "phase_adapter": self.phase is not None, "kept_blocks": self.kept}
+        return {**super().describe(), "surgery": self.surgery}
 
 
 def build_student(teacher: OneStepTeacher, mask: list[float] | Tensor, lora_state: dict[str, Tensor] | None = None,
                   lora_rank: int = 0, lora_alpha: int = 1, streamline: bool = False,
-                  phase_adapter: bool = False) -> StudentSR:
-    """The teacher's kept blocks (search LoRA merged first) as a smaller model of the teacher's class.
-
-    Only SD3-transformer teachers are supported; a UNet teacher raises (docs/methods.md §8.1)."""
+                  phase_adapter: bool = False) -> StudentSR | UNetStudentSR:
+    """The teacher's kept blocks (search LoRA merged first) as a smaller model of the teacher's class: SD3
+    blocks by ``prune_sd3``, UNet units by ``prune_unet`` (docs/methods.md §8.1)."""
     import copy
 
-    if getattr(teacher, "kind", None) != "sd3":
-        raise NotImplementedError(f"student build: {getattr(teacher, 'kind', type(teacher).__name__)} teachers are "
-                                  "not supported yet (SD3-transformer teachers only)")
+    kind = getattr(teacher, "kind", type(teacher).__name__)
+    if kind not in ("sd3", "unet"):
+        raise ValueError(f"student build: cannot build from a {kind!r} model (an SD3 or UNet teacher)")
+    names = [n for n, _ in teacher.prunable_blocks()]
+    if len(mask) != len(names):
+        raise ValueError(f"mask has {len(mask)} entries, the teacher has {len(names)} prunable blocks")
     keep = kept_indices(mask)
-    if len(mask) != len(teacher.backbone.transformer_blocks):
-        raise ValueError(f"mask has {len(mask)} entries, the teacher has {len(teacher.backbone.transformer_blocks)} blocks")
+    if kind == "unet" and streamline:
+        raise ValueError(UNET_STREAMLINE)
     backbone = merge_lora(copy.deepcopy(teacher.backbone), lora_state or {}, lora_rank, lora_alpha)
-    pruned = prune_sd3(backbone, keep)
     phase = PhaseExchangeAdapter(int(teacher.vae.config.latent_channels)) if phase_adapter else None
     p = next(teacher.backbone.parameters())
-    student = StudentSR(copy.deepcopy(teacher.vae), pruned, teacher.convention, teacher.prompt_embeds.clone(),
-                        teacher.pooled_prompt_embeds.clone(), teacher.timestep, teacher.tile, teacher.tile_overlap,
-                        teacher.latent_factor, phase, [f"transformer_blocks.{i}" for i in keep]).to(p.device)
+    if kind == "unet":
+        unet, report = prune_unet(backbone, {n for i, n in enumerate(names) if i not in keep})
+        kept = [n for n in names if n not in report["removed"]]
+        student = UNetStudentSR(copy.deepcopy(teacher.vae), unet, copy.deepcopy(teacher.scheduler),
+                                teacher.prompt_embeds.clone(), teacher.convention, teacher.timestep, teacher.tile,
+                                teacher.tile_overlap, teacher.latent_factor, phase, kept, report)
+        return student.to(p.device).eval().requires_grad_(False)
+    student = StudentSR(copy.deepcopy(teacher.vae), prune_sd3(backbone, keep), teacher.convention,
+                        teacher.prompt_embeds.clone(), teacher.pooled_prompt_embeds.clone(), teacher.timestep,
+                        teacher.tile, teacher.tile_overlap, teacher.latent_factor, phase,
+                        [f"transformer_blocks.{i}" for i in keep]).to(p.device)
     if streamline:
         student.streamline()
     return student.eval().requires_grad_(False)
 
 
-def save_student(student: StudentSR, folder: str | Path, extra: dict | None = None) -> Path:
+def save_student(student: StudentSR | UNetStudentSR, folder: str | Path, extra: dict | None = None) -> Path:
     """Write the diffusers-loadable student folder (see the module docstring)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    unet = student.backbone_kind == "unet"
     backbone = student.backbone.to_diffusers() if student.streamlined else student.backbone
-    backbone.save_pretrained(folder / "transformer", safe_serialization=True)
+    sub = "unet" if unet else "transformer"
+    backbone.save_pretrained(folder / sub, safe_serialization=True)
     student.vae.save_pretrained(folder / "vae", safe_serialization=True)
-    save_file({"prompt_embeds": student.prompt_embeds.detach().cpu().contiguous(),
-               "pooled_prompt_embeds": student.pooled_prompt_embeds.detach().cpu().contiguous()},
-              str(folder / "prompt_embeds.safetensors"))
+    prompts = {"prompt_embeds": student.prompt_embeds.detach().cpu().contiguous()}
+    if not unet:
+        prompts["pooled_prompt_embeds"] = student.pooled_prompt_embeds.detach().cpu().contiguous()
+    save_file(prompts, str(folder / "prompt_embeds.safetensors"))
+    if unet:
+        student.scheduler.save_pretrained(folder / "scheduler")
     if student.phase is not None:
         save_file({k: v.detach().cpu().contiguous() for k, v in student.phase.state_dict().items()},
                   str(folder / "phase_adapter.safetensors"))
-    for cfg_file in (folder / "transformer" / "config.json", folder / "vae" / "config.json"):
+    for cfg_file in (folder / sub / "config.json", folder / "vae" / "config.json"):
         # diffusers records where a model was loaded from: a machine-local path that would make the folder's
         # digest differ between identical runs in different work dirs
         data = json.loads(cfg_file.read_text())
         data.pop("_name_or_path", None)
         cfg_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     vae_cls = type(student.vae)
-    index = {"_class_name": "SrcompressStudent", "format": FORMAT,
-             "transformer": ["diffusers", type(backbone).__name__],
+    index = {"_class_name": "SrcompressStudent", "format": FORMAT, sub: ["diffusers", type(backbone).__name__],
              "vae": ["diffusers" if vae_cls.__module__.startswith("diffusers") else vae_cls.__module__,
                      vae_cls.__name__]}
-    meta = {"format": FORMAT, "kind": "student", "backbone": "sd3", "convention": student.convention.as_dict(),
-            "timestep": student.timestep, "tile": student.tile, "tile_overlap": student.tile_overlap,
-            "latent_factor": student.latent_factor, "streamlined": student.streamlined,
-            "tiny_vae": student.tiny_vae, "phase_adapter": student.phase is not None, "kept_blocks": student.kept,
-            **(extra or {})}
+    if unet:
+        index["scheduler"] = ["diffusers", type(student.scheduler).__name__]
+    meta = {"format": FORMAT, "kind": "student", "backbone": student.backbone_kind,
+            "convention": student.convention.as_dict(), "timestep": student.timestep, "tile": student.tile,
+            "tile_overlap": student.tile_overlap, "latent_factor": student.latent_factor,
+            "streamlined": student.streamlined, "tiny_vae": student.tiny_vae, "phase_adapter": student.phase is not None,
+            "kept_blocks": student.kept, **({"surgery": student.surgery} if unet else {}), **(extra or {})}
     (folder / "model_index.json").write_text(json.dumps(index, indent=1, sort_keys=True))
     (folder / "student.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
     return folder
 
 
 def load_student(folder: str | Path, streamline: bool | None = None, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> StudentSR:
+                 dtype: torch.dtype = torch.float32) -> StudentSR | UNetStudentSR:
     """Read a student folder (safetensors only, nothing downloaded); ``streamline`` None = as it was saved."""
-    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from diffusers import AutoencoderKL, DDPMScheduler, SD3Transformer2DModel, UNet2DConditionModel
 
     folder = Path(folder)
     meta_path = folder / "student.json"
@@ -174,8 +232,14 @@ def load_student(folder: str | Path, streamline: bool | None = None, device: tor
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT:
         raise ValueError(f"student: {meta_path} has format {meta.get('format')!r}, expected {FORMAT}")
+    kind = meta.get("backbone", "sd3")
+    if kind not in ("sd3", "unet"):
+        raise ValueError(f"student: {meta_path} has backbone {kind!r} (sd3 | unet)")
     common = dict(local_files_only=True, use_safetensors=True, torch_dtype=dtype)
-    backbone = SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer", **common)
+    if kind == "unet":
+        backbone = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **common)
+    else:
+        backbone = SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer", **common)
     vae_cls = SeparableAutoencoderTiny if meta["tiny_vae"] else AutoencoderKL
     vae = vae_cls.from_pretrained(folder, subfolder="vae", **common)
     prompts = load_file(str(folder / "prompt_embeds.safetensors"))
@@ -184,10 +248,16 @@ def load_student(folder: str | Path, streamline: bool | None = None, device: tor
         phase = PhaseExchangeAdapter(int(backbone.config.in_channels))
         phase.load_state_dict(load_file(str(folder / "phase_adapter.safetensors")))
     c = meta["convention"]
-    student = StudentSR(vae, backbone, LatentConvention(c["scaling_factor"], c["shift_factor"], c["mode"]),
-                        prompts["prompt_embeds"].to(dtype), prompts["pooled_prompt_embeds"].to(dtype),
-                        meta["timestep"], meta["tile"], meta["tile_overlap"], meta["latent_factor"], phase,
-                        meta.get("kept_blocks"))
+    conv = LatentConvention(c["scaling_factor"], c["shift_factor"], c["mode"])
+    if kind == "unet":
+        scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
+        student = UNetStudentSR(vae, backbone, scheduler, prompts["prompt_embeds"].to(dtype), conv, meta["timestep"],
+                                meta["tile"], meta["tile_overlap"], meta["latent_factor"], phase,
+                                meta.get("kept_blocks"), meta.get("surgery"))
+    else:
+        student = StudentSR(vae, backbone, conv, prompts["prompt_embeds"].to(dtype),
+                            prompts["pooled_prompt_embeds"].to(dtype), meta["timestep"], meta["tile"],
+                            meta["tile_overlap"], meta["latent_factor"], phase, meta.get("kept_blocks"))
     if streamline if streamline is not None else meta.get("streamlined", False):
         student.streamline()
     return student.to(device).eval().requires_grad_(False)

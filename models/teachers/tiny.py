@@ -114,14 +114,14 @@ def tiny_sd3_teacher(seed: int = 0, num_layers: int = 4, latent_channels: int = 
 
 
 def tiny_unet_teacher(seed: int = 0, latent_channels: int = 4, cross_dim: int = 32,
-                      prediction_type: str = "epsilon") -> UNetOneStepTeacher:
+                      prediction_type: str = "epsilon", layers_per_block: int = 1) -> UNetOneStepTeacher:
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     vae = tiny_vae(latent_channels, (16, 32, 32), scaling_factor=0.18215)
     unet = UNet2DConditionModel(sample_size=16, in_channels=latent_channels, out_channels=latent_channels,
-                                block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=16,
+                                block_out_channels=(32, 64), layers_per_block=layers_per_block, norm_num_groups=16,
                                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
                                 cross_attention_dim=cross_dim, attention_head_dim=8)

@@ -52,7 +52,7 @@ class Stage2Config(StrictModel):
 class DistillConfig(StrictModel):
     """Build the student from the mask (search LoRA merged), then distil it in two DeepSpeed stages."""
 
-    streamline: bool = Field(True, description="TinySR streamlining: cache the fixed-t / fixed-prompt adaLN modulations and context (exact; removes time_text_embed, context_embedder, the adaLN linears).")
+    streamline: bool = Field(True, description="TinySR streamlining: cache the fixed-t / fixed-prompt adaLN modulations and context (exact; removes time_text_embed, context_embedder, the adaLN linears). SD3 teachers only: set false for a UNet teacher.")
     merge_search_lora: bool = Field(True, description="Merge the search's LoRA into the teacher before copying the kept blocks.")
     phase_adapter: bool = Field(False, description="Add the phase-exchange adapter (OUR reinterpretation of PGP-DiffSR's PEAM, docs/methods.md §8.4).")
     phase_ablation: bool = Field(False, description="Also distil the student with phase_adapter flipped, evaluated beside it (the PEAM ablation).")

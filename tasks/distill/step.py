@@ -23,6 +23,7 @@ from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, cache_key, code_version
 from srcompress.infra.ray_cluster import train_on_ray
 from srcompress.models.device import resolve_device
+from srcompress.models.student.student import UNET_STREAMLINE
 from srcompress.tasks.common.teacher_config import TeacherConfig
 from srcompress.tasks.common.teachers import load_settings, published_intact
 from srcompress.tasks.distill.config import DistillConfig
@@ -80,6 +81,8 @@ def run_distill(ctx: RunContext, cfg: DistillConfig, teacher_cfg: TeacherConfig,
         if stage1 is None:
             raise ValueError("distill stage 2 needs the stage-1 student")
         manifests["stage1"] = stage1
+    if cfg.streamline and teacher.extra.get("kind") == "unet":  # before any cluster starts
+        raise ValueError(UNET_STREAMLINE)
     inputs = {k: v.digest for k, v in manifests.items()}
     key = cache_key(name, chash, inputs, code_ver)
     hit = cache.get(name, key)
@@ -118,6 +121,7 @@ def run_distill(ctx: RunContext, cfg: DistillConfig, teacher_cfg: TeacherConfig,
                                     "params_vae": int(desc["params_vae"])},
                             extra={"stage": stage, "index_sha256": student["index_sha256"], "files": files,
                                    "phase_adapter": phase, "kept_blocks": desc.get("kept_blocks"),
+                                   **({"surgery": desc["surgery"]} if "surgery" in desc else {}),
                                    "streamlined": desc.get("streamlined"), "tiny_vae": desc.get("tiny_vae"),
                                    "final": final, "train_seconds": result["train_seconds"],
                                    "tiny_vae_fit": result.get("tiny_vae_fit") or {},

@@ -142,3 +142,81 @@ def test_tiny_vae_learns_a_factor8_autoencoderkl(tmp_path):
     vae.save_pretrained(tmp_path / "v")
     again = SeparableAutoencoderTiny.from_pretrained(tmp_path / "v")
     assert torch.allclose(again.encode(x * 2 - 1).latents, vae.encode(x * 2 - 1).latents, atol=1e-6)
+
+
+# -- UNet teachers: BK-SDM-style surgery (models/student/unet_surgery.py) ------------------------------------
+
+def _unet_masked(teacher, names, masked, z):
+    mask = torch.tensor([0.0 if n in masked else 1.0 for n in names])
+    with torch.no_grad(), DepthMasker(teacher).masked(mask):
+        return teacher.restore_tile(z)
+
+
+def test_unet_all_ones_mask_student_equals_teacher_and_round_trips(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from srcompress.models.teachers.tiny import tiny_unet_teacher
+
+    t = tiny_unet_teacher(seed=0).eval()
+    z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    s = build_student(t, [1] * 7)
+    with torch.no_grad():
+        assert torch.equal(s.restore_tile(z), t.restore_tile(z))
+    assert s.surgery == {"removed": [], "structural": [], "unrealised": []}
+    save_student(build_student(t, [1, 1, 0, 0, 1, 1, 1]), tmp_path / "s")
+    back = load_student(tmp_path / "s")
+    assert back.backbone_kind == "unet" and back.backbone.mid_block.__class__.__name__ == "UNetMidBlock2D"
+    assert UNet2DConditionModel.from_pretrained(tmp_path / "s", subfolder="unet").config.mid_block_type == "UNetMidBlock2D"
+    with torch.no_grad():
+        assert torch.equal(back.restore_tile(z), build_student(t, [1, 1, 0, 0, 1, 1, 1]).restore_tile(z))
+
+
+def test_unet_surgery_is_exact_where_the_config_can_express_the_mask():
+    """Whole attention groups, the whole mid block, or its attention with one resnet: the student computes what
+    the masked teacher computes. One attention of two stays (unrealised), and so does a resnet whose attention
+    the mask kept."""
+    from srcompress.models.teachers.tiny import tiny_unet_teacher
+
+    t = tiny_unet_teacher(seed=0).eval()
+    names = [n for n, _ in t.prunable_blocks()]
+    z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    full = sum(p.numel() for p in t.backbone.parameters())
+    exact = [{"down_blocks.0.attentions.0"}, {"up_blocks.1.attentions.0", "up_blocks.1.attentions.1"},
+             {"mid_block.attentions.0", "mid_block.resnets.1"},
+             {"mid_block.resnets.0", "mid_block.attentions.0", "mid_block.resnets.1"}]
+    for masked in exact:
+        s = build_student(t, [0.0 if n in masked else 1.0 for n in names])
+        assert set(s.surgery["removed"]) == masked and not s.surgery["unrealised"], masked
+        assert sum(p.numel() for p in s.backbone.parameters()) < full
+        with torch.no_grad():
+            assert torch.allclose(s.restore_tile(z), _unet_masked(t, names, masked, z), atol=1e-5), masked
+    s = build_student(t, [0.0 if n in {"up_blocks.1.attentions.0", "down_blocks.0.resnets.0"} else 1.0 for n in names])
+    assert s.surgery["unrealised"] == ["down_blocks.0.resnets.0", "up_blocks.1.attentions.0"]
+    assert sum(p.numel() for p in s.backbone.parameters()) == full
+
+
+def test_unet_down_pair_removal_shrinks_the_mirrored_up_block_and_copies_weights_by_name():
+    """BK-SDM's R-A pair removal (lossy by design): one layer fewer in the down block and in its mirror, the
+    first and last up resnets keep their teacher weights, and the student still runs."""
+    from srcompress.models.teachers.tiny import tiny_unet_teacher
+
+    t = tiny_unet_teacher(seed=0, layers_per_block=2).eval()
+    names = [n for n, _ in t.prunable_blocks()]
+    s = build_student(t, [0.0 if n == "down_blocks.1.resnets.1" else 1.0 for n in names])
+    assert tuple(s.backbone.config.layers_per_block) == (2, 1)
+    assert s.surgery["removed"] == ["down_blocks.1.resnets.1"] and s.surgery["structural"] == ["up_blocks.0.resnets.1"]
+    assert len(s.backbone.up_blocks[0].resnets) == 2 and len(s.backbone.up_blocks[1].resnets) == 3
+    tsd, ssd = t.backbone.state_dict(), s.backbone.state_dict()
+    assert torch.equal(ssd["up_blocks.0.resnets.1.conv1.weight"], tsd["up_blocks.0.resnets.2.conv1.weight"])
+    assert torch.equal(ssd["down_blocks.1.resnets.0.conv1.weight"], tsd["down_blocks.1.resnets.0.conv1.weight"])
+    out = s.restore_tile(torch.randn(1, 4, 16, 16))
+    assert out.shape == (1, 4, 16, 16) and torch.isfinite(out).all()
+
+
+def test_unet_students_refuse_streamlining_with_the_key_to_change():
+    import pytest
+
+    from srcompress.models.teachers.tiny import tiny_unet_teacher
+
+    with pytest.raises(ValueError, match="distill.streamline=false"):
+        build_student(tiny_unet_teacher(seed=0), [1] * 7, streamline=True)

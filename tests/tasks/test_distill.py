@@ -127,3 +127,48 @@ def test_a_killed_distillation_stage_resumes_from_its_checkpoint(tmp_path):
     losses = client.get_metric_history(_run(client, out, "distill_latent").info.run_id, "stage1.loss")
     assert min(x.step for x in losses) > 4 and m["counts"]["steps"] < 12  # resumed, not restarted
     assert m["digest"] == ref["digest"]  # bit-identical student folder
+
+
+def _diffusers_unet_sr(folder, x01: torch.Tensor) -> torch.Tensor:
+    """A UNet student computed with diffusers alone: UNet, scheduler and VAE from the folder, OSEDiff's step."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    meta = json.loads((folder / "student.json").read_text())
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
+    sched = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True)
+    pe = load_file(str(folder / "prompt_embeds.safetensors"))["prompt_embeds"]
+    sf, t = meta["convention"]["scaling_factor"], meta["timestep"]
+    with torch.no_grad():
+        z = vae.encode(x01 * 2 - 1).latent_dist.mean * sf
+        eps = unet(z, torch.tensor([t]), encoder_hidden_states=pe).sample
+        z0 = sched.step(eps, t, z).pred_original_sample
+        return ((vae.decode(z0 / sf).sample.clamp(-1, 1) + 1) / 2).clamp(0, 1)
+
+
+def test_a_unet_teacher_becomes_a_smaller_diffusers_unet_student(tmp_path):
+    """OSEDiff-style UNet teacher (imported folder) through search, both distillation stages and the evaluation:
+    the student is a smaller UNet2DConditionModel that diffusers loads and that reproduces the pipeline."""
+    from srcompress.models.teachers import save_teacher
+    from srcompress.models.teachers.tiny import tiny_unet_teacher
+
+    folder = save_teacher(tiny_unet_teacher(seed=2), tmp_path / "unet-teacher")  # 7 prunable units
+    base = DISTILL + [f"teacher.source={folder}", "search.n=3", "search.m=7", "distill.stage2.steps=2",
+                      "evaluate.metrics=[psnr]", "evaluate.efficiency.enabled=false", "evaluate.data.center_crop=64",
+                      "evaluate.grid_images=0", "evaluate.models=[bicubic, teacher, pruned, student]"]
+    with pytest.raises(ValueError, match="set distill.streamline=false for UNet teachers"):
+        run_pipeline(load_config("tiny", base), tmp_path / "w", until="distill_latent")
+    out = run_pipeline(load_config("tiny", base + ["distill.streamline=false"]), tmp_path / "w", until="evaluate")
+    s2 = out["steps"]["distill_pixel"]
+    surgery = s2["extra"]["surgery"]
+    assert surgery["removed"] and set(surgery["removed"]).isdisjoint(s2["extra"]["kept_blocks"])
+    assert s2["counts"]["params_backbone"] < out["steps"]["bootstrap_teacher"]["extra"]["params_backbone"]
+    student_dir = _folder(out, "distill_pixel", tmp_path / "fetch")
+    assert json.loads((student_dir / "model_index.json").read_text())["unet"] == ["diffusers", "UNet2DConditionModel"]
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ours = load_student(student_dir)
+    with torch.no_grad():
+        assert torch.allclose(_diffusers_unet_sr(student_dir, x), ours(x), atol=1e-4)
+    metrics = out["steps"]["evaluate"]["extra"]["metrics"]
+    assert {"teacher.psnr", "pruned.psnr", "student.psnr"} <= set(metrics)
