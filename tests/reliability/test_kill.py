@@ -24,8 +24,8 @@ pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 CFG = ["data.bundled_sets=[skimage, sklearn, kodak]", "data.held_out=[kodak/I04.bmp]", "degrade.crop_size=64",
        "degrade.crops_per_image=6", "degrade.shard_size=2", "degrade.batch_size=2",
-       "teacher.bootstrap.num_layers=4", "teacher.bootstrap.restorer_steps=1200", "teacher.bootstrap.eval_every=200",
-       "teacher.bootstrap.checkpoint_every=100", "encode.num_actors=2",
+       "teacher.bootstrap.num_layers=4", "teacher.bootstrap.restorer_steps=500", "teacher.bootstrap.eval_every=100",
+       "teacher.bootstrap.checkpoint_every=50", "encode.num_actors=2",
        "evaluate.metrics=[psnr, ssim, piqe, st_lpips]", "evaluate.data.center_crop=256",
        "evaluate.efficiency.enabled=false", "evaluate.models=[bicubic, teacher, student]", "search.steps=20",
        "distill.train_size=8", "distill.stage1.steps=4", "distill.stage1.batch_size=2", "distill.stage2.steps=2", "distill.stage2.batch_size=2", "distill.checkpoint_every=0"]
@@ -93,7 +93,7 @@ def test_kill_9_in_every_long_step_resumes_to_the_same_digests(tmp_path):
     work = tmp_path / "killed"
     kill_points = [
         ("degrade", r"degrade: shard 5/"),
-        ("bootstrap_teacher", r"bootstrap restorer 480/1200"),  # checkpoints at 100, 200, 300, 400
+        ("bootstrap_teacher", r"bootstrap restorer 300/500"),  # checkpoints at 50, 100, …, 250 (300 racing)
         ("encode_latents", r"encode_latents: shard 3/"),
         ("evaluate", r"build-eval-set.*Finished in state Completed"),
     ]
@@ -122,7 +122,7 @@ def test_kill_9_in_every_long_step_resumes_to_the_same_digests(tmp_path):
     # each rerun redid only the unfinished part: the resumed teacher started from its last checkpoint
     teacher_runs = client.search_runs([final["experiment_id"]], "tags.`srcompress.step` = 'bootstrap_teacher'")
     resumed = [r.data.metrics.get("resumed_at_step", 0) for r in teacher_runs]
-    assert max(resumed) >= 400, resumed
+    assert max(resumed) >= 250, resumed
     encode_runs = client.search_runs([final["experiment_id"]], "tags.`srcompress.step` = 'encode_latents'")
     assert any(r.data.metrics.get("shards_cached", 0) >= 2 and r.data.metrics.get("shards_computed", 0) > 0
                for r in encode_runs)  # the run after the encode kill kept the finished shards
