@@ -40,7 +40,7 @@ def score_slice_on_worker(job_json: str, model: str, indices: list[int], keep: l
     metrics, _ = build_metrics(cfg.metrics, step.metric_env(cfg))
     scored = score_items(model, up, items, indices, metrics, set(keep))
     return {"rows": scored.rows, "values": scored.values, "dist": scored.dist, "outputs": scored.outputs,
-            "worker": where_am_i()}
+            "worker": where_am_i(), "describe": up.describe()}
 
 
 class ClusterScorer:
@@ -62,6 +62,7 @@ class ClusterScorer:
         self.keep = sorted(keep)
         self.parts: dict[str, list[Scored]] | None = None
         self.workers: dict[str, int] = {}
+        self.described: dict[str, dict] = {}  # each model as its tasks built it (the driver may never load it)
 
     def _run(self) -> dict[str, list[Scored]]:
         calls = [(self.job, name, sl, [k for k in self.keep if k in sl]) for name in self.names for sl in self.slices]
@@ -71,6 +72,7 @@ class ClusterScorer:
                                                                      "slices) on Ray %s", len(calls), len(self.names),
                                                                      len(self.slices), info)):
             got[i] = row
+            self.described.setdefault(calls[i][1], row["describe"])
             self.workers[row["worker"]] = self.workers.get(row["worker"], 0) + 1
             self.log.info("evaluate: %s images %d-%d scored on %s (%d/%d)", calls[i][1], calls[i][2][0],
                           calls[i][2][-1], row["worker"], len(got), len(calls))
@@ -84,5 +86,9 @@ class ClusterScorer:
         if self.parts is None:
             self.parts = self._run()
         return self.parts[model]
+
+    def describe(self, model: str) -> dict:
+        self(model)
+        return self.described[model]
 
 

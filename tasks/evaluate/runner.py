@@ -149,6 +149,15 @@ def summarise(res: EvalResult, model_name: str, parts: list[Scored], metrics: di
     res.summary[model_name] = summ
 
 
+class Deferred:
+    """A model of the table, built when ``evaluate_models`` needs it in this process: one model in memory at a
+    time, and none at all when a cluster scores and nothing is timed here (a 2B-parameter teacher then never
+    loads on the driver). ``scorer.describe(name)`` stands in for the model's own ``describe()``."""
+
+    def __init__(self, build: Callable[[], object]):
+        self.build = build
+
+
 def evaluate_models(items: list[EvalItem], upscalers: dict, metric_names: list[str], env: MetricEnv,
                     keep_outputs: set[int], eff: EfficiencyConfig,
                     scorer: Callable[[str], list[Scored]] | None = None) -> EvalResult:
@@ -161,7 +170,9 @@ def evaluate_models(items: list[EvalItem], upscalers: dict, metric_names: list[s
     for name, m in metrics.items():
         res.lower_better[name] = m.info.lower_better
     for model_name, up in upscalers.items():
-        res.models[model_name] = up.describe()
+        if isinstance(up, Deferred):  # built only to score or time it here, and dropped after its turn
+            up = up.build() if scorer is None or eff.enabled else None
+        res.models[model_name] = up.describe() if up is not None else scorer.describe(model_name)
         parts = scorer(model_name) if scorer else [score_items(model_name, up, items, list(range(len(items))),
                                                                metrics, keep_outputs)]
         summarise(res, model_name, parts, metrics, has_hr)

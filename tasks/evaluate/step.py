@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 from safetensors.torch import load as safetensors_load
@@ -34,7 +35,7 @@ from srcompress.tasks.evaluate.config import EvaluateConfig
 from srcompress.tasks.evaluate.data_step import read_eval_set
 from srcompress.tasks.evaluate.datasets import png_bytes
 from srcompress.tasks.evaluate.report import grid_indices, write_reports
-from srcompress.tasks.evaluate.runner import evaluate_models
+from srcompress.tasks.evaluate.runner import Deferred, evaluate_models
 from srcompress.tasks.common.teacher_config import TeacherConfig
 from srcompress.tasks.common.teachers import fetch_teacher_folder, load_settings, materialize_teacher
 from srcompress.tasks.common.threads import threads_for, use_threads
@@ -117,11 +118,6 @@ def build_upscaler(ctx: RunContext, cfg: EvaluateConfig, scale: int, name: str, 
                        vae_tiling=inf.vae_tiling, vae_tile=inf.vae_tile, color_fix=inf.color_fix, seed=inf.seed)
 
 
-def build_upscalers(ctx: RunContext, cfg: EvaluateConfig, scale: int, models: dict[str, Manifest],
-                    teacher_cfg: TeacherConfig) -> dict:
-    return {name: build_upscaler(ctx, cfg, scale, name, models, teacher_cfg) for name in cfg.models}
-
-
 def conventions(ctx: RunContext, cfg: EvaluateConfig, env: MetricEnv, eval_set: Manifest) -> dict:
     return {"metrics": env.conventions(), "inference": cfg.inference.model_dump(mode="json"),
             "data": {k: eval_set.extra.get(k) for k in ("source", "kind", "scale", "lq")},
@@ -184,7 +180,8 @@ def score_and_report(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, m
     use_threads(ctx)
     env = metric_env(cfg, get_run_logger())
     items, index = read_eval_set(ctx, eval_set)
-    ups = build_upscalers(ctx, cfg, int(eval_set.extra.get("scale", 4)), models, teacher_cfg)
+    scale = int(eval_set.extra.get("scale", 4))
+    ups = {name: Deferred(partial(build_upscaler, ctx, cfg, scale, name, models, teacher_cfg)) for name in cfg.models}
     keep = set(range(len(items))) if cfg.save_outputs else set(grid_indices([it.name for it in items], cfg.grid_images))
     scorer = None
     if ctx.ray_address:  # every (model, slice of images) a Ray task on the cluster; efficiency stays here

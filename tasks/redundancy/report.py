@@ -16,6 +16,7 @@ from scipy.stats import kendalltau
 
 from srcompress.infra.store import atomic_write_bytes
 from srcompress.models.pruning.redundancy import IMPORTANCE_SIGN, importance, rank
+from srcompress.tasks.common.plots import png_bytes, pyplot
 
 LABELS = {"block_influence": "block influence  1 − cos(in, out)", "pgp_cos": "PGP Φ_cos along the LQ→HQ path",
           "pgp_kl": "PGP Ψ_KL along the LQ→HQ path (softmax over channels)",
@@ -39,18 +40,8 @@ def summarise(names: list[str], scores: dict[str, torch.Tensor]) -> dict:
     return out
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
-
-
 def write_report(names: list[str], scores: dict[str, torch.Tensor], out: Path, info: dict) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     summary = summarise(names, scores) | info
     files = {"report.json": out / "report.json", "blocks.csv": out / "blocks.csv"}
     atomic_write_bytes(files["report.json"], json.dumps(summary, indent=1, sort_keys=True).encode())
@@ -68,8 +59,7 @@ def write_report(names: list[str], scores: dict[str, torch.Tensor], out: Path, i
         ax.set_title(LABELS.get(k, k), fontsize=9)
         ax.set_xlabel("block")
         files[f"boxplot_{k}.png"] = out / f"boxplot_{k}.png"
-        atomic_write_bytes(files[f"boxplot_{k}.png"], _png(fig))
-        plt.close(fig)
+        atomic_write_bytes(files[f"boxplot_{k}.png"], png_bytes(fig, dpi=110))
     keys = list(scores)
     mat = [[summary["kendall_tau"][a][b] if summary["kendall_tau"][a][b] is not None else float("nan")
             for b in keys] for a in keys]
@@ -83,6 +73,5 @@ def write_report(names: list[str], scores: dict[str, torch.Tensor], out: Path, i
     fig.colorbar(im)
     ax.set_title("rank agreement between scores (Kendall τ)", fontsize=9)
     files["kendall.png"] = out / "kendall.png"
-    atomic_write_bytes(files["kendall.png"], _png(fig))
-    plt.close(fig)
+    atomic_write_bytes(files["kendall.png"], png_bytes(fig, dpi=110))
     return files

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from srcompress.infra.store import atomic_write_bytes
+from srcompress.tasks.common.plots import png_bytes, pyplot
 
 
 def write_plots(result: dict, out: Path) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     hist = result["history"]
     files: dict[str, Path] = {}
     if not hist:
@@ -32,20 +28,12 @@ def write_plots(result: dict, out: Path) -> dict[str, Path]:
     axes[0][0].set_ylabel("option probability (EMA logits)")
     axes[0][-1].legend(fontsize=6, loc="upper left")
     files["gates.png"] = out / "gates.png"
-    _save(fig, files["gates.png"])
+    atomic_write_bytes(files["gates.png"], png_bytes(fig))
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot(steps, [h["loss"] for h in hist])
     ax.set_xlabel("step")
     ax.set_ylabel("L1 to the cached teacher latent")
     files["loss.png"] = out / "loss.png"
-    _save(fig, files["loss.png"])
+    atomic_write_bytes(files["loss.png"], png_bytes(fig))
     return files
 
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())

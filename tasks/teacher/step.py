@@ -28,6 +28,7 @@ from srcompress.models.metrics import bicubic_to, psnr_y
 from srcompress.models.teachers import OneStepTeacher, load_teacher, save_teacher
 from srcompress.models.teachers.bootstrap import train_tiny_teacher
 from srcompress.tasks.common.pairs import iter_pairs, load_all_pairs
+from srcompress.tasks.common.plots import png_bytes, pyplot
 from srcompress.tasks.common.teacher_config import TeacherConfig
 from srcompress.tasks.common.teachers import folder_digest, publish_folder, published_intact, vae_digest
 from srcompress.tasks.common.threads import use_threads
@@ -67,12 +68,7 @@ def psnr_vs_bicubic(teacher: OneStepTeacher, store: ArtifactStore, pairs: Manife
 
 def training_plot(curves: dict, best_step: float | None) -> bytes:
     """PNG: the restorer's loss per step and the validation PSNR-Y (the kept step marked)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3))
+    fig, (a, b) = pyplot().subplots(1, 2, figsize=(9, 3))
     a.plot(curves["restorer_loss"], lw=0.6)
     a.set_yscale("log")
     a.set_xlabel("restorer step")
@@ -85,10 +81,7 @@ def training_plot(curves: dict, best_step: float | None) -> bytes:
             b.legend(fontsize=7)
     b.set_xlabel("restorer step")
     b.set_ylabel("validation PSNR-Y (dB)")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 @task(name="bootstrap-teacher", cache_policy=NO_CACHE, retries=0)

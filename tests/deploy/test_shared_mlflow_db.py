@@ -11,8 +11,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 SCRIPT = """
 import sys, time
 from pathlib import Path

@@ -1,4 +1,5 @@
-"""tasks/common: the shared teacher fetch (safe under concurrency) and held-out selection on any dataset."""
+"""tasks/common: the shared teacher fetch (safe under concurrency), held-out selection on any dataset, thread
+counts and step figures."""
 
 from __future__ import annotations
 
@@ -113,3 +114,18 @@ def test_a_step_computes_with_its_own_thread_count_whatever_an_earlier_step_left
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_step_figures_are_png_and_closed_after():
+    from srcompress.tasks.common.plots import png_bytes, pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [1, 0])
+    before = set(plt.get_fignums())
+    data = png_bytes(fig, dpi=50)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 200
+    assert set(plt.get_fignums()) == before - {fig.number}
+    import matplotlib
+
+    assert matplotlib.get_backend().lower() == "agg"

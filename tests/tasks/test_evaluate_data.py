@@ -128,6 +128,41 @@ def test_runner_reports_na_and_unavailable_and_writes_reports(tmp_path, monkeypa
     assert res2.summary["bicubic"]["fid"].note == "n/a: no HR"
 
 
+def test_deferred_models_are_built_only_where_scored_or_timed(tmp_path):
+    """With a cluster scorer and no timing, the driver never builds a model; otherwise one at a time, and the
+    numbers equal those of a model built up front."""
+    from srcompress.tasks.evaluate.runner import Deferred, build_metrics, score_items
+
+    src = tmp_path / "src"
+    for i in range(2):
+        _save(src / f"{i}.png", photo(48, 48, seed=20 + i))
+    items, _ = load_hr(src, EvalDataConfig(center_crop=None))
+    built = []
+
+    def build():
+        built.append(1)
+        return Bicubic(4)
+
+    class Scorer:  # what ClusterScorer gives: a model's slices, and the model as its tasks described it
+        def __call__(self, name):
+            metrics, _ = build_metrics(["psnr"], MetricEnv())
+            return [score_items(name, Bicubic(4), items, [0, 1], metrics, set())]
+
+        def describe(self, name):
+            return {"kind": "bicubic", "described_by": "tasks"}
+
+    off = EfficiencyConfig(enabled=False)
+    res = evaluate_models(items, {"bicubic": Deferred(build)}, ["psnr"], MetricEnv(), set(), off, Scorer())
+    assert built == [] and res.models["bicubic"]["described_by"] == "tasks"
+    ref = evaluate_models(items, {"bicubic": Bicubic(4)}, ["psnr"], MetricEnv(), set(), off)
+    assert res.summary["bicubic"]["psnr"].mean == ref.summary["bicubic"]["psnr"].mean
+    local = evaluate_models(items, {"bicubic": Deferred(build)}, ["psnr"], MetricEnv(), set(), off)
+    assert built == [1] and local.summary["bicubic"]["psnr"].mean == ref.summary["bicubic"]["psnr"].mean
+    timed = evaluate_models(items, {"bicubic": Deferred(build)}, ["psnr"], MetricEnv(), set(),
+                            EfficiencyConfig(reps=1, warmup=0), Scorer())
+    assert built == [1, 1] and "latency_ms" in timed.efficiency["bicubic"]
+
+
 def test_config_validates_models_and_metrics():
     from srcompress.infra.config import ConfigError
 
