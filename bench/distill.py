@@ -1,12 +1,15 @@
 """Student vs teacher, measured side by side in one run: inference latency, and training throughput of both
 distillation stages at 1 vs 2 DeepSpeed ranks.
 
-    .venv/bin/python bench/distill.py [--sizes 128 512] [--reps 5] [--steps 20] [--workdir DIR] [--no-train]
+    .venv/bin/python bench/distill.py [--sizes 128 512] [--reps 5] [--steps 20] [--workdir DIR] [--no-train] [--unet]
 
 Latency: the teacher of the embedded default (configs/tiny.yaml's bootstrap architecture; weights do not
 change the cost, so it is built from config) against its student at the preset's N:M depth — pruned,
 pruned + streamlined, and with the tiny VAE — each wrapped as the evaluation runs them (``DiffusionSR``:
 bicubic ×4, latent tiles, colour fix), median of ``reps`` calls after warm-up, at each HR size.
+``--unet`` adds an SD-UNet teacher with SD2.1's block layout at 1/5 of its width (4 stages, 2 layers each,
+cross-attention in the first 3), against BK-SDM-style students built by ``build_student`` from unit masks:
+``base`` (the second resnet/attention pair of every down stage) and ``small`` (base + the mid block).
 Training: the distillation stages of the embedded default on a small workdir (prerequisite steps computed
 once and cached), ``--steps`` steps each at 1 and 2 ranks; steps/s from the loop's own clock (no start-up).
 """
@@ -68,6 +71,40 @@ def latency(sizes: list[int], reps: int) -> None:
         print(f"HR {hr:4d}px: {row}")
 
 
+def unet_latency(sizes: list[int], reps: int) -> None:
+    import torch
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from srcompress.models.student.student import build_student
+    from srcompress.models.teachers.base import LatentConvention
+    from srcompress.models.teachers.tiny import tiny_vae
+    from srcompress.models.teachers.unet import UNetOneStepTeacher
+    from srcompress.models.upscalers import DiffusionSR
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
+                                block_out_channels=(64, 128, 256, 256), norm_num_groups=32, cross_attention_dim=64,
+                                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, attention_head_dim=8)
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    vae = tiny_vae(4, (16, 32, 32), scaling_factor=0.18215)
+    teacher = UNetOneStepTeacher(vae, unet, sched, torch.randn(1, 8, 64), LatentConvention(0.18215, 0.0, "mean")).eval()
+    names = [n for n, _ in teacher.prunable_blocks()]
+    base = {n for n in names if n.startswith("down_blocks.") and n.split(".")[-1] == "1"}
+    small = base | {n for n in names if n.startswith("mid_block.")}
+    models = {"teacher": teacher}
+    for label, masked in (("bk-base", base), ("bk-small", small)):
+        models[label] = build_student(teacher, [0.0 if n in masked else 1.0 for n in names])
+    params = {n: sum(p.numel() for p in m.backbone.parameters()) for n, m in models.items()}
+    print(f"SD-UNet layout at 1/5 width; {len(names)} prunable units; UNet params " +
+          "  ".join(f"{n} {v / 1e6:.2f}M ({v / params['teacher']:.2f})" for n, v in params.items()))
+    for hr in sizes:
+        x = torch.rand(1, 3, hr // 4, hr // 4, generator=torch.Generator().manual_seed(0))
+        ms = {n: median_ms(DiffusionSR(m, 4, n, color_fix="none"), x, reps) for n, m in models.items()}
+        row = "  ".join(f"{n} {v:8.1f} ms ({ms['teacher'] / v:.2f}×)" for n, v in ms.items())
+        print(f"HR {hr:4d}px: {row}")
+
+
 def training(work: Path, steps: int) -> None:
     from srcompress.config import load_config
     from srcompress.flows.compress import run_pipeline
@@ -95,8 +132,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--no-train", action="store_true", help="Latency only.")
+    ap.add_argument("--unet", action="store_true", help="Also an SD-UNet teacher against BK-SDM-style students.")
     args = ap.parse_args()
     latency(args.sizes, args.reps)
+    if args.unet:
+        unet_latency(args.sizes, args.reps)
     if not args.no_train:
         work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-distill-"))
         training(work, args.steps)

@@ -166,7 +166,8 @@ def build_student(teacher: OneStepTeacher, mask: list[float] | Tensor, lora_stat
     p = next(teacher.backbone.parameters())
     if kind == "unet":
         unet, report = prune_unet(backbone, {n for i, n in enumerate(names) if i not in keep})
-        kept = [n for n in names if n not in report["removed"]]
+        gone = set(report["removed"]) | set(report["structural"])
+        kept = [n for n in names if n not in gone]
         student = UNetStudentSR(copy.deepcopy(teacher.vae), unet, copy.deepcopy(teacher.scheduler),
                                 teacher.prompt_embeds.clone(), teacher.convention, teacher.timestep, teacher.tile,
                                 teacher.tile_overlap, teacher.latent_factor, phase, kept, report)

@@ -13,14 +13,15 @@ largest removal that config can express and that removes no unit the mask kept:
   exact: a masked attention is the identity and the resnets and resamplers keep their names;
 * **mid block** — all units masked → ``mid_block_type=None``; the attention and one resnet masked →
   ``UNetMidBlock2D`` with the other resnet (no attention); both exact;
-* **down-block resnets** (BK-SDM's R-A pair removal) — a masked same-width resnet, with its attention when
-  masked too, leaves the block (``layers_per_block`` per block; a block keeps at least one). Lossy by design,
-  as in BK-SDM: the block emits one skip connection fewer, so the mirrored up block has one resnet (and
-  attention) fewer too — the middle ones go, the first and the last keep their shapes and weights — and the
-  student is distilled back. These structural removals are reported apart from the masked ones.
+* **down-block resnets** (BK-SDM's R-A pair removal) — a masked resnet whose attention, if it has one, is
+  masked too leaves the block with it (``layers_per_block`` per block; a block keeps at least one). Lossy by
+  design, as in BK-SDM: the block emits one skip connection fewer, so the mirrored up block loses one
+  resnet/attention pair too — a middle one (the first and the last keep their shapes and weights), the
+  pairs whose attention the mask removed first — and the student is distilled back. These structural
+  removals may take out up-block units the mask kept; those are reported apart (``structural``).
 
-Masked units the config cannot express (one attention of several, one mid-block resnet while its attention is
-kept) stay in the student and are reported as ``unrealised``.
+Masked units the config cannot express (one attention of several, the mid attention alone, one mid-block
+resnet while its attention is kept) stay in the student and are reported as ``unrealised``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import re
 
 import torch
 from torch import nn
+
+from srcompress.models.teachers.unet import prunable_units
 
 _UNIT = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)$")
 _NO_ATTENTION = {"CrossAttnDownBlock2D": "DownBlock2D", "CrossAttnUpBlock2D": "UpBlock2D"}
@@ -45,11 +48,15 @@ def _per_block(value, n: int, name: str) -> list:
 def prune_unet(unet: nn.Module, masked: set[str] | list[str]) -> tuple[nn.Module, dict]:
     """A new ``UNet2DConditionModel`` without the ``masked`` units (teacher names) that its config can drop.
 
-    Returns the student (eval mode) and a report: ``removed`` (masked units gone), ``structural`` (units gone
-    because a down-block pair went: the mirrored up-block pair), ``unrealised`` (masked units kept)."""
+    Returns the student (eval mode) and a report: ``removed`` (masked units gone), ``structural`` (units the
+    mask kept that went with a down-block pair: its mirrored up-block pair), ``unrealised`` (masked units kept).
+    Every masked unit is in ``removed`` or ``unrealised``."""
     from diffusers import UNet2DConditionModel
 
     masked = set(masked)
+    stray = sorted(masked - {n for n, _ in prunable_units(unet)})
+    if stray:
+        raise ValueError(f"UNet surgery: not removable units (see UNetOneStepTeacher.prunable_blocks): {stray[:4]}")
     cfg = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
     n = len(unet.down_blocks)
     layers = _per_block(cfg["layers_per_block"], n, "layers_per_block")
@@ -71,12 +78,14 @@ def prune_unet(unet: nn.Module, masked: set[str] | list[str]) -> tuple[nn.Module
     up_keep: dict[int, list[int]] = {}
     for u, blk in enumerate(unet.up_blocks):
         total, want = len(blk.resnets), layers[n - 1 - u] + 1
-        keep = list(range(want - 1)) + [total - 1]  # the middle resnets share one shape: they go
+        has_attn = bool(getattr(blk, "attentions", None))
+        # the middle resnets share one shape: any of them can go; those whose attention is masked first
+        middle = sorted(range(1, total - 1), key=lambda j: (not (has_attn and f"up_blocks.{u}.attentions.{j}" in masked), -j))
+        keep = sorted(set(range(total)) - set(middle[: total - want]))
         up_keep[u] = keep
         for j in sorted(set(range(total)) - set(keep)):
-            structural.append(f"up_blocks.{u}.resnets.{j}")
-            if getattr(blk, "attentions", None):
-                structural.append(f"up_blocks.{u}.attentions.{j}")
+            for nm in [f"up_blocks.{u}.resnets.{j}"] + ([f"up_blocks.{u}.attentions.{j}"] if has_attn else []):
+                (removed if nm in masked else structural).append(nm)
     drop_attn = {}
     for kind, blocks, types, kept in (("down_blocks", unet.down_blocks, down_types, down_keep),
                                       ("up_blocks", unet.up_blocks, up_types, up_keep)):
@@ -114,10 +123,6 @@ def prune_unet(unet: nn.Module, masked: set[str] | list[str]) -> tuple[nn.Module
         student = student.to(dtype=dtype)
     out = _copy_by_name(unet.state_dict(), student.state_dict(), down_keep, up_keep, drop_attn, mid_map)
     student.load_state_dict(out, strict=True)
-    known = {n for n, _ in _units(unet)}
-    stray = sorted(masked - known)
-    if stray:
-        raise ValueError(f"UNet surgery: masked names that are not prunable units: {stray[:4]}")
     report = {"removed": sorted(set(removed)), "structural": structural, "unrealised": sorted(set(unrealised))}
     return student.eval(), report
 
@@ -153,17 +158,3 @@ def _copy_by_name(src: dict, target: dict, down_keep, up_keep, drop_attn, mid_ma
         raise ValueError(f"UNet surgery left weights unset: {missing[:5]}")
     return out
 
-
-def _units(unet: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every resnet / attention of the down, mid and up blocks (a superset of the prunable units)."""
-    out = []
-    for prefix, blocks in (("down_blocks", unet.down_blocks), ("up_blocks", unet.up_blocks)):
-        for i, blk in enumerate(blocks):
-            for part in ("resnets", "attentions"):
-                for j, mod in enumerate(getattr(blk, part, None) or []):
-                    out.append((f"{prefix}.{i}.{part}.{j}", mod))
-    if unet.mid_block is not None:
-        for part in ("resnets", "attentions"):
-            for j, mod in enumerate(getattr(unet.mid_block, part, None) or []):
-                out.append((f"mid_block.{part}.{j}", mod))
-    return out

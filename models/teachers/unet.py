@@ -58,26 +58,32 @@ class UNetOneStepTeacher(OneStepTeacher):
         width. A resnet that changes the width (the first of a wider down block) or that takes a skip connection
         (every up-block resnet: its input is the concatenation) has no identity to fall back to, so it is not a
         prunable unit (masking it would silently do nothing)."""
-        out: list[tuple[str, nn.Module]] = []
+        return prunable_units(self.backbone)
 
-        def identity_able(r: nn.Module) -> bool:
-            return (getattr(r, "in_channels", None) == getattr(r, "out_channels", None)
-                    and not getattr(r, "up", False) and not getattr(r, "down", False))
 
-        def units(prefix: str, blk: nn.Module) -> None:
-            resnets = list(getattr(blk, "resnets", []))
-            attns = list(getattr(blk, "attentions", None) or [])
-            for j, r in enumerate(resnets):
-                if identity_able(r):
-                    out.append((f"{prefix}.resnets.{j}", r))
-                # mid block: resnet0, attn0, resnet1 — attention j follows resnet j (and j+1 for mid)
-                if j < len(attns):
-                    out.append((f"{prefix}.attentions.{j}", attns[j]))
+def prunable_units(unet: nn.Module) -> list[tuple[str, nn.Module]]:
+    """A ``UNet2DConditionModel``'s units a depth mask can remove (see ``UNetOneStepTeacher.prunable_blocks``);
+    the student surgery (models/student/unet_surgery.py) accepts exactly these names."""
+    out: list[tuple[str, nn.Module]] = []
 
-        for i, blk in enumerate(self.backbone.down_blocks):
-            units(f"down_blocks.{i}", blk)
-        if self.backbone.mid_block is not None:
-            units("mid_block", self.backbone.mid_block)
-        for i, blk in enumerate(self.backbone.up_blocks):
-            units(f"up_blocks.{i}", blk)
-        return out
+    def identity_able(r: nn.Module) -> bool:
+        return (getattr(r, "in_channels", None) == getattr(r, "out_channels", None)
+                and not getattr(r, "up", False) and not getattr(r, "down", False))
+
+    def units(prefix: str, blk: nn.Module) -> None:
+        resnets = list(getattr(blk, "resnets", []))
+        attns = list(getattr(blk, "attentions", None) or [])
+        for j, r in enumerate(resnets):
+            if identity_able(r):
+                out.append((f"{prefix}.resnets.{j}", r))
+            # mid block: resnet0, attn0, resnet1 — attention j follows resnet j (and j+1 for mid)
+            if j < len(attns):
+                out.append((f"{prefix}.attentions.{j}", attns[j]))
+
+    for i, blk in enumerate(unet.down_blocks):
+        units(f"down_blocks.{i}", blk)
+    if unet.mid_block is not None:
+        units("mid_block", unet.mid_block)
+    for i, blk in enumerate(unet.up_blocks):
+        units(f"up_blocks.{i}", blk)
+    return out

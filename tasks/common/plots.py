@@ -23,6 +23,8 @@ def pyplot():
 def png_bytes(fig, dpi: int = 100) -> bytes:
     """The figure as PNG (tight bounding box), then closed: pyplot keeps every open figure alive."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    pyplot().close(fig)
+    try:
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        pyplot().close(fig)
     return buf.getvalue()

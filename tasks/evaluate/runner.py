@@ -150,9 +150,10 @@ def summarise(res: EvalResult, model_name: str, parts: list[Scored], metrics: di
 
 
 class Deferred:
-    """A model of the table, built when ``evaluate_models`` needs it in this process: one model in memory at a
-    time, and none at all when a cluster scores and nothing is timed here (a 2B-parameter teacher then never
-    loads on the driver). ``scorer.describe(name)`` stands in for the model's own ``describe()``."""
+    """A model of the table, built when ``evaluate_models`` needs it in this process, in its turn — never, when
+    a cluster scores and nothing is timed here (a 2B-parameter teacher then stays off the driver), and then
+    ``scorer.describe(name)`` (the model as its tasks described it) stands in for its ``describe()``. Loaders
+    may still cache what they built (``materialize_teacher`` keeps the last two teachers)."""
 
     def __init__(self, build: Callable[[], object]):
         self.build = build
@@ -161,20 +162,23 @@ class Deferred:
 def evaluate_models(items: list[EvalItem], upscalers: dict, metric_names: list[str], env: MetricEnv,
                     keep_outputs: set[int], eff: EfficiencyConfig,
                     scorer: Callable[[str], list[Scored]] | None = None) -> EvalResult:
-    """Score every model; ``scorer(model_name)`` (e.g. Ray tasks on a cluster, ``tasks/evaluate/cluster.py``)
-    returns a model's slices in item order instead of scoring here. Efficiency is always measured here, in
-    one process, so the models' timings are side by side."""
+    """Score every model (an upscaler, or a ``Deferred`` one); ``scorer(model_name)`` (e.g. Ray tasks on a
+    cluster, ``tasks/evaluate/cluster.py``) returns a model's slices in item order instead of scoring here,
+    and its optional ``describe(model_name)`` spares building the model here. Efficiency is always measured
+    here, in one process, so the models' timings are side by side."""
     res = EvalResult()
     metrics, res.unavailable = build_metrics(metric_names, env)
     has_hr = all(it.hr is not None for it in items)
     for name, m in metrics.items():
         res.lower_better[name] = m.info.lower_better
     for model_name, up in upscalers.items():
-        if isinstance(up, Deferred):  # built only to score or time it here, and dropped after its turn
-            up = up.build() if scorer is None or eff.enabled else None
-        res.models[model_name] = up.describe() if up is not None else scorer.describe(model_name)
-        parts = scorer(model_name) if scorer else [score_items(model_name, up, items, list(range(len(items))),
-                                                               metrics, keep_outputs)]
+        parts = scorer(model_name) if scorer else None  # the cluster first: the driver holds no model meanwhile
+        described = getattr(scorer, "describe", None)
+        if isinstance(up, Deferred):  # built only to score or time it here (or when no task described it)
+            up = up.build() if scorer is None or eff.enabled or described is None else None
+        res.models[model_name] = up.describe() if up is not None else described(model_name)
+        if parts is None:
+            parts = [score_items(model_name, up, items, list(range(len(items))), metrics, keep_outputs)]
         summarise(res, model_name, parts, metrics, has_hr)
         if eff.enabled and items:
             h, w = items[0].lr.shape[:2]

@@ -211,12 +211,29 @@ def test_unet_down_pair_removal_shrinks_the_mirrored_up_block_and_copies_weights
     assert torch.equal(ssd["down_blocks.1.resnets.0.conv1.weight"], tsd["down_blocks.1.resnets.0.conv1.weight"])
     out = s.restore_tile(torch.randn(1, 4, 16, 16))
     assert out.shape == (1, 4, 16, 16) and torch.isfinite(out).all()
+    # the mirror drops a middle pair whose attention the mask removed before one it kept; what the mask kept
+    # and the surgery took is reported as structural, never as kept
+    t3 = tiny_unet_teacher(seed=0, layers_per_block=3).eval()
+    names3 = [n for n, _ in t3.prunable_blocks()]
+    masked = {"down_blocks.0.resnets.1", "down_blocks.0.attentions.1", "up_blocks.1.attentions.1"}
+    s3 = build_student(t3, [0.0 if n in masked else 1.0 for n in names3])
+    assert set(s3.surgery["removed"]) == masked and not s3.surgery["unrealised"]
+    assert s3.surgery["structural"] == ["up_blocks.1.resnets.1"]
+    s4 = build_student(t3, [0.0 if n in {"down_blocks.0.resnets.1", "down_blocks.0.attentions.1"} else 1.0
+                            for n in names3])
+    assert "up_blocks.1.attentions.2" in s4.surgery["structural"]
+    assert not set(s4.surgery["structural"]) & set(s4.kept)
 
 
-def test_unet_students_refuse_streamlining_with_the_key_to_change():
+def test_unet_students_refuse_streamlining_and_units_no_mask_can_remove():
     import pytest
 
+    from srcompress.models.student.unet_surgery import prune_unet
     from srcompress.models.teachers.tiny import tiny_unet_teacher
 
+    t = tiny_unet_teacher(seed=0)
     with pytest.raises(ValueError, match="distill.streamline=false"):
-        build_student(tiny_unet_teacher(seed=0), [1] * 7, streamline=True)
+        build_student(t, [1] * 7, streamline=True)
+    for name in ("up_blocks.0.resnets.0", "down_blocks.1.resnets.0", "mid_block.attentions.7"):
+        with pytest.raises(ValueError, match="not removable units"):
+            prune_unet(t.backbone, {name})

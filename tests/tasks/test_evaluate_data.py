@@ -161,6 +161,9 @@ def test_deferred_models_are_built_only_where_scored_or_timed(tmp_path):
     timed = evaluate_models(items, {"bicubic": Deferred(build)}, ["psnr"], MetricEnv(), set(),
                             EfficiencyConfig(reps=1, warmup=0), Scorer())
     assert built == [1, 1] and "latency_ms" in timed.efficiency["bicubic"]
+    plain = evaluate_models(items, {"bicubic": Deferred(build)}, ["psnr"], MetricEnv(), set(), off,
+                            lambda name: Scorer()(name))  # a scorer that cannot describe: the model is built
+    assert built == [1, 1, 1] and plain.models["bicubic"]["kind"] == "bicubic"
 
 
 def test_config_validates_models_and_metrics():
