@@ -73,22 +73,13 @@ def latency(sizes: list[int], reps: int) -> None:
 
 def unet_latency(sizes: list[int], reps: int) -> None:
     import torch
-    from diffusers import DDPMScheduler, UNet2DConditionModel
 
     from srcompress.models.student.student import build_student
-    from srcompress.models.teachers.base import LatentConvention
-    from srcompress.models.teachers.tiny import tiny_vae
-    from srcompress.models.teachers.unet import UNetOneStepTeacher
+    from srcompress.models.teachers.tiny import tiny_unet_teacher
     from srcompress.models.upscalers import DiffusionSR
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
-                                block_out_channels=(64, 128, 256, 256), norm_num_groups=32, cross_attention_dim=64,
-                                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, attention_head_dim=8)
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    vae = tiny_vae(4, (16, 32, 32), scaling_factor=0.18215)
-    teacher = UNetOneStepTeacher(vae, unet, sched, torch.randn(1, 8, 64), LatentConvention(0.18215, 0.0, "mean")).eval()
+    teacher = tiny_unet_teacher(seed=0, cross_dim=64, layers_per_block=2, block_out_channels=(64, 128, 256, 256),
+                                norm_groups=32).eval()
     names = [n for n, _ in teacher.prunable_blocks()]
     base = {n for n in names if n.startswith("down_blocks.") and n.split(".")[-1] == "1"}
     small = base | {n for n in names if n.startswith("mid_block.")}

@@ -49,6 +49,12 @@ class _StudentIO:
     phase: PhaseExchangeAdapter | None
     _latent_factor: int
 
+    def _student_parts(self, latent_factor: int | None, phase: PhaseExchangeAdapter | None,
+                       kept: list[str] | None) -> None:
+        self._latent_factor = latent_factor or 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.phase = phase
+        self.kept = list(kept or [])
+
     @property
     def tiny_vae(self) -> bool:
         return isinstance(self.vae, SeparableAutoencoderTiny)
@@ -86,9 +92,7 @@ class StudentSR(_StudentIO, OneStepTeacher):
         self.register_buffer("prompt_embeds", prompt_embeds, persistent=False)
         self.register_buffer("pooled_prompt_embeds", pooled_prompt_embeds, persistent=False)
         self.timestep = float(timestep)
-        self._latent_factor = latent_factor or 2 ** (len(vae.config.block_out_channels) - 1)
-        self.phase = phase
-        self.kept = list(kept or [])
+        self._student_parts(latent_factor, phase, kept)
 
     @property
     def streamlined(self) -> bool:
@@ -129,9 +133,7 @@ class UNetStudentSR(_StudentIO, UNetOneStepTeacher):
                  latent_factor: int | None = None, phase: PhaseExchangeAdapter | None = None,
                  kept: list[str] | None = None, surgery: dict | None = None):
         UNetOneStepTeacher.__init__(self, vae, unet, scheduler, prompt_embeds, convention, timestep, tile, tile_overlap)
-        self._latent_factor = latent_factor or 2 ** (len(vae.config.block_out_channels) - 1)
-        self.phase = phase
-        self.kept = list(kept or [])
+        self._student_parts(latent_factor, phase, kept)
         self.surgery = dict(surgery or {})
 
     def restore_tile(self, z_lq: Tensor) -> Tensor:

@@ -129,6 +129,7 @@ def prune_unet(unet: nn.Module, masked: set[str] | list[str]) -> tuple[nn.Module
 
 def _copy_by_name(src: dict, target: dict, down_keep, up_keep, drop_attn, mid_map) -> dict:
     out = {}
+    mid_from = {t: s for s, t in (mid_map or {}).items()}  # teacher mid resnet → student mid resnet
     for name, value in src.items():
         m = _UNIT.match(name)
         if m is not None:
@@ -142,10 +143,9 @@ def _copy_by_name(src: dict, target: dict, down_keep, up_keep, drop_attn, mid_ma
                 continue
             mm = re.match(r"^mid_block\.(resnets|attentions)\.(\d+)\.(.*)$", name)
             if mm and mm.group(1) == "resnets":
-                inv = {t: s for s, t in mid_map.items()}
-                if int(mm.group(2)) not in inv:
+                if int(mm.group(2)) not in mid_from:
                     continue
-                name = f"mid_block.resnets.{inv[int(mm.group(2))]}.{mm.group(3)}"
+                name = f"mid_block.resnets.{mid_from[int(mm.group(2))]}.{mm.group(3)}"
             elif mm and len(mid_map) == 1:  # UNetMidBlock2D: no attention
                 continue
         if name in target:
@@ -157,4 +157,3 @@ def _copy_by_name(src: dict, target: dict, down_keep, up_keep, drop_attn, mid_ma
     if missing:
         raise ValueError(f"UNet surgery left weights unset: {missing[:5]}")
     return out
-

@@ -114,16 +114,20 @@ def tiny_sd3_teacher(seed: int = 0, num_layers: int = 4, latent_channels: int = 
 
 
 def tiny_unet_teacher(seed: int = 0, latent_channels: int = 4, cross_dim: int = 32,
-                      prediction_type: str = "epsilon", layers_per_block: int = 1) -> UNetOneStepTeacher:
+                      prediction_type: str = "epsilon", layers_per_block: int = 1,
+                      block_out_channels: tuple[int, ...] = (32, 64), norm_groups: int = 16) -> UNetOneStepTeacher:
+    """An SD-UNet-shaped teacher: SD's layout (cross-attention in every stage but the innermost) at any width."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     vae = tiny_vae(latent_channels, (16, 32, 32), scaling_factor=0.18215)
+    n = len(block_out_channels)
     unet = UNet2DConditionModel(sample_size=16, in_channels=latent_channels, out_channels=latent_channels,
-                                block_out_channels=(32, 64), layers_per_block=layers_per_block, norm_num_groups=16,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+                                norm_num_groups=norm_groups,
+                                down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
                                 cross_attention_dim=cross_dim, attention_head_dim=8)
     # SD2.1's scheduler settings (scaled_linear betas 0.00085 → 0.012 over 1000 steps).
     sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",

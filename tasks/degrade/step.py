@@ -22,9 +22,9 @@ from pydantic import BaseModel, ConfigDict
 
 from srcompress.infra.config import canonical_hash, redact
 from srcompress.infra.context import RunContext
+from srcompress.infra.manifest import Manifest, cache_key, code_version, digest_of_digests
 from srcompress.infra.ray_cluster import map_on_ray, where_am_i
 from srcompress.infra.store import atomic_write_bytes
-from srcompress.infra.manifest import Manifest, cache_key, code_version, digest_of_digests
 from srcompress.tasks.degrade.config import DegradeConfig
 from srcompress.tasks.degrade.preview import pairs_preview
 from srcompress.tasks.degrade.shards import (
