@@ -18,7 +18,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from pydantic import Field
 
@@ -203,6 +203,17 @@ class Tracker:
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+
+    def log_curves(self, run_id: str, curves: Mapping[str, Sequence[float]]) -> None:
+        """Whole training curves as metric histories (step = 1-based index), in batches of 1000 points: one
+        call per batch, where ``log_metrics`` per step would be one round trip per point."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(name, float(v), now, i + 1) for name, values in sorted(curves.items())
+                 for i, v in enumerate(values)]
         for i in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[i:i + 1000])
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -111,3 +112,38 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture(scope="session")
+def upstream_store(tmp_path_factory, prefect_harness) -> Path:
+    """The store of one upstream run (tests/upstream.py), computed once per test session — once for all
+    pytest-xdist workers, who share the base temp folder's parent and take turns through a file lock."""
+    from filelock import FileLock
+
+    from srcompress.config import load_config
+    from srcompress.flows.compress import run_pipeline
+    from tests.upstream import UPSTREAM
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    work, done = shared / "upstream" / "w", shared / "upstream" / "done"
+    with FileLock(str(shared / "upstream.lock")):
+        if not done.exists():
+            shutil.rmtree(work, ignore_errors=True)  # a half-built template from an interrupted worker
+            run_pipeline(load_config("tiny", UPSTREAM), work, until="analyse_redundancy")
+            done.write_text("ok")
+    return work / "store"
+
+
+@pytest.fixture()
+def upstream_workdir(tmp_path, upstream_store) -> Path:
+    """``tmp_path / "w"``, its store already holding the session upstream (every upstream step a cache hit)."""
+    from tests.upstream import seed_workdir
+
+    return seed_workdir(upstream_store, tmp_path / "w")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first (stable order otherwise): with two xdist workers, a multi-minute test started
+    last would leave one worker idle while it runs. Every worker collects the same order, as xdist requires."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

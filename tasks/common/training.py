@@ -93,3 +93,14 @@ class StoreCheckpoints:
             self.store.put_bytes(f"{self.prefix}/latest.json",
                                  json.dumps({"tag": tag, "files": files, **(extra or {})}, sort_keys=True).encode())
         dist.barrier()
+
+
+def engine_facts(engine) -> dict:
+    """What the DeepSpeed engine actually ran with, read back from it (not from our config): ZeRO stage, bf16,
+    micro-steps per optimizer step, optimizer steps taken, the trainable weights' dtype and the optimizer class
+    (a ZeRO stage wraps it)."""
+    trainable = next(p for p in engine.module.parameters() if p.requires_grad)
+    return {"zero_stage": int(engine.zero_optimization_stage()), "bf16": bool(engine.bfloat16_enabled()),
+            "gradient_accumulation_steps": int(engine.gradient_accumulation_steps()),
+            "optimizer_steps": int(engine.global_steps), "param_dtype": str(trainable.dtype).removeprefix("torch."),
+            "optimizer": type(engine.optimizer).__name__}

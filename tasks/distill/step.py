@@ -125,6 +125,7 @@ def run_distill(ctx: RunContext, cfg: DistillConfig, teacher_cfg: TeacherConfig,
                                    "streamlined": desc.get("streamlined"), "tiny_vae": desc.get("tiny_vae"),
                                    "final": final, "train_seconds": result["train_seconds"],
                                    "tiny_vae_fit": result.get("tiny_vae_fit") or {},
+                                   "engines": result.get("engines") or {},
                                    "grid_uri": files["grid.png"]["uri"]})
         tracker.log_manifest_output(run_id, manifest)
         cache.put(manifest)

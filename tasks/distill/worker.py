@@ -26,7 +26,7 @@ from srcompress.infra.manifest import Manifest
 from srcompress.models.student.gan import d_hinge, g_hinge, make_discriminator
 from srcompress.models.student.tiny_vae import tiny_vae_for, train_tiny_vae
 from srcompress.tasks.common.teacher_config import TeacherConfig
-from srcompress.tasks.common.training import StoreCheckpoints, init_rank, perceptual_net
+from srcompress.tasks.common.training import StoreCheckpoints, engine_facts, init_rank, perceptual_net
 from srcompress.tasks.distill.build import (comparison_grid, publish_student, published_student, stage1_student,
                                             teacher_on)
 from srcompress.tasks.distill.config import DistillConfig
@@ -98,7 +98,7 @@ def distill_loop(config: dict) -> None:
                       "grid": {"key": grid.key, "sha256": grid.sha256}, "world_size": world,
                       "train_seconds": train_s, "steps_run": run.steps_run, "phase_adapter": phase,
                       "deepspeed": cfg.deepspeed.engine_config(run.micro_batch), "describe": student.describe(),
-                      "tiny_vae_fit": vae_stats}
+                      "tiny_vae_fit": vae_stats, "engines": run.engine_facts}
             store.put_bytes(f"{prefix}/result.json", json.dumps(result, indent=1, default=str).encode())
         dist.barrier()
     finally:
@@ -133,6 +133,7 @@ class _Stage:
         self.tracker = ctx.get_tracker() if rank == 0 else None
         self.dtype = torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32
         self.history: list[dict] = []
+        self.engine_facts: dict[str, dict] = {}  # per engine, read back from it after training (not our config)
         self.steps_run = 0
         self.micro_batch = 1
 
@@ -210,6 +211,7 @@ class Stage1(_Stage):
             self.steps_run += 1
             self.log(step, s1.steps, {"loss": float(loss), "l1": float(l1), "lr": engine.get_lr()[0]}, "stage1")
             self.checkpoint(step, s1.steps, {"g": engine})
+        self.engine_facts = {"g": engine_facts(engine)}
         return self.history
 
 
@@ -275,4 +277,9 @@ class Stage2(_Stage):
             self.steps_run += 1
             self.log(step, s2.steps, {"loss": float(loss), **rec}, "stage2")
             self.checkpoint(step, s2.steps, engines)
+        self.engine_facts = {name: engine_facts(e) for name, e in engines.items()}
+        if d is not None:
+            frozen = sum(p.numel() for p in d.parameters() if not p.requires_grad)
+            self.engine_facts["d"] |= {"discriminator": type(d).__name__, "frozen_params": frozen,
+                                       "trainable_params": sum(p.numel() for p in d_params)}
         return self.history

@@ -168,6 +168,7 @@ def run_search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, l
                                    "n": cfg.n, "m": cfg.m, "confidence": result["confidence"],
                                    "ema_logits": result["ema_logits"], "options": result["options"],
                                    "lora_uri": listing["lora.safetensors"]["uri"], "deepspeed": result["deepspeed"],
+                                   "engine": result.get("engine", {}),
                                    "world_size": result["world_size"], "files": listing, "timing": timing})
         tracker.log_manifest_output(run_id, manifest)
         cache.put(manifest)

@@ -29,7 +29,7 @@ from srcompress.models.teachers import load_teacher
 from srcompress.tasks.common.latents import calibration_subset, center_tile
 from srcompress.tasks.common.teacher_config import TeacherConfig
 from srcompress.tasks.common.teachers import fetch_teacher_folder
-from srcompress.tasks.common.training import StoreCheckpoints, init_rank, perceptual_net
+from srcompress.tasks.common.training import StoreCheckpoints, engine_facts, init_rank, perceptual_net
 from srcompress.tasks.search.config import SearchConfig
 
 
@@ -119,14 +119,14 @@ def search_loop(config: dict) -> None:
         train_s = time.perf_counter() - t0  # the loop alone: no start-up (checkpoint saves included when on)
         if rank == 0:
             _publish(store, key, model, cfg, world, history, fixed is not None, teacher.digest,
-                     {"train_seconds": train_s, "steps_run": cfg.steps - start})
+                     {"train_seconds": train_s, "steps_run": cfg.steps - start}, engine_facts(engine))
         dist.barrier()
     finally:
         shutil.rmtree(local, ignore_errors=True)
 
 
 def _publish(store, key: str, model: MaskSearch, cfg: SearchConfig, world: int, history: list[dict],
-             fixed: bool, teacher_digest: str, timing: dict) -> None:
+             fixed: bool, teacher_digest: str, timing: dict, engine: dict) -> None:
     mask = model.fixed_mask if fixed else model.gates.final_mask()
     lora = store.put_bytes(f"search/{key[:24]}/lora.safetensors", save(model.lora_state()) if model.lora_names
                            else save({"empty": torch.zeros(0)}))
@@ -138,8 +138,8 @@ def _publish(store, key: str, model: MaskSearch, cfg: SearchConfig, world: int, 
               "probabilities": probs.tolist(), "confidence": probs.max(-1).values.tolist(),
               "lora": {"key": lora.key, "sha256": lora.sha256, "rank": cfg.lora_rank, "alpha": cfg.lora_alpha,
                        "targets": cfg.lora_targets},
-              "deepspeed": cfg.deepspeed.engine_config(cfg.batch_size), "world_size": world, "history": history,
-              "steps": cfg.steps}
+              "deepspeed": cfg.deepspeed.engine_config(cfg.batch_size), "engine": engine, "world_size": world,
+              "history": history, "steps": cfg.steps}
     # Wall-clock figures live beside the result, not in it: the result's digest is the mask's identity and
     # must not change from run to run (timings do).
     store.put_bytes(f"search/{key[:24]}/timing.json", json.dumps(timing).encode())

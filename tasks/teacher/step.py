@@ -122,6 +122,8 @@ def bootstrap(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest, holdout: Man
                  metrics["psnr_y_teacher"], metrics["psnr_y_bicubic"], metrics["eval_pairs"])
     uri, digest, index = publish_folder(store, folder, f"teacher/{key}")
     tracker.log_metrics(run_id, metrics)
+    # every optimisation step's loss, as metric histories: what golden-curve tests and MLflow's charts read
+    tracker.log_curves(run_id, {"vae_loss": curves["vae_loss"], "restorer_loss": curves["restorer_loss"]})
     tracker.log_text(run_id, json.dumps(metrics, indent=1), "teacher/metrics.json")
     plot = ctx.scratch("teacher-plots", key[:24]) / "training.png"  # beside the published folder, never in it
     atomic_write_bytes(plot, training_plot(curves, metrics.get("best_step")))

@@ -28,24 +28,17 @@ The manifests of search_pruning / distill_latent / distill_pixel must say world_
 runs' MLflow tags), every store object must be in the moto bucket and none on local disk, and the MLflow
 runs' and the registered model's artifacts must be S3 objects under the server's ``--artifacts-destination``.
 
-Stopping: ``ray stop`` kills every Ray on the machine (it has no temp-dir filter), so it is not used; the test
-ends the processes it started by pid: every process in the two ``ray start`` process groups or naming the
-test's Ray temp dir, and all their descendants (Ray workers have their own process groups), SIGTERM then
-SIGKILL.
+Stopping: the cluster is ``tests/ray_nodes.private_cluster``, ended by pid (every process of its two
+``ray start`` process groups or naming its temp dir, and their descendants), never with ``ray stop``, which
+ends every Ray on the host.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 from urllib.parse import urlparse
 
 import psutil
@@ -53,7 +46,7 @@ import pytest
 
 from srcompress.config import load_config
 from srcompress.flows.compress import run_pipeline
-from tests.conftest import free_port
+from tests.ray_nodes import private_cluster
 from tests.tasks.test_register import REGISTER
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
@@ -61,52 +54,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 STEPS = ("degrade", "bootstrap_teacher", "encode_latents", "analyse_redundancy", "search_pruning",
          "distill_latent", "distill_pixel", "evaluate")
 RANKED = ("search_pruning", "distill_latent", "distill_pixel")
-
-
-def _ray_start(args: list[str], env: dict, log: Path) -> int:
-    """``ray start …`` in a new session; returns its pid (= the process group its daemons keep)."""
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([ray_bin, "start", *args], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        rc = proc.wait(180)
-    if rc != 0:
-        raise RuntimeError(f"ray start {' '.join(args[:2])} failed ({rc}):\n{log.read_text()[-3000:]}")
-    return proc.pid
-
-
-def _agent_ports() -> list[str]:
-    return ["--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-            "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())]
-
-
-def _cluster_processes(pgids: set[int], temp_dir: str) -> dict[int, psutil.Process]:
-    me = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
-    family: dict[int, psutil.Process] = {}
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if p.pid in me:
-                continue
-            if os.getpgid(p.pid) in pgids or any(temp_dir in a for a in (p.info["cmdline"] or [])):
-                family[p.pid] = p
-                family.update({c.pid: c for c in p.children(recursive=True) if c.pid not in me})
-        except (psutil.Error, ProcessLookupError):
-            continue
-    return family
-
-
-def _stop_cluster(pgids: set[int], temp_dir: str) -> None:
-    family = _cluster_processes(pgids, temp_dir)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for p in family.values():
-            try:
-                p.send_signal(sig)
-            except psutil.Error:
-                pass
-        _, alive = psutil.wait_procs(list(family.values()), timeout=15)
-        family = {p.pid: p for p in alive}
-        if not family:
-            break
 
 
 class _RayletChildren(threading.Thread):
@@ -153,133 +100,120 @@ def test_dag_on_a_two_node_ray_cluster_with_mlflow_server_and_s3_store(mlflow_se
     uid = uuid.uuid4().hex[:8]
     name, prefix = f"topology-{uid}", f"store-{uid}"
     work = tmp_path / "w"
-    # A short, private Ray temp dir (Ray's unix sockets live in it: AF_UNIX paths are limited to 107 bytes).
-    temp_dir = tempfile.mkdtemp(prefix="srt-", dir="/tmp")
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     assert not ray.is_initialized()  # else the steps would reuse this session instead of joining the cluster
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats", "--temp-dir", temp_dir]
-    pgids: set[int] = set()
     watcher = None
-    try:
-        pgids.add(_ray_start(["--head", "--port", str(port), "--include-dashboard", "false", "--dashboard-port",
-                              str(free_port()), "--ray-client-server-port", str(free_port()), *common,
-                              *_agent_ports()], env, tmp_path / "ray-head.log"))
-        worker_pgid = _ray_start(["--address", address, *common, *_agent_ports()], env, tmp_path / "ray-worker.log")
-        pgids.add(worker_pgid)
-
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    with private_cluster(tmp_path, workers=1) as cluster:
+        address, worker_pgid = cluster.address, cluster.worker_pgids[0]
         try:
-            deadline = time.monotonic() + 60
-            while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.monotonic() < deadline:
-                time.sleep(0.5)
-            nodes = [n for n in ray.nodes() if n["Alive"]]
-        finally:
-            ray.shutdown()
-        assert len(nodes) == 2, nodes
-        head = next(n for n in nodes if "node:__internal_head__" in n["Resources"])
-        worker = next(n for n in nodes if n is not head)
-        raylets: dict[str, psutil.Process] = {}
-        for p in psutil.process_iter(["name", "cmdline"]):
-            for n in nodes:
-                if p.info["name"] == "raylet" and f"--raylet_socket_name={n['RayletSocketName']}" in (p.info["cmdline"] or []):
-                    raylets[n["NodeID"]] = p
-        assert set(raylets) == {head["NodeID"], worker["NodeID"]}, raylets
-        assert os.getpgid(raylets[worker["NodeID"]].pid) == worker_pgid  # the worker node is the worker `ray start`
-        assert os.getpgid(raylets[head["NodeID"]].pid) != worker_pgid
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            try:
+                deadline = time.monotonic() + 60
+                while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                nodes = [n for n in ray.nodes() if n["Alive"]]
+            finally:
+                ray.shutdown()
+            assert len(nodes) == 2, nodes
+            head = next(n for n in nodes if "node:__internal_head__" in n["Resources"])
+            worker = next(n for n in nodes if n is not head)
+            raylets: dict[str, psutil.Process] = {}
+            for p in psutil.process_iter(["name", "cmdline"]):
+                for n in nodes:
+                    if p.info["name"] == "raylet" and f"--raylet_socket_name={n['RayletSocketName']}" in (p.info["cmdline"] or []):
+                        raylets[n["NodeID"]] = p
+            assert set(raylets) == {head["NodeID"], worker["NodeID"]}, raylets
+            assert os.getpgid(raylets[worker["NodeID"]].pid) == worker_pgid  # the worker node is the worker `ray start`
+            assert os.getpgid(raylets[head["NodeID"]].pid) != worker_pgid
 
-        overrides = [o for o in REGISTER if not o.startswith("registry.model_name=")] + [
-            f"registry.model_name={name}", f"tracking.experiment={name}", f"tracking.uri={mlflow_server['url']}",
-            f"store.uri=s3://{bucket}/{prefix}", f"store.endpoint_url={endpoint}", f"run.ray_address={address}",
-            "search.num_workers=2", "distill.num_workers=2"]
-        watcher = _RayletChildren(raylets)
-        watcher.start()
-        out = run_pipeline(load_config("tiny", overrides), work)
-        watcher.halt.set()
-        watcher.join(5)
-        assert not ray.is_initialized()
-
-        # -- the run finished, every step ran, the ranked steps on 2 ranks
-        client = MlflowClient(mlflow_server["url"])
-        assert client.get_run(out["parent_run_id"]).info.status == "FINISHED"
-        assert out["model_version"] == f"models:/{name}/1"
-        assert set(out["outcomes"].values()) == {"ran"}, out["outcomes"]
-        runs = {r.info.run_name: r for r in client.search_runs(
-            [out["experiment_id"]], f"tags.mlflow.parentRunId = '{out['parent_run_id']}'")}
-        for step in RANKED:
-            assert out["steps"][step]["counts"]["world_size"] == 2, step
-            assert runs[step].data.params["world_size"] == "2", step
-        assert runs["search_pruning"].data.tags["srcompress.world_size"] == "2"
-
-        # -- the DeepSpeed ranks ran on both nodes, one of them the worker node's raylet's child
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        try:
-            actors = [a for a in ray._private.state.actors().values() if "RayTrainWorker" in a["ActorClassName"]]
-        finally:
-            ray.shutdown()
-        jobs: dict[str, list[dict]] = {}
-        for a in actors:
-            jobs.setdefault(a["JobID"], []).append(a)
-        summary = {j: [(a["Address"]["NodeID"][:8], a["Pid"]) for a in v] for j, v in jobs.items()}
-        assert len(jobs) == len(RANKED), summary  # search, stage 1, stage 2: one Ray session (job) each
-        for ranks in jobs.values():
-            assert len(ranks) == 2, summary
-            assert {a["Address"]["NodeID"] for a in ranks} == {head["NodeID"], worker["NodeID"]}, summary
-            for a in ranks:
-                assert watcher.seen.get(a["Pid"]) == a["Address"]["NodeID"], (summary, watcher.seen)
-
-        # -- degradation shards and evaluation scoring were Ray tasks too; some ran in worker-node processes
-        for step, field, total in (("degrade", "computed_on", out["steps"]["degrade"]["counts"]["shards"]),
-                                   ("evaluate", "scored_on", None)):
-            on = out["steps"][step]["extra"][field]
-            assert total is None or sum(on.values()) == total, (step, on)
-            node_of = {w: w.split("/")[0] for w in on}
-            assert set(node_of.values()) <= {head["NodeID"][:12], worker["NodeID"][:12]}, (step, on)
-            by_worker = [w for w, n in node_of.items() if n == worker["NodeID"][:12]]
-            assert by_worker, (step, on)
-            assert all(watcher.seen.get(int(w.split("/")[1])) == worker["NodeID"] for w in by_worker), \
-                (step, on, watcher.seen)
-
-        # -- the store is the S3 bucket, nothing on local disk
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        keys = _s3_keys(s3, bucket, prefix + "/")
-        for part in ("search/", "distill/", "degrade/"):
-            assert any(k.startswith(f"{prefix}/{part}") for k in keys), (part, keys[:20])
-        assert out["store"] == f"s3://{bucket}/{prefix}"
-        for step in STEPS:
-            assert out["steps"][step]["uri"].startswith(f"s3://{bucket}/{prefix}/"), (step, out["steps"][step]["uri"])
-        local = work / "store"
-        assert not local.exists() or not [p for p in local.rglob("*") if p.is_file()], list(local.rglob("*"))[:10]
-
-        # -- MLflow's artifacts are S3 objects under the server's --artifacts-destination
-        mb = mlflow_server["bucket"]
-        assert client.get_experiment(out["experiment_id"]).artifact_location.startswith("mlflow-artifacts:")
-        expected = {out["parent_run_id"]: "config/resolved.yaml",
-                    runs["search_pruning"].info.run_id: "search/result.json",
-                    runs["distill_pixel"].info.run_id: "distill/stage2_grid.png"}
-        for run_id, path in expected.items():
-            art = _proxied_prefix(client.get_run(run_id).info.artifact_uri)
-            assert art + path in _s3_keys(s3, mb, art), (run_id, path, _s3_keys(s3, mb, art)[:20])
-        mv = client.get_model_version(name, "1")
-        model_id = mv.model_id or mv.source.removeprefix("models:/")  # the REST reply may leave model_id unset
-        model_art = _proxied_prefix(client.get_logged_model(model_id).artifact_location)
-        assert model_art + "MLmodel" in _s3_keys(s3, mb, model_art)
-
-        # -- the lineage, from the MLflow server, verified against the S3 store
-        res = CliRunner().invoke(app, ["lineage", f"models:/{name}@candidate", "--tracking-uri", mlflow_server["url"],
-                                       "--verify"], env={"SRCOMPRESS_S3_ENDPOINT_URL": endpoint})
-        assert res.exit_code == 0, res.output
-        for step in STEPS:
-            assert step in res.output, (step, res.output)
-        assert f"store s3://{bucket}/{prefix}" in res.output
-        assert "verify: every recorded object is present and unchanged" in res.output
-    finally:
-        if watcher is not None:
+            overrides = [o for o in REGISTER if not o.startswith("registry.model_name=")] + [
+                f"registry.model_name={name}", f"tracking.experiment={name}", f"tracking.uri={mlflow_server['url']}",
+                f"store.uri=s3://{bucket}/{prefix}", f"store.endpoint_url={endpoint}", f"run.ray_address={address}",
+                "search.num_workers=2", "distill.num_workers=2"]
+            watcher = _RayletChildren(raylets)
+            watcher.start()
+            out = run_pipeline(load_config("tiny", overrides), work)
             watcher.halt.set()
-        if ray.is_initialized():
-            ray.shutdown()
-        _stop_cluster(pgids, temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+            watcher.join(5)
+            assert not ray.is_initialized()
+
+            # -- the run finished, every step ran, the ranked steps on 2 ranks
+            client = MlflowClient(mlflow_server["url"])
+            assert client.get_run(out["parent_run_id"]).info.status == "FINISHED"
+            assert out["model_version"] == f"models:/{name}/1"
+            assert set(out["outcomes"].values()) == {"ran"}, out["outcomes"]
+            runs = {r.info.run_name: r for r in client.search_runs(
+                [out["experiment_id"]], f"tags.mlflow.parentRunId = '{out['parent_run_id']}'")}
+            for step in RANKED:
+                assert out["steps"][step]["counts"]["world_size"] == 2, step
+                assert runs[step].data.params["world_size"] == "2", step
+            assert runs["search_pruning"].data.tags["srcompress.world_size"] == "2"
+
+            # -- the DeepSpeed ranks ran on both nodes, one of them the worker node's raylet's child
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            try:
+                actors = [a for a in ray._private.state.actors().values() if "RayTrainWorker" in a["ActorClassName"]]
+            finally:
+                ray.shutdown()
+            jobs: dict[str, list[dict]] = {}
+            for a in actors:
+                jobs.setdefault(a["JobID"], []).append(a)
+            summary = {j: [(a["Address"]["NodeID"][:8], a["Pid"]) for a in v] for j, v in jobs.items()}
+            assert len(jobs) == len(RANKED), summary  # search, stage 1, stage 2: one Ray session (job) each
+            for ranks in jobs.values():
+                assert len(ranks) == 2, summary
+                assert {a["Address"]["NodeID"] for a in ranks} == {head["NodeID"], worker["NodeID"]}, summary
+                for a in ranks:
+                    assert watcher.seen.get(a["Pid"]) == a["Address"]["NodeID"], (summary, watcher.seen)
+
+            # -- degradation shards and evaluation scoring were Ray tasks too; some ran in worker-node processes
+            for step, field, total in (("degrade", "computed_on", out["steps"]["degrade"]["counts"]["shards"]),
+                                       ("evaluate", "scored_on", None)):
+                on = out["steps"][step]["extra"][field]
+                assert total is None or sum(on.values()) == total, (step, on)
+                node_of = {w: w.split("/")[0] for w in on}
+                assert set(node_of.values()) <= {head["NodeID"][:12], worker["NodeID"][:12]}, (step, on)
+                by_worker = [w for w, n in node_of.items() if n == worker["NodeID"][:12]]
+                assert by_worker, (step, on)
+                assert all(watcher.seen.get(int(w.split("/")[1])) == worker["NodeID"] for w in by_worker), \
+                    (step, on, watcher.seen)
+
+            # -- the store is the S3 bucket, nothing on local disk
+            s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+            keys = _s3_keys(s3, bucket, prefix + "/")
+            for part in ("search/", "distill/", "degrade/"):
+                assert any(k.startswith(f"{prefix}/{part}") for k in keys), (part, keys[:20])
+            assert out["store"] == f"s3://{bucket}/{prefix}"
+            for step in STEPS:
+                assert out["steps"][step]["uri"].startswith(f"s3://{bucket}/{prefix}/"), (step, out["steps"][step]["uri"])
+            local = work / "store"
+            assert not local.exists() or not [p for p in local.rglob("*") if p.is_file()], list(local.rglob("*"))[:10]
+
+            # -- MLflow's artifacts are S3 objects under the server's --artifacts-destination
+            mb = mlflow_server["bucket"]
+            assert client.get_experiment(out["experiment_id"]).artifact_location.startswith("mlflow-artifacts:")
+            expected = {out["parent_run_id"]: "config/resolved.yaml",
+                        runs["search_pruning"].info.run_id: "search/result.json",
+                        runs["distill_pixel"].info.run_id: "distill/stage2_grid.png"}
+            for run_id, path in expected.items():
+                art = _proxied_prefix(client.get_run(run_id).info.artifact_uri)
+                assert art + path in _s3_keys(s3, mb, art), (run_id, path, _s3_keys(s3, mb, art)[:20])
+            mv = client.get_model_version(name, "1")
+            model_id = mv.model_id or mv.source.removeprefix("models:/")  # the REST reply may leave model_id unset
+            model_art = _proxied_prefix(client.get_logged_model(model_id).artifact_location)
+            assert model_art + "MLmodel" in _s3_keys(s3, mb, model_art)
+
+            # -- the lineage, from the MLflow server, verified against the S3 store
+            res = CliRunner().invoke(app, ["lineage", f"models:/{name}@candidate", "--tracking-uri", mlflow_server["url"],
+                                           "--verify"], env={"SRCOMPRESS_S3_ENDPOINT_URL": endpoint})
+            assert res.exit_code == 0, res.output
+            for step in STEPS:
+                assert step in res.output, (step, res.output)
+            assert f"store s3://{bucket}/{prefix}" in res.output
+            assert "verify: every recorded object is present and unchanged" in res.output
+        finally:
+            if watcher is not None:
+                watcher.halt.set()
+            if ray.is_initialized():
+                ray.shutdown()

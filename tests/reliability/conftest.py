@@ -1,14 +1,22 @@
-"""Helpers for the fault suite: run the real CLI as a separate process, as a user (or a scheduler) would."""
+"""Helpers for the fault suite: run the real CLI as a separate process, as a user (or a scheduler) would.
+
+Waits follow progress, not wall-clock guesses: a CLI run is given up only when it has printed nothing for
+``stall`` seconds (a hung run), however long it takes on a loaded machine; pytest-timeout bounds the test.
+"""
 
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "srcompress.cli"]
+STALL_S = 300.0  # the longest silence of a healthy run: a step's start-up (Ray, DeepSpeed) on a loaded host
 
 
 def cli_env(**extra: str) -> dict[str, str]:
@@ -18,6 +26,39 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], cwd=ROOT, env=env or cli_env(), capture_output=True, text=True,
-                          timeout=timeout)
+def start_cli(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, "queue.Queue[str | None]"]:
+    """The CLI with its merged output fed line by line into a queue (None once the output has ended)."""
+    proc = subprocess.Popen([*CLI, *args], cwd=ROOT, env=env or cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return proc, lines
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, stall: float = STALL_S) -> subprocess.CompletedProcess:
+    """Run the CLI to its end; kill it (and fail) only if it printed nothing for ``stall`` seconds."""
+    proc, lines = start_cli(*args, env=env)
+    out: list[str] = []
+    last = time.monotonic()
+    while True:
+        try:
+            line = lines.get(timeout=1.0)
+        except queue.Empty:
+            if time.monotonic() - last > stall:
+                proc.kill()
+                proc.wait()
+                raise AssertionError(f"the CLI printed nothing for {stall:.0f}s:\n" + "".join(out[-40:]))
+            continue
+        if line is None:
+            break
+        out.append(line)
+        last = time.monotonic()
+    rc = proc.wait()
+    # stdout and stderr are merged (their interleaving is what a user sees): both fields carry it
+    return subprocess.CompletedProcess(proc.args, rc, "".join(out), "".join(out))

@@ -9,8 +9,6 @@ import queue
 import re
 import signal
 import sqlite3
-import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -18,14 +16,14 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
-from tests.reliability.conftest import CLI, ROOT, cli_env, run_cli
+from tests.reliability.conftest import STALL_S, run_cli, start_cli
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 CFG = ["data.bundled_sets=[skimage, sklearn, kodak]", "data.held_out=[kodak/I04.bmp]", "degrade.crop_size=64",
        "degrade.crops_per_image=6", "degrade.shard_size=2", "degrade.batch_size=2",
-       "teacher.bootstrap.num_layers=4", "teacher.bootstrap.restorer_steps=500", "teacher.bootstrap.eval_every=100",
-       "teacher.bootstrap.checkpoint_every=50", "encode.num_actors=2",
+       "teacher.bootstrap.num_layers=4", "teacher.bootstrap.restorer_steps=200", "teacher.bootstrap.eval_every=40",
+       "teacher.bootstrap.checkpoint_every=20", "encode.num_actors=2",
        "evaluate.metrics=[psnr, ssim, piqe, st_lpips]", "evaluate.data.center_crop=256",
        "evaluate.efficiency.enabled=false", "evaluate.models=[bicubic, teacher, student]", "search.steps=20",
        "distill.train_size=8", "distill.stage1.steps=4", "distill.stage1.batch_size=2", "distill.stage2.steps=2", "distill.stage2.batch_size=2", "distill.checkpoint_every=0"]
@@ -33,29 +31,32 @@ ARGS = [f"--set={o}" for o in CFG]
 QUALITY = ("psnr", "ssim", "piqe", "st_lpips")
 
 
-def _kill_when(workdir: Path, pattern: str, timeout: float = 400) -> set[int]:
-    """Start the CLI, SIGKILL it when a line matching ``pattern`` appears; returns the pids it had started."""
-    proc = subprocess.Popen([*CLI, "run", "--config", "tiny", "--workdir", str(workdir), *ARGS], cwd=ROOT,
-                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    seen, deadline, out = set(), time.monotonic() + timeout, []
+def _kill_when(workdir: Path, pattern: str, stall: float = STALL_S) -> set[int]:
+    """Start the CLI, SIGKILL it when a line matching ``pattern`` appears; returns the pids it had started. Gives
+    up only when the run printed nothing for ``stall`` seconds (a hung run), however slow the machine is."""
+    proc, lines = start_cli("run", "--config", "tiny", "--workdir", str(workdir), *ARGS)
+    seen, out, last = set(), [], time.monotonic()
     root = psutil.Process(proc.pid)
-    while time.monotonic() < deadline:
-        seen |= {p.pid for p in root.children(recursive=True)}
+    while time.monotonic() - last < stall:
+        try:
+            seen |= {p.pid for p in root.children(recursive=True)}
+        except psutil.Error:
+            pass
         try:
             line = lines.get(timeout=0.2)
         except queue.Empty:
-            assert proc.poll() is None, "the run ended before the kill point:\n" + "".join(out[-40:])
             continue
+        assert line is not None, "the run ended before the kill point:\n" + "".join(out[-40:])
         out.append(line)
+        last = time.monotonic()
         if re.search(pattern, line):
             seen |= {p.pid for p in root.children(recursive=True)}
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             return seen
     proc.kill()
-    raise AssertionError(f"never saw {pattern!r}:\n" + "".join(out[-40:]))
+    proc.wait()
+    raise AssertionError(f"silent for {stall:.0f}s before {pattern!r}:\n" + "".join(out[-40:]))
 
 
 def _gone_within(pids: set[int], seconds: float) -> list[str]:
@@ -87,13 +88,13 @@ def _step_metric(summary: dict, step: str, metric: str) -> float:
     return next(r for r in runs if r.info.run_name == step).data.metrics[metric]
 
 
-@pytest.mark.timeout(3000)  # many full-DAG reruns (or the whole main job): beyond the default 900 s on a loaded 2-core machine
+@pytest.mark.timeout(1800)  # six CLI runs of the DAG; each wait follows the run's own output, not a clock
 def test_kill_9_in_every_long_step_resumes_to_the_same_digests(tmp_path):
     ref = _finish(tmp_path / "reference", tmp_path / "ref.json")  # uninterrupted
     work = tmp_path / "killed"
     kill_points = [
         ("degrade", r"degrade: shard 5/"),
-        ("bootstrap_teacher", r"bootstrap restorer 300/500"),  # checkpoints at 50, 100, …, 250 (300 racing)
+        ("bootstrap_teacher", r"bootstrap restorer 160/200"),  # checkpoints at 20, 40, …, 140 (160 racing)
         ("encode_latents", r"encode_latents: shard 3/"),
         ("evaluate", r"build-eval-set.*Finished in state Completed"),
     ]
@@ -104,7 +105,10 @@ def test_kill_9_in_every_long_step_resumes_to_the_same_digests(tmp_path):
         assert not alive, (step, alive)
     final = _finish(work, tmp_path / "final.json")
 
-    for step in ("degrade", "degrade_holdout", "bootstrap_teacher", "encode_latents", "eval_data"):
+    # every step's digest, the ones after the last kill point too (redundancy, search, both distillation stages):
+    # the evaluation report and the registered version live under per-run prefixes, their numbers are compared
+    assert set(final["steps"]) == set(ref["steps"]) and {"search_pruning", "distill_pixel"} <= set(ref["steps"])
+    for step in set(ref["steps"]) - {"evaluate", "register"}:
         assert final["steps"][step]["digest"] == ref["steps"][step]["digest"], step
     for model in ("bicubic", "teacher"):
         for metric in QUALITY:
@@ -122,7 +126,7 @@ def test_kill_9_in_every_long_step_resumes_to_the_same_digests(tmp_path):
     # each rerun redid only the unfinished part: the resumed teacher started from its last checkpoint
     teacher_runs = client.search_runs([final["experiment_id"]], "tags.`srcompress.step` = 'bootstrap_teacher'")
     resumed = [r.data.metrics.get("resumed_at_step", 0) for r in teacher_runs]
-    assert max(resumed) >= 250, resumed
+    assert max(resumed) >= 140, resumed
     encode_runs = client.search_runs([final["experiment_id"]], "tags.`srcompress.step` = 'encode_latents'")
     assert any(r.data.metrics.get("shards_cached", 0) >= 2 and r.data.metrics.get("shards_computed", 0) > 0
                for r in encode_runs)  # the run after the encode kill kept the finished shards

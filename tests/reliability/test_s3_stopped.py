@@ -13,7 +13,6 @@ import json
 import queue
 import re
 import socket
-import subprocess
 import threading
 import time
 
@@ -21,7 +20,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import SECRET, free_port
-from tests.reliability.conftest import CLI, ROOT, cli_env, run_cli
+from tests.reliability.conftest import STALL_S, run_cli, start_cli
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -115,25 +114,24 @@ def test_s3_endpoint_stopped_mid_run_fails_clearly_and_the_rerun_redoes_only_the
         assert shards >= 8
 
         work, summary = tmp_path / "w", tmp_path / "run.json"
-        proc = subprocess.Popen([*CLI, *_args(work, bucket, "run", endpoint, summary)], cwd=ROOT, env=cli_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
-        out, stopped_at = [], None
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and time.monotonic() < deadline:
+        proc, lines = start_cli(*_args(work, bucket, "run", endpoint, summary))
+        out, stopped_at, last = [], None, time.monotonic()
+        while time.monotonic() - last < STALL_S:  # follows the run's output; ends with it
             try:
                 line = lines.get(timeout=0.2)
             except queue.Empty:
                 continue
+            if line is None:
+                break
             out.append(line)
+            last = time.monotonic()
             if stopped_at is None and re.search(r"degrade: shard \d+/\d+ done", line) and \
                     sum("done:" in x for x in out) >= 3:
                 relay.stop()  # the endpoint goes away in the middle of the step
                 stopped_at = time.monotonic()
-        proc.wait(60)
-        while not lines.empty():
-            out.append(lines.get())
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
         text = "".join(out)
         assert stopped_at is not None, text[-3000:]
         assert proc.returncode != 0, text[-3000:]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from pathlib import Path
 
 import boto3
 import pytest
@@ -37,6 +40,9 @@ def test_no_secret_reaches_any_sink(tmp_path, s3_bucket):
     }
     host = endpoint.removeprefix("http://")
     work, summary = tmp_path / "w", tmp_path / "summary.json"
+    # The run's Ray sessions (every step that starts a local cluster) write their logs under a private temp
+    # dir, swept below. Short: Ray's unix sockets live there and AF_UNIX paths are limited to 107 bytes.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="srs-", dir="/tmp"))
     res = run_cli(
         "run", "--config", "tiny", "--workdir", str(work), "--summary", str(summary),
         *(f"--set={o}" for o in SMALL),
@@ -45,7 +51,7 @@ def test_no_secret_reaches_any_sink(tmp_path, s3_bucket):
         f"--set=data.endpoint_url=http://127.0.0.1:9/?X-Amz-Security-Token={secrets['query']}"
         f"&X-Amz-Signature={secrets['signature']}",  # carried in the config, logged as a param
         f"--set=evaluate.data.endpoint_url=http://reader:{secrets['field']}@example.invalid",
-        env=cli_env(), timeout=1200)
+        env=cli_env(RAY_TMPDIR=str(ray_tmp)))
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads(summary.read_text())
     assert result["model_version"] == "models:/secret-sweep/1"  # registered: its tags are in the sweep
@@ -55,6 +61,11 @@ def test_no_secret_reaches_any_sink(tmp_path, s3_bucket):
     for path in work.rglob("*"):  # mlflow.db, Prefect's database and logs, scratch, …
         if path.is_file():
             sinks[str(path.relative_to(work))] = path.read_bytes()
+    ray_logs = [p for p in ray_tmp.rglob("*") if p.is_file() and not p.is_socket() and "/logs/" in str(p)]
+    assert any(p.name.startswith("raylet") for p in ray_logs), sorted(p.name for p in ray_logs)[:20]
+    for path in ray_logs:  # the Ray sessions' logs: raylet, GCS, every worker's stdout/stderr
+        sinks[f"ray:{path.relative_to(ray_tmp)}"] = path.read_bytes()
+    shutil.rmtree(ray_tmp, ignore_errors=True)
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     objects = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
     assert any("/mlflow/" in o["Key"] for o in objects)  # the MLflow artifact tree lives in the store

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
+from ray.train import TrainingFailedError
+import torch
 from mlflow import MlflowClient
 
 from srcompress.config import load_config
 from srcompress.flows.compress import run_pipeline
 from srcompress.infra.config import ConfigError
-from tests.tasks.test_teacher_encode import FAST
+from tests.upstream import UPSTREAM, seed_workdir
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-SEARCH = FAST + ["redundancy.calibration_size=4", "search.n=1", "search.m=2", "search.steps=6",
+SEARCH = UPSTREAM + ["search.n=1", "search.m=2", "search.steps=6",
                  "search.calibration_size=6", "search.batch_size=2", "search.lora_rank=2", "search.lora_alpha=2",
                  "search.log_every=2", "search.checkpoint_every=2"]
 
@@ -26,9 +31,10 @@ def _run(client: MlflowClient, summary: dict, step: str):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_learned_search_on_deepspeed_ranks(tmp_path, workers):
+def test_learned_search_on_deepspeed_ranks(upstream_workdir, workers):
     cfg = load_config("tiny", SEARCH + [f"search.num_workers={workers}"])
-    first = run_pipeline(cfg, tmp_path / "w", until="search_pruning")
+    first = run_pipeline(cfg, upstream_workdir, until="search_pruning")
+    assert first["outcomes"]["encode_latents"] == "cached"  # the session upstream, not recomputed
     m = first["steps"]["search_pruning"]
     assert m["kind"] == "mask" and m["counts"] == {"blocks": 2, "kept": 1, "world_size": workers}
     assert m["extra"]["mask"] in ([1, 0], [0, 1]) and len(m["extra"]["kept"]) == 1
@@ -42,11 +48,11 @@ def test_learned_search_on_deepspeed_ranks(tmp_path, workers):
     assert run.data.params["deepspeed_config.zero_optimization.stage"] == "1"
     assert {"search/gates.png", "search/loss.png"} <= {a.path for a in client.list_artifacts(run.info.run_id, "search")}
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 3
-    again = run_pipeline(cfg, tmp_path / "w", until="search_pruning")
+    again = run_pipeline(cfg, upstream_workdir, until="search_pruning")
     assert again["outcomes"]["search_pruning"] == "cached"
 
 
-def test_bad_search_configs_name_the_key(tmp_path):
+def test_bad_search_configs_name_the_key(upstream_workdir):
     with pytest.raises(ConfigError, match=r"search: .*n=3 > m=2"):
         load_config("tiny", ["search.n=3", "search.m=2"])
     with pytest.raises(ConfigError, match=r"search\.m=3 must divide the bootstrap teacher's 2 blocks"):
@@ -54,96 +60,139 @@ def test_bad_search_configs_name_the_key(tmp_path):
     from srcompress.models.teachers import save_teacher
     from srcompress.models.teachers.tiny import tiny_sd3_teacher
 
-    folder = save_teacher(tiny_sd3_teacher(seed=3, num_layers=2, tile=32, patch_size=4), tmp_path / "teacher")
+    folder = save_teacher(tiny_sd3_teacher(seed=3, num_layers=2, tile=32, patch_size=4),
+                          upstream_workdir.parent / "teacher")
     cfg = load_config("tiny", SEARCH + ["search.m=3", "search.n=1", f"teacher.source={folder}"])  # imported
     with pytest.raises(ValueError, match=r"search\.m=3 must divide the teacher's 2 prunable blocks"):
-        run_pipeline(cfg, tmp_path / "w", until="search_pruning")
+        run_pipeline(cfg, upstream_workdir, until="search_pruning")
 
 
-def test_a_killed_search_resumes_to_the_same_logits(tmp_path):
-    """Ray Train's rank process is SIGKILLed after a checkpoint reached the store; the rerun resumes from it and
-    ends with the EMA logits of an uninterrupted search (same seed, same world size)."""
-    import threading
-    import time
-
-    import psutil
-
-    cfg = load_config("tiny", SEARCH + ["search.steps=16", "search.checkpoint_every=4", "search.log_every=4"])
-    ref = run_pipeline(cfg, tmp_path / "ref", until="search_pruning")["steps"]["search_pruning"]
-
-    store_root = tmp_path / "w" / "store"
-    killed = threading.Event()
-
-    def kill_after_checkpoint() -> None:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and not killed.is_set():
-            if any(store_root.glob("search/*/checkpoint/latest.json")):
-                for p in psutil.process_iter(["cmdline"]):
-                    if any("RayTrainWorker" in part for part in (p.info["cmdline"] or [])):
+def kill_ray_train_ranks_when(pattern: str, store_root: Path, killed: threading.Event) -> None:
+    """SIGKILL this test's Ray Train rank processes once ``pattern`` exists under ``store_root``. Only
+    descendants of the test process (the local Ray cluster it started) are candidates: never another Ray on
+    the host."""
+    deadline = time.monotonic() + 600
+    me = psutil.Process()
+    while time.monotonic() < deadline and not killed.is_set():
+        if any(store_root.glob(pattern)):
+            for p in me.children(recursive=True):
+                try:
+                    if any("RayTrainWorker" in part for part in p.cmdline()):
                         p.kill()
                         killed.set()
-            time.sleep(0.05)
+                except psutil.Error:
+                    continue
+        time.sleep(0.05)
 
-    watcher = threading.Thread(target=kill_after_checkpoint, daemon=True)
+
+def test_a_killed_search_resumes_to_the_same_logits(tmp_path, upstream_store):
+    """Ray Train's rank process is SIGKILLed after a checkpoint reached the store; the rerun resumes from it and
+    ends with the EMA logits of an uninterrupted search (same seed, same world size)."""
+    cfg = load_config("tiny", SEARCH + ["search.steps=16", "search.checkpoint_every=4", "search.log_every=4"])
+    ref = run_pipeline(cfg, seed_workdir(upstream_store, tmp_path / "ref"), until="search_pruning")
+    ref = ref["steps"]["search_pruning"]
+    work = seed_workdir(upstream_store, tmp_path / "w")
+    killed = threading.Event()
+    watcher = threading.Thread(target=kill_ray_train_ranks_when,
+                               args=("search/*/checkpoint/latest.json", work / "store", killed), daemon=True)
     watcher.start()
-    with pytest.raises(Exception):
-        run_pipeline(cfg, tmp_path / "w", until="search_pruning")
+    with pytest.raises(TrainingFailedError):  # the killed rank fails the Ray Train run, nothing else
+        run_pipeline(cfg, work, until="search_pruning")
     assert killed.is_set()
-    out = run_pipeline(cfg, tmp_path / "w", until="search_pruning")
+    out = run_pipeline(cfg, work, until="search_pruning")
     m = out["steps"]["search_pruning"]
     client = MlflowClient(out["tracking_uri"])
     losses = client.get_metric_history(_run(client, out, "search_pruning").info.run_id, "loss")
     assert min(x.step for x in losses) > 4  # the rerun started after the checkpoint, not at step 0
     assert m["extra"]["mask"] == ref["extra"]["mask"]
-    for a, b in zip(sum(m["extra"]["ema_logits"], []), sum(ref["extra"]["ema_logits"], [])):
-        assert abs(a - b) < 1e-5
+    got, want = sum(m["extra"]["ema_logits"], []), sum(ref["extra"]["ema_logits"], [])
+    assert len(got) == len(want) and max(abs(a - b) for a, b in zip(got, want, strict=True)) < 1e-5
 
 
-def test_baselines_and_given_masks(tmp_path):
+def identity_blocks_teacher(folder: Path, identity: tuple[int, ...], num_layers: int = 4) -> Path:
+    """A random tiny SD3 teacher whose blocks ``identity`` are exact identities on both streams (their attention
+    and feed-forward outputs zeroed): removing them changes nothing, removing any other block changes a lot."""
+    from srcompress.models.teachers import save_teacher
+    from srcompress.models.teachers.tiny import tiny_sd3_teacher
+
+    teacher = tiny_sd3_teacher(seed=5, num_layers=num_layers, tile=32, patch_size=4)
+    with torch.no_grad():
+        for i in identity:
+            block = teacher.transformer.transformer_blocks[i]
+            outs = [block.attn.to_out[0], block.ff.net[2], block.attn.to_add_out,
+                    getattr(block.ff_context, "net", [None] * 3)[2] if block.ff_context is not None else None]
+            for lin in filter(None, outs):
+                lin.weight.zero_()
+                lin.bias.zero_()
+    return save_teacher(teacher, folder)
+
+
+def test_the_learned_search_drops_the_blocks_that_do_nothing(upstream_workdir):
+    """2:4 over a teacher whose middle blocks are identities: the only mask that keeps the output is [1, 0, 0, 1]
+    — neither the uniform nor the first-N choice, so a search that learned nothing (or read its mask from the
+    init) fails."""
+    folder = identity_blocks_teacher(upstream_workdir.parent / "teacher", identity=(1, 2))
+    cfg = load_config("tiny", SEARCH + [f"teacher.source={folder}", "search.n=2", "search.m=4", "search.steps=40",
+                                        "search.lr=1e-2", "search.checkpoint_every=0", "search.log_every=10"])
+    m = run_pipeline(cfg, upstream_workdir, until="search_pruning")["steps"]["search_pruning"]
+    assert m["extra"]["mask"] == [1, 0, 0, 1], m["extra"]
+    assert min(m["extra"]["confidence"]) > 0.5  # the decision is not a near tie
+
+
+def test_baselines_and_given_masks(upstream_workdir):
     """Every baseline yields an N:M mask with the same LoRA recovery; a given mask for another teacher is refused."""
-    masks = {}
+    work, masks = upstream_workdir, {}
     for method in ("uniform", "block_influence", "removal", "random_min"):
         cfg = load_config("tiny", SEARCH + [f"search.method={method}", "search.steps=2", "search.random_candidates=3"])
-        m = run_pipeline(cfg, tmp_path / "w", until="search_pruning")["steps"]["search_pruning"]
+        m = run_pipeline(cfg, work, until="search_pruning")["steps"]["search_pruning"]
         assert m["extra"]["method"] == method and sum(m["extra"]["mask"]) == 1, method
         masks[method] = m
     assert masks["uniform"]["extra"]["mask"] == [1, 0]
     assert "redundancy" in masks["block_influence"]["inputs"] and "redundancy" not in masks["uniform"]["inputs"]
     result_uri = masks["removal"]["uri"]
     given = load_config("tiny", SEARCH + ["search.method=given", f"search.given_mask={result_uri}", "search.steps=2"])
-    m = run_pipeline(given, tmp_path / "w", until="search_pruning")["steps"]["search_pruning"]
+    m = run_pipeline(given, work, until="search_pruning")["steps"]["search_pruning"]
     assert m["extra"]["mask"] == masks["removal"]["extra"]["mask"]
     other = json.loads(Path(result_uri.removeprefix("file://")).read_text()) | {"teacher_digest": "f" * 64}
-    (tmp_path / "other.json").write_text(json.dumps(other))
-    bad = load_config("tiny", SEARCH + ["search.method=given", f"search.given_mask={tmp_path / 'other.json'}"])
+    (work / "other.json").write_text(json.dumps(other))
+    bad = load_config("tiny", SEARCH + ["search.method=given", f"search.given_mask={work / 'other.json'}"])
     with pytest.raises(ValueError, match=r"search\.given_mask: that mask was searched for teacher ffffffffffff"):
-        run_pipeline(bad, tmp_path / "w", until="search_pruning")
+        run_pipeline(bad, work, until="search_pruning")
     wrong = load_config("tiny", SEARCH + ["search.method=given", "search.given_mask=[1, 0, 1]"])
     with pytest.raises(ValueError, match=r"search\.given_mask: needs 2 entries"):
-        run_pipeline(wrong, tmp_path / "w", until="search_pruning")
+        run_pipeline(wrong, work, until="search_pruning")
     with pytest.raises(ConfigError, match="given_mask is required"):
         load_config("tiny", ["search.method=given"])
 
 
-def test_zero_2_bf16_and_accumulation_run_on_cpu(tmp_path):
+def test_zero_2_bf16_and_accumulation_run_on_cpu(upstream_workdir):
+    """Read back from the DeepSpeed engine, not from our config: ZeRO-2 wrapped the optimizer, the trainable
+    weights are bf16, and 4 micro-steps with accumulation 2 made exactly 2 optimizer steps."""
     cfg = load_config("tiny", SEARCH + ["search.deepspeed.zero_stage=2", "search.deepspeed.bf16=true",
                                         "search.deepspeed.gradient_accumulation=2", "search.steps=4",
                                         "search.checkpoint_every=0"])
-    m = run_pipeline(cfg, tmp_path / "w", until="search_pruning")["steps"]["search_pruning"]
-    ds = m["extra"]["deepspeed"]
-    assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] and ds["gradient_accumulation_steps"] == 2
+    m = run_pipeline(cfg, upstream_workdir, until="search_pruning")["steps"]["search_pruning"]
+    eng = m["extra"]["engine"]
+    assert eng["zero_stage"] == 2 and eng["optimizer"] == "DeepSpeedZeroOptimizer", eng
+    assert eng["bf16"] and eng["param_dtype"] == "bfloat16", eng
+    assert eng["gradient_accumulation_steps"] == 2 and eng["optimizer_steps"] == 2, eng
     assert sum(m["extra"]["mask"]) == 1
+    plain = run_pipeline(load_config("tiny", SEARCH + ["search.steps=4", "search.checkpoint_every=0"]),
+                         upstream_workdir, until="search_pruning")["steps"]["search_pruning"]["extra"]["engine"]
+    assert plain["zero_stage"] == 1 and plain["param_dtype"] == "float32" and plain["optimizer_steps"] == 4, plain
 
 
-def test_perceptual_term_changes_the_search(tmp_path):
+def test_perceptual_term_changes_the_search(upstream_workdir):
     from srcompress.models.teachers import save_teacher
     from srcompress.models.teachers.tiny import tiny_sd3_teacher
 
     # a random (untrained) teacher: removing a block changes its output a lot, so both terms are far from 0
-    folder = save_teacher(tiny_sd3_teacher(seed=3, num_layers=2, tile=32, patch_size=4), tmp_path / "teacher")
+    folder = save_teacher(tiny_sd3_teacher(seed=3, num_layers=2, tile=32, patch_size=4),
+                          upstream_workdir.parent / "teacher")
     base = SEARCH + [f"teacher.source={folder}", "search.steps=4", "search.checkpoint_every=0", "search.log_every=1"]
-    plain = run_pipeline(load_config("tiny", base), tmp_path / "w", until="search_pruning")["steps"]["search_pruning"]
-    perc = run_pipeline(load_config("tiny", base + ["search.perceptual_weight=1.0"]), tmp_path / "w",
+    plain = run_pipeline(load_config("tiny", base), upstream_workdir, until="search_pruning")
+    plain = plain["steps"]["search_pruning"]
+    perc = run_pipeline(load_config("tiny", base + ["search.perceptual_weight=1.0"]), upstream_workdir,
                         until="search_pruning")["steps"]["search_pruning"]
     lp = [h["loss"] for h in json.loads(Path(perc["uri"].removeprefix("file://")).read_text())["history"]]
     l1 = [h["loss"] for h in json.loads(Path(plain["uri"].removeprefix("file://")).read_text())["history"]]

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,18 +19,10 @@ from srcompress.infra.store import LocalStore
 from srcompress.models.teachers import load_teacher, save_teacher
 from srcompress.models.teachers.tiny import tiny_sd3_teacher
 from srcompress.tasks.common.sources import bundled_files
-from tests.conftest import free_port
+from tests.ray_nodes import private_cluster
+from tests.upstream import FAST, seed_workdir
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-# One 64-px crop per image, a few optimisation steps: exercises every code path in seconds.
-FAST = ["data.bundled_sets=[sklearn, kodak]", "data.held_out=[kodak/I04.bmp]", "degrade.crop_size=64",
-        "degrade.shard_size=3", "degrade.crops_per_image=1", "teacher.bootstrap.vae_steps=4", "teacher.bootstrap.restorer_steps=2",
-        "teacher.bootstrap.num_layers=2", "teacher.bootstrap.batch_size=2", "teacher.bootstrap.vae_crop=32",
-        "search.n=1", "search.m=2",  # N:M groups must divide the 2 blocks
-        "teacher.bootstrap.eval_every=1", "teacher.bootstrap.val_fraction=0",  # keep the trained (non-identity) state
-        "encode.num_actors=2", "encode.dtype=float32"]
-
 
 def _latents(summary: dict) -> dict[str, torch.Tensor]:
     m = summary["steps"]["encode_latents"]
@@ -113,9 +102,11 @@ def test_bootstrap_and_encode_end_to_end(tmp_path):
         {k: v for k, v in e.items() if k != "run_id"}  # run_id: the resume above re-recorded the step
 
 
-def test_encode_is_deterministic_across_actor_counts_and_uses_the_real_teacher(tmp_path):
-    one = run_pipeline(load_config("tiny", FAST + ["encode.num_actors=1"]), tmp_path / "a", until="encode_latents")
-    two = run_pipeline(load_config("tiny", FAST + ["encode.num_actors=2"]), tmp_path / "b", until="encode_latents")
+def test_encode_is_deterministic_across_actor_counts_and_uses_the_real_teacher(tmp_path, upstream_store):
+    a, b = (seed_workdir(upstream_store, tmp_path / d, recompute=("encode_latents",)) for d in "ab")
+    one = run_pipeline(load_config("tiny", FAST + ["encode.num_actors=1"]), a, until="encode_latents")
+    two = run_pipeline(load_config("tiny", FAST + ["encode.num_actors=2"]), b, until="encode_latents")
+    assert one["outcomes"]["bootstrap_teacher"] == "cached" and one["outcomes"]["encode_latents"] == "ran"
     assert one["steps"]["encode_latents"]["digest"] == two["steps"]["encode_latents"]["digest"]
     lat = _latents(one)
     folder = tmp_path / "a" / "scratch" / "teachers-cache"
@@ -124,10 +115,10 @@ def test_encode_is_deterministic_across_actor_counts_and_uses_the_real_teacher(t
         assert torch.allclose(teacher.restore_latent(lat["lq"][:2]), lat["teacher"][:2], atol=1e-5)
 
 
-def test_import_a_local_teacher_folder(tmp_path):
+def test_import_a_local_teacher_folder(tmp_path, upstream_workdir):
     folder = save_teacher(tiny_sd3_teacher(seed=3, num_layers=2), tmp_path / "my-teacher")
     cfg = load_config("tiny", FAST + [f"teacher.source={folder}"])
-    out = run_pipeline(cfg, tmp_path / "w", until="encode_latents")
+    out = run_pipeline(cfg, upstream_workdir, until="encode_latents")
     t = out["steps"]["bootstrap_teacher"]
     assert t["extra"]["mode"] == "import" and t["uri"] == folder.resolve().as_uri()
     assert out["steps"]["encode_latents"]["inputs"]["teacher"] == t["digest"]
@@ -145,18 +136,12 @@ def test_import_a_local_teacher_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_node_ray_cluster_matches_local(tmp_path):
+def test_two_node_ray_cluster_matches_local(tmp_path, upstream_store):
     """A Ray head and a worker as separate processes (`ray start`), the encode step run against them."""
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    port = free_port()
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
-    common = ["--num-cpus", "1", "--disable-usage-stats"]
-    subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
-                    "--include-dashboard", "false", *common], check=True, env=env, capture_output=True, timeout=180)
-    try:
-        subprocess.run([ray_bin, "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
-                        *common], check=True, env=env, capture_output=True, timeout=180)
-        local = run_pipeline(load_config("tiny", FAST), tmp_path / "local", until="encode_latents")
+    with private_cluster(tmp_path, workers=1) as cluster:
+        port = cluster.address.rsplit(":", 1)[1]
+        local = run_pipeline(load_config("tiny", FAST), seed_workdir(upstream_store, tmp_path / "local"),
+                             until="encode_latents")
         photos = tmp_path / "photos"
         photos.mkdir()
         for name, path in bundled_files(["sklearn", "skimage"])[:3]:
@@ -199,8 +184,6 @@ def test_two_node_ray_cluster_matches_local(tmp_path):
             assert scored["metrics"][k] == pytest.approx(v, rel=1e-4, abs=1e-6), k  # 1 vs 2 torch threads
         assert remote["steps"]["encode_latents"]["digest"] == local["steps"]["encode_latents"]["digest"]
         assert torch.equal(_latents(remote)["teacher"], _latents(local)["teacher"])
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
 @pytest.mark.slow

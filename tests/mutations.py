@@ -1,0 +1,160 @@
+"""Named mutations of core behaviours: each is applied to a scratch copy of the repository, the tests that own
+the behaviour are run against that copy, and the mutation must be *caught* (some owning test fails).
+
+    .venv/bin/python -m tests.mutations                 # every mutation, a table at the end
+    .venv/bin/python -m tests.mutations --only gate-direction tile-blending
+    .venv/bin/python -m tests.mutations --list
+
+A mutation that survives names a test that passes with its feature removed. The scratch copy is imported in
+place of the installed package: the editable install's finder sits at the end of ``sys.meta_path``, so a
+``srcompress`` package on ``PYTHONPATH`` (a view of the copy: ``srcompress/{flows,tasks,models,infra,configs}``
+linked to the copy's top-level folders, as setup.py maps them) wins — in pytest, in the CLI subprocesses the
+tests start, and in Ray workers (they inherit the environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ("flows", "tasks", "models", "infra")
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str  # relative to the repository root
+    old: str   # must occur exactly once in the file
+    new: str
+    tests: tuple[str, ...]  # pytest node ids / paths that own the behaviour
+    what: str
+
+
+MUTATIONS = [
+    Mutation("mask-decision", "models/pruning/masks.py",
+             "return self.options[self.ema_logits.argmax(-1)].reshape(-1)",
+             "return self.options[torch.zeros_like(self.ema_logits.argmax(-1))].reshape(-1)",
+             ("tests/models/test_pruning.py",
+              "tests/tasks/test_search.py::test_the_learned_search_drops_the_blocks_that_do_nothing"),
+             "the searched mask ignores what the gates learned (always the first option)"),
+    Mutation("redaction", "infra/config.py",
+             "    text = _URI_USERINFO.sub(lambda m: f\"{m['scheme']}***@\", text)\n",
+             "",
+             ("tests/infra/test_config.py", "tests/infra/test_tracking.py"),
+             "user:password@ in URIs is no longer redacted"),
+    Mutation("cache-verification", "infra/store/local.py",
+             "        actual = sha256_file(self._path(key))\n",
+             "        actual = info.sha256\n",
+             ("tests/infra/test_store.py",),
+             "verify() trusts the digest record instead of re-hashing the object"),
+    Mutation("checkpoint-resume", "models/teachers/bootstrap.py",
+             "        best, losses, start = resume[\"best\"], list(resume[\"losses\"]), int(resume[\"step\"])",
+             "        best, losses, start = resume[\"best\"], [], 0",
+             ("tests/models/test_bootstrap_metrics.py",),
+             "a resumed bootstrap restarts at step 0"),
+    Mutation("watchdog", "infra/supervise.py",
+             "    procs = _alive(seen)\n",
+             "    procs = []\n",
+             ("tests/reliability/test_watchdog.py",),
+             "the watchdog ends nothing when the CLI dies"),
+    Mutation("streamlining-exactness", "models/student/streamline.py",
+             "            t = torch.full((1,), float(timestep), dtype=p.dtype, device=p.device)",
+             "            t = torch.full((1,), float(timestep) - 1.0, dtype=p.dtype, device=p.device)",
+             ("tests/models/test_student.py",),
+             "the cached modulation is computed at another timestep"),
+    Mutation("accumulation-ignored", "tasks/common/training.py",
+             '"gradient_accumulation_steps": self.gradient_accumulation,',
+             '"gradient_accumulation_steps": 1,',
+             ("tests/tasks/test_search.py::test_zero_2_bf16_and_accumulation_run_on_cpu",),
+             "DeepSpeed never hears of gradient accumulation (the config still says 2)"),
+    Mutation("zero-stage-ignored", "tasks/common/training.py",
+             '"zero_optimization": {"stage": self.zero_stage}',
+             '"zero_optimization": {"stage": min(self.zero_stage, 1)}',
+             ("tests/tasks/test_search.py::test_zero_2_bf16_and_accumulation_run_on_cpu",),
+             "ZeRO-2 requested, ZeRO-1 run"),
+    Mutation("optimiser-betas", "tasks/search/worker.py",
+             "    opt = torch.optim.AdamW(model.param_groups(cfg.lr, cfg.weight_decay, cfg.gate_lr_mult))",
+             "    opt = torch.optim.AdamW(model.param_groups(cfg.lr, cfg.weight_decay, cfg.gate_lr_mult), betas=(0.8, 0.99))",
+             ("tests/test_golden_curves.py",),
+             "the search optimiser's betas change (a training-numerics drift)"),
+]
+
+
+def _copy_repo(dest: Path) -> None:
+    ignore = shutil.ignore_patterns(".git", ".venv", "runs", "__pycache__", "*.egg-info", ".pytest_cache")
+    shutil.copytree(ROOT, dest, ignore=ignore, symlinks=True)
+    view = dest / "_view" / "srcompress"
+    view.mkdir(parents=True)
+    for item in (dest / "srcompress").iterdir():
+        (view / item.name).symlink_to(item)
+    for layer in LAYERS:
+        (view / layer).symlink_to(dest / layer)
+    (view / "configs").symlink_to(dest / "configs")
+
+
+def apply(m: Mutation, root: Path) -> None:
+    path = root / m.file
+    text = path.read_text()
+    if text.count(m.old) != 1:
+        raise SystemExit(f"{m.name}: the snippet to mutate occurs {text.count(m.old)}× in {m.file} (the code moved: "
+                         "update tests/mutations.py)")
+    path.write_text(text.replace(m.old, m.new))
+
+
+def run(m: Mutation, scratch: Path, timeout: float) -> tuple[str, float, str]:
+    """``caught`` | ``survived`` | ``error``, seconds, the last lines of pytest's output."""
+    root = scratch / m.name
+    _copy_repo(root)
+    apply(m, root)
+    env = dict(os.environ, PYTHONPATH=str(root / "_view") + os.pathsep + str(root))
+    t0 = time.monotonic()
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", "-n", "0",
+           "--durations=0", *m.tests]
+    try:
+        res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "error", time.monotonic() - t0, "timed out"
+    tail = "\n".join((res.stdout + res.stderr).strip().splitlines()[-15:])
+    if res.returncode == 1:
+        return "caught", time.monotonic() - t0, tail
+    if res.returncode == 0:
+        return "survived", time.monotonic() - t0, tail
+    return "error", time.monotonic() - t0, tail  # collection/usage errors are not a catch
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="*", help="mutation names (default: all)")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--timeout", type=float, default=1800)
+    args = ap.parse_args()
+    chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
+    if args.list or not chosen:
+        for m in MUTATIONS:
+            print(f"{m.name:24} {m.file:36} {m.what}")
+        return 0 if chosen or args.list else 2
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="srmut-") as tmp:
+        for m in chosen:
+            result, secs, tail = run(m, Path(tmp), args.timeout)
+            rows.append((m, result, secs))
+            print(f"[{result}] {m.name} ({secs:.0f}s)\n{tail if result != 'caught' else tail.splitlines()[-1]}\n",
+                  flush=True)
+    print("| mutation | what it breaks | owning tests | result | time |\n|---|---|---|---|---|")
+    for m, result, secs in rows:
+        print(f"| {m.name} | {m.what} | {', '.join(t.split('/')[-1] for t in m.tests)} | {result} | {secs:.0f} s |")
+    caught = sum(r == "caught" for _, r, _ in rows)
+    print(f"\nRESULT mutations={len(rows)} caught={caught} survived={len(rows) - caught}")
+    return 0 if caught == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""One upstream (degrade → bootstrap_teacher → encode_latents → analyse_redundancy) for the whole test session.
+
+Most DAG tests exercise a step *after* the upstream (search, distillation, registration) and used to recompute
+the same degrade → bootstrap → encode prefix in a fresh work dir each (~1–2 min apiece on 2 cores). Cache keys
+are content-addressed (config section hash + input digests + code version), so a copy of a store that already
+holds the prefix turns those steps into verified cache hits — the code path every cached rerun takes.
+
+A store is not relocatable as such: manifests, indexes and cache records name their objects by absolute URI
+(``StepCache.get`` refuses a record that points outside its store). ``seed_store`` therefore rewrites the root
+URI in every JSON object of the copy, then the sha256 of every JSON object that changed wherever it is cited
+(an index's ``index_sha256`` in a manifest), and writes fresh digest records — until nothing changes. Binary
+objects (shards, weights) are copied byte for byte: their digests, and so every step digest, are unchanged.
+
+Under pytest-xdist the template is built once for all workers (a file lock in the shared base temp folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+# One 64-px crop per image, a few optimisation steps: exercises every code path in seconds.
+FAST = ["data.bundled_sets=[sklearn, kodak]", "data.held_out=[kodak/I04.bmp]", "degrade.crop_size=64",
+        "degrade.shard_size=3", "degrade.crops_per_image=1", "teacher.bootstrap.vae_steps=4",
+        "teacher.bootstrap.restorer_steps=2", "teacher.bootstrap.num_layers=2", "teacher.bootstrap.batch_size=2",
+        "teacher.bootstrap.vae_crop=32",
+        "search.n=1", "search.m=2",  # N:M groups must divide the 2 blocks
+        "teacher.bootstrap.eval_every=1", "teacher.bootstrap.val_fraction=0",  # keep the trained (non-identity) state
+        "encode.num_actors=2", "encode.dtype=float32"]
+# What the session template computes: FAST plus the redundancy settings the search/distill/register tests use.
+UPSTREAM = FAST + ["redundancy.calibration_size=4"]
+UPSTREAM_STEPS = ("degrade", "degrade_holdout", "bootstrap_teacher", "encode_latents", "analyse_redundancy")
+
+_META = ".srmeta"
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def seed_store(template: Path, dest: Path) -> Path:
+    """Copy the store at ``template`` to ``dest`` (which must not exist) so that it reads as if computed there."""
+    shutil.copytree(template, dest)
+    old_root, new_root = template.resolve().as_uri().rstrip("/") + "/", dest.resolve().as_uri().rstrip("/") + "/"
+    docs = {p: p.read_bytes() for p in dest.rglob("*.json") if _META not in p.relative_to(dest).parts}
+    replace = {old_root.encode(): new_root.encode()}
+    changed: set[Path] = set()
+    while replace:
+        shas: dict[bytes, bytes] = {}
+        for path, data in docs.items():
+            new = data
+            for a, b in replace.items():
+                new = new.replace(a, b)
+            if new != data:
+                shas[_sha(data).encode()] = _sha(new).encode()
+                docs[path] = new
+                changed.add(path)
+        replace = shas  # an object whose bytes changed is cited elsewhere by its old sha256
+    for path in changed:
+        data = docs[path]
+        path.write_bytes(data)
+        meta = dest / _META / f"{path.relative_to(dest).as_posix()}.json"
+        if meta.is_file():  # objects MLflow wrote into the store (run artifacts) carry no record of ours
+            meta.write_text(json.dumps({"sha256": _sha(data), "size": len(data)}))
+    return dest
+
+
+def seed_workdir(template_store: Path, workdir: Path, recompute: tuple[str, ...] = ()) -> Path:
+    """A fresh work dir whose store already holds the session upstream; returns ``workdir``. The steps named in
+    ``recompute`` (e.g. ``("encode_latents",)``) lose their cache records and objects, so they run for real."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    store = seed_store(template_store, workdir / "store")
+    prefixes = {"encode_latents": "encode", "analyse_redundancy": "redundancy"}
+    for step in recompute:
+        for root in (store, store / _META):
+            shutil.rmtree(root / "cache" / step, ignore_errors=True)
+            shutil.rmtree(root / prefixes[step], ignore_errors=True)
+    return workdir
