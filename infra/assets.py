@@ -8,6 +8,8 @@ NIQE's official parameters (the MATLAB release's ``modelparameters.mat``, re-sav
 sdist is fetched from the package registry (the only network these deployments allow), its sha256 checked
 against the pin below, the one ``.npz`` member extracted (read with ``allow_pickle=False``) and kept in the
 asset directory. Air-gapped sites point ``SRCOMPRESS_BASICSR_SDIST`` at a local copy of the same sdist.
+``basicsr_sdist_members`` reads other members of that sdist (the reference tests load BasicSR's degradation
+source from it) and keeps the sdist itself in the asset directory, so later reads need no network.
 
 Asset directory: ``$SRCOMPRESS_ASSETS`` or ``~/.cache/srcompress/assets``.
 """
@@ -21,6 +23,7 @@ import tarfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -34,6 +37,7 @@ BASICSR_SDIST_URL = ("https://files.pythonhosted.org/packages/86/41/00a6b000f222
 BASICSR_SDIST_SHA256 = "b89b595a87ef964cda9913b4d99380ddb6554c965577c0c10cb7b78e31301e87"
 NIQE_MEMBER = "basicsr-1.4.2/basicsr/metrics/niqe_pris_params.npz"
 NIQE_FILE = "niqe_pris_params.npz"
+BASICSR_SDIST_FILE = "basicsr-1.4.2.tar.gz"
 
 
 class AssetUnavailable(RuntimeError):
@@ -59,6 +63,43 @@ def _read_sdist(source: str, timeout: float) -> bytes:
         return resp.read()
 
 
+def _pinned_sdist(src: str, timeout: float, missing: str) -> bytes:
+    """The basicsr sdist from ``src``, refused unless its sha256 is the pinned one; ``missing`` opens the error."""
+    try:
+        sdist = _read_sdist(src, timeout)
+    except OSError as exc:
+        raise AssetUnavailable(f"{missing} and the basicsr sdist could not be read from {src}: {exc}") from None
+    digest = sha256_bytes(sdist)
+    if digest != BASICSR_SDIST_SHA256:
+        raise AssetUnavailable(f"basicsr sdist from {src} has sha256 {digest[:16]}…, expected "
+                               f"{BASICSR_SDIST_SHA256[:16]}… (basicsr 1.4.2)")
+    return sdist
+
+
+def basicsr_sdist_members(members: Sequence[str], source: str | None = None, timeout: float = 60.0) -> dict[str, bytes]:
+    """Bytes of ``members`` (paths inside the tarball, e.g. ``basicsr-1.4.2/basicsr/utils/diffjpeg.py``) of the
+    pinned basicsr sdist. The sdist is read from the asset directory when a copy with the pinned digest is
+    there; otherwise from ``source`` / ``$SRCOMPRESS_BASICSR_SDIST`` / PyPI, and then kept there."""
+    cached = assets_dir() / BASICSR_SDIST_FILE
+    sdist = cached.read_bytes() if cached.is_file() else b""
+    if sha256_bytes(sdist) != BASICSR_SDIST_SHA256:  # absent or damaged: fetch again
+        src = source or os.environ.get("SRCOMPRESS_BASICSR_SDIST") or BASICSR_SDIST_URL
+        sdist = _pinned_sdist(src, timeout, f"{BASICSR_SDIST_FILE} not in {cached.parent}")
+        atomic_write_bytes(cached, sdist)
+        log.info("assets: wrote %s (from %s)", cached, src)
+    out: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(sdist), mode="r:gz") as tar:
+        for name in members:
+            try:
+                member = tar.extractfile(name)  # regular members only; nothing is extracted to disk
+            except KeyError:
+                member = None
+            if member is None:
+                raise AssetUnavailable(f"{name} missing from the basicsr sdist")
+            out[name] = member.read()
+    return out
+
+
 def check_niqe_params(data: bytes) -> dict[str, np.ndarray]:
     """Load the npz without pickle and check it has the official shapes (36-d MVG + 7×7 window)."""
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
@@ -73,15 +114,7 @@ def fetch_niqe_params(dest_dir: Path | None = None, source: str | None = None, t
     """Obtain ``niqe_pris_params.npz`` from the basicsr sdist (digest-pinned) into the asset directory."""
     dest = (dest_dir or assets_dir()) / NIQE_FILE
     src = source or os.environ.get("SRCOMPRESS_BASICSR_SDIST") or BASICSR_SDIST_URL
-    try:
-        sdist = _read_sdist(src, timeout)
-    except OSError as exc:
-        raise AssetUnavailable(f"{NIQE_FILE} not in {dest.parent} and the basicsr sdist could not be read from "
-                               f"{src}: {exc}") from None
-    digest = sha256_bytes(sdist)
-    if digest != BASICSR_SDIST_SHA256:
-        raise AssetUnavailable(f"basicsr sdist from {src} has sha256 {digest[:16]}…, expected "
-                               f"{BASICSR_SDIST_SHA256[:16]}… (basicsr 1.4.2)")
+    sdist = _pinned_sdist(src, timeout, f"{NIQE_FILE} not in {dest.parent}")
     with tarfile.open(fileobj=io.BytesIO(sdist), mode="r:gz") as tar:
         member = tar.extractfile(NIQE_MEMBER)  # read one regular member; nothing is extracted to disk
         if member is None:

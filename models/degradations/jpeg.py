@@ -18,7 +18,8 @@ horizontal frequency] — the natural (row-major) order in which T.81 prints the
   effective luminance table equals the one PIL writes into the file (``Image.open(f).quantization[0]``,
   which Pillow returns in natural order, de-zigzagged); at other qualities it differs only by libjpeg's
   rounding and [1, 255] clipping of the scaled table. ``tests/models/test_degradations.py`` checks both
-  orientations against PIL, by table and by the decoded pixels.
+  orientations against PIL, by table and by the decoded pixels; ``test_degradations_basicsr.py`` checks the
+  default against BasicSR's ``DiffJPEG`` itself (≤ 1e-4 8-bit levels apart).
 
 Annex K's chrominance table is symmetric, so only the luminance table differs between the two. The difference
 is not small: one JPEG at quality 30 of a 256-px photo crop (skimage astronaut) differs by up to 65 8-bit

@@ -2,7 +2,8 @@
 
 Formulas follow BasicSR ``basicsr/data/degradations.py`` (sigma_matrix2, mesh_grid, pdf2,
 bivariate_Gaussian, bivariate_generalized_Gaussian, bivariate_plateau, random_mixed_kernels,
-circular_lowpass_kernel) and the kernel draw in ``basicsr/data/realesrgan_dataset.py``. Every random draw
+circular_lowpass_kernel) and the kernel draw in ``basicsr/data/realesrgan_dataset.py``; the kernels are
+checked against BasicSR's functions in ``tests/models/test_degradations_basicsr.py``. Every random draw
 takes an explicit ``numpy.random.Generator`` so a pair depends only on its own seed.
 """
 

@@ -36,10 +36,11 @@ def _pad(x: Tensor, ph: int, pw: int) -> Tensor:
 
 
 def filter2d(x: Tensor, kernels: Tensor) -> Tensor:
-    """Convolve each sample with its own kernel (BasicSR ``filter2D``). x: (B,C,H,W); kernels: (B,k,k) or (k,k)."""
+    """Convolve each sample with its own kernel (BasicSR ``filter2D``). x: (B,C,H,W); kernels: (B,k,k), or one
+    kernel for the whole batch as (k,k) or (1,k,k) (BasicSR's shared-kernel form, e.g. ``USMSharp``)."""
     b, c, h, w = x.shape
-    if kernels.dim() == 2:
-        kernels = kernels.expand(b, -1, -1)
+    if kernels.dim() == 2 or kernels.shape[0] == 1:
+        kernels = kernels.reshape(kernels.shape[-2:]).expand(b, -1, -1)
     k = kernels.shape[-1]
     xp = _pad(x, k // 2, k // 2)
     weight = kernels.to(x.dtype).repeat_interleave(c, dim=0).unsqueeze(1)  # (B*C, 1, k, k)
@@ -83,7 +84,8 @@ def usm_sharp(x: Tensor, radius: int = 50, weight: float = 0.5, threshold: float
 
 
 def resize(x: Tensor, size: tuple[int, int], mode: str) -> Tensor:
-    """BasicSR's ``F.interpolate`` call: no antialias, align_corners unset (False for (bi)linear/bicubic)."""
+    """BasicSR's ``F.interpolate(out, size=..., mode=mode)`` (stage 2, final, resize back): no antialias,
+    align_corners unset (False for (bi)linear/bicubic); the sampling grid follows the in/out size ratio."""
     size = (max(1, int(size[0])), max(1, int(size[1])))
     if tuple(x.shape[-2:]) == size:
         return x
@@ -92,16 +94,33 @@ def resize(x: Tensor, size: tuple[int, int], mode: str) -> Tensor:
     return F.interpolate(x, size=size, mode=mode, align_corners=False)
 
 
+def rescale(x: Tensor, scale: float, mode: str) -> Tensor:
+    """BasicSR's first-stage ``F.interpolate(out, scale_factor=scale, mode=mode)``. Not ``resize`` to
+    ``int(H·scale)``: with a scale factor, torch samples (bi)linear/bicubic at (i + ½)/scale − ½, not at the
+    size ratio, which shifts the grid by up to a pixel at the far edge (up to 139 8-bit levels on a photo crop).
+    The output size is floor(H·scale), as ``int(H·scale)``; ``area`` depends on the size only."""
+    h, w = x.shape[-2:]
+    if int(h * scale) < 1 or int(w * scale) < 1:  # torch refuses an empty output; keep one pixel
+        return resize(x, (int(h * scale), int(w * scale)), mode)
+    if mode == "area":
+        return F.interpolate(x, scale_factor=scale, mode="area")
+    return F.interpolate(x, scale_factor=scale, mode=mode, align_corners=False)
+
+
 def rgb_to_gray(x: Tensor) -> Tensor:
-    """ITU-R 601 luma, as BasicSR's ``rgb_to_grayscale`` for the gray-noise path. (B,3,H,W) → (B,1,H,W)."""
+    """Luma of the gray-noise path: torchvision's ``rgb_to_grayscale`` (0.2989, not ITU-R 601's 0.299), which
+    BasicSR calls. The 1e-4 matters: the Poisson path rounds luma to 8-bit levels, 0.299 moved ~1% of a photo
+    crop's pixels by one level, and their Poisson draws (and some neighbours', through the sampler's draw
+    count) changed, by up to 98 levels of noise at scale 2. (B,3,H,W) → (B,1,H,W)."""
     r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    return 0.299 * r + 0.587 * g + 0.114 * b
+    return 0.2989 * r + 0.587 * g + 0.114 * b
 
 
 def gaussian_noise(x: Tensor, sigma: float, gray: bool, gen: torch.Generator) -> Tensor:
     """One sample's Gaussian noise (σ on the 0-255 scale); gray noise is shared by the 3 channels."""
     _, c, h, w = x.shape
-    n = torch.randn((1, 1 if gray else c, h, w), generator=gen, dtype=x.dtype) * (sigma / 255.0)
+    # (n·σ)/255 in this order, as BasicSR writes it, so the same draws give the same float32 values
+    n = torch.randn((1, 1 if gray else c, h, w), generator=gen, dtype=x.dtype) * sigma / 255.0
     return n.expand(1, c, h, w) if gray else n
 
 
@@ -117,6 +136,13 @@ def poisson_noise(x: Tensor, scale: float, gray: bool, gen: torch.Generator) -> 
     if gray:
         noise = noise.expand(-1, x.shape[1], -1, -1)
     return noise * scale
+
+
+def add_noise(x: Tensor, gaussian: bool, amount: float, gray: bool, gen: torch.Generator) -> Tensor:
+    """One sample plus Gaussian (σ = ``amount``, 0-255 scale) or Poisson (scale = ``amount``) noise, clipped to
+    [0, 1] and not rounded: BasicSR's ``add_*_noise_pt(..., clip=True, rounds=False)``."""
+    n = gaussian_noise(x, amount, gray, gen) if gaussian else poisson_noise(x, amount, gray, gen)
+    return torch.clamp(x + n, 0, 1)
 
 
 def quantize(x: Tensor) -> Tensor:

@@ -10,7 +10,8 @@ One deliberate difference (docs/methods.md §1.2): BasicSR draws the resize scal
 JPEG quality once per *batch*; we draw them per *sample*, so a pair depends only on (seed, source digest,
 crop index) — never on batch composition or worker count. The distribution of each sample is unchanged.
 Samples whose shapes agree are still processed as one batch (``ops.grouped``). Both JPEG steps use the
-quantisation-table orientation ``cfg.jpeg_tables`` (§1.5).
+quantisation-table orientation ``cfg.jpeg_tables`` (§1.5). For the same draws the LQ equals the one BasicSR's
+own functions give (§1.6, ``tests/models/test_degradations_basicsr.py``).
 
     from srcompress.models.degradations import degrade_batch
     lq, hq, params = degrade_batch(hq_crops, seeds, cfg)   # cfg: DegradationConfig
@@ -103,11 +104,7 @@ def _kernels(params: Sequence[SampleParams], idx: list[int], name: str) -> Tenso
 
 
 def _add_noise(xs: list[Tensor], draws: list[NoiseDraw], gens: list[torch.Generator]) -> list[Tensor]:
-    out = []
-    for x, d, g in zip(xs, draws, gens):
-        n = ops.gaussian_noise(x, d.amount, d.gray, g) if d.gaussian else ops.poisson_noise(x, d.amount, d.gray, g)
-        out.append(torch.clamp(x + n, 0, 1))  # BasicSR: clip=True, rounds=False
-    return out
+    return [ops.add_noise(x, d.gaussian, d.amount, d.gray, g) for x, d, g in zip(xs, draws, gens)]
 
 
 def _jpeg(xs: list[Tensor], q: list[float], tables: str) -> list[Tensor]:
@@ -138,8 +135,8 @@ def degrade_batch(hq: Tensor, seeds: Sequence[int], cfg: DegradationConfig) -> t
 
     # ---- first stage (all crops share a shape: one batched blur) ----
     out = ops.filter2d(gt_usm, _kernels(params, list(range(b)), "kernel1"))
-    xs = [ops.resize(out[i : i + 1], (int(h * p.resize1.scale), int(w * p.resize1.scale)), p.resize1.mode)
-          for i, p in enumerate(params)]
+    # by scale factor, as BasicSR's first resize (the later ones go to a size): ops.rescale says why it matters
+    xs = [ops.rescale(out[i : i + 1], p.resize1.scale, p.resize1.mode) for i, p in enumerate(params)]
     xs = _add_noise(xs, [p.noise1 for p in params], gens)
     xs = _jpeg(xs, [p.jpeg1 for p in params], cfg.jpeg_tables)
 
