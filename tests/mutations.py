@@ -116,8 +116,10 @@ def run(m: Mutation, scratch: Path, timeout: float) -> tuple[str, float, str]:
     apply(m, root)
     env = dict(os.environ, PYTHONPATH=str(root / "_view") + os.pathsep + str(root))
     t0 = time.monotonic()
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", "-n", "0",
-           "--durations=0", *m.tests]
+    # -P and --import-mode=append: neither the working directory nor pytest's rootdir may put the copy's bare
+    # ``srcompress/`` folder (no layers in it) ahead of the view on sys.path
+    cmd = [sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--import-mode=append", "-x",
+           "-n", "0", "--durations=0", *m.tests]
     try:
         res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from srcompress.models.pruning.masked import DepthMasker
@@ -237,3 +238,20 @@ def test_unet_students_refuse_streamlining_and_units_no_mask_can_remove():
     for name in ("up_blocks.0.resnets.0", "down_blocks.1.resnets.0", "mid_block.attentions.7"):
         with pytest.raises(ValueError, match="not removable units"):
             prune_unet(t.backbone, {name})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_teacher_and_streamlined_student_on_cuda_match_cpu():
+    """Device-generic model code: the same teacher and pruned, streamlined student give the CPU's output on a GPU
+    (TF32 off: the comparison is of placement, not of reduced-precision matmuls)."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    t = _teacher()
+    s = build_student(t, [1, 0, 1, 1], streamline=True)
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    z = torch.randn(2, 8, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = (t.restore_tile(z), s.restore_tile(z), s(x))
+        t, s = t.to("cuda"), s.to("cuda")
+        got = (t.restore_tile(z.cuda()), s.restore_tile(z.cuda()), s(x.cuda()))
+    for a, b in zip(got, want, strict=True):
+        assert a.device.type == "cuda" and torch.allclose(a.cpu(), b, atol=1e-4), (a.cpu() - b).abs().max()
