@@ -6,10 +6,10 @@ the behaviour are run against that copy, and the mutation must be *caught* (some
     .venv/bin/python -m tests.mutations --list
 
 A mutation that survives names a test that passes with its feature removed. The scratch copy is imported in
-place of the installed package: the editable install's finder sits at the end of ``sys.meta_path``, so a
-``srcompress`` package on ``PYTHONPATH`` (a view of the copy: ``srcompress/{flows,tasks,models,infra,configs}``
-linked to the copy's top-level folders, as setup.py maps them) wins — in pytest, in the CLI subprocesses the
-tests start, and in Ray workers (they inherit the environment).
+place of the installed package: its ``srcompress/`` gets the layers linked in (``flows tasks models infra
+configs``, as setup.py maps them), and the editable install's finder sits at the end of ``sys.meta_path``, so
+the copy wins in pytest, in the CLI and watchdog subprocesses the tests start (their working directory is the
+copy) and in Ray workers.
 """
 
 from __future__ import annotations
@@ -89,15 +89,14 @@ MUTATIONS = [
 
 
 def _copy_repo(dest: Path) -> None:
+    """A copy whose ``srcompress/`` folder is a complete package: the layers linked into it as setup.py maps
+    them. Found first on sys.path (the working directory, PYTHONPATH, pytest's rootdir — whichever a process
+    uses), it never falls through to the editable install's finder, which would map the layers back to this
+    checkout, unmutated."""
     ignore = shutil.ignore_patterns(".git", ".venv", "runs", "__pycache__", "*.egg-info", ".pytest_cache")
     shutil.copytree(ROOT, dest, ignore=ignore, symlinks=True)
-    view = dest / "_view" / "srcompress"
-    view.mkdir(parents=True)
-    for item in (dest / "srcompress").iterdir():
-        (view / item.name).symlink_to(item)
-    for layer in LAYERS:
-        (view / layer).symlink_to(dest / layer)
-    (view / "configs").symlink_to(dest / "configs")
+    for layer in (*LAYERS, "configs"):
+        (dest / "srcompress" / layer).symlink_to(dest / layer)
 
 
 def apply(m: Mutation, root: Path) -> None:
@@ -114,12 +113,10 @@ def run(m: Mutation, scratch: Path, timeout: float) -> tuple[str, float, str]:
     root = scratch / m.name
     _copy_repo(root)
     apply(m, root)
-    env = dict(os.environ, PYTHONPATH=str(root / "_view") + os.pathsep + str(root))
+    env = dict(os.environ, PYTHONPATH=str(root))
     t0 = time.monotonic()
-    # -P and --import-mode=append: neither the working directory nor pytest's rootdir may put the copy's bare
-    # ``srcompress/`` folder (no layers in it) ahead of the view on sys.path
-    cmd = [sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--import-mode=append", "-x",
-           "-n", "0", "--durations=0", *m.tests]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", "-n", "0", "--durations=0",
+           *m.tests]
     try:
         res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
