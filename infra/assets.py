@@ -139,4 +139,4 @@ def niqe_params_path(fetch: bool = True) -> Path:
 def status() -> list[AssetStatus]:
     path = assets_dir() / NIQE_FILE
     src = os.environ.get("SRCOMPRESS_BASICSR_SDIST") or BASICSR_SDIST_URL
-    return [AssetStatus(NIQE_FILE, path, path.is_file(), f"{NIQE_MEMBER} in {src}")]
+    return [AssetStatus(NIQE_FILE, path, path.is_file(), f"{NIQE_MEMBER} in {src} (sha256 {BASICSR_SDIST_SHA256})")]

@@ -61,8 +61,10 @@ class KernelConfig(StrictModel):
         if any(p < 0 for p in self.kernel_prob) or sum(self.kernel_prob) <= 0:
             raise ValueError("kernel_prob must be non-negative with a positive sum")
         _check_range(self.blur_sigma, "blur_sigma", 1e-3)
-        _check_range(self.betag_range, "betag_range", 1e-3)
-        _check_range(self.betap_range, "betap_range", 1e-3)
+        for name in ("betag_range", "betap_range"):  # the shape draw splits 50/50 at 1 (BasicSR): 1 must be inside
+            lo, hi = _check_range(getattr(self, name), name, 1e-3)
+            if not lo <= 1.0 <= hi:
+                raise ValueError(f"{name} must contain 1 (its draw splits 50/50 at 1, as BasicSR's), got {(lo, hi)}")
         return self
 
 

@@ -24,8 +24,13 @@ class TeacherConfig(StrictModel):
     latent_mode: Literal["mean", "sample"] | None = Field(None, description="Posterior mean or seeded sample when encoding; None = teacher.json, else mean.")
     use_shift_factor: bool | None = Field(None, description="Apply the VAE shift_factor; None = teacher.json, else false (TSD-SR convention).")
     timestep: float | None = Field(None, description="One-step timestep; None = teacher.json, else 1000 (SD3) / 999 (UNet).")
-    lq_upsample: Literal["bicubic"] = Field("bicubic", description="How native-size LQ is brought to HQ size before encoding (TSD-SR sr_bicubic).")
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig, description="Tiny teacher recipe.")
+
+    @property
+    def lq_upsample(self) -> str:
+        """How native-size LQ is brought to HQ size before encoding (TSD-SR sr_bicubic). A fixed convention, not
+        a setting (it had one allowed value); recorded in the step keys and latent headers that name it."""
+        return "bicubic"
 
     @model_validator(mode="after")
     def _check(self) -> "TeacherConfig":

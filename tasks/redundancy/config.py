@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field, field_validator
 
 from srcompress.infra.config import StrictModel
@@ -16,9 +14,14 @@ class RedundancyConfig(StrictModel):
     calibration_size: int = Field(16, ge=2, description="Pairs drawn (seeded, without replacement) from the latent cache.")
     seed: int = Field(0, description="Seed of the calibration draw.")
     sigmas: list[float] = Field([0.25, 0.5, 0.75, 1.0], min_length=2, description="Grid of σ on the path z_σ = σ·z_LQ + (1−σ)·z_HQ for the PGP-DiffSR scores (increasing, in (0, 1], ending at 1).")
-    kl_axis: Literal["channels"] = Field("channels", description="Softmax axis of Ψ_KL (PGP-DiffSR leaves it open; per token over channels). Recorded with the report.")
     batch_size: int = Field(4, ge=1, description="Pairs per forward.")
     device: str | None = Field(None, pattern=DEVICE_PATTERN, description="auto | cpu | cuda | cuda:N; null = run.device.")
+
+    @property
+    def kl_axis(self) -> str:
+        """Softmax axis of Ψ_KL (PGP-DiffSR leaves it open; here per token over channels). A fixed convention, not
+        a setting (it had one allowed value); recorded with the report as ``softmax_axis``."""
+        return "channels"
 
     @field_validator("sigmas")
     @classmethod

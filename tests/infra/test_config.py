@@ -139,3 +139,11 @@ def test_search_presets_carry_tinysr_values():
     assert real.deepspeed.zero_stage == 2 and real.deepspeed.bf16 and real.gate_lr_mult == 10
     tiny = load_config("tiny").search
     assert (tiny.n, tiny.m) == (2, 4) and tiny.steps < 200 and tiny.lora_rank < real.lora_rank
+
+
+def test_kernel_shape_ranges_must_contain_one():
+    """The generalized-Gaussian / plateau shape draw splits 50/50 at 1 (BasicSR): a range without 1 is refused at
+    load, naming the key, instead of crashing the first kernel draw."""
+    with pytest.raises(ConfigError, match=r"degrade\.kernel2: betap_range must contain 1"):
+        load_config("tiny", ["degrade.kernel2.betap_range=[1.5, 2.0]"])
+    load_config("tiny", ["degrade.kernel2.betap_range=[1.0, 2.0]"])
