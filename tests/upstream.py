@@ -24,7 +24,7 @@ from pathlib import Path
 # One 64-px crop per image, a few optimisation steps: exercises every code path in seconds.
 FAST = ["data.bundled_sets=[sklearn, kodak]", "data.held_out=[kodak/I04.bmp]", "degrade.crop_size=64",
         "degrade.shard_size=3", "degrade.crops_per_image=1", "teacher.bootstrap.vae_steps=4",
-        "teacher.bootstrap.restorer_steps=2", "teacher.bootstrap.num_layers=2", "teacher.bootstrap.batch_size=2",
+        "teacher.bootstrap.restorer_steps=4", "teacher.bootstrap.num_layers=2", "teacher.bootstrap.batch_size=2",
         "teacher.bootstrap.vae_crop=32",
         "search.n=1", "search.m=2",  # N:M groups must divide the 2 blocks
         "teacher.bootstrap.eval_every=1", "teacher.bootstrap.val_fraction=0",  # keep the trained (non-identity) state
