@@ -1,12 +1,13 @@
 """pyiqa-backed metrics with the SR conventions made explicit and weight files checked before construction.
 
 Conventions (docs/methods.md §5; docs/stack.md):
-- MS-SSIM (and the ``psnr_pyiqa`` / ``ssim_pyiqa`` variants papers report) on the Y channel of ITU-R BT.601
-  YCbCr (``color_space='ycbcr'``), ``crop_border`` pixels removed from every edge first. pyiqa's own default
-  colour space is ``yiq`` — never used implicitly. The default ``psnr``/``ssim``/``niqe`` are the float64
-  official-convention implementations in ``native.py`` (why: see there).
+- The default ``psnr``/``ssim``/``ms_ssim``/``niqe``/``piqe`` are the float64 official-convention
+  implementations in ``native.py``/``nss.py`` (why: see there). pyiqa's versions stay available
+  as ``<name>_pyiqa`` for comparison with papers that used them: ``psnr_pyiqa``/``ssim_pyiqa``/``ms_ssim_pyiqa``
+  on the luma of ``color_space`` (pyiqa's own default, ``yiq``, is never used implicitly), ``crop_border``
+  pixels removed from every edge first; ``piqe_pyiqa`` with pyiqa's defaults.
 - ``niqe_pyiqa``: pyiqa's NIQE with the official MATLAB prior (``niqe_pris_params.npz`` from the basicsr
-  sdist, converted once to the ``.mat`` layout pyiqa reads), on BasicSR's Y channel, 96×96 blocks.
+  sdist, converted once to the ``.mat`` layout pyiqa reads), on ``niqe_color_space``, 96×96 blocks.
 - LPIPS (AlexNet, v0.1), DISTS, MUSIQ (KonIQ), MANIQA (KonIQ), CLIPIQA, BRISQUE: only when their weights are
   in pyiqa's cache (and torchvision's for the ImageNet trunks); otherwise ``MetricUnavailable`` names the file.
 
@@ -104,9 +105,18 @@ class PyiqaMetric:
         return torch.tensor(out, dtype=torch.float64)
 
 
+def _pyiqa_space(color_space: str) -> str:
+    """pyiqa knows ``ycbcr`` and ``yiq``; any other name silently scores the red channel, so ``gray``
+    (MATLAB rgb2gray, native metrics) maps to ``yiq``, the same weights to three decimals."""
+    if color_space not in ("ycbcr", "yiq", "gray"):
+        raise ValueError(f"unknown colour space {color_space!r} (ycbcr | gray | yiq)")
+    return "yiq" if color_space == "gray" else color_space
+
+
 def _fr_pixel(name: str, env: MetricEnv, min_size: int = 1, registered: str | None = None, **opts: Any) -> PyiqaMetric:
     info = MetricInfo(registered or name, "FR", False, "pyiqa", min_size)
-    return PyiqaMetric(info, env, name, crop=True, test_y_channel=env.test_y_channel, color_space=env.color_space,
+    return PyiqaMetric(info, env, name, crop=True, test_y_channel=env.test_y_channel,
+                       color_space=_pyiqa_space(env.color_space),
                        **opts)
 
 
@@ -120,10 +130,10 @@ def _ssim(env: MetricEnv) -> PyiqaMetric:
     return _fr_pixel("ssim", env, registered="ssim_pyiqa", downsample=env.ssim_downsample)
 
 
-@register("ms_ssim")
+@register("ms_ssim_pyiqa")
 def _ms_ssim(env: MetricEnv) -> PyiqaMetric:
     # Five dyadic scales of an 11-tap window: 11·2⁴ = 176 px is the smallest image MS-SSIM is defined on.
-    return _fr_pixel("ms_ssim", env, min_size=176, downsample=env.ssim_downsample)
+    return _fr_pixel("ms_ssim", env, min_size=176, registered="ms_ssim_pyiqa", downsample=env.ssim_downsample)
 
 
 def niqe_mat(npz_path: Path) -> Path:
@@ -159,13 +169,13 @@ def _niqe(env: MetricEnv) -> Niqe:
         raise MetricUnavailable("unavailable: niqe_pris_params.npz not located (run `srcompress assets fetch`)")
     require_files([Path(env.niqe_params)])
     info = MetricInfo("niqe_pyiqa", "NR", True, "pyiqa+basicsr-params", 1)
-    return Niqe(info, env, "niqe", crop=False, test_y_channel=True, color_space=env.niqe_color_space,
+    return Niqe(info, env, "niqe", crop=False, test_y_channel=True, color_space=_pyiqa_space(env.niqe_color_space),
                 crop_border=env.crop_border, pretrained_model_path=str(niqe_mat(Path(env.niqe_params))))
 
 
-@register("piqe")
+@register("piqe_pyiqa")
 def _piqe(env: MetricEnv) -> PyiqaMetric:
-    return PyiqaMetric(MetricInfo("piqe", "NR", True, "pyiqa", 16), env, "piqe")
+    return PyiqaMetric(MetricInfo("piqe_pyiqa", "NR", True, "pyiqa", 16), env, "piqe")
 
 
 # name → (pyiqa name, mode, lower_better, files under pyiqa's cache, files under torchvision's cache)

@@ -6,9 +6,10 @@
     fid = build_metric("fid", env); fid.update(sr, hq); fid.compute()
 
 Three kinds (``MetricInfo.mode``): ``FR`` full-reference (needs HQ), ``NR`` no-reference (works on LR-only
-sets), ``DIST`` distribution metrics accumulated over a whole set (FID). Backends are pluggable: pyiqa is
-the default, but pyiqa's licence is non-commercial (docs/stack.md), so each metric is a small builder
-keyed by name and a licence-clean backend can register the same names.
+sets), ``DIST`` distribution metrics accumulated over a whole set (FID). Backends are pluggable: PSNR, SSIM,
+MS-SSIM, NIQE and PIQE are our float64 ports of the official scripts (``native.py``, ``nss.py``),
+the learned metrics come from pyiqa, whose licence is non-commercial (docs/stack.md), so each metric is a
+small builder keyed by name and a licence-clean backend can register the same names.
 
 A metric whose weights are missing raises ``MetricUnavailable`` at build time — the evaluation reports it
 as such, never as a zero and never by crashing the flow.
@@ -50,8 +51,8 @@ class MetricEnv:
 
     crop_border: int = 0
     test_y_channel: bool = True
-    color_space: str = "ycbcr"  # SR papers: BT.601 Y on [16, 235]; pyiqa's default would be yiq
-    niqe_color_space: str = "ycbcr"  # BasicSR calculate_niqe(convert_to='y')
+    color_space: str = "ycbcr"  # PSNR/SSIM/MS-SSIM; SR papers: BT.601 Y on [16, 235]; also gray (rgb2gray), yiq
+    niqe_color_space: str = "gray"  # niqe.m's rgb2gray; BasicSR calculate_niqe's default is ycbcr (nss.py)
     ssim_downsample: bool = False  # pyiqa/papers: False; True mimics Wang's MATLAB auto-downsampling
     st_lpips_net: str = "alex"
     niqe_params: Path | None = None  # niqe_pris_params.npz; resolved by the caller (infra/assets.py)
@@ -96,8 +97,8 @@ def register(name: str) -> Callable[[Builder], Builder]:
 
 
 # The names the built-in backends register (for validating configs without importing pyiqa).
-BUILTIN = ("brisque", "clipiqa", "dists", "fid", "lpips", "maniqa", "ms_ssim", "musiq", "niqe", "niqe_pyiqa", "piqe",
-           "psnr", "psnr_pyiqa", "ssim", "ssim_pyiqa", "st_lpips")
+BUILTIN = ("brisque", "clipiqa", "dists", "fid", "lpips", "maniqa", "ms_ssim", "ms_ssim_pyiqa", "musiq", "niqe",
+           "niqe_pyiqa", "piqe", "piqe_pyiqa", "psnr", "psnr_pyiqa", "ssim", "ssim_pyiqa", "st_lpips")
 
 
 def known_names() -> list[str]:
@@ -131,4 +132,4 @@ def require_files(paths: list[Path]) -> None:
 
 def _load_backends() -> None:
     # Importing registers the builders; kept lazy so `import srcompress.models.iqa` stays cheap.
-    from srcompress.models.iqa import fid, native, pyiqa_metrics, stlpips  # noqa: F401
+    from srcompress.models.iqa import fid, native, nss, pyiqa_metrics, stlpips  # noqa: F401

@@ -45,7 +45,7 @@ def tiled(fn: Callable[[Tensor], Tensor], z: Tensor, tile: int, overlap: int, ma
     if h < tile or w < tile:  # one side shorter than a tile: pad it by reflection, crop after
         ph, pw = max(0, tile - h), max(0, tile - w)
         zp = torch.nn.functional.pad(z, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
-        return tiled(fn, zp, tile, overlap)[..., :h, :w]
+        return tiled(fn, zp, tile, overlap, max_batch)[..., :h, :w]
     weight = gaussian_weights(tile).to(device=z.device, dtype=z.dtype)
     b = z.shape[0]
     origins = [(i, j) for i in tile_starts(h, tile, overlap) for j in tile_starts(w, tile, overlap)]

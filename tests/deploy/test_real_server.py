@@ -24,7 +24,14 @@ and MLflow (``MLFLOW_TRACKING_URI``, sqlite) at tmp, so the test can read both.
 
 Nothing here touches this process's environment: every Prefect setting goes to the subprocesses' own
 environments, and the test talks to the server through ``temporary_settings``. Every process started (server,
-worker, and their descendants: flow runs, Ray) is stopped at the end, also on failure.
+worker, and their descendants: flow runs, Ray) is stopped at the end, also on failure — and only those: signals
+go to a process group whose leader this test has not reaped yet (so the group id is still its own), or through a
+psutil handle taken while the process was a descendant of one the test started (the handle checks the start
+time, so a pid reused by an unrelated process on the host is never signalled).
+
+Each test states its own preconditions through fixtures: ``stack`` (server, pool, deployments, worker) and
+``retrained`` (the scheduled and the triggered retraining, run once; the evaluation deployment scores the
+champion that retraining registers). The module is one xdist group, so its tests share one stack.
 """
 
 from __future__ import annotations
@@ -48,7 +55,9 @@ import yaml
 
 from tests.conftest import free_port, wait_http
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+# one xdist group: under `-n 2 --dist loadgroup` the tests would otherwise be spread over two workers, each
+# building its own module-scoped stack (and retraining) at twice the cost
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200), pytest.mark.xdist_group("real_server")]
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT = [sys.executable, "-m", "prefect"]
@@ -137,26 +146,48 @@ def _start(cmd: list[str], env: dict[str, str], log: Path, cwd: Path) -> subproc
                             start_new_session=True)  # its own process group: stopped as a whole
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM each process group, then SIGKILL what is left, descendants that left the group included."""
-    family: set[int] = set()
+def _descendants(procs: list[subprocess.Popen], since: float) -> list[psutil.Process]:
+    """psutil handles on the live descendants of the processes this test started, taken now.
+
+    Only a child the test has not reaped yet (``returncode is None``; an exited one stays a zombie and keeps its
+    pid) is asked for its descendants, and only processes created after ``since`` (the stack's start) are kept.
+    A handle remembers its process's start time: psutil refuses to signal through it once the pid belongs to
+    another process, which a bare pid looked up at kill time would not."""
+    found: list[psutil.Process] = []
     for p in procs:
+        if p.returncode is not None:  # reaped: that pid may be anyone's now
+            continue
         with contextlib.suppress(psutil.Error):
-            family |= {c.pid for c in psutil.Process(p.pid).children(recursive=True)}
-    for p in procs:
+            for child in psutil.Process(p.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if child.create_time() >= since:
+                        found.append(child)
+    return found
+
+
+def _signal_group(p: subprocess.Popen, sig: int) -> None:
+    """Signal the process group ``p`` leads (start_new_session: group id == its pid) while ``p`` is unreaped:
+    until then the pid, and so the group id, cannot have been given to another process."""
+    if p.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGTERM)
+            os.killpg(p.pid, sig)
+
+
+def _stop(procs: list[subprocess.Popen], since: float) -> None:
+    """SIGTERM each process group, then SIGKILL what is left, descendants that left the group included."""
+    family = _descendants(procs, since)
+    for p in procs:
+        _signal_group(p, signal.SIGTERM)
     deadline = time.monotonic() + 15
     for p in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(max(0.1, deadline - time.monotonic()))
     for p in procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGKILL)
+        _signal_group(p, signal.SIGKILL)
         p.wait()
-    for pid in family:
-        with contextlib.suppress(psutil.Error):
-            psutil.Process(pid).kill()
+    for proc in family:
+        with contextlib.suppress(psutil.Error):  # NoSuchProcess also when the pid was reused: not ours, untouched
+            proc.kill()
 
 
 @contextlib.contextmanager
@@ -254,6 +285,7 @@ def stack(tmp_path_factory) -> Stack:
                base / "worker.log")
     pool = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"][0]["work_pool"]["name"]
     procs: list[subprocess.Popen] = []
+    since = psutil.Process().create_time()  # nothing created before this test process can be one it started
     try:
         procs.append(_start([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env,
                             st.server_log, base))
@@ -271,7 +303,7 @@ def stack(tmp_path_factory) -> Stack:
                             st.worker_log, base))
         yield st
     finally:
-        _stop(procs)
+        _stop(procs, since)
 
 
 def test_nightly_schedule_and_event_triggers_are_deployed(stack):
@@ -302,31 +334,49 @@ def test_nightly_schedule_and_event_triggers_are_deployed(stack):
                                      {"prefect.resource.id": "srcompress.evalset.x"}) == []
 
 
-def test_scheduled_and_triggered_retrain_at_once_on_one_store(stack):
-    """The nightly deployment started now (as its schedule would) and a dataset-triggered retrain, same data and
-    config, same store and MLflow database, at the same time: both complete, same digests, nothing corrupt."""
+@dataclass
+class Retrain:
+    register_stdout: str
+    event: object  # the registration event as the server stored it
+    triggered: list  # the retrain-on-new-dataset runs the event created
+    done: dict  # "nightly" / "triggered" → the finished flow run
+
+
+@pytest.fixture(scope="module")
+def retrained(stack) -> Retrain:
+    """The nightly deployment started now (as its schedule would) and a dataset-triggered retrain on the same data,
+    at the same time, both waited for. Shared setup, not a test: the concurrency test checks the outcome, and the
+    evaluation test needs the champion that retraining registers — each asks for it instead of relying on the
+    order the tests run in."""
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from srcompress.infra.manifest import Manifest
-    from srcompress.infra.store import LocalStore
-    from srcompress.infra.store.base import META_DIR
 
     with temporary_settings({PREFECT_API_URL: stack.api}):
         nightly = run_deployment(NIGHTLY, timeout=0)
     event_id, out = _register(stack, stack.landed, "retrain", "--name", "landed")
-    assert f"will trigger: {RETRAIN}" in out, out
     ev = _event(stack, event_id)
-    assert ev.event == "srcompress.dataset.registered" and ev.resource.id == "srcompress.dataset.landed"
-    assert ev.payload["source"] == str(stack.landed)
 
     def triggered():
         with _client(stack.api) as c:
             return _runs(c, RETRAIN)
 
     runs = _poll("the dataset trigger to create a retrain run", triggered, 60, stack)
-    assert len(runs) == 1 and f"data.source={stack.landed}" in runs[0].parameters["overrides"]
     done = {name: _final(stack, fid, 900) for name, fid in (("nightly", nightly.id), ("triggered", runs[0].id))}
+    return Retrain(out, ev, runs, done)
+
+
+def test_scheduled_and_triggered_retrain_at_once_on_one_store(stack, retrained):
+    """The nightly deployment started now (as its schedule would) and a dataset-triggered retrain, same data and
+    config, same store and MLflow database, at the same time: both complete, same digests, nothing corrupt."""
+    from srcompress.infra.manifest import Manifest
+    from srcompress.infra.store import LocalStore
+    from srcompress.infra.store.base import META_DIR
+
+    out, ev, runs, done = retrained.register_stdout, retrained.event, retrained.triggered, retrained.done
+    assert f"will trigger: {RETRAIN}" in out, out
+    assert ev.event == "srcompress.dataset.registered" and ev.resource.id == "srcompress.dataset.landed"
+    assert ev.payload["source"] == str(stack.landed)
+    assert len(runs) == 1 and f"data.source={stack.landed}" in runs[0].parameters["overrides"]
     for name, run in done.items():
         assert run.state.is_completed(), (name, run.state, _tail(stack.worker_log, 6000))
 
@@ -359,7 +409,13 @@ def test_scheduled_and_triggered_retrain_at_once_on_one_store(stack):
             assert store.verify(store.key_from_uri(m.uri)) is not None, m.uri
 
 
-def test_registered_evalset_triggers_an_evaluation_recorded_in_mlflow(stack):
+def test_registered_evalset_triggers_an_evaluation_recorded_in_mlflow(stack, retrained):
+    from mlflow import MlflowClient
+
+    # precondition, from the fixture: the deployment scores the champion, which a completed retraining registers
+    assert any(run.state.is_completed() for run in retrained.done.values()), \
+        ({k: r.state for k, r in retrained.done.items()}, _tail(stack.worker_log, 6000))
+    MlflowClient(stack.tracking_uri).get_model_version_by_alias("srcompress-student", "champion")  # raises if none
     event_id, out = _register(stack, stack.evalset, "evaluate")
     assert f"will trigger: {EVALUATE}" in out, out
     ev = _event(stack, event_id)
@@ -380,6 +436,6 @@ def test_registered_evalset_triggers_an_evaluation_recorded_in_mlflow(stack):
     tags, metrics = parent.data.tags, parent.data.metrics
     assert tags["srcompress.kind"] == "evaluation" and tags["srcompress.data"] == str(stack.evalset)
     assert {"bicubic.psnr", "bicubic.ssim", "teacher.psnr", "teacher.ssim"} <= set(metrics), metrics
-    # the deployment scores the model in production: the champion the retraining runs above registered
+    # the deployment scores the model in production: the champion the retraining registered
     assert "models:/srcompress-student/alias/champion.psnr" in metrics, metrics
     assert all(v == v for v in metrics.values())  # no NaN

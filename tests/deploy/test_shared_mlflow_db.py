@@ -33,5 +33,5 @@ def test_three_processes_open_one_fresh_sqlite_mlflow_db_at_once(tmp_path):
     finally:
         for p in procs:
             p.kill()
-    failed = [o[-600:] for p, o in zip(procs, outs) if p.returncode != 0]
+    failed = [o[-600:] for p, o in zip(procs, outs, strict=True) if p.returncode != 0]  # every process checked
     assert not failed, failed

@@ -1,4 +1,4 @@
-"""Upscalers: any input size, tile capping, tiled ≡ untiled when it fits, bounded seams, VAE tiling, colour fix."""
+"""Upscalers: any input size, tile capping, tiled ≡ untiled when it fits, seamless blending, VAE tiling, colour fix."""
 
 from __future__ import annotations
 
@@ -41,19 +41,27 @@ def test_tiled_equals_untiled_when_the_image_fits_in_one_tile():
 
 
 @torch.no_grad()
-def test_tiled_large_image_has_no_seams():
+def test_tiled_large_image_is_blended_seamlessly():
+    # The real random-weight UNet sees the whole latent through attention and GroupNorm, so its tiled output
+    # differs from the untiled one everywhere and a seam statistic cannot tell blending from overwriting. A
+    # translation-equivariant restore step (a 3×3 conv on the latent) can: it is wrong only on each tile's
+    # outermost ring, where the Gaussian weights vanish, so the blended result equals the untiled one, while
+    # overwritten tiles leave wrong latent columns at every tile start (decoded: max error ~0.5).
     t = tiny_unet_teacher().eval()
-    x = bicubic_up(_lr(10, 10), 4)  # a smooth 40-px LR → 160 px → 40 latents: 4×4 tiles of 16
-    tiled_up = DiffusionSR(t, tile=16, tile_overlap=8)
-    whole = DiffusionSR(t, tile=None)(x)
+    x = bicubic_up(_lr(10, 10), 4)  # a smooth 40-px LR → 160 px → 40 latents = 16 + 3·8: 4×4 tiles of 16
+    tiled_up, whole_up = DiffusionSR(t, tile=16, tile_overlap=8), DiffusionSR(t, tile=None)
+    real = tiled_up(x)  # the real backbone on a batch of tiles: right size, finite
+    assert real.shape == (1, 3, 160, 160) and torch.isfinite(real).all()
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+    seen = []  # latent sizes the restore step ran on: proves the tiled path really tiled
+    t.restore_tile = lambda z: seen.append(tuple(z.shape)) or conv(z)  # instance attribute: this object only
     tiled = tiled_up(x)
-    assert tiled.shape == whole.shape == (1, 3, 160, 160)
-    # Tiles see less context, so values differ a little, but blending must not create edges: the horizontal
-    # gradient at tile boundaries is no larger than elsewhere in the tiled output (latent ×4 → pixel ×4).
-    dx = (tiled[..., 1:] - tiled[..., :-1]).abs().mean(dim=(0, 1, 2))
-    starts = [4 * s for s in (8, 16, 24) if 4 * s < dx.numel()]
-    assert max(dx[s - 1].item() for s in starts) < 3 * dx.median().item() + 1e-3
-    assert (tiled - whole).abs().mean() < 0.25  # random attention weights: context matters a lot
+    assert seen == [(16, 4, 16, 16)], seen  # one batched call on the 4×4 tiles
+    whole = whole_up(x)
+    assert whole.std() > 0.05  # the check below compares real images, not two flat ones
+    err = (tiled - whole).abs().max().item()
+    assert err < 1e-3, err
 
 
 @torch.no_grad()

@@ -53,7 +53,8 @@ def test_hr_folder_bicubic_and_degrade(tmp_path):
     deg_cfg = load_config("tiny").degrade
     d1, _ = load_hr(tmp_path, EvalDataConfig(center_crop=64, lq="degrade"), deg_cfg)
     d2, _ = load_hr(tmp_path, EvalDataConfig(center_crop=64, lq="degrade"), deg_cfg)
-    assert all(np.array_equal(x.lr, y.lr) for x, y in zip(d1, d2))
+    assert [x.name for x in d1] == [x.name for x in d2] == ["a.png", "sub/b.jpg"]  # nothing dropped on the way
+    assert all(np.array_equal(x.lr, y.lr) for x, y in zip(d1, d2, strict=True))
     assert d1[0].lr.shape == (16, 16, 3) and not np.array_equal(d1[0].lr, cropped[0].lr)
     assert d1[0].note.startswith("degrade seed=")
 

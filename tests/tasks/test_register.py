@@ -1,5 +1,8 @@
 """register: the final student as an MLflow model version (pyfunc) with lineage tags, aliases and the
-promotion gate; the pyfunc loads with MLflow's own API and serves over HTTP with ``mlflow models serve``."""
+promotion gate; the pyfunc loads with MLflow's own API and serves over HTTP with ``mlflow models serve``.
+
+The gate's branches are unit-tested on tags alone (fast, no pipeline, realistic tolerances); the pipeline tests
+check that the register step applies the decision to MLflow aliases and tags."""
 
 from __future__ import annotations
 
@@ -20,18 +23,107 @@ from PIL import Image
 
 from srcompress.config import load_config
 from srcompress.flows.compress import run_pipeline
+from srcompress.tasks.register.config import GateConfig
+from srcompress.tasks.register.gate import gate_decision
+from srcompress.tasks.register.step import headline_tags
 from tests.conftest import free_port, wait_http
 from tests.tasks.test_distill import DISTILL, _folder
-
-pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 REGISTER = DISTILL + ["evaluate.models=[bicubic, teacher, pruned, student]", "evaluate.metrics=[psnr, st_lpips, piqe]",
                       "evaluate.data.center_crop=64", "evaluate.efficiency.enabled=false", "evaluate.grid_images=0",
                       "registry.model_name=sr-test"]
 
 
+# -- the promotion gate on tags alone ---------------------------------------------------------------------------
+GATE = GateConfig()  # the shipped tolerances: psnr 0.05 dB, st_lpips 0.005, piqe 1.0, retention 0.05
+LOWER_BETTER = {"psnr": False, "st_lpips": True, "piqe": True}
+
+
+def _version(data: str = "evalset-a", retention: float | None = 0.9, **metrics: float | None) -> dict:
+    """A version's tags as the register step writes them (``headline_tags``), one student per version."""
+    values = {"psnr": 30.0, "st_lpips": 0.20, "piqe": 40.0} | metrics
+    ret = {"metrics": {m: {"lower_better": lb} for m, lb in LOWER_BETTER.items()},
+           "rows": [] if retention is None else [{"model": "student", "metric": "psnr", "retention": retention}]}
+    tags = headline_tags({f"student.{m}": v for m, v in values.items() if v is not None}, ret)
+    return tags | {"lineage.evaluate.digest": "eval-" + data, "lineage.eval_data.digest": data}
+
+
+def _gate(new: dict, champ: dict | None = None) -> dict:
+    return gate_decision(GATE, new, champ, None if champ is None else "1", "2")
+
+
+def test_gate_promotes_the_first_version():
+    d = _gate(_version())
+    assert d["promote"] and d["reason"] == "no champion yet"
+
+
+def test_gate_higher_is_better_at_the_shipped_tolerance():
+    champ = _version(psnr=30.0)
+    assert _gate(_version(psnr=30.5), champ)["promote"]  # better
+    assert _gate(_version(psnr=29.97), champ)["promote"]  # 0.03 dB worse: within 0.05
+    d = _gate(_version(psnr=29.9), champ)  # 0.1 dB worse
+    assert not d["promote"] and d["reason"] == "worse than champion 1 on psnr"
+    check = next(c for c in d["checks"] if c["metric"] == "psnr")
+    assert check["worse_by"] == pytest.approx(0.1) and check["tolerance"] == 0.05 and check["pass"] is False
+
+
+@pytest.mark.parametrize("metric, champ_value, better, within, beyond", [
+    ("st_lpips", 0.20, 0.15, 0.204, 0.21),  # tolerance 0.005
+    ("piqe", 40.0, 30.0, 40.8, 42.0),  # tolerance 1.0
+])
+def test_gate_lower_is_better_at_the_shipped_tolerance(metric, champ_value, better, within, beyond):
+    champ = _version(**{metric: champ_value})
+    # a lower value is an improvement: read as higher-is-better it would be "worse" by far more than the tolerance
+    assert _gate(_version(**{metric: better}), champ)["promote"]
+    assert _gate(_version(**{metric: within}), champ)["promote"]
+    d = _gate(_version(**{metric: beyond}), champ)
+    assert not d["promote"] and d["reason"] == f"worse than champion 1 on {metric}"
+    check = next(c for c in d["checks"] if c["metric"] == metric)
+    assert check["worse_by"] == pytest.approx(beyond - champ_value)
+
+
+def test_gate_refuses_a_version_missing_a_gated_metric():
+    # An unmeasured metric is not "not worse": the gate must refuse and say which metric is missing where,
+    # even when every metric it can compare is better.
+    champ = _version()
+    d = _gate(_version(psnr=31.0, st_lpips=None), champ)
+    assert not d["promote"]
+    assert "st_lpips (missing on this version)" in d["reason"] and d["reason"].startswith("cannot compare")
+    assert {"metric": "st_lpips", "pass": False, "missing_on": "this version"} in d["checks"]
+    d = _gate(_version(psnr=31.0), _version(piqe=None))  # the champion was scored without it
+    assert not d["promote"] and "piqe (missing on the champion)" in d["reason"]
+    d = _gate(_version(retention=None), champ)  # retention scored for the champion only
+    assert not d["promote"] and "worst retention (missing on this version)" in d["reason"]
+    assert _gate(_version(retention=None), _version(retention=None))["promote"]  # not scored for either: no check
+
+
+def test_gate_worst_retention_at_the_shipped_tolerance():
+    champ = _version(retention=0.90)
+    assert _gate(_version(retention=0.86), champ)["promote"]  # 0.04 lower: within 0.05
+    d = _gate(_version(retention=0.80), champ)
+    assert not d["promote"] and d["reason"] == "worse than champion 1 on worst retention"
+
+
+def test_gate_refuses_when_the_evaluation_sets_differ():
+    # The docstring's rule: metrics are compared only on the same evaluation set (lineage.eval_data.digest),
+    # so a better-looking number on another set is refused, as is a set that was not recorded.
+    d = _gate(_version(data="evalset-b", psnr=35.0), _version(data="evalset-a"))
+    assert not d["promote"] and "another evaluation set" in d["reason"] and d["checks"] == []
+    unrecorded = {k: v for k, v in _version(psnr=35.0).items() if k != "lineage.eval_data.digest"}
+    d = _gate(unrecorded, {k: v for k, v in _version().items() if k != "lineage.eval_data.digest"})
+    assert not d["promote"] and "not recorded" in d["reason"]
+
+
+def test_gate_refuses_an_unevaluated_version_and_passes_the_champion_itself():
+    new = {k: v for k, v in _version().items() if k != "lineage.evaluate.digest"}
+    d = _gate(new, _version())
+    assert not d["promote"] and d["reason"] == "this version has no evaluation"
+    d = gate_decision(GATE, _version(psnr=1.0), _version(), "2", "2")  # rerun of the champion's own version
+    assert d["promote"] and d["reason"] == "already the champion"
+
+
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory):
+def registered(tmp_path_factory, prefect_harness):  # only the pipeline tests need the Prefect harness
     work = tmp_path_factory.mktemp("reg")
     out = run_pipeline(load_config("tiny", REGISTER), work / "w")
     return work, out
