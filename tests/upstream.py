@@ -72,9 +72,14 @@ def seed_workdir(template_store: Path, workdir: Path, recompute: tuple[str, ...]
     ``recompute`` (e.g. ``("encode_latents",)``) lose their cache records and objects, so they run for real."""
     workdir.mkdir(parents=True, exist_ok=True)
     store = seed_store(template_store, workdir / "store")
-    prefixes = {"encode_latents": "encode", "analyse_redundancy": "redundancy"}
+    root = store.resolve().as_uri().rstrip("/") + "/"
     for step in recompute:
-        for root in (store, store / _META):
-            shutil.rmtree(root / "cache" / step, ignore_errors=True)
-            shutil.rmtree(root / prefixes[step], ignore_errors=True)
+        # the step's objects live under the top folder its manifest's URI names (derived, not listed here)
+        records = sorted((store / "cache" / step).glob("*.json"))
+        assert records, f"the session upstream holds no cache record of {step!r}"
+        prefixes = {json.loads(r.read_text())["uri"].removeprefix(root).split("/")[0] for r in records}
+        for root_dir in (store, store / _META):
+            shutil.rmtree(root_dir / "cache" / step, ignore_errors=True)
+            for prefix in prefixes:
+                shutil.rmtree(root_dir / prefix, ignore_errors=True)
     return workdir

@@ -22,7 +22,11 @@ Metrics whose MATLAB script reads a uint8 grey image round it (half away from ze
   box filter ('symmetric') + subsampling.
 - **MS-SSIM** (Wang, Simoncelli & Bovik 2003, ``msssim.m`` + ``ssim_index_new.m``): SSIM's maps at five
   scales; between scales a 2×2 box filter ('symmetric', 'same') keeps every second pixel; the result is
-  ``prod(cs_1..4 ** w_1..4) * ssim_5 ** w_5`` with w = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333).
+  ``prod(cs_1..4 ** w_1..4) * ssim_5 ** w_5`` with w = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333) — msssim.m's
+  default ``method = 'product'``, the paper's formula. ``ms_ssim_method = "wtd_sum"`` is msssim.m's other
+  combination, ``sum(w_1..4 · cs_1..4) + w_5 · ssim_5`` with w normalised to sum 1: it is what produced the
+  official ``rgb2gray`` row of pyiqa's calibration table (all five pairs to the printed 4 decimals), while the
+  ``ycbcr`` row of the same repository (``ms_ssim_org_result.txt``) is the product.
 """
 
 from __future__ import annotations
@@ -139,22 +143,33 @@ def ssim(sr: Tensor, hq: Tensor, crop_border: int = 0, color_space: str = "ycbcr
     return _ssim_means(a, b)[0]
 
 
-def ms_ssim_grey(a: Tensor, b: Tensor) -> Tensor:
-    """msssim.m on (B, 1, H, W) grey images on [0, 255] (no rounding here: the caller's convention)."""
-    terms = []
-    for level, w in enumerate(MS_SSIM_WEIGHTS):
+MS_SSIM_METHODS = ("product", "wtd_sum")
+
+
+def ms_ssim_grey(a: Tensor, b: Tensor, method: str = "product") -> Tensor:
+    """msssim.m on (B, 1, H, W) grey images on [0, 255] (no rounding here: the caller's convention);
+    ``method`` is msssim.m's: ``product`` (default, the paper) or ``wtd_sum`` (module docstring)."""
+    if method not in MS_SSIM_METHODS:
+        raise ValueError(f"ms_ssim method {method!r}: expected one of {MS_SSIM_METHODS}")
+    means = []
+    for level in range(len(MS_SSIM_WEIGHTS)):
         s, cs = _ssim_means(a, b)
-        # A negative mean (anti-correlated images) has no real fractional power; MATLAB returns a complex
-        # number there. Clamping to 0 scores such pairs 0 instead of NaN.
-        terms.append((s if level == len(MS_SSIM_WEIGHTS) - 1 else cs).clamp(min=0) ** w)
+        means.append(s if level == len(MS_SSIM_WEIGHTS) - 1 else cs)
         a, b = _halve(a), _halve(b)
-    return torch.stack(terms).prod(dim=0)
+    w = torch.tensor(MS_SSIM_WEIGHTS, dtype=means[0].dtype, device=means[0].device)
+    m = torch.stack(means)  # (levels, B)
+    if method == "wtd_sum":
+        return ((w / w.sum())[:, None] * m).sum(dim=0)
+    # A negative mean (anti-correlated images) has no real fractional power; MATLAB returns a complex
+    # number there. Clamping to 0 scores such pairs 0 instead of NaN.
+    return (m.clamp(min=0) ** w[:, None]).prod(dim=0)
 
 
-def ms_ssim(sr: Tensor, hq: Tensor, crop_border: int = 0, color_space: str = "ycbcr") -> Tensor:
+def ms_ssim(sr: Tensor, hq: Tensor, crop_border: int = 0, color_space: str = "ycbcr",
+            method: str = "product") -> Tensor:
     """MS-SSIM on the uint8 grey level of ``color_space``: ``ycbcr`` (default, as SSIM-Y) or ``gray`` (the
     ``rgb2gray`` input of pyiqa's official MATLAB values)."""
-    return ms_ssim_grey(grey8(sr, color_space, crop_border), grey8(hq, color_space, crop_border))
+    return ms_ssim_grey(grey8(sr, color_space, crop_border), grey8(hq, color_space, crop_border), method)
 
 
 # ---- registry entries ----------------------------------------------------------------------------------
@@ -197,4 +212,4 @@ def _ms_ssim(env: MetricEnv) -> NativeMetric:
     # Five dyadic scales of an 11-tap window: 11·2⁴ = 176 px is the smallest image msssim.m accepts.
     # ``ssim_downsample`` does not apply: msssim.m has no automatic down-sampling.
     return NativeMetric(MetricInfo("ms_ssim", "FR", False, "srcompress/msssim.m-convention", 176), env,
-                        lambda a, b: ms_ssim(a, b, env.crop_border, env.color_space))
+                        lambda a, b: ms_ssim(a, b, env.crop_border, env.color_space, env.ms_ssim_method))

@@ -54,6 +54,7 @@ class MetricEnv:
     color_space: str = "ycbcr"  # PSNR/SSIM/MS-SSIM; SR papers: BT.601 Y on [16, 235]; also gray (rgb2gray), yiq
     niqe_color_space: str = "gray"  # niqe.m's rgb2gray; BasicSR calculate_niqe's default is ycbcr (nss.py)
     ssim_downsample: bool = False  # pyiqa/papers: False; True mimics Wang's MATLAB auto-downsampling
+    ms_ssim_method: str = "product"  # msssim.m's combination of the scales: product (the paper) | wtd_sum
     st_lpips_net: str = "alex"
     niqe_params: Path | None = None  # niqe_pris_params.npz; resolved by the caller (infra/assets.py)
     device: str = "cpu"

@@ -58,7 +58,8 @@ def metric_env(cfg: EvaluateConfig, log=None, assets: bool = True) -> MetricEnv:
             if log:
                 log.warning("niqe: %s", exc)
     return MetricEnv(crop_border=cfg.crop_border, color_space=cfg.color_space, niqe_color_space=cfg.niqe_color_space,
-                     ssim_downsample=cfg.ssim_downsample, st_lpips_net=cfg.st_lpips_net, niqe_params=niqe)
+                     ssim_downsample=cfg.ssim_downsample, ms_ssim_method=cfg.ms_ssim_method,
+                     st_lpips_net=cfg.st_lpips_net, niqe_params=niqe)
 
 
 def step_config_hash(cfg: EvaluateConfig, teacher_cfg: TeacherConfig) -> str:

@@ -709,6 +709,11 @@ def test_evaluate_metric_conventions_reach_the_metrics():
     ycbcr = score("niqe", "evaluate.niqe_color_space=ycbcr", sr=sr)
     assert abs(score("niqe", "evaluate.niqe_color_space=yiq", sr=sr) - ycbcr) > 1e-3
     assert score("niqe", "evaluate.ssim_downsample=true", sr=sr) == ycbcr
+    assert abs(score("niqe", "evaluate.niqe_color_space=gray", sr=sr) - ycbcr) > 1e-3
+    product = score("ms_ssim", "evaluate.ms_ssim_method=product", sr=sr, hq=hq)
+    assert abs(score("ms_ssim", "evaluate.ms_ssim_method=wtd_sum", sr=sr, hq=hq) - product) > 1e-3
+    assert abs(score("ms_ssim", "evaluate.color_space=gray", sr=sr, hq=hq) - product) > 1e-4
+    assert score("ssim", "evaluate.ms_ssim_method=wtd_sum", sr=sr, hq=hq) == plain
     small_sr, small_hq = sr[..., :64, :64], hq[..., :64, :64]
     alex = score("st_lpips", "evaluate.st_lpips_net=alex", sr=small_sr, hq=small_hq)
     vgg = score("st_lpips", "evaluate.st_lpips_net=vgg", sr=small_sr, hq=small_hq)

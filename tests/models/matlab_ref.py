@@ -64,16 +64,19 @@ def ssim_y(a01: np.ndarray, b01: np.ndarray, crop: int = 0) -> float:
     return _ssim_index(a, b)[0]
 
 
-def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """msssim.m on two grey images: 5 scales, 2×2 mean filter ('symmetric', 'same') + every 2nd pixel."""
-    weights = [0.0448, 0.2856, 0.3001, 0.2363, 0.1333]
-    out = 1.0
-    for level, wt in enumerate(weights):
+def ms_ssim(a: np.ndarray, b: np.ndarray, method: str = "product") -> float:
+    """msssim.m on two grey images: 5 scales, 2×2 mean filter ('symmetric', 'same') + every 2nd pixel;
+    ``method`` 'product' (its default) or 'wtd_sum' (weights normalised to sum 1, then a weighted sum)."""
+    weights = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
+    means = []
+    for level in range(len(weights)):
         s, cs = _ssim_index(a, b)
-        out *= (s if level == len(weights) - 1 else cs) ** wt
+        means.append(s if level == len(weights) - 1 else cs)
         a, b = (signal.correlate2d(np.pad(x, ((0, 1), (0, 1)), mode="symmetric"), np.full((2, 2), 0.25),
                                    mode="valid")[::2, ::2] for x in (a, b))
-    return out
+    if method == "wtd_sum":
+        return float(np.sum(weights / weights.sum() * np.array(means)))
+    return float(np.prod(np.array(means) ** weights))
 
 
 def _cubic(x: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "srcompress.cli"]
@@ -41,14 +42,16 @@ def start_cli(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess
     return proc, lines
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, stall: float = STALL_S) -> subprocess.CompletedProcess:
-    """Run the CLI to its end; kill it (and fail) only if it printed nothing for ``stall`` seconds."""
-    proc, lines = start_cli(*args, env=env)
+def follow(proc: subprocess.Popen, lines: "queue.Queue[str | None]", stall: float = STALL_S,
+           on_line: Callable[[str, list[str]], None] | None = None) -> str:
+    """The process's output until it ends (then waits for its exit); kills it and fails if it printed nothing
+    for ``stall`` seconds. ``on_line(line, lines_so_far)`` lets a test act on progress (stop a service when a
+    step reports its third shard, say)."""
     out: list[str] = []
     last = time.monotonic()
     while True:
         try:
-            line = lines.get(timeout=1.0)
+            line = lines.get(timeout=0.2)
         except queue.Empty:
             if time.monotonic() - last > stall:
                 proc.kill()
@@ -59,6 +62,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None, stall: float = STALL_
             break
         out.append(line)
         last = time.monotonic()
-    rc = proc.wait()
+        if on_line is not None:
+            on_line(line, out)
+    proc.wait()
+    return "".join(out)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, stall: float = STALL_S) -> subprocess.CompletedProcess:
+    """Run the CLI to its end; kill it (and fail) only if it printed nothing for ``stall`` seconds."""
+    proc, lines = start_cli(*args, env=env)
+    text = follow(proc, lines, stall)
     # stdout and stderr are merged (their interleaving is what a user sees): both fields carry it
-    return subprocess.CompletedProcess(proc.args, rc, "".join(out), "".join(out))
+    return subprocess.CompletedProcess(proc.args, proc.returncode, text, text)

@@ -10,7 +10,6 @@ moto server behind it keeps the objects, as a real S3 service keeps them across 
 from __future__ import annotations
 
 import json
-import queue
 import re
 import socket
 import threading
@@ -20,7 +19,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import SECRET, free_port
-from tests.reliability.conftest import STALL_S, run_cli, start_cli
+from tests.reliability.conftest import follow, run_cli, start_cli
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -114,29 +113,20 @@ def test_s3_endpoint_stopped_mid_run_fails_clearly_and_the_rerun_redoes_only_the
         assert shards >= 8
 
         work, summary = tmp_path / "w", tmp_path / "run.json"
-        proc, lines = start_cli(*_args(work, bucket, "run", endpoint, summary))
-        out, stopped_at, last = [], None, time.monotonic()
-        while time.monotonic() - last < STALL_S:  # follows the run's output; ends with it
-            try:
-                line = lines.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            out.append(line)
-            last = time.monotonic()
-            if stopped_at is None and re.search(r"degrade: shard \d+/\d+ done", line) and \
+        stopped_at: list[float] = []
+
+        def stop_mid_step(line: str, out: list[str]) -> None:
+            if not stopped_at and re.search(r"degrade: shard \d+/\d+ done", line) and \
                     sum("done:" in x for x in out) >= 3:
                 relay.stop()  # the endpoint goes away in the middle of the step
-                stopped_at = time.monotonic()
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        text = "".join(out)
-        assert stopped_at is not None, text[-3000:]
+                stopped_at.append(time.monotonic())
+
+        proc, lines = start_cli(*_args(work, bucket, "run", endpoint, summary))
+        text = follow(proc, lines, on_line=stop_mid_step)
+        assert stopped_at, text[-3000:]
         assert proc.returncode != 0, text[-3000:]
         # bounded: the store's retries and the shard task's retries (2 s + 10 s), not botocore's defaults
-        assert time.monotonic() - stopped_at < 120
+        assert time.monotonic() - stopped_at[0] < 120
         tail = text[-4000:]
         assert f"127.0.0.1:{relay.port}" in tail and "after 2 attempts" in tail, tail
         assert USERINFO not in text and SECRET not in text and "http://***@" in tail

@@ -119,9 +119,10 @@ def identity_blocks_teacher(folder: Path, identity: tuple[int, ...], num_layers:
     with torch.no_grad():
         for i in identity:
             block = teacher.transformer.transformer_blocks[i]
-            outs = [block.attn.to_out[0], block.ff.net[2], block.attn.to_add_out,
-                    getattr(block.ff_context, "net", [None] * 3)[2] if block.ff_context is not None else None]
-            for lin in filter(None, outs):
+            outs = [block.attn.to_out[0], block.ff.net[2]]  # the image stream's two residual branches
+            if block.ff_context is not None:  # the last block of SD3 has no context-stream output
+                outs += [block.attn.to_add_out, block.ff_context.net[2]]
+            for lin in outs:
                 lin.weight.zero_()
                 lin.bias.zero_()
     return save_teacher(teacher, folder)
