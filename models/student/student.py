@@ -8,15 +8,18 @@
 Folder layout (docs/methods.md §8.5), safetensors only::
 
     <student>/model_index.json          ours: class names of each component, for humans and tools
-    <student>/transformer/              SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer")
+    <student>/transformer/              SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer"),
+                                        or, image-only (TinySR), TinySRTransformer.from_pretrained(…) (tinysr.py)
     <student>/unet/ + scheduler/        UNet students: UNet2DConditionModel / DDPMScheduler ``from_pretrained``
     <student>/vae/                      AutoencoderKL, or SeparableAutoencoderTiny (both ``from_pretrained``)
-    <student>/prompt_embeds.safetensors fixed prompt (+ pooled, SD3) embeddings (un-streamlined use)
+    <student>/prompt_embeds.safetensors fixed prompt (+ pooled, SD3) embeddings (not for image-only students)
     <student>/phase_adapter.safetensors optional (PEAM reinterpretation)
     <student>/student.json              backbone kind, latent convention, timestep, tiling, flags, kept units
 
 A streamlined student is saved as its exact diffusers equivalent (``StreamlinedSD3.to_diffusers``) and
 streamlined again at load, so the folder is plain diffusers and the loaded model computes the same output.
+An image-only student (``image_only=True``, TinySR's prompt removal) is saved as itself: its folder's tensors
+are exactly its runtime parameters.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from torch import nn
 from srcompress.models.student.phase import PhaseExchangeAdapter
 from srcompress.models.student.streamline import StreamlinedSD3
 from srcompress.models.student.surgery import kept_indices, merge_lora, prune_sd3
+from srcompress.models.student.tinysr import TinySRTransformer
 from srcompress.models.student.tiny_vae import SeparableAutoencoderTiny
 from srcompress.models.student.unet_surgery import prune_unet
 from srcompress.models.teachers.base import LatentConvention, OneStepTeacher
@@ -75,17 +79,19 @@ class _StudentIO:
 
     def describe(self) -> dict:
         return {**super().describe(), "streamlined": self.streamlined, "tiny_vae": self.tiny_vae,
+                "image_only": self.image_only,
                 "phase_adapter": self.phase is not None, "kept_blocks": self.kept}
 
 
 class StudentSR(_StudentIO, OneStepTeacher):
-    """A pruned SD3 backbone (plain or streamlined), the teacher's VAE or a tiny one, an optional adapter."""
+    """A pruned SD3 backbone (plain, streamlined, or image-only), the teacher's VAE or a tiny one, an optional
+    adapter. An image-only student has no prompt: ``prompt_embeds`` may be None."""
 
     kind = "student"
     backbone_kind = "sd3"
 
-    def __init__(self, vae: nn.Module, backbone: nn.Module, convention: LatentConvention, prompt_embeds: Tensor,
-                 pooled_prompt_embeds: Tensor, timestep: float = 1000.0, tile: int | None = None,
+    def __init__(self, vae: nn.Module, backbone: nn.Module, convention: LatentConvention, prompt_embeds: Tensor | None,
+                 pooled_prompt_embeds: Tensor | None, timestep: float = 1000.0, tile: int | None = None,
                  tile_overlap: int = 8, latent_factor: int | None = None, phase: PhaseExchangeAdapter | None = None,
                  kept: list[str] | None = None):
         super().__init__(vae, backbone, convention, tile, tile_overlap)
@@ -96,7 +102,11 @@ class StudentSR(_StudentIO, OneStepTeacher):
 
     @property
     def streamlined(self) -> bool:
-        return isinstance(self.backbone, StreamlinedSD3)
+        return isinstance(self.backbone, (StreamlinedSD3, TinySRTransformer))
+
+    @property
+    def image_only(self) -> bool:
+        return isinstance(self.backbone, TinySRTransformer)
 
     def velocity(self, z: Tensor) -> Tensor:
         if self.streamlined:
@@ -127,6 +137,7 @@ class UNetStudentSR(_StudentIO, UNetOneStepTeacher):
     kind = "student"
     backbone_kind = "unet"
     streamlined = False
+    image_only = False
 
     def __init__(self, vae: nn.Module, unet: nn.Module, scheduler, prompt_embeds: Tensor,
                  convention: LatentConvention, timestep: int = 999, tile: int | None = None, tile_overlap: int = 8,
@@ -149,9 +160,10 @@ class UNetStudentSR(_StudentIO, UNetOneStepTeacher):
 
 def build_student(teacher: OneStepTeacher, mask: list[float] | Tensor, lora_state: dict[str, Tensor] | None = None,
                   lora_rank: int = 0, lora_alpha: int = 1, streamline: bool = False,
-                  phase_adapter: bool = False) -> StudentSR | UNetStudentSR:
+                  phase_adapter: bool = False, image_only: bool = False) -> StudentSR | UNetStudentSR:
     """The teacher's kept blocks (search LoRA merged first) as a smaller model of the teacher's class: SD3
-    blocks by ``prune_sd3``, UNet units by ``prune_unet`` (docs/methods.md §8.1)."""
+    blocks by ``prune_sd3``, UNet units by ``prune_unet`` (docs/methods.md §8.1). ``image_only`` (SD3):
+    TinySR's prompt removal, a ``TinySRTransformer`` — streamlined by construction, text stream dropped."""
     import copy
 
     kind = getattr(teacher, "kind", type(teacher).__name__)
@@ -163,6 +175,9 @@ def build_student(teacher: OneStepTeacher, mask: list[float] | Tensor, lora_stat
     keep = kept_indices(mask)
     if kind == "unet" and streamline:
         raise ValueError(UNET_STREAMLINE)
+    if kind == "unet" and image_only:
+        raise ValueError("an image-only student removes SD3's text stream; a UNet has none to remove "
+                         "(set distill.text_stream=keep for UNet teachers)")
     backbone = merge_lora(copy.deepcopy(teacher.backbone), lora_state or {}, lora_rank, lora_alpha)
     phase = PhaseExchangeAdapter(int(teacher.vae.config.latent_channels)) if phase_adapter else None
     p = next(teacher.backbone.parameters())
@@ -174,11 +189,17 @@ def build_student(teacher: OneStepTeacher, mask: list[float] | Tensor, lora_stat
                                 teacher.prompt_embeds.clone(), teacher.convention, teacher.timestep, teacher.tile,
                                 teacher.tile_overlap, teacher.latent_factor, phase, kept, report)
         return student.to(p.device).eval().requires_grad_(False)
-    student = StudentSR(copy.deepcopy(teacher.vae), prune_sd3(backbone, keep), teacher.convention,
-                        teacher.prompt_embeds.clone(), teacher.pooled_prompt_embeds.clone(), teacher.timestep,
+    if image_only:
+        pruned = TinySRTransformer.from_sd3(backbone, teacher.prompt_embeds, teacher.pooled_prompt_embeds,
+                                            teacher.timestep, keep)
+        prompts = (None, None)
+    else:
+        pruned = prune_sd3(backbone, keep)
+        prompts = (teacher.prompt_embeds.clone(), teacher.pooled_prompt_embeds.clone())
+    student = StudentSR(copy.deepcopy(teacher.vae), pruned, teacher.convention, *prompts, teacher.timestep,
                         teacher.tile, teacher.tile_overlap, teacher.latent_factor, phase,
                         [f"transformer_blocks.{i}" for i in keep]).to(p.device)
-    if streamline:
+    if streamline and not image_only:
         student.streamline()
     return student.eval().requires_grad_(False)
 
@@ -188,14 +209,15 @@ def save_student(student: StudentSR | UNetStudentSR, folder: str | Path, extra: 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     unet = student.backbone_kind == "unet"
-    backbone = student.backbone.to_diffusers() if student.streamlined else student.backbone
+    backbone = student.backbone.to_diffusers() if student.streamlined and not student.image_only else student.backbone
     sub = "unet" if unet else "transformer"
     backbone.save_pretrained(folder / sub, safe_serialization=True)
     student.vae.save_pretrained(folder / "vae", safe_serialization=True)
-    prompts = {"prompt_embeds": student.prompt_embeds.detach().cpu().contiguous()}
-    if not unet:
-        prompts["pooled_prompt_embeds"] = student.pooled_prompt_embeds.detach().cpu().contiguous()
-    save_file(prompts, str(folder / "prompt_embeds.safetensors"))
+    if not student.image_only:  # an image-only student reads no prompt
+        prompts = {"prompt_embeds": student.prompt_embeds.detach().cpu().contiguous()}
+        if not unet:
+            prompts["pooled_prompt_embeds"] = student.pooled_prompt_embeds.detach().cpu().contiguous()
+        save_file(prompts, str(folder / "prompt_embeds.safetensors"))
     if unet:
         student.scheduler.save_pretrained(folder / "scheduler")
     if student.phase is not None:
@@ -207,8 +229,9 @@ def save_student(student: StudentSR | UNetStudentSR, folder: str | Path, extra: 
         data = json.loads(cfg_file.read_text())
         data.pop("_name_or_path", None)
         cfg_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    vae_cls = type(student.vae)
-    index = {"_class_name": "SrcompressStudent", "format": FORMAT, sub: ["diffusers", type(backbone).__name__],
+    vae_cls, bb_cls = type(student.vae), type(backbone)
+    index = {"_class_name": "SrcompressStudent", "format": FORMAT,
+             sub: ["diffusers" if bb_cls.__module__.startswith("diffusers") else bb_cls.__module__, bb_cls.__name__],
              "vae": ["diffusers" if vae_cls.__module__.startswith("diffusers") else vae_cls.__module__,
                      vae_cls.__name__]}
     if unet:
@@ -216,7 +239,8 @@ def save_student(student: StudentSR | UNetStudentSR, folder: str | Path, extra: 
     meta = {"format": FORMAT, "kind": "student", "backbone": student.backbone_kind,
             "convention": student.convention.as_dict(), "timestep": student.timestep, "tile": student.tile,
             "tile_overlap": student.tile_overlap, "latent_factor": student.latent_factor,
-            "streamlined": student.streamlined, "tiny_vae": student.tiny_vae, "phase_adapter": student.phase is not None,
+            "streamlined": student.streamlined, "image_only": student.image_only, "tiny_vae": student.tiny_vae,
+            "phase_adapter": student.phase is not None,
             "kept_blocks": student.kept, **({"surgery": student.surgery} if unet else {}), **(extra or {})}
     (folder / "model_index.json").write_text(json.dumps(index, indent=1, sort_keys=True))
     (folder / "student.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
@@ -239,13 +263,18 @@ def load_student(folder: str | Path, streamline: bool | None = None, device: tor
     if kind not in ("sd3", "unet"):
         raise ValueError(f"student: {meta_path} has backbone {kind!r} (sd3 | unet)")
     common = dict(local_files_only=True, use_safetensors=True, torch_dtype=dtype)
+    image_only = bool(meta.get("image_only", False))
+    if image_only and streamline is False:
+        raise ValueError(f"student: {folder} is image-only (TinySR): it has no un-streamlined form")
     if kind == "unet":
         backbone = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **common)
+    elif image_only:
+        backbone = TinySRTransformer.from_pretrained(folder, subfolder="transformer", **common)
     else:
         backbone = SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer", **common)
     vae_cls = SeparableAutoencoderTiny if meta["tiny_vae"] else AutoencoderKL
     vae = vae_cls.from_pretrained(folder, subfolder="vae", **common)
-    prompts = load_file(str(folder / "prompt_embeds.safetensors"))
+    prompts = {} if image_only else load_file(str(folder / "prompt_embeds.safetensors"))
     phase = None
     if meta.get("phase_adapter"):
         phase = PhaseExchangeAdapter(int(backbone.config.in_channels))
@@ -258,9 +287,10 @@ def load_student(folder: str | Path, streamline: bool | None = None, device: tor
                                 meta["tile"], meta["tile_overlap"], meta["latent_factor"], phase,
                                 meta.get("kept_blocks"), meta.get("surgery"))
     else:
-        student = StudentSR(vae, backbone, conv, prompts["prompt_embeds"].to(dtype),
-                            prompts["pooled_prompt_embeds"].to(dtype), meta["timestep"], meta["tile"],
+        prompt, pooled = (None, None) if image_only else \
+            (prompts["prompt_embeds"].to(dtype), prompts["pooled_prompt_embeds"].to(dtype))
+        student = StudentSR(vae, backbone, conv, prompt, pooled, meta["timestep"], meta["tile"],
                             meta["tile_overlap"], meta["latent_factor"], phase, meta.get("kept_blocks"))
-    if streamline if streamline is not None else meta.get("streamlined", False):
+    if not image_only and (streamline if streamline is not None else meta.get("streamlined", False)):
         student.streamline()
     return student.to(device).eval().requires_grad_(False)

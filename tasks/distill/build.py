@@ -47,14 +47,16 @@ def search_lora(ctx: RunContext, result: dict) -> dict[str, Tensor]:
 
 def stage1_student(ctx: RunContext, cfg: DistillConfig, teacher_cfg: TeacherConfig, teacher_m: Manifest,
                    mask_m: Manifest, phase: bool, device) -> StudentSR:
-    """The pruned student: kept blocks of the teacher (search LoRA merged when configured), streamlined."""
+    """The pruned student: kept blocks of the teacher (search LoRA merged when configured), streamlined, image-only
+    when ``distill.text_stream`` says so."""
     teacher = teacher_on(ctx, teacher_cfg, teacher_m, device)
     result = search_result(ctx, mask_m)
     if result.get("teacher_digest") != teacher_m.digest:
         raise ValueError("distill: the mask was searched for another teacher")
     lora = search_lora(ctx, result) if cfg.merge_search_lora else {}
     return build_student(teacher, result["mask"], lora, int(result["lora"]["rank"]), int(result["lora"]["alpha"]),
-                         streamline=cfg.streamline, phase_adapter=phase).to(device)
+                         streamline=cfg.streamline, phase_adapter=phase,
+                         image_only=cfg.image_only(getattr(teacher, "kind", ""))).to(device)
 
 
 def published_student(ctx: RunContext, manifest: Manifest, device, streamline: bool | None = None) -> StudentSR:

@@ -53,6 +53,7 @@ class DistillConfig(StrictModel):
     """Build the student from the mask (search LoRA merged), then distil it in two DeepSpeed stages."""
 
     streamline: bool = Field(True, description="TinySR streamlining: cache the fixed-t / fixed-prompt adaLN modulations and context (exact; removes time_text_embed, context_embedder, the adaLN linears). SD3 teachers only: set false for a UNet teacher.")
+    text_stream: Literal["auto", "drop", "keep"] = Field("auto", description="drop: TinySR's prompt removal, an image-only student (kept blocks lose the context stream; joint attention becomes self-attention; the prompt's effect is learned back in distillation; needs streamline); keep: the context stream stays (exact streamlining; the ablation row); auto: drop for SD3 teachers when streamline is on, keep otherwise (UNets have no separate text stream).")
     merge_search_lora: bool = Field(True, description="Merge the search's LoRA into the teacher before copying the kept blocks.")
     phase_adapter: bool = Field(False, description="Add the phase-exchange adapter (OUR reinterpretation of PGP-DiffSR's PEAM, docs/methods.md §8.4).")
     phase_ablation: bool = Field(False, description="Also distil the student with phase_adapter flipped, evaluated beside it (the PEAM ablation).")
@@ -69,8 +70,17 @@ class DistillConfig(StrictModel):
 
     NOT_RESULTS: ClassVar[frozenset[str]] = frozenset({"log_every", "checkpoint_every", "device", "phase_ablation"})
 
+    def image_only(self, teacher_kind: str) -> bool:
+        """Whether the student drops the text stream for a teacher of ``teacher_kind`` (sd3 | unet)."""
+        if self.text_stream == "auto":
+            return self.streamline and teacher_kind == "sd3"
+        return self.text_stream == "drop"
+
     @model_validator(mode="after")
     def _check(self) -> "DistillConfig":
+        if self.text_stream == "drop" and not self.streamline:
+            raise ValueError("text_stream: drop builds an image-only student, which has no prompt or timestep "
+                             "input: it needs streamline: true (or set text_stream: keep)")
         if self.stage2.gan_weight > 0 and self.stage2.steps and self.stage2.gan_start >= self.stage2.steps:
             raise ValueError("stage2.gan_start must be below stage2.steps (or set gan_weight: 0)")
         return self

@@ -83,6 +83,9 @@ def run_distill(ctx: RunContext, cfg: DistillConfig, teacher_cfg: TeacherConfig,
         manifests["stage1"] = stage1
     if cfg.streamline and teacher.extra.get("kind") == "unet":  # before any cluster starts
         raise ValueError(UNET_STREAMLINE)
+    if cfg.text_stream == "drop" and teacher.extra.get("kind") == "unet":
+        raise ValueError("distill.text_stream=drop removes SD3's text stream; a UNet has none to remove "
+                         "(set distill.text_stream=keep or auto for UNet teachers)")
     inputs = {k: v.digest for k, v in manifests.items()}
     key = cache_key(name, chash, inputs, code_ver)
     hit = cache.get(name, key)
@@ -122,7 +125,8 @@ def run_distill(ctx: RunContext, cfg: DistillConfig, teacher_cfg: TeacherConfig,
                             extra={"stage": stage, "index_sha256": student["index_sha256"], "files": files,
                                    "phase_adapter": phase, "kept_blocks": desc.get("kept_blocks"),
                                    **({"surgery": desc["surgery"]} if "surgery" in desc else {}),
-                                   "streamlined": desc.get("streamlined"), "tiny_vae": desc.get("tiny_vae"),
+                                   "streamlined": desc.get("streamlined"), "image_only": desc.get("image_only"),
+                                   "tiny_vae": desc.get("tiny_vae"),
                                    "final": final, "train_seconds": result["train_seconds"],
                                    "tiny_vae_fit": result.get("tiny_vae_fit") or {},
                                    "engines": result.get("engines") or {},
