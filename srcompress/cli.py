@@ -200,8 +200,12 @@ def plan(config: str = ConfigOpt,
             n, m = cfg.search.n, cfg.search.m
             chosen = {"keep": planning.nm_keep(n_blocks, n, m)}
             how = f"search {n}:{m} from the config: the first {n} of every {m}"
+        from srcompress.tasks.distill.build import final_student
+
+        # the distillation step's own builder for this config: plan counts the student the DAG builds
         report = planning.plan(planning.SD3_MEDIUM_TRANSFORMER, planning.SD3_MEDIUM_VAE, size=size,
-                               text_tokens=planning.TSDSR_TEXT_TOKENS, tiny_vae=planning.TINY_VAE, **chosen)
+                               text_tokens=planning.TSDSR_TEXT_TOKENS,
+                               build=lambda teacher, m: final_student(teacher, m, cfg.distill), **chosen)
     except (ValueError, OSError) as exc:
         _fail(str(exc), 2)
     if as_json:
@@ -237,26 +241,30 @@ def _read_mask(spec: str, cfg) -> bytes | str:
 
 def _print_plan(r: dict, how: str) -> None:
     def row(label: str, part: dict, note: str = "") -> None:
-        typer.echo(f"  {label:<44s} {part['params'] / 1e6:>10,.1f}M {part['gmacs']:>10,.1f}{('   ' + note) if note else ''}")
+        lin = part.get("gmacs_no_attention")
+        typer.echo(f"  {label:<46s} {part['params'] / 1e6:>10,.1f}M {part['gmacs']:>10,.1f} "
+                   f"{'' if lin is None else format(lin, ',.1f'):>10s}{('   ' + note) if note else ''}")
 
     tv, tt, sb, sv = r["teacher_vae"], r["teacher_transformer"], r["student_backbone"], r["student_vae"]
     c, hw = r["latent"][0], r["latent"][1:]
     typer.echo(f"srcompress plan: TSD-SR's SD3-medium teacher and its student at {r['size']}x{r['size']} "
                f"(latent {c}x{hw[0]}x{hw[1]}, {r['text_tokens']} text tokens), counted on the meta device")
     typer.echo(f"kept blocks: {len(r['kept'])} of {r['blocks']} ({how}): {' '.join(map(str, r['kept']))}\n")
-    typer.echo(f"  {'':<44s} {'params':>11s} {'GMACs':>10s}")
+    typer.echo(f"  {'':<46s} {'params':>11s} {'GMACs':>10s} {'w/o attn':>10s}")
     row("teacher VAE (AutoencoderKL, encoder + decoder)", tv,
         f"encode {tv['encode_gmacs']:,.1f} + decode {tv['decode_gmacs']:,.1f}")
     row(f"teacher transformer ({tt['blocks']} blocks)", tt)
     row("teacher total", r["teacher"])
-    row(f"student transformer ({sb['blocks']} blocks{', streamlined' if sb['streamlined'] else ''})", sb)
-    row("student tiny VAE (separable AutoencoderTiny)", sv,
-        f"encode {sv['encode_gmacs']:,.1f} + decode {sv['decode_gmacs']:,.1f}")
+    kind = "image-only" if sb.get("image_only") else ("streamlined" if sb["streamlined"] else "plain")
+    row(f"student transformer ({sb['blocks']} blocks, {kind})", sb)
+    vae_label = "student tiny VAE (separable AutoencoderTiny)" if sv["tiny"] else "student VAE (the teacher's)"
+    row(vae_label, sv, f"encode {sv['encode_gmacs']:,.1f} + decode {sv['decode_gmacs']:,.1f}")
     row("student total", r["student"])
-    typer.echo(f"  {'reduction':<44s} {'x' + format(r['reduction']['params'], '.2f'):>11s} "
+    typer.echo(f"  {'reduction':<46s} {'x' + format(r['reduction']['params'], '.2f'):>11s} "
                f"{'x' + format(r['reduction']['gmacs'], '.2f'):>10s}")
     ref = r["tinysr_reported"]
-    row(f"TinySR student (reported, {ref['size']}x{ref['size']})", ref, "text stream removed there; kept here")
+    typer.echo(f"  {'TinySR final student (Table 1, reported)':<46s} {ref['params'] / 1e6:>10,.1f}M "
+               f"{'':>10s} {ref['gmacs']:>10,.1f}   its counter: no attention matmuls; {ref['speedup']}x faster than TSD-SR")
     typer.echo(f"\n{r['protocol']}")
 
 

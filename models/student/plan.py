@@ -7,8 +7,11 @@ counted on the meta device (no weights, nothing downloaded, seconds for SD3-medi
 
 The teacher is TSD-SR's: the SD3-medium MMDiT transformer (24 blocks) and the SD3 ``AutoencoderKL``, run as
 in ``SD3OneStepTeacher`` (encode, one transformer step, decode). The student is what ``build_student`` makes
-of it: the kept blocks, streamlined (``StreamlinedSD3``: conditioning cached, text tokens kept as one buffer)
-and with the tiny VAE (``SeparableAutoencoderTiny(**tiny_vae_config(16, 8, width=64, blocks=3))``).
+of it: the kept blocks, image-only (``TinySRTransformer``: text stream removed, conditioning cached, TinySR's
+streamlining) and with the tiny VAE (``SeparableAutoencoderTiny(**tiny_vae_config(16, 8, width=64, blocks=3))``).
+``build`` replaces that default with any ``(teacher, mask) → student`` — the CLI passes the distillation
+step's own builder for the config (``tasks/distill/build.py: final_student``), so ``plan`` counts the student
+the DAG builds.
 Whole-model totals: teacher = VAE encoder + decoder + transformer; student = tiny VAE + streamlined
 pruned transformer.
 
@@ -22,7 +25,9 @@ every MACs figure in this field).
 Text tokens: TSD-SR's fixed prompt embedding has 333 tokens: CLIP-L and CLIP-G padded to 77 tokens
 (concatenated on the channel axis) followed by T5 at ``max_length=256`` (``Microtreei/TSD-SR``
 ``data/process.py``; its README: "SD3 prompt embedding tensors, (333, 4096)"). They enter every joint
-attention, so they are part of the MACs; TinySR removes the text stream, we keep it (exact streamlining).
+attention of a student that keeps the text stream (``distill.text_stream: keep``); the image-only student
+has none. MACs are reported with the attention matmuls (``gmacs``) and without them (``gmacs_no_attention``:
+what TinySR's counter reports, linear layers and convolutions only).
 """
 
 from __future__ import annotations
@@ -62,8 +67,9 @@ SD3_MEDIUM_VAE: dict = {
 TSDSR_TEXT_TOKENS = 77 + 256
 # The student's tiny VAE (TinySR's layout: TAESD widths 64, 3 blocks per stage, depthwise-separable convs).
 TINY_VAE = {"width": 64, "blocks": 3}
-# TinySR's reported student (paper, a 512x512 input), for comparison only: it also removes the text stream.
-TINYSR_REPORTED = {"params": 516_000_000, "gmacs": 427.0, "size": 512}
+# TinySR's final student (paper Table 1, row "Ours": 341M params, 427 GMACs, 26 ms at 512x512, 5.68x faster than
+# TSD-SR). Table 4's 516M is the count before the modulation pre-cache, not the final model.
+TINYSR_REPORTED = {"params": 341_000_000, "gmacs": 427.0, "size": 512, "speedup": 5.68}
 
 
 # -- which blocks -----------------------------------------------------------------------------------------
@@ -144,15 +150,22 @@ def build_teacher(transformer_config: dict = SD3_MEDIUM_TRANSFORMER, vae_config:
     return SD3OneStepTeacher(vae, transformer, prompt, pooled, conv).eval().requires_grad_(False)
 
 
+Builder = Callable[[SD3OneStepTeacher, list[int]], StudentSR]
+
+
 def build_planned_student(teacher: SD3OneStepTeacher, mask: list[int], tiny_vae: dict | None = TINY_VAE,
-                          streamline: bool = True) -> StudentSR:
-    """``build_student`` on ``teacher`` (meta-safe), streamlined, with the tiny VAE when ``tiny_vae`` is set."""
+                          streamline: bool = True, image_only: bool = True, build: Builder | None = None) -> StudentSR:
+    """``build(teacher, mask)`` (meta-safe), or by default ``build_student`` image-only and streamlined, with
+    the tiny VAE when ``tiny_vae`` is set."""
     device = next(teacher.backbone.parameters()).device
     with torch.device(device), _MetaSafe():
-        student = build_student(teacher, mask, streamline=streamline)
-        if tiny_vae is not None:
-            student.vae = SeparableAutoencoderTiny(**tiny_vae_config(
-                int(teacher.vae.config.latent_channels), teacher.latent_factor, **tiny_vae))
+        if build is not None:
+            student = build(teacher, mask)
+        else:
+            student = build_student(teacher, mask, streamline=streamline, image_only=image_only)
+            if tiny_vae is not None:
+                student.vae = SeparableAutoencoderTiny(**tiny_vae_config(
+                    int(teacher.vae.config.latent_channels), teacher.latent_factor, **tiny_vae))
     return student.eval().requires_grad_(False)
 
 
@@ -161,12 +174,31 @@ def params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def macs(fn: Callable[[], object]) -> int:
-    """``count_macs`` with attention on the math SDPA backend (counted on every device; module docstring)."""
+class _AttentionMacs(TorchFunctionMode):
+    """Sums the two matmuls of every ``scaled_dot_product_attention`` call from its shapes:
+    ``Q·Kᵀ`` (L·S·d) and ``softmax·V`` (L·S·d_v) per batch and head — FlopCounterMode's own formula."""
+
+    def __init__(self):
+        super().__init__()
+        self.macs = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            q, k, v = args[:3]
+            lead = math.prod(q.shape[:-2])
+            self.macs += lead * q.shape[-2] * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+        return func(*args, **(kwargs or {}))
+
+
+def macs(fn: Callable[[], object], attention: bool = True) -> int:
+    """``count_macs`` with attention on the math SDPA backend (counted on every device; module docstring);
+    ``attention=False`` leaves the attention matmuls out (TinySR's convention: linear layers and convolutions)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    with sdpa_kernel([SDPBackend.MATH]):
-        return count_macs(fn)
+    spy = _AttentionMacs()
+    with sdpa_kernel([SDPBackend.MATH]), spy:
+        total = count_macs(fn)
+    return total if attention else total - spy.macs
 
 
 def _entry(n_params: int, n_macs: int, **extra) -> dict:
@@ -174,24 +206,33 @@ def _entry(n_params: int, n_macs: int, **extra) -> dict:
 
 
 def count_model(model, size: int) -> dict:
-    """Params and MACs of one encode → one-step restore → decode pass of a one-step model at ``size``²."""
+    """Params and MACs of one encode → one-step restore → decode pass of a one-step model at ``size``²
+    (``gmacs`` with the attention matmuls, ``gmacs_no_attention`` without)."""
     device = next(model.backbone.parameters()).device
     x = torch.zeros(1, 3, size, size, device=device)
     with torch.no_grad():
         z = model.encode(x)
-    enc, step, dec = macs(lambda: model.encode(x)), macs(lambda: model.restore_tile(z)), macs(lambda: model.decode(z))
+    parts = {"enc": lambda: model.encode(x), "step": lambda: model.restore_tile(z), "dec": lambda: model.decode(z)}
+    full = {k: macs(f) for k, f in parts.items()}
+    lin = {k: macs(f, attention=False) for k, f in parts.items()}
     vae_p, bb_p = params(model.vae), params(model.backbone)
-    return {"vae": _entry(vae_p, enc + dec, encode_gmacs=enc / 1e9, decode_gmacs=dec / 1e9),
-            "backbone": _entry(bb_p, step, blocks=len(model.backbone.transformer_blocks)),
-            "total": _entry(vae_p + bb_p, enc + step + dec), "latent": list(z.shape[1:])}
+
+    def entry(n_params: int, *keys: str, **extra) -> dict:
+        return _entry(n_params, sum(full[k] for k in keys), gmacs_no_attention=sum(lin[k] for k in keys) / 1e9,
+                      **extra)
+
+    return {"vae": entry(vae_p, "enc", "dec", encode_gmacs=full["enc"] / 1e9, decode_gmacs=full["dec"] / 1e9),
+            "backbone": entry(bb_p, "step", blocks=len(model.backbone.transformer_blocks)),
+            "total": entry(vae_p + bb_p, "enc", "step", "dec"), "latent": list(z.shape[1:])}
 
 
 def plan(transformer_config: dict = SD3_MEDIUM_TRANSFORMER, vae_config: dict = SD3_MEDIUM_VAE,
          keep: list[int] | None = None, mask: list[int] | None = None, size: int = 512,
-         text_tokens: int = TSDSR_TEXT_TOKENS, tiny_vae: dict | None = TINY_VAE,
-         device: str | torch.device = "meta") -> dict:
+         text_tokens: int = TSDSR_TEXT_TOKENS, tiny_vae: dict | None = TINY_VAE, image_only: bool = True,
+         build: Builder | None = None, device: str | torch.device = "meta") -> dict:
     """Teacher and student costs at ``size``×``size`` (see the module docstring); ``keep`` (block indices) or
-    ``mask`` (0/1 per block) chooses the student's blocks. Returns plain JSON-able data."""
+    ``mask`` (0/1 per block) chooses the student's blocks; ``build`` (teacher, mask) → student replaces the
+    default student (image-only, streamlined, ``tiny_vae``). Returns plain JSON-able data."""
     teacher = build_teacher(transformer_config, vae_config, text_tokens, device)
     n = len(teacher.backbone.transformer_blocks)
     if (keep is None) == (mask is None):
@@ -207,14 +248,22 @@ def plan(transformer_config: dict = SD3_MEDIUM_TRANSFORMER, vae_config: dict = S
         raise ValueError(f"plan: size {size} exceeds one untiled pass of the transformer "
                          f"({cap} latents = {cap * teacher.latent_factor} px)")
     t = count_model(teacher, size)
-    student = build_planned_student(teacher, mask, tiny_vae)
+    student = build_planned_student(teacher, mask, tiny_vae, image_only=image_only, build=build)
     s = count_model(student, size)
     ratio = {"params": t["total"]["params"] / s["total"]["params"], "gmacs": t["total"]["gmacs"] / s["total"]["gmacs"]}
     return {"size": size, "latent": t["latent"], "text_tokens": text_tokens, "blocks": n,
             "kept": [i for i, v in enumerate(mask) if v], "mask": mask,
             "teacher": t["total"], "student": s["total"],
             "teacher_vae": t["vae"], "teacher_transformer": t["backbone"],
-            "student_backbone": {**s["backbone"], "streamlined": student.streamlined},
-            "student_vae": {**s["vae"], "tiny": student.tiny_vae, **({"config": tiny_vae} if tiny_vae else {})},
+            "student_backbone": {**s["backbone"], "streamlined": student.streamlined, "image_only": student.image_only},
+            "student_vae": {**s["vae"], "tiny": student.tiny_vae,
+                            **({"config": _vae_config(student.vae)} if student.tiny_vae else {})},
             "reduction": ratio, "tinysr_reported": dict(TINYSR_REPORTED),
-            "protocol": f"FlopCounterMode FLOPs/2 (math SDPA), batch 1, one untiled pass, on {torch.device(device)}"}
+            "protocol": f"FlopCounterMode FLOPs/2 (math SDPA), batch 1, one untiled pass, on {torch.device(device)}; "
+                        "gmacs_no_attention leaves out the attention matmuls (TinySR's counter)"}
+
+
+def _vae_config(vae: nn.Module) -> dict:
+    cfg = dict(vae.config)
+    return {"width": int(cfg["encoder_block_out_channels"][0]), "blocks": int(cfg["num_encoder_blocks"][-1]),
+            "separable": bool(cfg.get("separable", True))}

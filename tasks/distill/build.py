@@ -19,6 +19,7 @@ from safetensors.torch import load
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest
 from srcompress.models.student.student import StudentSR, build_student, load_student, save_student
+from srcompress.models.student.tiny_vae import tiny_vae_for
 from srcompress.models.teachers import OneStepTeacher, load_teacher
 from srcompress.tasks.common.teacher_config import TeacherConfig
 from srcompress.tasks.common.teachers import fetch_teacher_folder, publish_folder
@@ -45,6 +46,29 @@ def search_lora(ctx: RunContext, result: dict) -> dict[str, Tensor]:
     return {k: v for k, v in tensors.items() if "lora_" in k}
 
 
+def configured_student(teacher: OneStepTeacher, mask: list, cfg: DistillConfig, lora: dict[str, Tensor] | None = None,
+                       lora_rank: int = 0, lora_alpha: int = 1, phase: bool | None = None) -> StudentSR:
+    """The student as ``cfg`` shapes it before training: kept blocks (LoRA merged), streamlined, image-only per
+    ``text_stream``, the phase adapter. The stage-1 build, and what ``srcompress plan`` counts."""
+    return build_student(teacher, mask, lora or {}, lora_rank, lora_alpha, streamline=cfg.streamline,
+                         phase_adapter=cfg.phase_adapter if phase is None else phase,
+                         image_only=cfg.image_only(getattr(teacher, "kind", "")))
+
+
+def configured_tiny_vae(student: StudentSR, cfg: DistillConfig) -> torch.nn.Module:
+    """The tiny VAE stage 2 fits (before its weights are trained or restored)."""
+    return tiny_vae_for(student, cfg.tiny_vae.width, cfg.tiny_vae.blocks, cfg.tiny_vae.separable)
+
+
+def final_student(teacher: OneStepTeacher, mask: list, cfg: DistillConfig) -> StudentSR:
+    """The shape of the student the DAG publishes last: the stage-1 build, with the tiny VAE when stage 2 runs
+    and fits one (weights untrained: for counting, on the meta device too)."""
+    student = configured_student(teacher, mask, cfg)
+    if cfg.tiny_vae.enabled and cfg.stage2.steps > 0:
+        student.vae = configured_tiny_vae(student, cfg)
+    return student
+
+
 def stage1_student(ctx: RunContext, cfg: DistillConfig, teacher_cfg: TeacherConfig, teacher_m: Manifest,
                    mask_m: Manifest, phase: bool, device) -> StudentSR:
     """The pruned student: kept blocks of the teacher (search LoRA merged when configured), streamlined, image-only
@@ -54,9 +78,8 @@ def stage1_student(ctx: RunContext, cfg: DistillConfig, teacher_cfg: TeacherConf
     if result.get("teacher_digest") != teacher_m.digest:
         raise ValueError("distill: the mask was searched for another teacher")
     lora = search_lora(ctx, result) if cfg.merge_search_lora else {}
-    return build_student(teacher, result["mask"], lora, int(result["lora"]["rank"]), int(result["lora"]["alpha"]),
-                         streamline=cfg.streamline, phase_adapter=phase,
-                         image_only=cfg.image_only(getattr(teacher, "kind", ""))).to(device)
+    return configured_student(teacher, result["mask"], cfg, lora, int(result["lora"]["rank"]),
+                              int(result["lora"]["alpha"]), phase).to(device)
 
 
 def published_student(ctx: RunContext, manifest: Manifest, device, streamline: bool | None = None) -> StudentSR:

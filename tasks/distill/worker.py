@@ -24,10 +24,10 @@ from torch import nn
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest
 from srcompress.models.student.gan import d_hinge, g_hinge, make_discriminator
-from srcompress.models.student.tiny_vae import tiny_vae_for, train_tiny_vae
+from srcompress.models.student.tiny_vae import train_tiny_vae
 from srcompress.tasks.common.teacher_config import TeacherConfig
 from srcompress.tasks.common.training import StoreCheckpoints, engine_facts, init_rank, perceptual_net
-from srcompress.tasks.distill.build import (comparison_grid, publish_student, published_student, stage1_student,
+from srcompress.tasks.distill.build import (comparison_grid, configured_tiny_vae, publish_student, published_student, stage1_student,
                                             teacher_on)
 from srcompress.tasks.distill.config import DistillConfig
 from srcompress.tasks.distill.data import random_tiles, training_set
@@ -82,8 +82,7 @@ def distill_loop(config: dict) -> None:
         if stage == "stage2" and cfg.tiny_vae.enabled and not student.tiny_vae and latest is None:
             vae_stats = fit_tiny_vae(ctx, cfg, teacher_cfg, m["teacher"], student, data, rank, device)
         elif stage == "stage2" and cfg.tiny_vae.enabled and not student.tiny_vae:
-            student.vae = tiny_vae_for(student, cfg.tiny_vae.width, cfg.tiny_vae.blocks,
-                                       cfg.tiny_vae.separable).to(device)  # weights come from the checkpoint
+            student.vae = configured_tiny_vae(student, cfg).to(device)  # weights come from the checkpoint
         t0 = time.perf_counter()
         trainer = Stage1 if stage == "stage1" else Stage2
         run = trainer(ctx, cfg, student, mine, device, rank, world, deepspeed, latest, ckpt, run_id)
@@ -110,7 +109,7 @@ def fit_tiny_vae(ctx, cfg: DistillConfig, teacher_cfg, teacher_m, student, data,
     import torch.distributed as dist
 
     tv = cfg.tiny_vae
-    vae = tiny_vae_for(student, tv.width, tv.blocks, tv.separable).to(device)
+    vae = configured_tiny_vae(student, cfg).to(device)
     if rank == 0:
         teacher = teacher_on(ctx, teacher_cfg, teacher_m, device)
         with torch.no_grad():

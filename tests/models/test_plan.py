@@ -35,7 +35,7 @@ def test_meta_counts_equal_the_real_models():
     report = planning.plan(dict(teacher.backbone.config), dict(teacher.vae.config), mask=mask, size=SIZE,
                            text_tokens=TOKENS, tiny_vae=TINY)
 
-    student = build_student(teacher, mask, streamline=True)
+    student = build_student(teacher, mask, image_only=True)  # plan's default student: TinySR's image-only
     student.vae = SeparableAutoencoderTiny(**tiny_vae_config(16, teacher.latent_factor, **TINY))
     assert report["teacher"]["params"] == _n(teacher.vae) + _n(teacher.backbone)
     assert report["teacher_transformer"]["params"] == _n(teacher.backbone)
@@ -50,15 +50,28 @@ def test_meta_counts_equal_the_real_models():
     assert 0 < report["student"]["gmacs"] < report["teacher"]["gmacs"]
     assert 0 < report["student"]["params"] < report["teacher"]["params"]
     assert report["kept"] == [0, 2] and report["latent"] == [16, SIZE // 4, SIZE // 4]
+    # without the attention matmuls (TinySR's counter): each kept image-only block attends over L image tokens,
+    # Q·Kᵀ and softmax·V are L²·d MACs each
+    tokens = (SIZE // 4 // teacher.backbone.config.patch_size) ** 2
+    attention = 2 * 2 * tokens**2 * teacher.backbone.inner_dim
+    assert report["student"]["macs"] - round(report["student"]["gmacs_no_attention"] * 1e9) == attention
+    keep_ctx = planning.plan(dict(teacher.backbone.config), dict(teacher.vae.config), mask=mask, size=SIZE,
+                             text_tokens=TOKENS, tiny_vae=TINY, image_only=False)
+    ctx_student = build_student(teacher, mask, streamline=True)
+    assert keep_ctx["student_backbone"]["params"] == _n(ctx_student.backbone) > _n(student.backbone)
+    assert keep_ctx["student_backbone"]["macs"] == planning.macs(lambda: ctx_student.restore_tile(
+        torch.zeros(1, 16, SIZE // 4, SIZE // 4)))
 
 
 def test_text_tokens_enter_the_macs_and_the_teacher_vae_can_stay():
     cfg = dict(tiny_sd3_teacher(num_layers=4).backbone.config)
     vae = dict(tiny_sd3_teacher(num_layers=4).vae.config)
-    few = planning.plan(cfg, vae, keep=[0, 1], size=SIZE, text_tokens=4, tiny_vae=None)
-    many = planning.plan(cfg, vae, keep=[0, 1], size=SIZE, text_tokens=64, tiny_vae=None)
+    few = planning.plan(cfg, vae, keep=[0, 1], size=SIZE, text_tokens=4, tiny_vae=None, image_only=False)
+    many = planning.plan(cfg, vae, keep=[0, 1], size=SIZE, text_tokens=64, tiny_vae=None, image_only=False)
     assert many["teacher_transformer"]["macs"] > few["teacher_transformer"]["macs"]
-    assert many["student_backbone"]["macs"] > few["student_backbone"]["macs"]
+    assert many["student_backbone"]["macs"] > few["student_backbone"]["macs"]  # the kept text stream costs
+    image = [planning.plan(cfg, vae, keep=[0, 1], size=SIZE, text_tokens=n, tiny_vae=None) for n in (4, 64)]
+    assert image[0]["student_backbone"]["macs"] == image[1]["student_backbone"]["macs"]  # no text stream
     assert few["student_vae"]["tiny"] is False and few["student_vae"]["params"] == few["teacher_vae"]["params"]
 
 
@@ -92,13 +105,17 @@ def test_cli_plans_sd3_medium_in_seconds_as_json_and_table(tmp_path):
     assert r["teacher_vae"]["params"] == 83_819_683
     assert r["kept"] == planning.nm_keep(24, 2, 4) and r["text_tokens"] == 333
     assert r["student"]["gmacs"] < r["teacher"]["gmacs"] and r["student"]["params"] < r["teacher"]["params"]
+    # the preset's student beats TinySR's final row (Table 1: 341M params, 427 GMACs), attention matmuls counted
+    assert r["student"]["params"] <= 341_000_000 and r["student"]["gmacs"] <= 427.0, r["student"]
+    assert r["student_backbone"]["image_only"] and r["student_vae"]["tiny"]
+    assert r["tinysr_reported"]["params"] == 341_000_000
 
     result = tmp_path / "result.json"
     result.write_text(json.dumps({"format": "srcompress.mask.v1", "mask": [1, 0] * 12}))
     res = runner.invoke(app, ["plan", "--config", "tsdsr-sd3", "--mask", str(result)])
     assert res.exit_code == 0, res.output
     assert "12 of 24" in res.stdout and "0 2 4 6 8 10 12 14 16 18 20 22" in res.stdout
-    assert "TinySR" in res.stdout and "516.0M" in res.stdout
+    assert "TinySR" in res.stdout and "341.0M" in res.stdout and "516" not in res.stdout
 
 
 def test_cli_rejects_unet_configs_and_conflicting_choices():

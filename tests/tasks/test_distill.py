@@ -39,20 +39,49 @@ def _folder(summary: dict, step: str, root):
 
 
 def _diffusers_sr(folder, x01: torch.Tensor) -> torch.Tensor:
-    """The student computed with nothing of ours: diffusers classes from_pretrained + the folder's JSON."""
+    """The student computed without our student classes: ``from_pretrained`` of each component + the folder's
+    JSON — diffusers' SD3 transformer, or the image-only ``TinySRTransformer`` (a diffusers ModelMixin)."""
     from diffusers import AutoencoderKL, SD3Transformer2DModel
     from safetensors.torch import load_file
 
+    from srcompress.models.student.tinysr import TinySRTransformer
+
     meta = json.loads((folder / "student.json").read_text())
-    tr = SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer", local_files_only=True)
+    cls = TinySRTransformer if meta.get("image_only") else SD3Transformer2DModel
+    tr = cls.from_pretrained(folder, subfolder="transformer", local_files_only=True)
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True)
-    pe = load_file(str(folder / "prompt_embeds.safetensors"))
     sf = meta["convention"]["scaling_factor"]
     with torch.no_grad():
         z = vae.encode(x01 * 2 - 1).latent_dist.mean * sf
-        v = tr(hidden_states=z, encoder_hidden_states=pe["prompt_embeds"], pooled_projections=pe["pooled_prompt_embeds"],
-               timestep=torch.full((1,), meta["timestep"])).sample
+        if meta.get("image_only"):
+            v = tr(z)
+        else:
+            pe = load_file(str(folder / "prompt_embeds.safetensors"))
+            v = tr(hidden_states=z, encoder_hidden_states=pe["prompt_embeds"],
+                   pooled_projections=pe["pooled_prompt_embeds"], timestep=torch.full((1,), meta["timestep"])).sample
         return ((vae.decode((z - meta["timestep"] / 1000 * v) / sf).sample.clamp(-1, 1) + 1) / 2).clamp(0, 1)
+
+
+def _folder_tensor_count(folder) -> int:
+    from safetensors.torch import load_file
+
+    return sum(v.numel() for f in folder.rglob("*.safetensors") for v in load_file(str(f)).values())
+
+
+def _planned(out: dict, cfg, root) -> dict:
+    """``srcompress plan``'s count, on the meta device, for this run's teacher configs, mask and distill config."""
+    from safetensors.torch import load_file
+
+    from srcompress.models.student import plan as planning
+    from srcompress.tasks.distill.build import final_student
+
+    teacher = _folder(out, "bootstrap_teacher", root)
+    tcfg = json.loads((teacher / "transformer" / "config.json").read_text())
+    vcfg = json.loads((teacher / "vae" / "config.json").read_text())
+    mask = out["steps"]["search_pruning"]["extra"]["mask"]
+    tokens = load_file(str(teacher / "prompt_embeds.safetensors"))["prompt_embeds"].shape[1]
+    return planning.plan(tcfg, vcfg, mask=mask, size=32, text_tokens=tokens,
+                         build=lambda t, m: final_student(t, m, cfg.distill))
 
 
 def test_two_stage_distillation_publishes_a_diffusers_student(tmp_path, upstream_workdir):
@@ -61,13 +90,18 @@ def test_two_stage_distillation_publishes_a_diffusers_student(tmp_path, upstream
     s1, s2 = out["steps"]["distill_latent"], out["steps"]["distill_pixel"]
     assert s1["kind"] == s2["kind"] == "student" and s2["inputs"]["stage1"] == s1["digest"]
     assert s1["counts"]["steps"] == 4 and s2["counts"]["steps"] == 3
-    assert s2["extra"]["streamlined"] and len(s2["extra"]["kept_blocks"]) == 1
+    assert s2["extra"]["streamlined"] and s2["extra"]["image_only"] and len(s2["extra"]["kept_blocks"]) == 1
     folder = _folder(out, "distill_pixel", tmp_path / "fetch")
     assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt")) and not list(folder.rglob("*.pkl"))
-    assert json.loads((folder / "model_index.json").read_text())["transformer"] == ["diffusers", "SD3Transformer2DModel"]
+    assert json.loads((folder / "model_index.json").read_text())["transformer"] == \
+        ["srcompress.models.student.tinysr", "TinySRTransformer"]
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # one tile: no tiling in either
     ours = load_student(folder)
-    assert ours.streamlined
+    assert ours.streamlined and ours.image_only
+    # the published folder is exactly the runtime student, and it is the student `srcompress plan` counts
+    runtime = sum(p.numel() for p in ours.backbone.parameters()) + sum(p.numel() for p in ours.vae.parameters())
+    assert _folder_tensor_count(folder) == runtime
+    assert _planned(out, cfg, tmp_path / "fetch")["student"]["params"] == runtime
     with torch.no_grad():
         assert torch.allclose(_diffusers_sr(folder, x), ours(x), atol=1e-4)
     client = MlflowClient(out["tracking_uri"])
