@@ -3,7 +3,7 @@ expansion-corrosion (docs/methods.md §7).
 
     gates = NMGumbelGates(num_blocks=8, n=2, m=4)           # 2 groups of 4 blocks, keep 2 in each
     mask = gates.sample(tau=4.0, generator=g)                # (8,) hard 0/1, straight-through gradients
-    gates.update_ema(); gates.final_mask()                   # argmax of the EMA logits per group
+    gates.update_ema(); gates.final_mask("tinysr")           # TinySR's decision (EMA pair gates, then options)
 
 - Options of a group: every binary vector of length M with N ones (``nm_options``), in a fixed order.
 - Logits start at ``init`` (0.02) for every option; a sample is ``gumbel_softmax(logits · scaling, τ, hard)``
@@ -15,6 +15,11 @@ expansion-corrosion (docs/methods.md §7).
   the first group takes ``[m∩n, m, m∪n][k]`` while the second takes ``[m∪n, m, m∩n][k]`` — when one group
   loses a block the other gains one, so depth moves across group boundaries. The candidate masks are
   combinations of straight-through one-hots, so gradients reach the group logits and the pair gate.
+- The decision (``final_mask``). ``tinysr`` (TinySR §3.1, "the pruning decision"): per pair of groups, the
+  transformation (∩ / keep / ∪) with the largest EMA pair-gate probability, applied to each group's best EMA
+  option and its neighbour — so the searched depth can move across group boundaries (one group keeps N−k,
+  its partner N+k). ``group`` (TinyFusion; the ablation): each group's best EMA option, always N of M.
+  Without expansion-corrosion (or with one group) both are the same.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ class NMGumbelGates(nn.Module):
         self.logits = nn.Parameter(torch.full((self.groups, len(self.options)), float(init)))
         self.pair_logits = nn.Parameter(torch.full((self.groups // 2, 3), float(init)))
         self.register_buffer("ema_logits", self.logits.detach().clone())
+        self.register_buffer("ema_pair_logits", self.pair_logits.detach().clone())
         self.scaling, self.dynamic, self.expansion_corrosion, self.ema = scaling, dynamic, expansion_corrosion, ema
         self.last_choice: list[int] = []
 
@@ -110,9 +116,14 @@ class NMGumbelGates(nn.Module):
             out[b] = pair[p, 0] * b_or + pair[p, 1] * masks[b] + pair[p, 2] * b_and
         return torch.stack(out).reshape(-1)
 
+    @property
+    def pairs_active(self) -> bool:
+        return self.dynamic and self.expansion_corrosion and self.groups >= 2
+
     @torch.no_grad()
     def update_ema(self) -> None:
         self.ema_logits.mul_(self.ema).add_(self.logits.detach(), alpha=1 - self.ema)
+        self.ema_pair_logits.mul_(self.ema).add_(self.pair_logits.detach(), alpha=1 - self.ema)
 
     @torch.no_grad()
     def probabilities(self, ema: bool = True) -> Tensor:
@@ -120,9 +131,34 @@ class NMGumbelGates(nn.Module):
         return F.softmax((self.ema_logits if ema else self.logits) * self.scaling, dim=-1)
 
     @torch.no_grad()
-    def final_mask(self) -> Tensor:
-        """The searched mask: per group, the option with the largest EMA logit (num_blocks,)."""
-        return self.options[self.ema_logits.argmax(-1)].reshape(-1)
+    def pair_probabilities(self) -> Tensor:
+        """(G/2, 3) probabilities of (∩, keep, ∪) for the first group of each pair, from the EMA pair gates."""
+        return F.softmax(self.ema_pair_logits * self.scaling, dim=-1)
+
+    @torch.no_grad()
+    def final_mask(self, decision: str = "tinysr") -> Tensor:
+        """The searched mask (num_blocks,) by ``decision`` (module docstring): ``tinysr`` or ``group``."""
+        if decision not in ("tinysr", "group"):
+            raise ValueError(f"decision {decision!r}: expected tinysr | group")
+        best = self.ema_logits.argmax(-1)
+        masks = self.options[best].clone()  # (G, M)
+        if decision == "group" or not self.pairs_active:
+            return masks.reshape(-1)
+        ties = torch.Generator().manual_seed(0)  # a fixed tie-break: the decision is a function of the EMA state
+        for p, row in enumerate(self.ema_pair_logits.detach().cpu()):
+            # 0: first ∩ / second ∪, 1: keep both, 2: first ∪ / second ∩; a tie that includes "keep" keeps
+            # (an untrained pair gate must not move depth)
+            top = row == row.max()
+            k = 1 if top[1] else int(row.argmax())
+            ends = []
+            for g in (2 * p, 2 * p + 1):
+                m = self.options[best[g]]
+                n = self.options[neighbour_index(self.ema_logits[g], self.options, int(best[g]), ties)]
+                ends.append((m * n, torch.maximum(m, n)))
+            (a_and, a_or), (b_and, b_or) = ends
+            masks[2 * p] = (a_and, masks[2 * p], a_or)[k]
+            masks[2 * p + 1] = (b_or, masks[2 * p + 1], b_and)[k]
+        return masks.reshape(-1)
 
 
 def tau_at(step: int, total: int, start: float = 4.0, end: float = 0.1) -> float:

@@ -34,6 +34,7 @@ class SearchConfig(StrictModel):
     ema: float = Field(0.999, ge=0, lt=1, description="EMA decay of the logits; the final mask is the argmax of the EMA logits.")
     dynamic: bool = Field(True, description="TinySR dynamic inter-block activation (neighbour option).")
     expansion_corrosion: bool = Field(True, description="TinySR expansion-corrosion across paired groups (needs dynamic).")
+    decision: Literal["tinysr", "group"] = Field("tinysr", description="How the final mask is read from the EMA gates: tinysr = per pair of groups the ∩/keep/∪ transformation with the largest EMA pair-gate probability, then each group's option (depth can move across groups); group = each group's best option (TinyFusion, always N of M; the ablation). Same without expansion_corrosion.")
     perceptual_weight: float = Field(0.0, ge=0, description="Weight of ST-LPIPS between the decoded student and decoded teacher latents, added to the L1 (0 = latent L1 only; ST-LPIPS weights ship in stlpips-pytorch).")
     lora_rank: int = Field(8, ge=0, description="LoRA rank on the masked backbone (0 = no LoRA).")
     lora_alpha: int = Field(8, ge=1, description="LoRA alpha.")

@@ -81,6 +81,7 @@ def search_loop(config: dict) -> None:
             _, client = engine.load_checkpoint(str(local), tag=latest["tag"])
             start, history = int(client["step"]), list(client["history"])
             model.gates.ema_logits.copy_(client["ema_logits"].to(model.gates.ema_logits.device))
+            model.gates.ema_pair_logits.copy_(client["ema_pair_logits"].to(model.gates.ema_pair_logits.device))
             gen.set_state(client["rng"][rank])
         tracker = ctx.get_tracker() if rank == 0 else None
         t0 = time.perf_counter()
@@ -114,7 +115,7 @@ def search_loop(config: dict) -> None:
                 dist.all_gather_object(rngs, gen.get_state())
                 tag = f"step{step + 1}"
                 client = {"step": step + 1, "history": history, "ema_logits": model.gates.ema_logits.detach().cpu(),
-                          "rng": rngs}
+                          "ema_pair_logits": model.gates.ema_pair_logits.detach().cpu(), "rng": rngs}
                 ckpt.save(tag, lambda root: engine.save_checkpoint(str(root), tag=tag, client_state=client))
         train_s = time.perf_counter() - t0  # the loop alone: no start-up (checkpoint saves included when on)
         if rank == 0:
@@ -127,7 +128,7 @@ def search_loop(config: dict) -> None:
 
 def _publish(store, key: str, model: MaskSearch, cfg: SearchConfig, world: int, history: list[dict],
              fixed: bool, teacher_digest: str, timing: dict, engine: dict) -> None:
-    mask = model.fixed_mask if fixed else model.gates.final_mask()
+    mask = model.fixed_mask if fixed else model.gates.final_mask(cfg.decision)
     lora = store.put_bytes(f"search/{key[:24]}/lora.safetensors", save(model.lora_state()) if model.lora_names
                            else save({"empty": torch.zeros(0)}))
     probs = model.gates.probabilities()
@@ -136,6 +137,8 @@ def _publish(store, key: str, model: MaskSearch, cfg: SearchConfig, world: int, 
               "blocks": model.masker.names, "kept": [n for n, v in zip(model.masker.names, mask.tolist()) if v > 0.5],
               "options": model.gates.options.int().tolist(), "ema_logits": model.gates.ema_logits.tolist(),
               "probabilities": probs.tolist(), "confidence": probs.max(-1).values.tolist(),
+              "decision": cfg.decision, "pair_probabilities": model.gates.pair_probabilities().tolist(),
+              "group_mask": [int(v) for v in model.gates.final_mask("group").tolist()],
               "lora": {"key": lora.key, "sha256": lora.sha256, "rank": cfg.lora_rank, "alpha": cfg.lora_alpha,
                        "targets": cfg.lora_targets},
               "deepspeed": cfg.deepspeed.engine_config(cfg.batch_size), "engine": engine, "world_size": world,

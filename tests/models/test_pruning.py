@@ -81,6 +81,61 @@ def test_gates_learn_and_ema_argmax_gives_the_final_mask():
     assert tau_at(0, 100) == 4.0 and abs(tau_at(99, 100) - 0.1) < 1e-9
 
 
+def test_tinysr_decision_hand_worked():
+    """EMA option logits and pair gates set by hand: the TinySR decision applies the pair's strongest
+    transformation to each group's best option and its neighbour; the group decision ignores the pair gate;
+    a tie that includes "keep" (an untrained pair gate) keeps."""
+    gates = NMGumbelGates(8, 2, 4)  # options: 0:[1100] 1:[1010] 2:[1001] 3:[0110] 4:[0101] 5:[0011]
+    with torch.no_grad():
+        gates.ema_logits.copy_(torch.tensor([[3.0, 2.0, 0, 0, 0, 0], [0, 0, 0, 1.0, 0, 2.0]]))
+        # group 0: best [1100], neighbour [1010]; group 1: best [0011], neighbour [0110]
+        assert gates.final_mask("group").tolist() == [1, 1, 0, 0, 0, 0, 1, 1]
+        assert gates.final_mask("tinysr").tolist() == [1, 1, 0, 0, 0, 0, 1, 1]  # untrained pair gate: keep
+        gates.ema_pair_logits.copy_(torch.tensor([[0.5, 0.1, 0.2]]))  # ∩ for the first, ∪ for the second
+        assert gates.final_mask("tinysr").tolist() == [1, 0, 0, 0, 0, 1, 1, 1]
+        gates.ema_pair_logits.copy_(torch.tensor([[0.1, 0.2, 0.5]]))  # ∪ for the first, ∩ for the second
+        assert gates.final_mask("tinysr").tolist() == [1, 1, 1, 0, 0, 0, 1, 0]
+        assert gates.final_mask("group").tolist() == [1, 1, 0, 0, 0, 0, 1, 1]
+        assert gates.pair_probabilities().shape == (1, 3)
+    plain = NMGumbelGates(8, 2, 4, expansion_corrosion=False)
+    with torch.no_grad():
+        plain.ema_pair_logits.fill_(5.0)
+        plain.ema_pair_logits[0, 0] = 9.0
+    assert plain.final_mask("tinysr").tolist() == plain.final_mask("group").tolist()  # no pairs: same
+    with pytest.raises(ValueError, match="tinysr | group"):
+        gates.final_mask("best")
+
+
+def test_tinysr_decision_moves_depth_to_where_the_teacher_needs_it():
+    """8 blocks, 2:4, blocks 1-3 exact identities (all redundancy in the first group): the learned search's
+    TinySR decision keeps one block of the first group and three of the second — a mask the group decision
+    cannot express (it keeps 2 + 2, so an identity block stays and a working one goes) — and that mask
+    reproduces the teacher better."""
+    from srcompress.models.pruning.search import MaskSearch
+    from tests.tasks.test_search import identity_blocks_teacher_model
+
+    teacher = identity_blocks_teacher_model((1, 2, 3), num_layers=8)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(16, 16, 16, 16, generator=g)
+    with torch.no_grad():
+        target = teacher.restore_tile(z)
+    model = MaskSearch(identity_blocks_teacher_model((1, 2, 3), num_layers=8), n=2, m=4, lora_rank=0, ema=0.9)
+    opt = torch.optim.AdamW(model.param_groups(1e-2, 0.0), lr=1e-2)
+    for step in range(40):
+        idx = torch.randint(16, (4,), generator=g)
+        loss = (model(z[idx], tau_at(step, 40), g) - target[idx]).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.gates.update_ema()
+    tinysr, group = model.gates.final_mask("tinysr"), model.gates.final_mask("group")
+    assert tinysr.tolist() == [1, 0, 0, 0, 1, 1, 1, 0], tinysr
+    assert group[:4].sum() == group[4:].sum() == 2
+    with torch.no_grad():
+        err = {name: (model(z, mask=m) - target).abs().mean().item() for name, m in (("tinysr", tinysr), ("group", group))}
+    assert err["tinysr"] < 0.9 * err["group"], err  # one working block dropped instead of two
+
+
 @torch.no_grad()
 def test_a_masked_block_with_m_zero_is_exactly_the_identity():
     t = tiny_sd3_teacher(num_layers=4, tile=16).eval()

@@ -109,10 +109,9 @@ def test_a_killed_search_resumes_to_the_same_logits(tmp_path, upstream_store):
     assert len(got) == len(want) and max(abs(a - b) for a, b in zip(got, want, strict=True)) < 1e-5
 
 
-def identity_blocks_teacher(folder: Path, identity: tuple[int, ...], num_layers: int = 4) -> Path:
+def identity_blocks_teacher_model(identity: tuple[int, ...], num_layers: int = 4):
     """A random tiny SD3 teacher whose blocks ``identity`` are exact identities on both streams (their attention
     and feed-forward outputs zeroed): removing them changes nothing, removing any other block changes a lot."""
-    from srcompress.models.teachers import save_teacher
     from srcompress.models.teachers.tiny import tiny_sd3_teacher
 
     teacher = tiny_sd3_teacher(seed=5, num_layers=num_layers, tile=32, patch_size=4)
@@ -125,7 +124,14 @@ def identity_blocks_teacher(folder: Path, identity: tuple[int, ...], num_layers:
             for lin in outs:
                 lin.weight.zero_()
                 lin.bias.zero_()
-    return save_teacher(teacher, folder)
+    return teacher.eval()
+
+
+def identity_blocks_teacher(folder: Path, identity: tuple[int, ...], num_layers: int = 4) -> Path:
+    """``identity_blocks_teacher_model`` saved as a teacher folder."""
+    from srcompress.models.teachers import save_teacher
+
+    return save_teacher(identity_blocks_teacher_model(identity, num_layers), folder)
 
 
 def test_the_learned_search_drops_the_blocks_that_do_nothing(upstream_workdir):
