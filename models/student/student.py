@@ -178,7 +178,11 @@ def build_student(teacher: OneStepTeacher, mask: list[float] | Tensor, lora_stat
     if kind == "unet" and image_only:
         raise ValueError("an image-only student removes SD3's text stream; a UNet has none to remove "
                          "(set distill.text_stream=keep for UNet teachers)")
-    backbone = merge_lora(copy.deepcopy(teacher.backbone), lora_state or {}, lora_rank, lora_alpha)
+    # The SD3 builds copy the kept tensors into a new model; without a LoRA to merge the teacher's backbone is
+    # only read (no deep copy: at SD3-medium scale that is 8 GB). UNet surgery edits its input, so it gets a copy.
+    backbone = teacher.backbone
+    if (lora_state and lora_rank > 0) or kind == "unet":
+        backbone = merge_lora(copy.deepcopy(teacher.backbone), lora_state or {}, lora_rank, lora_alpha)
     phase = PhaseExchangeAdapter(int(teacher.vae.config.latent_channels)) if phase_adapter else None
     p = next(teacher.backbone.parameters())
     if kind == "unet":
