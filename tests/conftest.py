@@ -33,6 +33,12 @@ for key, value in {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY
                    "AWS_DEFAULT_REGION": "us-east-1"}.items():
     os.environ[key] = value
 os.environ.pop("AWS_PROFILE", None)
+# Two xdist workers share the cores: each worker's processes (the test itself, CLI runs, Ray actors, DeepSpeed
+# ranks) get cores // workers torch threads (tasks/common/threads.py: core_budget reads OMP_NUM_THREADS), so
+# two tests never run twice as many compute threads as there are cores (measured: 2-3x slower that way).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
 
 SECRET = os.environ["AWS_SECRET_ACCESS_KEY"]
 

@@ -16,9 +16,19 @@ import torch
 from srcompress.infra.context import RunContext
 
 
+def core_budget() -> int:
+    """Cores this process's torch threads may use: ``OMP_NUM_THREADS`` when set — how batch schedulers and
+    shared hosts cap a process, and what the test suite sets per xdist worker so that two tests never run
+    four compute threads on two cores — else the cores the process may run on."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def threads_for(ctx: RunContext, workers: int = 1) -> int:
-    """``run.torch_threads`` when set, else the cores shared evenly by the step's ``workers``."""
-    return ctx.torch_threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+    """``run.torch_threads`` when set, else the core budget shared evenly by the step's ``workers``."""
+    return ctx.torch_threads or max(1, core_budget() // max(1, workers))
 
 
 def ray_task_threads(ctx: RunContext) -> int:

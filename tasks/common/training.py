@@ -44,7 +44,9 @@ def init_rank(device_spec: str | None, num_workers: int, what: str = "run.device
     import deepspeed
     import torch.distributed as dist
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_workers))
+    from srcompress.tasks.common.threads import core_budget
+
+    torch.set_num_threads(max(1, core_budget() // num_workers))
     device = resolve_device(device_spec, what)
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), device

@@ -89,12 +89,13 @@ def test_a_step_computes_with_its_own_thread_count_whatever_an_earlier_step_left
 
     from srcompress.infra.context import RunContext
     from srcompress.infra.tracking import TrackingConfig
-    from srcompress.tasks.common.threads import threads_for, use_threads
+    from srcompress.tasks.common.threads import core_budget, threads_for, use_threads
 
     def ctx(n: int) -> RunContext:
         return RunContext(workdir=str(tmp_path), store=StoreConfig(), tracking=TrackingConfig(), torch_threads=n)
 
-    cores = os.cpu_count() or 1
+    cores = core_budget()  # OMP_NUM_THREADS when set (one per xdist worker), else the affinity mask
+    assert cores == int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
     before = torch.get_num_threads()
     try:
         seen = []
@@ -114,6 +115,21 @@ def test_a_step_computes_with_its_own_thread_count_whatever_an_earlier_step_left
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_core_budget_follows_omp_num_threads(monkeypatch, tmp_path):
+    """A host cap (``OMP_NUM_THREADS``) bounds every step's threads; without it, the affinity mask does."""
+    from srcompress.infra.context import RunContext
+    from srcompress.infra.tracking import TrackingConfig
+    from srcompress.tasks.common.threads import core_budget, threads_for
+
+    ctx = RunContext(workdir=str(tmp_path), store=StoreConfig(), tracking=TrackingConfig())
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert core_budget() == 3 and threads_for(ctx, workers=1) == 3 and threads_for(ctx, workers=2) == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert core_budget() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "not-a-number")
+    assert core_budget() == len(os.sched_getaffinity(0))
 
 
 def test_step_figures_are_png_and_closed_after():
