@@ -30,7 +30,9 @@ FAST = ["data.bundled_sets=[sklearn, kodak]", "data.held_out=[kodak/I04.bmp]", "
         "teacher.bootstrap.eval_every=1", "teacher.bootstrap.val_fraction=0",  # keep the trained (non-identity) state
         "encode.num_actors=2", "encode.dtype=float32"]
 # What the session template computes: FAST plus the redundancy settings the search/distill/register tests use.
-UPSTREAM = FAST + ["redundancy.calibration_size=4"]
+# One torch thread for the in-process steps: the bootstrap's losses then do not depend on whether the suite runs
+# serially or under xdist (OMP_NUM_THREADS=1), and the golden curves pin them (tests/test_golden_curves.py).
+UPSTREAM = FAST + ["redundancy.calibration_size=4", "run.torch_threads=1"]
 UPSTREAM_STEPS = ("degrade", "degrade_holdout", "bootstrap_teacher", "encode_latents", "analyse_redundancy")
 
 _META = ".srmeta"

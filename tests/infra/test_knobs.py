@@ -606,8 +606,10 @@ def test_distill_merge_search_lora_decides_whether_the_student_carries_the_searc
         with torch.no_grad():
             out[merge] = student.restore_tile(z)
     with torch.no_grad():
-        merged = build_student(_tiny_teacher(layers=4), [1, 0, 0, 1], search.lora_state(), 2, 4).restore_tile(z)
-        plain = build_student(_tiny_teacher(layers=4), [1, 0, 0, 1]).restore_tile(z)
+        only = _cfg().distill.image_only("sd3")  # the references shaped as the config shapes the student
+        merged = build_student(_tiny_teacher(layers=4), [1, 0, 0, 1], search.lora_state(), 2, 4,
+                               image_only=only).restore_tile(z)
+        plain = build_student(_tiny_teacher(layers=4), [1, 0, 0, 1], image_only=only).restore_tile(z)
     assert torch.allclose(out[True], merged, atol=1e-5) and torch.allclose(out[False], plain, atol=1e-5)
     assert not torch.allclose(out[True], out[False], atol=1e-3)
 

@@ -3,6 +3,7 @@ counts and step figures."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
