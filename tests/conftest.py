@@ -92,7 +92,8 @@ def mlflow_server(moto_server, tmp_path_factory):
     boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").create_bucket(Bucket=bucket)
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    env = dict(os.environ, MLFLOW_S3_ENDPOINT_URL=moto_server)
+    # no job runner: MLflow 3's server otherwise starts a dozen huey consumer processes the tests never use
+    env = dict(os.environ, MLFLOW_S3_ENDPOINT_URL=moto_server, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
            f"s3://{bucket}/proxied", "--workers", "1"]

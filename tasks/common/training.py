@@ -1,7 +1,7 @@
 """What every DeepSpeed training step shares (search, distillation): the engine config, rank setup, the frozen
 perceptual network, and checkpoints kept in the artifact store so a killed run resumes on any machine.
 
-    rank, world, device = init_rank(cfg.device or ctx.device, num_workers)     # inside a Ray Train worker
+    rank, world, device = init_rank(cfg.device or ctx.device, num_workers)     # inside a training rank
     ckpt = StoreCheckpoints(store, "distill/<key>/stage1/checkpoint", scratch_dir, rank)
     state = ckpt.restore()                 # None, or {"tag": …}: the local dir now holds that checkpoint
     ckpt.save(tag, lambda root: engine.save_checkpoint(str(root / "g"), tag=tag, client_state=…))
@@ -40,7 +40,7 @@ class DeepSpeedConfig(StrictModel):
 
 
 def init_rank(device_spec: str | None, num_workers: int, what: str = "run.device") -> tuple[int, int, torch.device]:
-    """Inside a Ray Train worker: threads per rank, the device, and DeepSpeed's process group."""
+    """Inside a training rank (``train_on_ray``): threads per rank, the device, and DeepSpeed's process group."""
     import deepspeed
     import torch.distributed as dist
 

@@ -61,7 +61,7 @@ class DistillConfig(StrictModel):
     stage1: Stage1Config = Field(default_factory=Stage1Config, description="Stage 1: latent-space distillation.")
     stage2: Stage2Config = Field(default_factory=Stage2Config, description="Stage 2: pixel-space training with GAN.")
     train_size: int = Field(96, ge=2, description="Cached pairs used (seeded draw), split over the ranks.")
-    num_workers: int = Field(1, ge=1, description="DeepSpeed ranks, launched by Ray Train's TorchTrainer (local Ray, or run.ray_address).")
+    num_workers: int = Field(1, ge=1, description="DeepSpeed ranks, launched as Ray actors (local Ray, or run.ray_address).")
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig, description="DeepSpeed engine settings (generator, discriminator and tiny VAE engines).")
     log_every: int = Field(10, ge=1, description="Log losses to MLflow every N steps.")
     checkpoint_every: int = Field(50, ge=0, description="DeepSpeed checkpoints to the store every N steps; 0 = never.")

@@ -4,7 +4,7 @@
 
 Each stage is its own cached step: its key is (the stage's settings, its input digests, code version), so
 changing stage 2 never redoes stage 1. The Prefect task is the driver: it launches ``tasks/distill/worker.py``
-on ``distill.num_workers`` DeepSpeed ranks through Ray Train (like the search) and turns rank 0's published
+on ``distill.num_workers`` DeepSpeed ranks as Ray actors (like the search) and turns rank 0's published
 student folder into a ``student`` manifest; MLflow gets the loss curves (``stage1.*`` / ``stage2.*``), the
 comparison grid and the result. A killed stage resumes from its latest checkpoint in the store.
 """
@@ -55,8 +55,7 @@ def train_stage(ctx: RunContext, cfg: DistillConfig, teacher_cfg: TeacherConfig,
               "manifests": {k: v.to_json() for k, v in manifests.items()}, "stage": stage, "key": key,
               "run_id": run_id, "phase_adapter": phase}
     use_gpu = resolve_device(cfg.device or ctx.device, "distill.device").type == "cuda"
-    info = train_on_ray(distill_loop, config, cfg.num_workers, use_gpu, f"distill-{stage}-{key[:12]}",
-                        str(ctx.scratch("ray-train")), ray_address)
+    info = train_on_ray(distill_loop, config, cfg.num_workers, use_gpu, f"distill-{stage}-{key[:12]}", ray_address)
     log.info("%s: %d DeepSpeed rank(s) finished on Ray %s", STAGES[stage], cfg.num_workers, info)
     store = ctx.get_store()
     return json.loads(store.get_bytes(f"distill/{key[:24]}/{stage}/result.json"))

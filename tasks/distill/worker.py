@@ -1,4 +1,4 @@
-"""One DeepSpeed rank of a distillation stage (Ray Train's ``train_loop_per_worker``), docs/methods.md §9.
+"""One DeepSpeed rank of a distillation stage (run by ``infra/ray_cluster.py: train_on_ray``), docs/methods.md §9.
 
 Stage 1 (latent): the student built from the mask regresses the cached teacher latent (L1, optional ST-LPIPS
 after decoding). Stage 2 (pixel): starting from stage 1, decode (the tiny VAE, fitted first, when enabled) and
@@ -54,7 +54,7 @@ def cosine_warmup(opt, steps: int, warmup: int):
 
 
 def distill_loop(config: dict) -> None:
-    """Ray Train entry: ``config`` holds JSON strings only (RunContext, configs, manifests, key, run id, stage)."""
+    """Rank entry: ``config`` holds JSON strings only (RunContext, configs, manifests, key, run id, stage)."""
     import deepspeed
     import torch.distributed as dist
 

@@ -40,12 +40,12 @@ class SearchConfig(StrictModel):
     lora_alpha: int = Field(8, ge=1, description="LoRA alpha.")
     lora_targets: list[str] = Field(list(TINYSR_LORA_TARGETS), min_length=1, description="peft target module names (TinySR's list by default).")
     random_candidates: int = Field(16, ge=1, description="random_min: how many random N:M masks are scored.")
-    num_workers: int = Field(1, ge=1, description="DeepSpeed ranks, launched by Ray Train's TorchTrainer on the encode step's Ray (local, or run.ray_address).")
+    num_workers: int = Field(1, ge=1, description="DeepSpeed ranks, launched as Ray actors on the encode step's Ray (local, or run.ray_address).")
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig, description="DeepSpeed engine settings.")
     log_every: int = Field(10, ge=1, description="Log loss, τ and per-group option probabilities to MLflow every N steps.")
     checkpoint_every: int = Field(50, ge=0, description="DeepSpeed checkpoint (+ gates / EMA / RNG) to the store every N steps; 0 = never.")
     seed: int = Field(0, description="Seed of the calibration draw, LoRA init, batches and Gumbel noise (per rank).")
-    device: str | None = Field(None, pattern=DEVICE_PATTERN, description="auto | cpu | cuda; null = run.device (each rank its own GPU under Ray Train).")
+    device: str | None = Field(None, pattern=DEVICE_PATTERN, description="auto | cpu | cuda; null = run.device (each rank its own GPU, as Ray assigns it).")
 
     # Change how often things are logged or saved, or where they run — never the result.
     NOT_RESULTS: ClassVar[frozenset[str]] = frozenset({"log_every", "checkpoint_every", "device"})

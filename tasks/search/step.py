@@ -3,8 +3,8 @@
     srcompress run --config configs/tiny.yaml --until search_pruning [--set search.num_workers=2]
 
 The Prefect task is the driver: it computes a baseline mask if one is asked for, starts (or joins) Ray and
-runs ``tasks/search/worker.py`` on ``search.num_workers`` DeepSpeed ranks through Ray Train's
-``TorchTrainer``, then turns rank 0's published result into the ``mask`` manifest, plots and MLflow records.
+runs ``tasks/search/worker.py`` on ``search.num_workers`` DeepSpeed ranks as Ray actors
+(``infra/ray_cluster.py: train_on_ray``), then turns rank 0's published result into the ``mask`` manifest, plots and MLflow records.
 """
 
 from __future__ import annotations
@@ -108,8 +108,7 @@ def search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, laten
               "fixed_mask": fixed}
     use_gpu = resolve_device(cfg.device or ctx.device, "search.device").type == "cuda"
     log.info("search_pruning: %s, %d DeepSpeed rank(s) on Ray", cfg.method, cfg.num_workers)
-    info = train_on_ray(search_loop, config, cfg.num_workers, use_gpu, f"search-{key[:12]}",
-                        str(ctx.scratch("ray-train")), ray_address)
+    info = train_on_ray(search_loop, config, cfg.num_workers, use_gpu, f"search-{key[:12]}", ray_address)
     log.info("search_pruning: ranks finished on Ray %s", info)
     store = ctx.get_store()
     return json.loads(store.get_bytes(f"search/{key[:24]}/result.json"))

@@ -1,4 +1,4 @@
-"""One DeepSpeed rank of the search (Ray Train's ``train_loop_per_worker``): masked teacher + LoRA + gates.
+"""One DeepSpeed rank of the search (run by ``infra/ray_cluster.py: train_on_ray``): masked teacher + LoRA + gates.
 
 Every rank loads the teacher, draws the same seeded calibration subset and trains on its slice (``rank::world``);
 Gumbel masks are sampled per rank (seeded by (seed, rank)), the gate and LoRA gradients are averaged by the
@@ -46,7 +46,7 @@ def build(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, teache
 
 
 def search_loop(config: dict) -> None:
-    """Ray Train entry: ``config`` holds JSON strings only (RunContext, configs, manifests, key, run id, mask)."""
+    """Rank entry: ``config`` holds JSON strings only (RunContext, configs, manifests, key, run id, mask)."""
     import deepspeed
     import torch.distributed as dist
 

@@ -18,7 +18,7 @@ untracked-but-not-ignored files) of this working tree whose ``configs/tiny.yaml`
 prefect.yaml names — is replaced by ``SMALL``: 7 photos copied from the bundled sets as the data folder, one 64 px
 crop each, a 2-block tiny teacher trained for a few steps, 4 search steps (checkpointing every 2, so concurrent
 runs also write checkpoints), 4 + 2 distillation steps, PSNR/SSIM only, no efficiency timing. Every step still
-runs through its real machinery (Ray Data actors, Ray Train + DeepSpeed ranks, MLflow, the store). The flows'
+runs through its real machinery (Ray Data actors, DeepSpeed ranks as Ray actors, MLflow, the store). The flows'
 code is the installed (editable) package. The worker's environment points the store (``SRCOMPRESS_STORE_URI``)
 and MLflow (``MLFLOW_TRACKING_URI``, sqlite) at tmp, so the test can read both.
 

@@ -8,14 +8,14 @@
 then the tiny DAG (``run_pipeline`` in this process, which joins the cluster as its Ray driver, ``run.ray_address``):
 degradation shards and evaluation scoring as Ray tasks on that cluster (some of each must have run in a
 process of the worker node: the workers they report are checked against the raylet children seen), the search
-and both distillation stages on 2 DeepSpeed ranks through Ray Train on that cluster, and ``srcompress lineage
+and both distillation stages on 2 DeepSpeed ranks (Ray actors) on that cluster, and ``srcompress lineage
 models:/<name>@candidate --verify`` read back from the MLflow server and the S3 store.
 
-Where the ranks ran. Each node has exactly 1 CPU and a Ray Train rank asks for 1, so 2 ranks can only be placed
+Where the ranks ran. Each node has exactly 1 CPU and a training rank asks for 1, so 2 ranks can only be placed
 as one rank per node; the test does not rely on that alone, it observes it:
 
 - Ray's GCS actor table (``ray._private.state.actors()``: the Ray state API ``ray.util.state.list_actors``
-  needs the dashboard, which ``ray[data]`` does not install) keeps every ``RayTrainWorker`` actor after it
+  needs the dashboard, which ``ray[data]`` does not install) keeps every ``DeepSpeedRank`` actor after it
   ended, with its job, node id and pid. Every step opens its own Ray session, so each training is one job:
   there must be 3 (search, stage 1, stage 2), each with 2 rank actors, one on each node;
 - the worker node's id is tied to the worker ``ray start`` process: its ``RayletSocketName`` (``ray.nodes()``)
@@ -153,7 +153,7 @@ def test_dag_on_a_two_node_ray_cluster_with_mlflow_server_and_s3_store(mlflow_se
             # -- the DeepSpeed ranks ran on both nodes, one of them the worker node's raylet's child
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
             try:
-                actors = [a for a in ray._private.state.actors().values() if "RayTrainWorker" in a["ActorClassName"]]
+                actors = [a for a in ray._private.state.actors().values() if "DeepSpeedRank" in a["ActorClassName"]]
             finally:
                 ray.shutdown()
             jobs: dict[str, list[dict]] = {}

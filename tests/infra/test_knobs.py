@@ -464,7 +464,7 @@ RANK_ENV = {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_R
 
 @pytest.fixture(scope="session")
 def _deepspeed_process_group():
-    """DeepSpeed's process group on one CPU rank (gloo) in this test process, as a Ray Train worker has it.
+    """DeepSpeed's process group on one CPU rank (gloo) in this test process, as a training rank has it.
     Made once per process and kept: DeepSpeed caches its groups, so a destroyed one cannot be made again.
     DeepSpeed's shared-memory all-reduce op (a C++ build on first use, minutes) serves multi-rank CPU runs only,
     so it is not built."""

@@ -11,17 +11,19 @@ import pytest
 from srcompress.config import load_config
 from srcompress.flows.compress import run_pipeline
 from srcompress.infra.store import LocalStore
+from tests.upstream import UPSTREAM
 
-pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("prefect_harness")]
+pytestmark = [pytest.mark.reliability]
 
-CFG = ["data.bundled_sets=[sklearn, kodak]", "data.held_out=[kodak/I04.bmp]", "degrade.crop_size=64",
-       "degrade.crops_per_image=2", "degrade.shard_size=4", "teacher.bootstrap.num_layers=2",
-       "teacher.bootstrap.restorer_steps=8", "teacher.bootstrap.batch_size=4", "teacher.bootstrap.eval_every=4",
-       "encode.num_actors=1", "redundancy.calibration_size=4", "search.n=1", "search.m=2", "search.steps=4",
-       "search.calibration_size=8", "search.lora_rank=2", "search.checkpoint_every=0",
-       "evaluate.metrics=[psnr, ssim]", "evaluate.data.center_crop=128",
-       "evaluate.efficiency.enabled=false", "evaluate.grid_images=1", "evaluate.models=[bicubic, teacher, student]",
-       "distill.train_size=8", "distill.stage1.steps=4", "distill.stage1.batch_size=2", "distill.stage2.steps=2", "distill.stage2.batch_size=2", "distill.checkpoint_every=0"]
+# The upstream steps (degrade → bootstrap_teacher → encode_latents → analyse_redundancy) on the session upstream's
+# config: the test's store starts as a copy of it (tests/upstream.py), so the reference run computes only the
+# steps after it, and every upstream fault is healed by recomputing that step on exactly this config.
+CFG = UPSTREAM + ["search.steps=4", "search.calibration_size=8", "search.lora_rank=2", "search.checkpoint_every=0",
+                  "evaluate.metrics=[psnr, ssim]", "evaluate.data.center_crop=128",
+                  "evaluate.efficiency.enabled=false", "evaluate.grid_images=1",
+                  "evaluate.models=[bicubic, teacher, student]", "distill.train_size=8", "distill.stage1.steps=4",
+                  "distill.stage1.batch_size=2", "distill.stage2.steps=2", "distill.stage2.batch_size=2",
+                  "distill.checkpoint_every=0"]
 FAULTS = ("corrupt", "truncate", "delete")
 
 
@@ -88,10 +90,12 @@ def batches(plan: list[tuple[str, str, str]]) -> list[list[tuple[str, str, str]]
 
 
 @pytest.mark.timeout(1800)  # a small DAG run, then one rerun per batch of faults
-def test_every_object_kind_heals_after_corrupt_truncate_delete(tmp_path):
+def test_every_object_kind_heals_after_corrupt_truncate_delete(upstream_workdir):
     cfg = load_config("tiny", CFG)
-    work = tmp_path / "w"
+    work = upstream_workdir  # its store holds the session upstream: those steps are verified cache hits
     ref = run_pipeline(cfg, work)
+    upstream = ("degrade", "bootstrap_teacher", "encode_latents", "analyse_redundancy")
+    assert all(ref["outcomes"][s] == "cached" for s in upstream), ref["outcomes"]  # seeded, not recomputed
     store = LocalStore(work / "store")
     quality = {k: v for k, v in ref["steps"]["evaluate"]["extra"]["metrics"].items() if k.split(".")[-1] in ("psnr", "ssim")}
     failures = []

@@ -20,15 +20,22 @@ from tests.reliability.conftest import STALL_S, run_cli, start_cli
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
+# Small enough that the six CLI runs are mostly start-up, large enough that every kill lands mid-step: 28 pairs in
+# 14 shards of 2 (degrade and encode each have shards left after their kill point), a 2-layer teacher trained
+# for 50 restorer steps with a checkpoint every 5 (killed at 30: 20 steps, the validation and the publication
+# left), psnr/ssim on one 128-px evaluation crop, a few search and distillation steps after the last kill point.
 CFG = ["data.bundled_sets=[skimage, sklearn, kodak]", "data.held_out=[kodak/I04.bmp]", "degrade.crop_size=64",
-       "degrade.crops_per_image=6", "degrade.shard_size=2", "degrade.batch_size=2",
-       "teacher.bootstrap.num_layers=4", "teacher.bootstrap.restorer_steps=200", "teacher.bootstrap.eval_every=40",
-       "teacher.bootstrap.checkpoint_every=20", "encode.num_actors=2",
-       "evaluate.metrics=[psnr, ssim, piqe, st_lpips]", "evaluate.data.center_crop=256",
-       "evaluate.efficiency.enabled=false", "evaluate.models=[bicubic, teacher, student]", "search.steps=20",
-       "distill.train_size=8", "distill.stage1.steps=4", "distill.stage1.batch_size=2", "distill.stage2.steps=2", "distill.stage2.batch_size=2", "distill.checkpoint_every=0"]
+       "degrade.crops_per_image=2", "degrade.shard_size=2", "degrade.batch_size=2",
+       "teacher.bootstrap.num_layers=2", "teacher.bootstrap.restorer_steps=50", "teacher.bootstrap.eval_every=10",
+       "teacher.bootstrap.checkpoint_every=5", "encode.num_actors=2",
+       "evaluate.metrics=[psnr, ssim]", "evaluate.data.center_crop=128", "evaluate.grid_images=1",
+       "evaluate.efficiency.enabled=false", "evaluate.models=[bicubic, teacher, student]",
+       "redundancy.calibration_size=4", "search.n=1", "search.m=2",  # N:M groups must divide the 2 blocks
+       "search.steps=4", "search.calibration_size=8", "search.lora_rank=2", "search.checkpoint_every=0",
+       "distill.train_size=8", "distill.stage1.steps=4", "distill.stage1.batch_size=2", "distill.stage2.steps=2",
+       "distill.stage2.batch_size=2", "distill.checkpoint_every=0"]
 ARGS = [f"--set={o}" for o in CFG]
-QUALITY = ("psnr", "ssim", "piqe", "st_lpips")
+QUALITY = ("psnr", "ssim")
 
 
 def _kill_when(workdir: Path, pattern: str, stall: float = STALL_S) -> set[int]:
@@ -94,7 +101,7 @@ def test_kill_9_in_every_long_step_resumes_to_the_same_digests(tmp_path):
     work = tmp_path / "killed"
     kill_points = [
         ("degrade", r"degrade: shard 5/"),
-        ("bootstrap_teacher", r"bootstrap restorer 160/200"),  # checkpoints at 20, 40, …, 140 (160 racing)
+        ("bootstrap_teacher", r"bootstrap restorer 30/50"),  # checkpoints at 5, 10, …, 25 (30 racing)
         ("encode_latents", r"encode_latents: shard 3/"),
         ("evaluate", r"build-eval-set.*Finished in state Completed"),
     ]
@@ -126,7 +133,7 @@ def test_kill_9_in_every_long_step_resumes_to_the_same_digests(tmp_path):
     # each rerun redid only the unfinished part: the resumed teacher started from its last checkpoint
     teacher_runs = client.search_runs([final["experiment_id"]], "tags.`srcompress.step` = 'bootstrap_teacher'")
     resumed = [r.data.metrics.get("resumed_at_step", 0) for r in teacher_runs]
-    assert max(resumed) >= 140, resumed
+    assert max(resumed) >= 25, resumed  # not 0: the last checkpoint before the kill
     encode_runs = client.search_runs([final["experiment_id"]], "tags.`srcompress.step` = 'encode_latents'")
     assert any(r.data.metrics.get("shards_cached", 0) >= 2 and r.data.metrics.get("shards_computed", 0) > 0
                for r in encode_runs)  # the run after the encode kill kept the finished shards

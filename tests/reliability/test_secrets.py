@@ -18,8 +18,8 @@ pytestmark = pytest.mark.reliability
 # The whole DAG, small: every sink a run writes to is filled — step runs, the registered version's lineage
 # tags, the evaluation report, the store's checkpoints and manifests.
 SMALL = ["data.bundled_sets=[sklearn, kodak]", "data.held_out=[kodak/I04.bmp]", "degrade.crop_size=64",
-         "degrade.crops_per_image=2", "degrade.shard_size=4", "teacher.bootstrap.num_layers=2",
-         "teacher.bootstrap.restorer_steps=8", "teacher.bootstrap.batch_size=4", "teacher.bootstrap.eval_every=4",
+         "degrade.crops_per_image=1", "degrade.shard_size=4", "teacher.bootstrap.num_layers=2",
+         "teacher.bootstrap.restorer_steps=4", "teacher.bootstrap.batch_size=4", "teacher.bootstrap.eval_every=2",
          "encode.num_actors=1", "redundancy.calibration_size=4", "search.n=1", "search.m=2", "search.steps=4",
          "search.calibration_size=8", "search.lora_rank=2", "search.checkpoint_every=2",
          "evaluate.metrics=[psnr, ssim]", "evaluate.data.center_crop=64", "evaluate.efficiency.enabled=false",

@@ -1,4 +1,4 @@
-"""distill_latent / distill_pixel through the flow: DeepSpeed ranks via Ray Train, student manifests, the
+"""distill_latent / distill_pixel through the flow: DeepSpeed ranks on Ray, student manifests, the
 diffusers-loadable folder, MLflow curves and grids, per-stage caching, resume after kill -9."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 import threading
 
 import pytest
-from ray.train import TrainingFailedError
+from srcompress.infra.ray_cluster import RankFailed
 import torch
 from mlflow import MlflowClient
 
@@ -22,6 +22,21 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 DISTILL = SEARCH + ["search.steps=2", "distill.train_size=6", "distill.stage1.steps=4", "distill.stage1.batch_size=2",
                     "distill.stage2.steps=3", "distill.stage2.batch_size=2", "distill.log_every=1",
                     "distill.checkpoint_every=0", "distill.stage2.discriminator=patch"]
+# The module's one uninterrupted two-stage run: DISTILL with a stage 1 long enough to be killed after its first
+# checkpoint (step 4 of 12) and still have steps to go, so the resume test can compare against it.
+TWO_STAGE = DISTILL + ["distill.stage1.steps=12", "distill.checkpoint_every=4"]
+
+# The tests that share `two_stage` run on one xdist worker, one after another (a module fixture is rebuilt on
+# every worker that runs one of its tests).
+shared_run = pytest.mark.xdist_group("distill_two_stage")
+
+
+@pytest.fixture(scope="module")
+def two_stage(upstream_store, tmp_path_factory):
+    """One TWO_STAGE run through ``distill_pixel`` on the session upstream: (config, work dir, summary)."""
+    cfg = load_config("tiny", TWO_STAGE)
+    work = seed_workdir(upstream_store, tmp_path_factory.mktemp("two-stage") / "w")
+    return cfg, work, run_pipeline(cfg, work, until="distill_pixel")
 
 
 def _run(client: MlflowClient, summary: dict, step: str):
@@ -84,12 +99,13 @@ def _planned(out: dict, cfg, root) -> dict:
                          build=lambda t, m: final_student(t, m, cfg.distill))
 
 
-def test_two_stage_distillation_publishes_a_diffusers_student(tmp_path, upstream_workdir):
-    cfg = load_config("tiny", DISTILL)
-    out = run_pipeline(cfg, upstream_workdir, until="distill_pixel")
+@shared_run
+def test_two_stage_distillation_publishes_a_diffusers_student(tmp_path, two_stage):
+    cfg, work, out = two_stage
     s1, s2 = out["steps"]["distill_latent"], out["steps"]["distill_pixel"]
+    assert out["outcomes"]["distill_latent"] == out["outcomes"]["distill_pixel"] == "ran"
     assert s1["kind"] == s2["kind"] == "student" and s2["inputs"]["stage1"] == s1["digest"]
-    assert s1["counts"]["steps"] == 4 and s2["counts"]["steps"] == 3
+    assert s1["counts"]["steps"] == 12 and s2["counts"]["steps"] == 3
     assert s2["extra"]["streamlined"] and s2["extra"]["image_only"] and len(s2["extra"]["kept_blocks"]) == 1
     folder = _folder(out, "distill_pixel", tmp_path / "fetch")
     assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt")) and not list(folder.rglob("*.pkl"))
@@ -106,25 +122,29 @@ def test_two_stage_distillation_publishes_a_diffusers_student(tmp_path, upstream
         assert torch.allclose(_diffusers_sr(folder, x), ours(x), atol=1e-4)
     client = MlflowClient(out["tracking_uri"])
     r1, r2 = _run(client, out, "distill_latent"), _run(client, out, "distill_pixel")
-    assert len(client.get_metric_history(r1.info.run_id, "stage1.loss")) == 4
+    assert len(client.get_metric_history(r1.info.run_id, "stage1.loss")) == 12
     assert {"stage2.loss", "stage2.d_loss", "stage2.g_adv", "stage2.perceptual"} <= set(r2.data.metrics)
     assert "distill/stage2_grid.png" in {a.path for a in client.list_artifacts(r2.info.run_id, "distill")}
-    # stage 2 settings change: stage 1 is reused from the cache, stage 2 retrains
-    again = run_pipeline(load_config("tiny", DISTILL + ["distill.stage2.gan_weight=0"]), upstream_workdir,
-                         until="distill_pixel")
+    # stage 2 settings change: stage 1 is reused from the cache, stage 2 retrains (in a copy of the run's store)
+    again = run_pipeline(load_config("tiny", TWO_STAGE + ["distill.stage2.gan_weight=0"]),
+                         seed_workdir(work / "store", tmp_path / "again"), until="distill_pixel")
     assert again["outcomes"]["distill_latent"] == "cached" and again["outcomes"]["distill_pixel"] != "cached"
     assert again["steps"]["distill_latent"]["digest"] == s1["digest"]
 
 
-def test_two_ranks_tiny_vae_phase_adapter_and_gan(tmp_path, upstream_workdir):
+@shared_run
+def test_two_ranks_tiny_vae_phase_adapter_and_gan(tmp_path, two_stage):
     """Two ranks at ZeRO-2 with the fitted tiny VAE, the phase adapter and the projected ST-LPIPS discriminator —
     each read back from what ran (the engines, the loaded student), not from the config."""
     cfg = load_config("tiny", DISTILL + ["distill.num_workers=2", "distill.tiny_vae.enabled=true",
                                          "distill.tiny_vae.steps=3", "distill.tiny_vae.width=8",
                                          "distill.tiny_vae.blocks=1", "distill.phase_adapter=true",
                                          "distill.stage2.discriminator=projected_stlpips",
-                                         "distill.deepspeed.zero_stage=2"])
-    out = run_pipeline(cfg, upstream_workdir, until="distill_pixel")
+                                         "distill.deepspeed.zero_stage=2",
+                                         "distill.stage1.steps=1"])  # what is checked here happens in stage 2
+    # the search is the module run's (same settings): a cache hit in a copy of its store
+    out = run_pipeline(cfg, seed_workdir(two_stage[1] / "store", tmp_path / "w"), until="distill_pixel")
+    assert out["outcomes"]["distill_latent"] == out["outcomes"]["distill_pixel"] == "ran"
     s2 = out["steps"]["distill_pixel"]
     assert s2["counts"]["world_size"] == 2 and s2["extra"]["tiny_vae"] and s2["extra"]["phase_adapter"]
     g, d = s2["extra"]["engines"]["g"], s2["extra"]["engines"]["d"]
@@ -137,21 +157,24 @@ def test_two_ranks_tiny_vae_phase_adapter_and_gan(tmp_path, upstream_workdir):
     assert s2["extra"]["tiny_vae_fit"]["steps"] == 3
 
 
-def test_a_killed_distillation_stage_resumes_from_its_checkpoint(tmp_path, upstream_store):
-    """Ray Train's rank process is SIGKILLed after a stage-1 checkpoint reached the store; the rerun resumes
+@shared_run
+def test_a_killed_distillation_stage_resumes_from_its_checkpoint(tmp_path, two_stage):
+    """A training rank's process is SIGKILLed after a stage-1 checkpoint reached the store; the rerun resumes
     from it (its first logged step is after the checkpoint) and ends with the uninterrupted run's student."""
-    cfg = load_config("tiny", DISTILL + ["distill.stage1.steps=12", "distill.checkpoint_every=4"])
-    ref = run_pipeline(cfg, seed_workdir(upstream_store, tmp_path / "ref"), until="distill_latent")
-    ref = ref["steps"]["distill_latent"]
-    work = seed_workdir(upstream_store, tmp_path / "w")
+    cfg, ref_work, ref_out = two_stage  # the uninterrupted run: this config (12 steps, checkpoints every 4)
+    ref = ref_out["steps"]["distill_latent"]
+    # a copy of its store without stage 1 (its cache records, students and checkpoints): the search is a cache hit
+    work = seed_workdir(ref_work / "store", tmp_path / "w", recompute=("distill_latent",))
+    assert not list((work / "store").glob("distill/*/stage1/checkpoint/latest.json"))
     killed = threading.Event()
     watcher = threading.Thread(target=kill_ray_train_ranks_when,
                                args=("distill/*/stage1/checkpoint/latest.json", work / "store", killed), daemon=True)
     watcher.start()
-    with pytest.raises(TrainingFailedError):  # the killed rank fails the Ray Train run, nothing else
+    with pytest.raises(RankFailed):  # the killed rank fails the launch, nothing else
         run_pipeline(cfg, work, until="distill_latent")
     assert killed.is_set()
     out = run_pipeline(cfg, work, until="distill_latent")
+    assert out["outcomes"]["search_pruning"] == "cached" and out["outcomes"]["distill_latent"] == "ran"
     m = out["steps"]["distill_latent"]
     client = MlflowClient(out["tracking_uri"])
     losses = client.get_metric_history(_run(client, out, "distill_latent").info.run_id, "stage1.loss")

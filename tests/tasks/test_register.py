@@ -127,9 +127,11 @@ def test_gate_refuses_an_unevaluated_version_and_passes_the_champion_itself():
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory, prefect_harness):  # only the pipeline tests need the Prefect harness
-    work = tmp_path_factory.mktemp("reg")
-    out = run_pipeline(load_config("tiny", REGISTER), work / "w")
+def registered(tmp_path_factory, prefect_harness, upstream_store):  # only the pipeline tests need these
+    from tests.upstream import seed_workdir
+
+    work = tmp_path_factory.mktemp("reg")  # the session upstream's steps are cache hits here
+    out = run_pipeline(load_config("tiny", REGISTER), seed_workdir(upstream_store, work / "w"))
     return work, out
 
 
