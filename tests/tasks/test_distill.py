@@ -7,14 +7,14 @@ import json
 import threading
 
 import pytest
-from srcompress.infra.ray_cluster import RankFailed
 import torch
 from mlflow import MlflowClient
 
 from srcompress.config import load_config
 from srcompress.flows.compress import run_pipeline
+from srcompress.infra.ray_cluster import RankFailed
 from srcompress.models.student.student import load_student
-from tests.tasks.test_search import SEARCH, kill_ray_train_ranks_when
+from tests.tasks.test_search import SEARCH, kill_training_ranks_when
 from tests.upstream import seed_workdir
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -167,7 +167,7 @@ def test_a_killed_distillation_stage_resumes_from_its_checkpoint(tmp_path, two_s
     work = seed_workdir(ref_work / "store", tmp_path / "w", recompute=("distill_latent",))
     assert not list((work / "store").glob("distill/*/stage1/checkpoint/latest.json"))
     killed = threading.Event()
-    watcher = threading.Thread(target=kill_ray_train_ranks_when,
+    watcher = threading.Thread(target=kill_training_ranks_when,
                                args=("distill/*/stage1/checkpoint/latest.json", work / "store", killed), daemon=True)
     watcher.start()
     with pytest.raises(RankFailed):  # the killed rank fails the launch, nothing else

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-from srcompress.infra.ray_cluster import RankFailed
 import torch
 from mlflow import MlflowClient
 
 from srcompress.config import load_config
 from srcompress.flows.compress import run_pipeline
 from srcompress.infra.config import ConfigError
+from srcompress.infra.ray_cluster import RankFailed
 from tests.upstream import UPSTREAM, seed_workdir
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -82,7 +82,7 @@ def test_bad_search_configs_name_the_key(upstream_workdir):
         run_pipeline(cfg, upstream_workdir, until="search_pruning")
 
 
-def kill_ray_train_ranks_when(pattern: str, store_root: Path, killed: threading.Event) -> None:
+def kill_training_ranks_when(pattern: str, store_root: Path, killed: threading.Event) -> None:
     """SIGKILL this test's training rank processes once ``pattern`` exists under ``store_root``. Only
     descendants of the test process (the local Ray cluster it started) are candidates: never another Ray on
     the host."""
@@ -108,7 +108,7 @@ def test_a_killed_search_resumes_to_the_same_logits(tmp_path, upstream_store, sh
     ref = ref["steps"]["search_pruning"]
     work = seed_workdir(upstream_store, tmp_path / "w")
     killed = threading.Event()
-    watcher = threading.Thread(target=kill_ray_train_ranks_when,
+    watcher = threading.Thread(target=kill_training_ranks_when,
                                args=("search/*/checkpoint/latest.json", work / "store", killed), daemon=True)
     watcher.start()
     with pytest.raises(RankFailed):  # the killed rank fails the launch, nothing else
