@@ -24,6 +24,7 @@ from srcompress.infra.config import redact
 from srcompress.flows.common import has_holdout, reap_stale, register, resolve
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import code_version
+from srcompress.infra.ray_cluster import ray_scope
 from srcompress.infra.store import atomic_write_bytes
 from srcompress.tasks.degrade.step import run_degrade
 from srcompress.tasks.distill.step import run_distill
@@ -131,20 +132,21 @@ def compress(config: dict[str, Any] | str, workdir: str, until: str | None = Non
     last = STEPS.index(until or STEPS[-1])
     manifests: dict[str, Any] = {}
     try:
-        manifests.update(train_steps(ctx, cfg, last))
-        if last >= STEPS.index("evaluate"):
-            if "degrade_holdout" in manifests:  # every model on the held-out images, never trained on
-                manifests["eval_data"] = run_eval_data(ctx, cfg.evaluate, cfg.data, cfg.degrade)
-                manifests["evaluate"] = run_evaluate(ctx, cfg.evaluate, manifests["eval_data"],
-                                                     evaluated_models(manifests), cfg.teacher)
-            else:
-                log.warning("evaluate: skipped, no held-out images (set data.held_out or data.held_out_fraction, "
-                            "or use `srcompress evaluate --data …`)")
-        if last >= STEPS.index("register") and cfg.registry.enabled:
-            manifests["register"] = run_register(ctx, cfg.registry, manifests, cfg.degrade.scale,
-                                                 cfg.evaluate.inference.model_dump(mode="json",
-                                                                                   include={"tile", "tile_overlap", "color_fix"}),
-                                                 cfg.config_hash())
+        with ray_scope():  # one Ray for the run's steps, stopped when they are done
+            manifests.update(train_steps(ctx, cfg, last))
+            if last >= STEPS.index("evaluate"):
+                if "degrade_holdout" in manifests:  # every model on the held-out images, never trained on
+                    manifests["eval_data"] = run_eval_data(ctx, cfg.evaluate, cfg.data, cfg.degrade)
+                    manifests["evaluate"] = run_evaluate(ctx, cfg.evaluate, manifests["eval_data"],
+                                                         evaluated_models(manifests), cfg.teacher)
+                else:
+                    log.warning("evaluate: skipped, no held-out images (set data.held_out or data.held_out_fraction, "
+                                "or use `srcompress evaluate --data …`)")
+            if last >= STEPS.index("register") and cfg.registry.enabled:
+                manifests["register"] = run_register(ctx, cfg.registry, manifests, cfg.degrade.scale,
+                                                     cfg.evaluate.inference.model_dump(mode="json",
+                                                                                       include={"tile", "tile_overlap", "color_fix"}),
+                                                     cfg.config_hash())
     except BaseException:
         tracker.end_run(parent, "FAILED")
         raise

@@ -28,6 +28,7 @@ from srcompress.infra.config import redact
 from srcompress.flows.common import has_holdout, reap_stale, register, resolve
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest, code_version
+from srcompress.infra.ray_cluster import ray_scope
 from srcompress.infra.store import atomic_write_bytes
 from srcompress.tasks.degrade.step import run_degrade
 from srcompress.tasks.evaluate.data_step import run_eval_data
@@ -65,17 +66,18 @@ def evaluate(config: dict[str, Any] | str, workdir: str, data: str, overrides: l
     ctx = ctx.model_copy(update={"parent_run_id": parent})
     manifests: dict[str, Manifest] = {}
     try:
-        models = {}
-        trained = last_step_for(cfg.evaluate.models)
-        if trained is not None:  # pruned / searched / students: the DAG's steps (cached after `srcompress run`)
-            manifests.update(train_steps(ctx, cfg, STEPS.index(trained)))
-            models = evaluated_models(manifests)
-        elif "teacher" in cfg.evaluate.models:
-            manifests["teacher"] = models["teacher"] = _teacher(ctx, cfg)
-        for ref in (m for m in cfg.evaluate.models if m.startswith("models:/")):  # registered versions
-            models[ref] = registered_manifest(ctx, ref)
-        manifests["eval_data"] = run_eval_data(ctx, cfg.evaluate, data, cfg.degrade)
-        manifests["evaluate"] = run_evaluate(ctx, cfg.evaluate, manifests["eval_data"], models, cfg.teacher)
+        with ray_scope():  # one Ray for the run's steps, stopped when they are done
+            models = {}
+            trained = last_step_for(cfg.evaluate.models)
+            if trained is not None:  # pruned / searched / students: the DAG's steps (cached after `srcompress run`)
+                manifests.update(train_steps(ctx, cfg, STEPS.index(trained)))
+                models = evaluated_models(manifests)
+            elif "teacher" in cfg.evaluate.models:
+                manifests["teacher"] = models["teacher"] = _teacher(ctx, cfg)
+            for ref in (m for m in cfg.evaluate.models if m.startswith("models:/")):  # registered versions
+                models[ref] = registered_manifest(ctx, ref)
+            manifests["eval_data"] = run_eval_data(ctx, cfg.evaluate, data, cfg.degrade)
+            manifests["evaluate"] = run_evaluate(ctx, cfg.evaluate, manifests["eval_data"], models, cfg.teacher)
     except BaseException:
         tracker.end_run(parent, "FAILED")
         raise

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import socket
@@ -44,9 +46,19 @@ SECRET = os.environ["AWS_SECRET_ACCESS_KEY"]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: every socket stays bound until all are chosen (released one by one, the OS
+    may hand out the same port twice — seen as a Ray node refusing two components on one port)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(n):
+            s = stack.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+        return ports
 
 
 def wait_http(url: str, timeout: float) -> None:
@@ -125,6 +137,17 @@ def prefect_harness():
 def upstream_store(tmp_path_factory, prefect_harness) -> Path:
     """The store of one upstream run (tests/upstream.py), computed once per test session — once for all
     pytest-xdist workers, who share the base temp folder's parent and take turns through a file lock."""
+    return _upstream(tmp_path_factory)[0] / "store"
+
+
+@pytest.fixture(scope="session")
+def upstream_summary(tmp_path_factory, prefect_harness) -> dict:
+    """The session upstream run's summary (``run_pipeline``'s return value): its manifests, MLflow runs
+    (``tracking_uri``) and store — to be read, never written to (other tests seed copies of it)."""
+    return json.loads(_upstream(tmp_path_factory)[1].read_text())
+
+
+def _upstream(tmp_path_factory) -> tuple[Path, Path]:
     from filelock import FileLock
 
     from srcompress.config import load_config
@@ -133,13 +156,12 @@ def upstream_store(tmp_path_factory, prefect_harness) -> Path:
 
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    work, done = shared / "upstream" / "w", shared / "upstream" / "done"
+    work, done = shared / "upstream" / "w", shared / "upstream" / "summary.json"
     with FileLock(str(shared / "upstream.lock")):
         if not done.exists():
             shutil.rmtree(work, ignore_errors=True)  # a half-built template from an interrupted worker
-            run_pipeline(load_config("tiny", UPSTREAM), work, until="analyse_redundancy")
-            done.write_text("ok")
-    return work / "store"
+            run_pipeline(load_config("tiny", UPSTREAM), work, until="analyse_redundancy", summary=done)
+    return work, done
 
 
 @pytest.fixture()

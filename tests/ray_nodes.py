@@ -25,7 +25,7 @@ from typing import Iterator
 
 import psutil
 
-from tests.conftest import free_port
+from tests.conftest import free_ports
 
 ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
 
@@ -54,9 +54,10 @@ def ray_start(args: list[str], env: dict, log: Path) -> int:
     return proc.pid
 
 
-def _agent_ports() -> list[str]:
-    return ["--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-            "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())]
+def _agent_ports(ports: list[int]) -> list[str]:
+    flags = ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
+             "--metrics-export-port")
+    return [a for flag, port in zip(flags, ports, strict=True) for a in (flag, str(port))]
 
 
 def cluster_processes(pgids: set[int], temp_dir: str) -> dict[int, psutil.Process]:
@@ -95,19 +96,20 @@ def private_cluster(log_dir: Path, workers: int = 1, cpus: int = 1) -> Iterator[
     # Short: Ray's unix sockets live in the temp dir and AF_UNIX paths are limited to 107 bytes.
     temp_dir = tempfile.mkdtemp(prefix="srt-", dir="/tmp")
     env = dict(os.environ, **ENV)
-    port = free_port()
+    # every port of every node chosen at once, all distinct (one reused port and a node refuses to start)
+    port, dash, client, *agents = free_ports(3 + 4 * (1 + workers))
     address = f"127.0.0.1:{port}"
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus), "--disable-usage-stats",
               "--temp-dir", temp_dir]
     pgids: set[int] = set()
     try:
         head = ray_start(["--head", "--port", str(port), "--include-dashboard", "false", "--dashboard-port",
-                          str(free_port()), "--ray-client-server-port", str(free_port()), *common, *_agent_ports()],
+                          str(dash), "--ray-client-server-port", str(client), *common, *_agent_ports(agents[:4])],
                          env, log_dir / "ray-head.log")
         pgids.add(head)
         cluster = Cluster(address, temp_dir, head)
         for i in range(workers):
-            pgid = ray_start(["--address", address, *common, *_agent_ports()], env, log_dir / f"ray-worker{i}.log")
+            pgid = ray_start(["--address", address, *common, *_agent_ports(agents[4 * (i + 1):4 * (i + 2)])], env, log_dir / f"ray-worker{i}.log")
             pgids.add(pgid)
             cluster.worker_pgids.append(pgid)
         yield cluster

@@ -7,6 +7,7 @@ import json
 import threading
 
 import pytest
+import ray
 import torch
 from mlflow import MlflowClient
 
@@ -36,7 +37,12 @@ def two_stage(upstream_store, tmp_path_factory):
     """One TWO_STAGE run through ``distill_pixel`` on the session upstream: (config, work dir, summary)."""
     cfg = load_config("tiny", TWO_STAGE)
     work = seed_workdir(upstream_store, tmp_path_factory.mktemp("two-stage") / "w")
-    return cfg, work, run_pipeline(cfg, work, until="distill_pixel")
+    with pytest.MonkeyPatch.context() as mp:  # count the Ray starts of the run (one: the flow keeps it)
+        starts: list[str] = []
+        real_init = ray.init
+        mp.setattr(ray, "init", lambda *a, **kw: starts.append(kw.get("address")) or real_init(*a, **kw))
+        out = run_pipeline(cfg, work, until="distill_pixel")
+    return cfg, work, out, starts
 
 
 def _run(client: MlflowClient, summary: dict, step: str):
@@ -101,7 +107,7 @@ def _planned(out: dict, cfg, root) -> dict:
 
 @shared_run
 def test_two_stage_distillation_publishes_a_diffusers_student(tmp_path, two_stage):
-    cfg, work, out = two_stage
+    cfg, work, out, starts = two_stage
     s1, s2 = out["steps"]["distill_latent"], out["steps"]["distill_pixel"]
     assert out["outcomes"]["distill_latent"] == out["outcomes"]["distill_pixel"] == "ran"
     assert s1["kind"] == s2["kind"] == "student" and s2["inputs"]["stage1"] == s1["digest"]
@@ -130,6 +136,8 @@ def test_two_stage_distillation_publishes_a_diffusers_student(tmp_path, two_stag
                          seed_workdir(work / "store", tmp_path / "again"), until="distill_pixel")
     assert again["outcomes"]["distill_latent"] == "cached" and again["outcomes"]["distill_pixel"] != "cached"
     assert again["steps"]["distill_latent"]["digest"] == s1["digest"]
+    # search and both stages ran their DeepSpeed ranks on one local Ray, started once for the flow run
+    assert starts == ["local"], starts
 
 
 @shared_run
@@ -161,7 +169,7 @@ def test_two_ranks_tiny_vae_phase_adapter_and_gan(tmp_path, two_stage):
 def test_a_killed_distillation_stage_resumes_from_its_checkpoint(tmp_path, two_stage):
     """A training rank's process is SIGKILLed after a stage-1 checkpoint reached the store; the rerun resumes
     from it (its first logged step is after the checkpoint) and ends with the uninterrupted run's student."""
-    cfg, ref_work, ref_out = two_stage  # the uninterrupted run: this config (12 steps, checkpoints every 4)
+    cfg, ref_work, ref_out, _ = two_stage  # the uninterrupted run: this config (12 steps, checkpoints every 4)
     ref = ref_out["steps"]["distill_latent"]
     # a copy of its store without stage 1 (its cache records, students and checkpoints): the search is a cache hit
     work = seed_workdir(ref_work / "store", tmp_path / "w", recompute=("distill_latent",))

@@ -35,11 +35,16 @@ def _latents(summary: dict) -> dict[str, torch.Tensor]:
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def test_bootstrap_and_encode_end_to_end(tmp_path):
-    cfg = load_config("tiny", FAST)
-    first = run_pipeline(cfg, tmp_path / "w", until="encode_latents")
-    steps = first["steps"]
-    assert list(steps) == ["degrade", "degrade_holdout", "bootstrap_teacher", "encode_latents"]
+def _sans_index_sha(steps: dict) -> dict:
+    return {k: {**m, "extra": {f: v for f, v in m["extra"].items() if f != "index_sha256"}} for k, m in steps.items()}
+
+
+def test_bootstrap_and_encode_end_to_end(tmp_path, upstream_summary):
+    """The session upstream's first run (FAST: bootstrap and encode computed there), then reruns on a copy."""
+    first = upstream_summary
+    steps = {k: first["steps"][k] for k in ("degrade", "degrade_holdout", "bootstrap_teacher", "encode_latents")}
+    assert set(first["steps"]) == {*steps, "analyse_redundancy"}  # the summary file sorts its keys
+    assert set(first["outcomes"].values()) == {"ran"} and len(first["outcomes"]) == 5
     t = steps["bootstrap_teacher"]
     assert t["kind"] == "teacher" and t["inputs"] == {"pairs": steps["degrade"]["digest"],
                                                       "holdout": steps["degrade_holdout"]["digest"]}
@@ -56,20 +61,19 @@ def test_bootstrap_and_encode_end_to_end(tmp_path):
     assert lat["lq"].shape == lat["hq"].shape == lat["teacher"].shape == (6, channels, 64, 64)  # identity VAE: factor 1
 
     # the cached teacher output equals a fresh forward pass of the published teacher on the cached LQ latent
-    store = LocalStore(tmp_path / "w" / "store")
     from srcompress.infra.manifest import Manifest
     from srcompress.tasks.common.teachers import fetch_teacher_folder
 
-    teacher = load_teacher(fetch_teacher_folder(store, Manifest.model_validate(t), tmp_path / "fresh"))
+    teacher = load_teacher(fetch_teacher_folder(LocalStore(Path(first["store"].removeprefix("file://"))),
+                                                Manifest.model_validate(t), tmp_path / "fresh"))
     with torch.no_grad():
         fresh = teacher.restore_latent(lat["lq"])
     assert torch.allclose(fresh, lat["teacher"], atol=1e-5) and not torch.allclose(fresh, lat["lq"], atol=1e-3)
 
     client = MlflowClient(first["tracking_uri"])
-    runs = client.search_runs([client.get_run(first["parent_run_id"]).info.experiment_id],
-                              f"tags.mlflow.parentRunId = '{first['parent_run_id']}'")
+    runs = client.search_runs([first["experiment_id"]], f"tags.mlflow.parentRunId = '{first['parent_run_id']}'")
     assert {r.data.tags["srcompress.step"] for r in runs} == {"degrade", "degrade-holdout", "bootstrap_teacher",
-                                                             "encode_latents"}
+                                                             "encode_latents", "analyse_redundancy"}
     boot = next(r for r in runs if r.data.tags["srcompress.step"] == "bootstrap_teacher")
     assert "psnr_y_teacher" in boot.data.metrics and "psnr_y_bicubic" in boot.data.metrics
     # each step run carries its plots: the teacher's training curves, a look at the degraded pairs
@@ -78,8 +82,15 @@ def test_bootstrap_and_encode_end_to_end(tmp_path):
     deg = next(r for r in runs if r.info.run_name == "degrade")
     assert any(a.path.endswith("-preview.png") for a in client.list_artifacts(deg.info.run_id, "degrade"))
 
+    # the reruns, in a copy of that run's store (its URIs rewritten to the copy: compare with those)
+    cfg = load_config("tiny", FAST)
+    seed_workdir(Path(first["store"].removeprefix("file://")), tmp_path / "w")
+    store = LocalStore(tmp_path / "w" / "store")
+    moved = json.loads(json.dumps(steps).replace(first["store"].rstrip("/") + "/", store.root_uri.rstrip("/") + "/"))
+    e = moved["encode_latents"]
     second = run_pipeline(cfg, tmp_path / "w", until="encode_latents")
-    assert second["steps"] == steps  # nothing recomputed, identical manifests
+    # nothing recomputed, identical manifests (an index's sha256 changed with the URIs in it: the copy's own)
+    assert _sans_index_sha(second["steps"]) == _sans_index_sha(moved)
     assert set(second["outcomes"].values()) == {"cached"}
 
     # resume: delete one latent shard → only it is recomputed, byte-identical
@@ -87,7 +98,8 @@ def test_bootstrap_and_encode_end_to_end(tmp_path):
     store.delete(index["shards"][1]["key"])
     third = run_pipeline(cfg, tmp_path / "w", until="encode_latents")
     assert third["steps"]["encode_latents"]["digest"] == e["digest"]
-    enc = next(r for r in client.search_runs([boot.info.experiment_id],
+    client = MlflowClient(third["tracking_uri"])
+    enc = next(r for r in client.search_runs([third["experiment_id"]],
                                             f"tags.mlflow.parentRunId = '{third['parent_run_id']}'")
                if r.data.tags["srcompress.step"] == "encode_latents")
     assert (enc.data.metrics["shards_computed"], enc.data.metrics["shards_cached"]) == (1, 1)
@@ -102,12 +114,13 @@ def test_bootstrap_and_encode_end_to_end(tmp_path):
         {k: v for k, v in e.items() if k != "run_id"}  # run_id: the resume above re-recorded the step
 
 
-def test_encode_is_deterministic_across_actor_counts_and_uses_the_real_teacher(tmp_path, upstream_store):
-    a, b = (seed_workdir(upstream_store, tmp_path / d, recompute=("encode_latents",)) for d in "ab")
+def test_encode_is_deterministic_across_actor_counts_and_uses_the_real_teacher(tmp_path, upstream_store,
+                                                                             upstream_summary):
+    assert FAST.count("encode.num_actors=2") == 1  # the session upstream encoded with 2 actors; here: 1
+    a = seed_workdir(upstream_store, tmp_path / "a", recompute=("encode_latents",))
     one = run_pipeline(load_config("tiny", FAST + ["encode.num_actors=1"]), a, until="encode_latents")
-    two = run_pipeline(load_config("tiny", FAST + ["encode.num_actors=2"]), b, until="encode_latents")
     assert one["outcomes"]["bootstrap_teacher"] == "cached" and one["outcomes"]["encode_latents"] == "ran"
-    assert one["steps"]["encode_latents"]["digest"] == two["steps"]["encode_latents"]["digest"]
+    assert one["steps"]["encode_latents"]["digest"] == upstream_summary["steps"]["encode_latents"]["digest"]
     lat = _latents(one)
     folder = tmp_path / "a" / "scratch" / "teachers-cache"
     teacher = load_teacher(next(p for p in folder.iterdir() if p.is_dir()))
