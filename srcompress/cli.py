@@ -175,14 +175,15 @@ def plan(config: str = ConfigOpt,
          mask: Optional[str] = typer.Option(None, "--mask", help="The kept blocks from a search result.json (its \"mask\") or a JSON 0/1 list: a path, file:// or s3:// URI, or the list itself."),
          as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON."),
          size: int = typer.Option(512, "--size", min=16, help="Square input size in pixels (one untiled pass)."),
+         budget: Optional[str] = typer.Option(None, "--budget", help="gmacs=N or params=N (e.g. params=341e6): choose the N:M and, with the tiny VAE, its width whose student costs within 5 percent below N at --size (instead of the config's search.n:m)."),
          overrides: Optional[list[str]] = SetOpt) -> None:
     """Params and GMACs of TSD-SR's SD3-medium teacher and its student, counted on the meta device (no weights)."""
     cfg = _load(config, overrides, machine=False)
     if cfg.teacher.kind == "unet" or (cfg.teacher.kind == "auto" and (Path(cfg.teacher.source) / "unet").is_dir()):
         _fail(f"plan: only SD3-transformer teachers are supported (TSD-SR / TinySR); {config} has a UNet teacher "
               "(teacher.kind: unet), for which no student can be built yet", 2)
-    if keep is not None and mask is not None:
-        _fail("plan: give --keep or --mask, not both", 2)
+    if sum(v is not None for v in (keep, mask, budget)) > 1:
+        _fail("plan: give one of --keep, --mask, --budget", 2)
     import logging
 
     from srcompress.models.student import plan as planning
@@ -196,7 +197,18 @@ def plan(config: str = ConfigOpt,
         elif keep is not None:
             chosen = {"keep": planning.spread_keep(n_blocks, keep)}
             how = f"--keep {keep}: evenly spaced"
-        else:
+        distill, choice = cfg.distill, None
+        if budget is not None:
+            choice = _budget_choice(budget, cfg, size)
+            n, m = choice["n"], choice["m"]
+            if choice["vae_width"] is not None:
+                distill = distill.model_copy(update={"tiny_vae": distill.tiny_vae.model_copy(
+                    update={"width": choice["vae_width"]})})
+            chosen = {"keep": planning.nm_keep(n_blocks, n, m)}
+            how = (f"--budget {budget}: {n}:{m}" + (f", tiny VAE width {choice['vae_width']}"
+                                                    if choice["vae_width"] is not None else "")
+                   + f", modelled at {choice['of_budget']:.1%} of the budget")
+        elif keep is None and mask is None:
             n, m = cfg.search.n, cfg.search.m
             chosen = {"keep": planning.nm_keep(n_blocks, n, m)}
             how = f"search {n}:{m} from the config: the first {n} of every {m}"
@@ -205,13 +217,45 @@ def plan(config: str = ConfigOpt,
         # the distillation step's own builder for this config: plan counts the student the DAG builds
         report = planning.plan(planning.SD3_MEDIUM_TRANSFORMER, planning.SD3_MEDIUM_VAE, size=size,
                                text_tokens=planning.TSDSR_TEXT_TOKENS,
-                               build=lambda teacher, m: final_student(teacher, m, cfg.distill), **chosen)
+                               build=lambda teacher, m: final_student(teacher, m, distill), **chosen)
+        if choice is not None:
+            report["budget"] = choice
     except (ValueError, OSError) as exc:
         _fail(str(exc), 2)
     if as_json:
         typer.echo(json.dumps(report, indent=1))
         return
     _print_plan(report, how)
+
+
+def _budget_choice(spec: str, cfg, size: int) -> dict:
+    """``--budget gmacs=N | params=N``: the N:M (and tiny-VAE width) ``models/student/budget.py`` chooses for
+    the config's student of SD3-medium at ``size``."""
+    from srcompress.models.student import plan as planning
+    from srcompress.models.student.budget import choose, student_costs
+    from srcompress.tasks.distill.build import final_student
+
+    metric, _, value = spec.partition("=")
+    try:
+        amount = float(value)
+    except ValueError:
+        raise ValueError(f"--budget {spec}: expected gmacs=N or params=N") from None
+    if metric not in ("gmacs", "params"):
+        raise ValueError(f"--budget {spec}: expected gmacs=N or params=N")
+    teacher = planning.build_teacher()
+    tiny = cfg.distill.tiny_vae.enabled and cfg.distill.stage2.steps > 0
+    widths = sorted({16, 32, 48, 64, cfg.distill.tiny_vae.width}) if tiny else None
+
+    def build(mask, width):
+        d = cfg.distill if width is None else cfg.distill.model_copy(
+            update={"tiny_vae": cfg.distill.tiny_vae.model_copy(update={"width": width})})
+        return planning.build_planned_student(teacher, mask, build=lambda t, mk: final_student(t, mk, d))
+
+    def count(student, px):
+        c = planning.count_model(student, px)
+        return {"backbone": c["backbone"], "vae": c["vae"]}
+
+    return choose(student_costs(teacher, build, size, widths, count), metric, amount)
 
 
 def _read_mask(spec: str, cfg) -> bytes | str:
@@ -250,6 +294,12 @@ def _print_plan(r: dict, how: str) -> None:
     typer.echo(f"srcompress plan: TSD-SR's SD3-medium teacher and its student at {r['size']}x{r['size']} "
                f"(latent {c}x{hw[0]}x{hw[1]}, {r['text_tokens']} text tokens), counted on the meta device")
     typer.echo(f"kept blocks: {len(r['kept'])} of {r['blocks']} ({how}): {' '.join(map(str, r['kept']))}\n")
+    if "budget" in r:
+        b = r["budget"]
+        amount = f"{b['budget']:,.1f} GMACs" if b["metric"] == "gmacs" else f"{b['budget'] / 1e6:,.1f}M params"
+        typer.echo(f"budget: {amount} at {b['size']} px; chose {b['n']}:{b['m']}"
+                   + (f", tiny VAE width {b['vae_width']}" if b["vae_width"] is not None else "")
+                   + " (the least compression within 5% below it; M = 4 first, as TinySR)\n")
     typer.echo(f"  {'':<46s} {'params':>11s} {'GMACs':>10s} {'w/o attn':>10s}")
     row("teacher VAE (AutoencoderKL, encoder + decoder)", tv,
         f"encode {tv['encode_gmacs']:,.1f} + decode {tv['decode_gmacs']:,.1f}")

@@ -123,6 +123,23 @@ def test_cli_rejects_unet_configs_and_conflicting_choices():
     res = runner.invoke(app, ["plan", "--config", "osediff-sd21"])
     assert res.exit_code == 2 and "UNet" in res.output
     res = runner.invoke(app, ["plan", "--config", "tsdsr-sd3", "--keep", "8", "--mask", "[1]"])
-    assert res.exit_code == 2 and "not both" in res.output
+    assert res.exit_code == 2 and "one of --keep, --mask, --budget" in res.output
+    res = runner.invoke(app, ["plan", "--config", "tsdsr-sd3", "--budget", "watts=3"])
+    assert res.exit_code == 2 and "gmacs=N or params=N" in res.output
+
+
+def test_cli_budget_chooses_the_student_that_meets_it():
+    """--budget: the student plan then counts exactly (not the cost model) is within 5% below the budget."""
+    runner = CliRunner()
+    res = runner.invoke(app, ["plan", "--config", "tsdsr-sd3", "--json", "--budget", "gmacs=420"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.output)
+    b = r["budget"]
+    assert (b["n"], b["m"], b["vae_width"]) == (2, 4, 64) and len(r["kept"]) == 12
+    assert 0.95 * 420 <= r["student"]["gmacs"] <= 420 and r["student"]["gmacs"] == pytest.approx(b["gmacs"])
+    res = runner.invoke(app, ["plan", "--config", "tsdsr-sd3", "--json", "--budget", "params=200e6"])
+    r = json.loads(res.output)
+    assert 0.95 * 200e6 <= r["student"]["params"] <= 200e6 and r["budget"]["metric"] == "params", r["budget"]
+    assert r["student_vae"]["config"]["width"] == r["budget"]["vae_width"]  # the chosen width is what plan built
     res = runner.invoke(app, ["plan", "--config", "tsdsr-sd3", "--mask", "[1, 0]"])
     assert res.exit_code == 2 and "24 blocks" in res.output
