@@ -27,8 +27,6 @@ def ray_scope() -> Iterator[None]:
     Why: starting and stopping a local Ray costs ~4 s per step on 2 cores (GCS, raylet, object store: measured
     2.5 s up, 1.3 s down), about twice that on a loaded host, and a DAG run has up to five Ray steps (encode,
     search, both distillation stages, scoring). An idle local cluster between steps holds memory, not cores."""
-    import ray
-
     with _LOCK:
         _SCOPE["depth"] += 1
     try:
@@ -36,8 +34,9 @@ def ray_scope() -> Iterator[None]:
     finally:
         with _LOCK:
             _SCOPE["depth"] -= 1
-            stop = _SCOPE["depth"] == 0 and _SCOPE["started"]
-            if stop:
+            if _SCOPE["depth"] == 0 and _SCOPE["started"]:
+                import ray  # only when a step started it: a run without Ray steps never imports Ray here
+
                 _SCOPE["started"] = False
                 if ray.is_initialized():
                     ray.shutdown()

@@ -201,9 +201,7 @@ def plan(config: str = ConfigOpt,
         if budget is not None:
             choice = _budget_choice(budget, cfg, size)
             n, m = choice["n"], choice["m"]
-            if choice["vae_width"] is not None:
-                distill = distill.model_copy(update={"tiny_vae": distill.tiny_vae.model_copy(
-                    update={"width": choice["vae_width"]})})
+            distill = _with_vae_width(distill, choice["vae_width"])
             chosen = {"keep": planning.nm_keep(n_blocks, n, m)}
             how = (f"--budget {budget}: {n}:{m}" + (f", tiny VAE width {choice['vae_width']}"
                                                     if choice["vae_width"] is not None else "")
@@ -232,7 +230,7 @@ def _budget_choice(spec: str, cfg, size: int) -> dict:
     """``--budget gmacs=N | params=N``: the N:M (and tiny-VAE width) ``models/student/budget.py`` chooses for
     the config's student of SD3-medium at ``size``."""
     from srcompress.models.student import plan as planning
-    from srcompress.models.student.budget import choose, student_costs
+    from srcompress.models.student.budget import METRICS, choose, student_costs
     from srcompress.tasks.distill.build import final_student
 
     metric, _, value = spec.partition("=")
@@ -240,15 +238,14 @@ def _budget_choice(spec: str, cfg, size: int) -> dict:
         amount = float(value)
     except ValueError:
         raise ValueError(f"--budget {spec}: expected gmacs=N or params=N") from None
-    if metric not in ("gmacs", "params"):
+    if metric not in METRICS:
         raise ValueError(f"--budget {spec}: expected gmacs=N or params=N")
     teacher = planning.build_teacher()
     tiny = cfg.distill.tiny_vae.enabled and cfg.distill.stage2.steps > 0
     widths = sorted({16, 32, 48, 64, cfg.distill.tiny_vae.width}) if tiny else None
 
     def build(mask, width):
-        d = cfg.distill if width is None else cfg.distill.model_copy(
-            update={"tiny_vae": cfg.distill.tiny_vae.model_copy(update={"width": width})})
+        d = _with_vae_width(cfg.distill, width)
         return planning.build_planned_student(teacher, mask, build=lambda t, mk: final_student(t, mk, d))
 
     def count(student, px):
@@ -256,6 +253,13 @@ def _budget_choice(spec: str, cfg, size: int) -> dict:
         return {"backbone": c["backbone"], "vae": c["vae"]}
 
     return choose(student_costs(teacher, build, size, widths, count), metric, amount)
+
+
+def _with_vae_width(distill, width: int | None):
+    """``distill`` with its tiny VAE ``width`` wide (``None``: unchanged)."""
+    if width is None:
+        return distill
+    return distill.model_copy(update={"tiny_vae": distill.tiny_vae.model_copy(update={"width": width})})
 
 
 def _read_mask(spec: str, cfg) -> bytes | str:
@@ -296,8 +300,9 @@ def _print_plan(r: dict, how: str) -> None:
     typer.echo(f"kept blocks: {len(r['kept'])} of {r['blocks']} ({how}): {' '.join(map(str, r['kept']))}\n")
     if "budget" in r:
         b = r["budget"]
-        amount = f"{b['budget']:,.1f} GMACs" if b["metric"] == "gmacs" else f"{b['budget'] / 1e6:,.1f}M params"
-        typer.echo(f"budget: {amount} at {b['size']} px; chose {b['n']}:{b['m']}"
+        from srcompress.models.student.budget import fmt_cost
+
+        typer.echo(f"budget: {fmt_cost(b['metric'], b['budget'])} at {b['size']} px; chose {b['n']}:{b['m']}"
                    + (f", tiny VAE width {b['vae_width']}" if b["vae_width"] is not None else "")
                    + " (the least compression within 5% below it; M = 4 first, as TinySR)\n")
     typer.echo(f"  {'':<46s} {'params':>11s} {'GMACs':>10s} {'w/o attn':>10s}")

@@ -98,18 +98,20 @@ def private_cluster(log_dir: Path, workers: int = 1, cpus: int = 1) -> Iterator[
     env = dict(os.environ, **ENV)
     # every port of every node chosen at once, all distinct (one reused port and a node refuses to start)
     port, dash, client, *agents = free_ports(3 + 4 * (1 + workers))
+    node_ports = [agents[i:i + 4] for i in range(0, len(agents), 4)]  # the head's, then each worker's
     address = f"127.0.0.1:{port}"
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus), "--disable-usage-stats",
               "--temp-dir", temp_dir]
     pgids: set[int] = set()
     try:
         head = ray_start(["--head", "--port", str(port), "--include-dashboard", "false", "--dashboard-port",
-                          str(dash), "--ray-client-server-port", str(client), *common, *_agent_ports(agents[:4])],
+                          str(dash), "--ray-client-server-port", str(client), *common, *_agent_ports(node_ports[0])],
                          env, log_dir / "ray-head.log")
         pgids.add(head)
         cluster = Cluster(address, temp_dir, head)
         for i in range(workers):
-            pgid = ray_start(["--address", address, *common, *_agent_ports(agents[4 * (i + 1):4 * (i + 2)])], env, log_dir / f"ray-worker{i}.log")
+            pgid = ray_start(["--address", address, *common, *_agent_ports(node_ports[i + 1])], env,
+                             log_dir / f"ray-worker{i}.log")
             pgids.add(pgid)
             cluster.worker_pgids.append(pgid)
         yield cluster

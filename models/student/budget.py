@@ -79,21 +79,15 @@ def choose(costs: dict, metric: Metric, budget: float, tolerance: float = 0.05) 
     if not window:
         below = max((c for c in cands if c[metric] <= budget), key=lambda c: c[metric], default=None)
         above = min((c for c in cands if c[metric] > budget), key=lambda c: c[metric], default=None)
-        near = "; ".join(f"{c['n']}:{c['m']} VAE {c['vae_width']} → {_fmt(metric, c[metric])}"
+        near = "; ".join(f"{c['n']}:{c['m']} VAE {c['vae_width']} → {fmt_cost(metric, c[metric])}"
                          for c in (below, above) if c is not None)
-        raise ValueError(f"budget: no N:M (and VAE width) within {tolerance:.0%} below {_fmt(metric, budget)} "
+        raise ValueError(f"budget: no N:M (and VAE width) within {tolerance:.0%} below {fmt_cost(metric, budget)} "
                          f"at {costs['size']} px; the nearest: {near}")
     best = min(window, key=lambda c: (c["m"] != 4, c["m"], -c[metric], -(c["vae_width"] or 0)))
     return {**best, "metric": metric, "budget": budget, "of_budget": best[metric] / budget,
             "tolerance": tolerance, "size": costs["size"]}
 
 
-def _fmt(metric: Metric, value: float) -> str:
+def fmt_cost(metric: Metric, value: float) -> str:
+    """``value`` in the metric's unit as printed: GMACs, or millions of parameters."""
     return f"{value:,.1f} GMACs" if metric == "gmacs" else f"{value / 1e6:,.1f}M params"
-
-
-def mask_for(n: int, m: int, blocks: int) -> list[int]:
-    """The N:M pattern as a mask (the first ``n`` of every ``m``): the shape the search starts from."""
-    return [1 if (i % m) < n else 0 for i in range(blocks)]
-
-

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from srcompress.models.student import plan as planning
-from srcompress.models.student.budget import choose, mask_for, nm_patterns, student_costs
+from srcompress.models.student.budget import choose, nm_patterns, student_costs
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +26,12 @@ def sd3():
 
 def test_nm_patterns_cover_every_divisor_group():
     assert nm_patterns(4) == [(1, 1), (1, 2), (2, 2), (1, 4), (2, 4), (3, 4), (4, 4)]
-    assert mask_for(2, 4, 8) == [1, 1, 0, 0, 1, 1, 0, 0]
 
 
 def test_the_affine_cost_model_equals_the_exact_count(sd3):
     teacher, build, count, costs = sd3
     k = 12  # TinySR's 2:4 of 24 blocks, not one of the two counted points
-    exact = count(build(mask_for(2, 4, 24), 64), 512)
+    exact = count(build(planning.keep_to_mask(planning.nm_keep(24, 2, 4), 24), 64), 512)
     for q in ("params", "gmacs"):
         model = costs["base"][q] + k * costs["per_block"][q] + costs["vae"][64][q]
         assert model == pytest.approx(exact["backbone"][q] + exact["vae"][q], rel=1e-9), q

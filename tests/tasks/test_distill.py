@@ -34,7 +34,8 @@ shared_run = pytest.mark.xdist_group("distill_two_stage")
 
 @pytest.fixture(scope="module")
 def two_stage(upstream_store, tmp_path_factory):
-    """One TWO_STAGE run through ``distill_pixel`` on the session upstream: (config, work dir, summary)."""
+    """One TWO_STAGE run through ``distill_pixel`` on the session upstream: (config, work dir, summary, the
+    run's ``ray.init`` addresses)."""
     cfg = load_config("tiny", TWO_STAGE)
     work = seed_workdir(upstream_store, tmp_path_factory.mktemp("two-stage") / "w")
     with pytest.MonkeyPatch.context() as mp:  # count the Ray starts of the run (one: the flow keeps it)
