@@ -33,7 +33,7 @@ from srcompress.tasks.evaluate.data_step import run_eval_data
 from srcompress.tasks.evaluate.step import run_evaluate
 from srcompress.tasks.redundancy.step import run_redundancy
 from srcompress.tasks.register.step import run_register
-from srcompress.tasks.search.step import run_search
+from srcompress.tasks.search.step import check_groups, run_search
 from srcompress.tasks.teacher.step import run_teacher
 
 
@@ -65,6 +65,8 @@ def train_steps(ctx: RunContext, cfg: SrConfig, last: int) -> dict[str, Any]:
     if last >= STEPS.index("bootstrap_teacher"):
         manifests["bootstrap_teacher"] = run_teacher(ctx, cfg.teacher, manifests["degrade"],
                                                      manifests.get("degrade_holdout"))
+        if last >= STEPS.index("search_pruning"):
+            check_groups(cfg.search, manifests["bootstrap_teacher"])  # before the encode step's work
     if last >= STEPS.index("encode_latents"):
         manifests["encode_latents"] = run_encode(ctx, cfg.encode, cfg.teacher, manifests["degrade"],
                                                  manifests["bootstrap_teacher"])
@@ -74,7 +76,8 @@ def train_steps(ctx: RunContext, cfg: SrConfig, last: int) -> dict[str, Any]:
     if last >= STEPS.index("search_pruning"):
         manifests["search_pruning"] = run_search(ctx, cfg.search, cfg.teacher, manifests["encode_latents"],
                                                  manifests["bootstrap_teacher"], manifests["analyse_redundancy"],
-                                                 ctx.ray_address)
+                                                 ctx.ray_address,
+                                                 cfg.distill.shape(manifests["bootstrap_teacher"].extra.get("kind", "")))
     if last >= STEPS.index("distill_latent"):
         manifests.update(distill(ctx, cfg, manifests, last >= STEPS.index("distill_pixel")))
     return manifests

@@ -198,13 +198,13 @@ def plan(config: str = ConfigOpt,
             chosen = {"keep": planning.spread_keep(n_blocks, keep)}
             how = f"--keep {keep}: evenly spaced"
         distill, choice = cfg.distill, None
-        if budget is not None:
+        if budget is not None or (cfg.search.budget is not None and keep is None and mask is None):
             choice = _budget_choice(budget, cfg, size)
             n, m = choice["n"], choice["m"]
-            distill = _with_vae_width(distill, choice["vae_width"])
+            distill = distill.with_vae_width(choice["vae_width"])
             chosen = {"keep": planning.nm_keep(n_blocks, n, m)}
-            how = (f"--budget {budget}: {n}:{m}" + (f", tiny VAE width {choice['vae_width']}"
-                                                    if choice["vae_width"] is not None else "")
+            how = (f"{'--budget ' + budget if budget else 'search.budget'}: {n}:{m}"
+                   + (f", tiny VAE width {choice['vae_width']}" if choice["vae_width"] is not None else "")
                    + f", modelled at {choice['of_budget']:.1%} of the budget")
         elif keep is None and mask is None:
             n, m = cfg.search.n, cfg.search.m
@@ -226,40 +226,28 @@ def plan(config: str = ConfigOpt,
     _print_plan(report, how)
 
 
-def _budget_choice(spec: str, cfg, size: int) -> dict:
-    """``--budget gmacs=N | params=N``: the N:M (and tiny-VAE width) ``models/student/budget.py`` chooses for
-    the config's student of SD3-medium at ``size``."""
+def _budget_choice(spec: str | None, cfg, size: int) -> dict:
+    """``--budget gmacs=N | params=N`` (or, without it, the config's ``search.budget``): the N:M (and tiny-VAE
+    width) ``models/student/budget.py`` chooses for the config's student of SD3-medium — the choice the search
+    step makes for the same config and teacher."""
     from srcompress.models.student import plan as planning
-    from srcompress.models.student.budget import METRICS, choose, student_costs
-    from srcompress.tasks.distill.build import final_student
+    from srcompress.models.student.budget import METRICS, budget_choice
 
-    metric, _, value = spec.partition("=")
-    try:
-        amount = float(value)
-    except ValueError:
-        raise ValueError(f"--budget {spec}: expected gmacs=N or params=N") from None
-    if metric not in METRICS:
-        raise ValueError(f"--budget {spec}: expected gmacs=N or params=N")
-    teacher = planning.build_teacher()
-    tiny = cfg.distill.tiny_vae.enabled and cfg.distill.stage2.steps > 0
-    widths = sorted({16, 32, 48, 64, cfg.distill.tiny_vae.width}) if tiny else None
-
-    def build(mask, width):
-        d = _with_vae_width(cfg.distill, width)
-        return planning.build_planned_student(teacher, mask, build=lambda t, mk: final_student(t, mk, d))
-
-    def count(student, px):
-        c = planning.count_model(student, px)
-        return {"backbone": c["backbone"], "vae": c["vae"]}
-
-    return choose(student_costs(teacher, build, size, widths, count), metric, amount)
-
-
-def _with_vae_width(distill, width: int | None):
-    """``distill`` with its tiny VAE ``width`` wide (``None``: unchanged)."""
-    if width is None:
-        return distill
-    return distill.model_copy(update={"tiny_vae": distill.tiny_vae.model_copy(update={"width": width})})
+    b = cfg.search.budget
+    if spec is None:
+        metric, amount, tolerance, widths, size = b.metric, b.value, b.tolerance, b.vae_widths, b.size
+    else:
+        metric, _, value = spec.partition("=")
+        try:
+            amount = float(value)
+        except ValueError:
+            raise ValueError(f"--budget {spec}: expected gmacs=N or params=N") from None
+        if metric not in METRICS:
+            raise ValueError(f"--budget {spec}: expected gmacs=N or params=N")
+        shape = cfg.distill.shape("sd3")
+        tolerance = 0.05
+        widths = sorted({16, 32, 48, 64, shape.tiny_vae.width}) if shape.tiny_vae is not None else None
+    return budget_choice(planning.build_teacher(), cfg.distill.shape("sd3"), metric, amount, size, tolerance, widths)
 
 
 def _read_mask(spec: str, cfg) -> bytes | str:

@@ -70,7 +70,12 @@ class SrConfig(StrictModel):
             raise ValueError(f"evaluate.data.scale={self.evaluate.data.scale} differs from degrade.scale="
                              f"{self.degrade.scale}: the models are trained for one scale; set both to the same value")
         blocks = self.teacher.bootstrap.num_layers
-        if self.teacher.source == "bootstrap" and blocks % self.search.m:  # imported teachers: checked at the step
+        if self.search.budget is not None and self.search.budget.vae_widths is not None \
+                and not (self.distill.tiny_vae.enabled and self.distill.stage2.steps > 0):
+            raise ValueError("search.budget.vae_widths chooses the tiny VAE's width: it needs distill.tiny_vae.enabled "
+                             "and a stage 2 (distill.stage2.steps > 0)")
+        if self.teacher.source == "bootstrap" and blocks % self.search.m and self.search.budget is None:
+            # imported teachers: checked at the step; with a budget, N:M is chosen to fit the blocks
             raise ValueError(f"search.m={self.search.m} must divide the bootstrap teacher's {blocks} blocks "
                              f"(teacher.bootstrap.num_layers)")
         if self.run.ray_address and not store_uri.startswith("s3://") and not self.run.shared_filesystem:

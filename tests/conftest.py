@@ -133,6 +133,18 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture(scope="module")
+def module_ray():
+    """One local Ray, started by this test process, for all of a module's DAG runs: their Ray steps join it
+    (``ray_session``'s join branch, as under ``run.ray_address``) instead of each run starting and stopping a
+    cluster of its own (~4 s on 2 cores, twice that on a loaded host). Only for modules none of whose tests
+    needs Ray down in this process (a private cluster, ``run.ray_address``, the start-and-stop path itself)."""
+    from srcompress.infra.ray_cluster import ray_session
+
+    with ray_session(None):
+        yield
+
+
 @pytest.fixture(scope="session")
 def upstream_store(tmp_path_factory, prefect_harness) -> Path:
     """The store of one upstream run (tests/upstream.py), computed once per test session — once for all

@@ -1,8 +1,9 @@
 """Budget-driven compression: the N:M depth pattern (and the tiny VAE's width) whose student meets a cost
 budget — GMACs or parameters of one untiled pass at a size — as closely as possible from below.
 
-    costs = student_costs(teacher, build, size=512, widths=[16, 32, 48, 64])   # counted on the meta device
+    costs = student_costs(teacher, build, size=512, widths=[16, 32, 48, 64], count=count)   # on the meta device
     choice = choose(costs, "gmacs", 420.0)        # {"n": 2, "m": 4, "vae_width": 64, "gmacs": 403.6, …}
+    choice = budget_choice(teacher, shape, "params", 341e6, size=512, widths=[16, 32, 48, 64])   # both, for a shape
 
 Why a cost model and not a count per candidate: a 24-block teacher has ~100 N:M patterns (every M dividing
 the blocks, every N ≤ M) times the VAE widths; counting each student on the meta device takes ~1 s at SD3
@@ -91,3 +92,26 @@ def choose(costs: dict, metric: Metric, budget: float, tolerance: float = 0.05) 
 def fmt_cost(metric: Metric, value: float) -> str:
     """``value`` in the metric's unit as printed: GMACs, or millions of parameters."""
     return f"{value:,.1f} GMACs" if metric == "gmacs" else f"{value / 1e6:,.1f}M params"
+
+
+def budget_choice(teacher, shape, metric: Metric, budget: float, size: int = 512, tolerance: float = 0.05,
+                  widths: list[int] | None = None) -> dict:
+    """``choose`` for the students ``shape`` (``models/student/shape.py``) makes of ``teacher`` (a meta-device
+    SD3 teacher: ``plan.build_teacher`` / ``plan.teacher_from_folder``), at ``size`` px; ``widths``: tiny-VAE
+    widths to choose from (the shape must have a tiny VAE), ``None``: the shape's own VAE."""
+    from srcompress.models.student import plan as planning
+    from srcompress.models.student.shape import final_student
+
+    if widths and shape.tiny_vae is None:
+        raise ValueError("budget: VAE widths to choose from, but the student keeps the teacher's VAE")
+    planning.check_size(teacher, size)
+
+    def build(mask, width):
+        s = shape.with_vae_width(width)
+        return planning.build_planned_student(teacher, mask, build=lambda t, mk: final_student(t, mk, s))
+
+    def count(student, px):
+        c = planning.count_model(student, px)
+        return {"backbone": c["backbone"], "vae": c["vae"]}
+
+    return choose(student_costs(teacher, build, size, widths, count), metric, budget, tolerance)

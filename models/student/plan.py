@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -150,6 +151,34 @@ def build_teacher(transformer_config: dict = SD3_MEDIUM_TRANSFORMER, vae_config:
     return SD3OneStepTeacher(vae, transformer, prompt, pooled, conv).eval().requires_grad_(False)
 
 
+def teacher_from_folder(folder: str | Path, device: str | torch.device = "meta") -> SD3OneStepTeacher:
+    """The SD3 teacher of a diffusers folder (``vae/`` + ``transformer/`` + ``prompt_embeds.safetensors``) built
+    from its configs on ``device`` — its shapes, not its weights: the prompt's token count is read from the
+    safetensors header."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    if not (folder / "transformer" / "config.json").is_file():
+        raise ValueError(f"budget: {folder} is not an SD3-transformer teacher folder (no transformer/config.json); "
+                         "only SD3-family teachers have a per-block cost model")
+    tcfg = json.loads((folder / "transformer" / "config.json").read_text())
+    vcfg = json.loads((folder / "vae" / "config.json").read_text())
+    with safe_open(str(folder / "prompt_embeds.safetensors"), "pt") as f:
+        tokens = int(f.get_slice("prompt_embeds").get_shape()[1])
+    return build_teacher(tcfg, vcfg, tokens, device)
+
+
+def check_size(teacher: SD3OneStepTeacher, size: int) -> None:
+    """``size`` px must be a multiple of latent factor × patch and fit one untiled pass of the transformer."""
+    multiple = teacher.latent_factor * int(teacher.backbone.config.patch_size)
+    cap = int(teacher.backbone.config.pos_embed_max_size) * int(teacher.backbone.config.patch_size)
+    if size <= 0 or size % multiple:
+        raise ValueError(f"the size must be a positive multiple of {multiple} (latent factor × patch), got {size}")
+    if size // teacher.latent_factor > cap:
+        raise ValueError(f"size {size} exceeds one untiled pass of the transformer "
+                         f"({cap} latents = {cap * teacher.latent_factor} px)")
+
+
 Builder = Callable[[SD3OneStepTeacher, list[int]], StudentSR]
 
 
@@ -240,13 +269,10 @@ def plan(transformer_config: dict = SD3_MEDIUM_TRANSFORMER, vae_config: dict = S
     if keep is not None and any(not 0 <= int(k) < n for k in keep):
         raise ValueError(f"plan: kept block indices must lie in [0, {n}), got {sorted(keep)}")
     mask = keep_to_mask(sorted(set(keep)), n) if keep is not None else parse_mask(list(mask), n)
-    multiple = teacher.latent_factor * int(teacher.backbone.config.patch_size)
-    cap = int(teacher.backbone.config.pos_embed_max_size) * int(teacher.backbone.config.patch_size)
-    if size <= 0 or size % multiple:
-        raise ValueError(f"plan: the size must be a positive multiple of {multiple} (latent factor × patch), got {size}")
-    if size // teacher.latent_factor > cap:
-        raise ValueError(f"plan: size {size} exceeds one untiled pass of the transformer "
-                         f"({cap} latents = {cap * teacher.latent_factor} px)")
+    try:
+        check_size(teacher, size)
+    except ValueError as exc:
+        raise ValueError(f"plan: {exc}") from None
     t = count_model(teacher, size)
     student = build_planned_student(teacher, mask, tiny_vae, image_only=image_only, build=build)
     s = count_model(student, size)

@@ -121,6 +121,26 @@ def fetch_teacher_folder(store: ArtifactStore, manifest: Manifest, cache_root: P
     return dest
 
 
+SHAPE_FILES = ("transformer/config.json", "vae/config.json", "prompt_embeds.safetensors")
+
+
+def fetch_teacher_shapes(store: ArtifactStore, manifest: Manifest, dest: Path) -> Path:
+    """The files that fix an SD3 teacher's shapes (its two configs and the prompt embedding), not its weights:
+    all a meta-device count needs (``models/student/plan.py: teacher_from_folder``). A local teacher folder is
+    read in place; otherwise the files are downloaded, verified, into ``dest``."""
+    local = local_folder_of(manifest.uri)
+    if local is not None:
+        return local
+    index = json.loads(store.get_bytes(store.key_from_uri(manifest.uri), manifest.extra.get("index_sha256")))
+    for rel in SHAPE_FILES:
+        ent = index["files"].get(rel)
+        if ent is None:
+            raise ValueError(f"the teacher at {manifest.uri} has no {rel}: only SD3-transformer teachers have a "
+                             "per-block cost model")
+        store.get_file(ent["key"], dest / rel, expected_sha256=ent["sha256"])
+    return dest
+
+
 COMPLETE = ".complete"
 
 

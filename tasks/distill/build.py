@@ -18,8 +18,9 @@ from safetensors.torch import load
 
 from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import Manifest
-from srcompress.models.student.student import StudentSR, build_student, load_student, save_student
-from srcompress.models.student.tiny_vae import tiny_vae_for
+from srcompress.models.student.shape import TinyVAEShape, shaped_student, shaped_tiny_vae
+from srcompress.models.student.shape import final_student as shaped_final_student
+from srcompress.models.student.student import StudentSR, load_student, save_student
 from srcompress.models.teachers import OneStepTeacher, load_teacher
 from srcompress.tasks.common.teacher_config import TeacherConfig
 from srcompress.tasks.common.teachers import fetch_teacher_folder, publish_folder
@@ -48,25 +49,20 @@ def search_lora(ctx: RunContext, result: dict) -> dict[str, Tensor]:
 
 def configured_student(teacher: OneStepTeacher, mask: list, cfg: DistillConfig, lora: dict[str, Tensor] | None = None,
                        lora_rank: int = 0, lora_alpha: int = 1, phase: bool | None = None) -> StudentSR:
-    """The student as ``cfg`` shapes it before training: kept blocks (LoRA merged), streamlined, image-only per
-    ``text_stream``, the phase adapter. The stage-1 build, and what ``srcompress plan`` counts."""
-    return build_student(teacher, mask, lora or {}, lora_rank, lora_alpha, streamline=cfg.streamline,
-                         phase_adapter=cfg.phase_adapter if phase is None else phase,
-                         image_only=cfg.image_only(getattr(teacher, "kind", "")))
+    """The student as ``cfg`` shapes it before training (``models/student/shape.py``): the stage-1 build."""
+    shape = cfg.shape(getattr(teacher, "kind", ""), phase)
+    return shaped_student(teacher, mask, shape, lora, lora_rank, lora_alpha)
 
 
 def configured_tiny_vae(student: StudentSR, cfg: DistillConfig) -> torch.nn.Module:
     """The tiny VAE stage 2 fits (before its weights are trained or restored)."""
-    return tiny_vae_for(student, cfg.tiny_vae.width, cfg.tiny_vae.blocks, cfg.tiny_vae.separable)
+    t = cfg.tiny_vae
+    return shaped_tiny_vae(student, TinyVAEShape(t.width, t.blocks, t.separable))
 
 
 def final_student(teacher: OneStepTeacher, mask: list, cfg: DistillConfig) -> StudentSR:
-    """The shape of the student the DAG publishes last: the stage-1 build, with the tiny VAE when stage 2 runs
-    and fits one (weights untrained: for counting, on the meta device too)."""
-    student = configured_student(teacher, mask, cfg)
-    if cfg.tiny_vae.enabled and cfg.stage2.steps > 0:
-        student.vae = configured_tiny_vae(student, cfg)
-    return student
+    """The shape of the student the DAG publishes last (what ``srcompress plan`` counts)."""
+    return shaped_final_student(teacher, mask, cfg.shape(getattr(teacher, "kind", "")))
 
 
 def stage1_student(ctx: RunContext, cfg: DistillConfig, teacher_cfg: TeacherConfig, teacher_m: Manifest,

@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from srcompress.infra.config import StrictModel
 from srcompress.models.device import DEVICE_PATTERN
+from srcompress.models.student.shape import StudentShape, TinyVAEShape
 from srcompress.tasks.common.training import DeepSpeedConfig
 
 
@@ -15,7 +16,7 @@ class TinyVAEConfig(StrictModel):
     """TinySR's tiny VAE: TAESD layout, depthwise-separable convs, fitted to the teacher's VAE before stage 2."""
 
     enabled: bool = Field(False, description="Replace the teacher's VAE by a tiny one in the student.")
-    width: int = Field(64, ge=4, description="Channels of every stage (TinySR: 64).")
+    width: int = Field(64, ge=4, description="Channels of every stage (TinySR: 64); with search.budget.vae_widths the budget chooses the width instead (the mask manifest records it).")
     blocks: int = Field(3, ge=1, description="AutoencoderTinyBlocks per stage (TAESD: 3).")
     separable: bool = Field(True, description="Depthwise-separable k×k convs (TinySR); false = stock AutoencoderTiny convs.")
     steps: int = Field(300, ge=1, description="Fitting steps (encoder → teacher latents, decoder → teacher pixels).")
@@ -75,6 +76,20 @@ class DistillConfig(StrictModel):
         if self.text_stream == "auto":
             return self.streamline and teacher_kind == "sd3"
         return self.text_stream == "drop"
+
+    def shape(self, teacher_kind: str, phase: bool | None = None) -> StudentShape:
+        """The student this config builds for a teacher of ``teacher_kind``: the final one, with the tiny VAE
+        when stage 2 runs and fits one (``phase`` overrides ``phase_adapter``, for the ablation)."""
+        tiny = (TinyVAEShape(self.tiny_vae.width, self.tiny_vae.blocks, self.tiny_vae.separable)
+                if self.tiny_vae.enabled and self.stage2.steps > 0 else None)
+        return StudentShape(streamline=self.streamline, image_only=self.image_only(teacher_kind),
+                            phase_adapter=self.phase_adapter if phase is None else phase, tiny_vae=tiny)
+
+    def with_vae_width(self, width: int | None) -> "DistillConfig":
+        """This config with the tiny VAE ``width`` wide (``None``: unchanged)."""
+        if width is None:
+            return self
+        return self.model_copy(update={"tiny_vae": self.tiny_vae.model_copy(update={"width": int(width)})})
 
     @model_validator(mode="after")
     def _check(self) -> "DistillConfig":

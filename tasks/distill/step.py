@@ -73,6 +73,9 @@ def run_distill(ctx: RunContext, cfg: DistillConfig, teacher_cfg: TeacherConfig,
     log = get_run_logger()
     name = STAGES[stage]
     phase = cfg.phase_adapter if phase is None else phase
+    width = (mask.extra.get("budget") or {}).get("vae_width")
+    if width is not None and cfg.tiny_vae.enabled:  # search.budget chose the tiny VAE's width with the N:M
+        cfg = cfg.with_vae_width(width)
     tracker, cache, store = ctx.get_tracker(), ctx.get_cache(), ctx.get_store()
     code_ver, chash = step_code_version(), stage_config_hash(cfg, teacher_cfg, stage, phase)
     manifests = {"latents": latents, "pairs": pairs, "teacher": teacher, "mask": mask}

@@ -14,13 +14,31 @@ from srcompress.tasks.common.training import DeepSpeedConfig
 Method = Literal["learned", "block_influence", "pgp_cos", "pgp_kl", "removal", "uniform", "random_min", "given"]
 
 
+class BudgetConfig(StrictModel):
+    """A cost the student must meet: the search chooses N:M (and, given ``vae_widths``, the tiny VAE's width)
+    whose student costs within ``tolerance`` below ``value`` (models/student/budget.py: the rule)."""
+
+    metric: Literal["gmacs", "params"] = Field(description="gmacs: MACs of one untiled encode → step → decode pass at size×size px, attention matmuls included, in GMACs; params: the student's parameters (backbone + VAE), a count (341e6, not 341).")
+    value: float = Field(gt=0, description="The budget, in the metric's unit.")
+    size: int = Field(512, ge=16, description="Square input in pixels the MACs are counted at (must fit one untiled pass of the teacher's transformer).")
+    tolerance: float = Field(0.05, gt=0, lt=1, description="The window below the budget a choice must fall in: (1 − tolerance)·value ≤ cost ≤ value.")
+    vae_widths: list[int] | None = Field(None, min_length=1, description="Tiny-VAE widths the budget may choose from (needs distill.tiny_vae.enabled and stage 2); null: the width stays distill.tiny_vae.width.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "BudgetConfig":
+        if self.vae_widths is not None and min(self.vae_widths) < 4:
+            raise ValueError(f"vae_widths must be ≥ 4 channels each, got {self.vae_widths}")
+        return self
+
+
 class SearchConfig(StrictModel):
     """TinyFusion / TinySR depth-mask search, or a baseline mask given the same LoRA recovery."""
 
     method: Method = Field("learned", description="learned (Gumbel N:M search) or a baseline: block_influence / pgp_cos / pgp_kl / removal (top-N per group by the redundancy report), uniform (every other block), random_min (the best of random N:M masks by calibration loss), given (search.given_mask).")
     given_mask: list[int] | str | None = Field(None, description="method=given: a 0/1 list ([1,0,1,0,…], one entry per prunable block) or the path / store URI of a search result.json; a mask searched for another teacher is rejected.")
-    n: int = Field(2, ge=1, description="Blocks kept per group.")
-    m: int = Field(4, ge=1, description="Group size (consecutive blocks); must divide the teacher's prunable blocks.")
+    n: int = Field(2, ge=1, description="Blocks kept per group (with search.budget: chosen by the budget instead).")
+    m: int = Field(4, ge=1, description="Group size (consecutive blocks); must divide the teacher's prunable blocks (with search.budget: chosen by the budget instead).")
+    budget: BudgetConfig | None = Field(None, description="Choose N:M (and the tiny VAE's width) from a cost budget instead of n and m: {metric: gmacs|params, value, size, tolerance, vae_widths}. The choice is logged, tagged in MLflow and kept in the mask manifest.")
     steps: int = Field(200, ge=1, description="Training micro-steps (search, or LoRA recovery for baselines); the optimiser steps every deepspeed.gradient_accumulation of them, τ follows the micro-steps.")
     batch_size: int = Field(4, ge=1, description="Micro-batch per rank.")
     calibration_size: int = Field(64, ge=2, description="Latent-cache pairs used (seeded), split over the ranks.")
@@ -56,6 +74,8 @@ class SearchConfig(StrictModel):
             raise ValueError(f"n={self.n} > m={self.m}: an N:M group keeps at most M blocks")
         if (self.method == "given") != (self.given_mask is not None):
             raise ValueError("given_mask is required with method=given, and only then")
+        if self.budget is not None and self.method == "given":
+            raise ValueError("search.budget chooses N:M for a search or a baseline; method=given takes its mask as is")
         if self.expansion_corrosion and not self.dynamic:
             raise ValueError("expansion_corrosion needs dynamic (the neighbour option it expands into)")
         return self

@@ -10,6 +10,7 @@ runs ``tasks/search/worker.py`` on ``search.num_workers`` DeepSpeed ranks as Ray
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,9 +25,12 @@ from srcompress.infra.ray_cluster import train_on_ray
 from srcompress.models.device import resolve_device
 from srcompress.models.pruning.masks import nm_options
 from srcompress.models.pruning.redundancy import top_k_mask
+from srcompress.models.student.budget import budget_choice, fmt_cost
+from srcompress.models.student.plan import teacher_from_folder
+from srcompress.models.student.shape import StudentShape
 from srcompress.tasks.common.latents import calibration_subset, center_tile
 from srcompress.tasks.common.teacher_config import TeacherConfig
-from srcompress.tasks.common.teachers import load_settings
+from srcompress.tasks.common.teachers import fetch_teacher_shapes, load_settings
 from srcompress.tasks.search.config import SearchConfig
 from srcompress.tasks.search.plots import write_plots
 from srcompress.tasks.search.worker import build, search_loop
@@ -40,9 +44,13 @@ def step_code_version() -> str:
     return code_version(__name__)
 
 
-def step_config_hash(cfg: SearchConfig, teacher_cfg: TeacherConfig) -> str:
-    return canonical_hash({"search": cfg.model_dump(mode="json", exclude=set(cfg.NOT_RESULTS)),
-                           "teacher": load_settings(teacher_cfg)})
+def step_config_hash(cfg: SearchConfig, teacher_cfg: TeacherConfig, shape: StudentShape | None = None) -> str:
+    """The search settings (N:M as run) and the teacher's load settings; with a budget also the student shape
+    it counted (another shape can choose another N:M)."""
+    doc = {"search": cfg.model_dump(mode="json", exclude=set(cfg.NOT_RESULTS)), "teacher": load_settings(teacher_cfg)}
+    if shape is not None:
+        doc["student_shape"] = shape.to_dict()
+    return canonical_hash(doc)
 
 
 def per_group_top(importance: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -114,15 +122,51 @@ def search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, laten
     return json.loads(store.get_bytes(f"search/{key[:24]}/result.json"))
 
 
+def check_groups(cfg: SearchConfig, teacher: Manifest) -> int:
+    """The teacher's prunable blocks, refused unless ``search.m`` divides them (a budget chooses an M that
+    does). The flow calls this as soon as the teacher is known (an imported teacher's depth is not known at
+    config load), before the encode step."""
+    blocks = int(teacher.extra.get("prunable_blocks", 0))
+    if blocks and blocks % cfg.m and cfg.budget is None:
+        raise ValueError(f"search.m={cfg.m} must divide the teacher's {blocks} prunable blocks")
+    return blocks
+
+
+def budget_nm(ctx: RunContext, cfg: SearchConfig, teacher: Manifest, shape: StudentShape | None) -> dict:
+    """``search.budget``: the N:M (and tiny-VAE width) whose student — as ``shape`` builds it from this teacher,
+    counted on the meta device — meets the budget (``models/student/budget.py``)."""
+    if shape is None:
+        raise ValueError("search.budget needs the student's shape (the distillation config) to count students")
+    b = cfg.budget
+    scratch = Path(ctx.workdir) / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        try:
+            folder = fetch_teacher_shapes(ctx.get_store(), teacher, Path(tmp))
+            return budget_choice(teacher_from_folder(folder), shape, b.metric, b.value, b.size, b.tolerance,
+                                 b.vae_widths)
+        except ValueError as exc:
+            raise ValueError(f"search.budget: {exc}") from None
+
+
 def run_search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, latents: Manifest, teacher: Manifest,
-               redundancy: Manifest | None, ray_address: str | None) -> Manifest:
-    """Step driver: step cache → (baseline mask) → DeepSpeed ranks → mask manifest, in one nested MLflow run."""
+               redundancy: Manifest | None, ray_address: str | None, shape: StudentShape | None = None) -> Manifest:
+    """Step driver: (budget → N:M) → step cache → (baseline mask) → DeepSpeed ranks → mask manifest, in one
+    nested MLflow run. ``shape``: the student the distillation builds (``DistillConfig.shape``), which a
+    budget counts."""
     log = get_run_logger()
     tracker, cache, store = ctx.get_tracker(), ctx.get_cache(), ctx.get_store()
-    blocks = int(teacher.extra.get("prunable_blocks", 0))
-    if blocks and blocks % cfg.m:
-        raise ValueError(f"search.m={cfg.m} must divide the teacher's {blocks} prunable blocks")
-    code_ver, chash = step_code_version(), step_config_hash(cfg, teacher_cfg)
+    blocks = check_groups(cfg, teacher)
+    choice = None
+    if cfg.budget is not None:
+        choice = budget_nm(ctx, cfg, teacher, shape)
+        cfg = cfg.model_copy(update={"n": choice["n"], "m": choice["m"]})
+        log.info("search_pruning: budget %s -> %d:%d%s (%s, %.1f%% of the budget)", fmt_cost(choice["metric"],
+                 choice["budget"]), choice["n"], choice["m"],
+                 f", tiny VAE width {choice['vae_width']}" if choice["vae_width"] is not None else "",
+                 fmt_cost(choice["metric"], choice[choice["metric"]]), 100 * choice["of_budget"])
+    code_ver = step_code_version()
+    chash = step_config_hash(cfg, teacher_cfg, shape if choice is not None else None)
     inputs = {"latents": latents.digest, "teacher": teacher.digest}
     if cfg.method in SCORE_OF and redundancy is not None:
         inputs["redundancy"] = redundancy.digest
@@ -133,7 +177,9 @@ def run_search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, l
     ds = cfg.deepspeed.engine_config(cfg.batch_size)
     with tracker.step_run(ctx.parent_run_id, STEP, {"search": cfg.model_dump(mode="json"), "deepspeed_config": ds,
                                                     "world_size": cfg.num_workers},
-                          tags={"cache_key": key, "cache_hit": hit is not None, "method": cfg.method}) as run_id:
+                          tags={"cache_key": key, "cache_hit": hit is not None, "method": cfg.method,
+                                "nm": f"{cfg.n}:{cfg.m}",
+                                **({"budget_choice": _describe(choice)} if choice is not None else {})}) as run_id:
         tracker.log_manifest(run_id, latents, context="training")
         tracker.log_manifest(run_id, teacher, context="model")
         if hit is not None:
@@ -156,7 +202,8 @@ def run_search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, l
         tracker.log_artifact(run_id, out, "search")
         tracker.log_text(run_id, json.dumps(result, indent=1), "search/result.json")
         tracker.set_tags(run_id, {"kept_blocks": ",".join(result["kept"]), "world_size": result["world_size"]})
-        tracker.log_metrics(run_id, {"seconds": time.perf_counter() - t0, "kept": len(result["kept"]), **timing})
+        tracker.log_metrics(run_id, {"seconds": time.perf_counter() - t0, "kept": len(result["kept"]), **timing,
+                                     **({"budget_of": choice["of_budget"]} if choice is not None else {})})
         manifest = Manifest(kind="mask", step=STEP, uri=listing["result.json"]["uri"],
                             digest=listing["result.json"]["sha256"], config_hash=chash, inputs=inputs,
                             code_version=code_ver, cache_key=key, run_id=run_id,
@@ -164,7 +211,7 @@ def run_search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, l
                                     "world_size": result["world_size"]},
                             extra={"method": cfg.method, "kept": result["kept"], "mask": result["mask"],
                                    "blocks": result["blocks"], "teacher_digest": teacher.digest,
-                                   "n": cfg.n, "m": cfg.m, "confidence": result["confidence"],
+                                   "n": cfg.n, "m": cfg.m, "budget": choice, "confidence": result["confidence"],
                                    "ema_logits": result["ema_logits"], "options": result["options"],
                                    "lora_uri": listing["lora.safetensors"]["uri"], "deepspeed": result["deepspeed"],
                                    "engine": result.get("engine", {}),
@@ -174,3 +221,9 @@ def run_search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, l
         log.info("search_pruning: kept %s (%s) in %.0f s", ", ".join(result["kept"]), cfg.method,
                  time.perf_counter() - t0)
         return manifest
+
+
+def _describe(choice: dict) -> str:
+    width = f", tiny VAE {choice['vae_width']}" if choice["vae_width"] is not None else ""
+    return (f"{choice['n']}:{choice['m']}{width}: {fmt_cost(choice['metric'], choice[choice['metric']])} for "
+            f"{fmt_cost(choice['metric'], choice['budget'])} at {choice['size']} px")

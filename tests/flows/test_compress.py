@@ -16,7 +16,7 @@ from srcompress.flows.compress import run_pipeline
 from tests.conftest import free_port
 from tests.tasks.odd_images import odd_files, write_folder
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = pytest.mark.usefixtures("prefect_harness", "module_ray")
 
 # Small but real: the sklearn + Kodak photos, 2 crops each, 64-px HQ crops, 4 pairs per shard.
 SMALL = ["data.bundled_sets=[sklearn, kodak]", "data.held_out=[]", "degrade.crop_size=64", "degrade.crops_per_image=2",

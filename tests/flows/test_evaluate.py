@@ -22,7 +22,7 @@ from srcompress.models.teachers.loader import save_teacher
 from srcompress.models.teachers.tiny import tiny_sd3_teacher
 from srcompress.tasks.common.sources import bundled_files
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = pytest.mark.usefixtures("prefect_harness", "module_ray")
 
 FAST = ["evaluate.metrics=[psnr, ssim, niqe, st_lpips, lpips, fid]", "evaluate.data.center_crop=192",
         "evaluate.models=[bicubic, teacher]", "evaluate.data.tiles=null",

@@ -49,3 +49,37 @@ def test_tinysr_budget_picks_2_of_4_and_a_tighter_one_prunes_more(sd3):
     assert tight["kept"] < c["kept"] and tight["gmacs"] <= 250.0 and tight["of_budget"] >= 0.95, tight
     with pytest.raises(ValueError, match="no N:M .* within 5% below 1.0 GMACs"):
         choose(costs, "gmacs", 1.0)  # below the smallest student: the error names the nearest candidates
+
+
+def test_a_saved_teachers_budget_choice_is_the_student_it_counts(tmp_path):
+    """``budget_choice`` on a teacher read back from its diffusers folder (shapes only, on the meta device): the
+    chosen N:M and tiny-VAE width give a student whose parameters, counted on the real (CPU) model the shape
+    builds, lie in the window below the budget; a budget between two students' costs picks the smaller."""
+    from srcompress.models.student.budget import budget_choice
+    from srcompress.models.student.shape import StudentShape, TinyVAEShape, final_student
+    from srcompress.models.teachers import save_teacher
+    from srcompress.models.teachers.tiny import tiny_sd3_teacher
+
+    real = tiny_sd3_teacher(seed=0, num_layers=4, tile=32, patch_size=4)
+    folder = save_teacher(real, tmp_path / "teacher")
+    meta = planning.teacher_from_folder(folder)
+    assert next(meta.backbone.parameters()).is_meta and len(meta.backbone.transformer_blocks) == 4
+    assert meta.prompt_embeds.shape == real.prompt_embeds.shape
+    shape = StudentShape(tiny_vae=TinyVAEShape(width=16, blocks=1))
+
+    def exact(keep: list[int], width: int) -> int:  # the real student's parameters, no cost model
+        student = final_student(real, planning.keep_to_mask(keep, 4), shape.with_vae_width(width))
+        return sum(p.numel() for p in student.parameters())
+
+    two_w8, one_w8, one_w16 = exact([0, 1], 8), exact([0], 8), exact([0], 16)
+    assert one_w8 < one_w16 < two_w8  # a second block costs more than a wider VAE here
+    got = budget_choice(meta, shape, "params", two_w8, size=32, widths=[8, 16])
+    assert (got["n"], got["m"], got["vae_width"], got["params"]) == (2, 4, 8, two_w8), got
+    got = budget_choice(meta, shape, "params", one_w16 + 1, size=32, widths=[8, 16], tolerance=0.5)
+    assert (got["kept"], got["vae_width"], got["params"]) == (1, 16, one_w16), got  # largest cost in the window
+    with pytest.raises(ValueError, match="exceeds one untiled pass"):
+        budget_choice(meta, shape, "params", two_w8, size=512, widths=[8, 16])
+    with pytest.raises(ValueError, match="no N:M"):
+        budget_choice(meta, shape, "params", one_w8 * 0.5, size=32, widths=[8, 16])
+    with pytest.raises(ValueError, match="keeps the teacher's VAE"):
+        budget_choice(meta, StudentShape(), "params", two_w8, size=32, widths=[8, 16])

@@ -141,5 +141,10 @@ def test_cli_budget_chooses_the_student_that_meets_it():
     r = json.loads(res.output)
     assert 0.95 * 200e6 <= r["student"]["params"] <= 200e6 and r["budget"]["metric"] == "params", r["budget"]
     assert r["student_vae"]["config"]["width"] == r["budget"]["vae_width"]  # the chosen width is what plan built
+    # the config's own search.budget (what the search step chooses): plan builds that student without --budget
+    res = runner.invoke(app, ["plan", "--config", "tsdsr-sd3", "--json", "--set",
+                              "search.budget={metric: params, value: 200e6, vae_widths: [16, 32, 48, 64]}"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["budget"] == r["budget"]
     res = runner.invoke(app, ["plan", "--config", "tsdsr-sd3", "--mask", "[1, 0]"])
     assert res.exit_code == 2 and "24 blocks" in res.output

@@ -16,6 +16,8 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
+from srcompress.config import load_config
+from srcompress.flows.compress import run_pipeline
 from tests.reliability.conftest import STALL_S, run_cli, start_cli
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -95,9 +97,11 @@ def _step_metric(summary: dict, step: str, metric: str) -> float:
     return next(r for r in runs if r.info.run_name == step).data.metrics[metric]
 
 
-@pytest.mark.timeout(1800)  # six CLI runs of the DAG; each wait follows the run's own output, not a clock
-def test_kill_9_in_every_long_step_resumes_to_the_same_digests(tmp_path):
-    ref = _finish(tmp_path / "reference", tmp_path / "ref.json")  # uninterrupted
+@pytest.mark.timeout(1800)  # five CLI runs of the DAG; each wait follows the run's own output, not a clock
+def test_kill_9_in_every_long_step_resumes_to_the_same_digests(tmp_path, prefect_harness):
+    # the uninterrupted reference runs in this process (the same code and torch threads as the CLI: the thread
+    # count follows OMP_NUM_THREADS in both), which spares a CLI start-up; the runs under test are real CLI processes
+    ref = run_pipeline(load_config("tiny", CFG), tmp_path / "reference")
     work = tmp_path / "killed"
     kill_points = [
         ("degrade", r"degrade: shard 5/"),

@@ -142,18 +142,31 @@ def test_two_stage_distillation_publishes_a_diffusers_student(tmp_path, two_stag
 
 
 @shared_run
-def test_two_ranks_tiny_vae_phase_adapter_and_gan(tmp_path, two_stage):
+def test_two_ranks_tiny_vae_phase_adapter_gan_and_a_budget(tmp_path, two_stage):
     """Two ranks at ZeRO-2 with the fitted tiny VAE, the phase adapter and the projected ST-LPIPS discriminator —
-    each read back from what ran (the engines, the loaded student), not from the config."""
-    cfg = load_config("tiny", DISTILL + ["distill.num_workers=2", "distill.tiny_vae.enabled=true",
-                                         "distill.tiny_vae.steps=3", "distill.tiny_vae.width=8",
-                                         "distill.tiny_vae.blocks=1", "distill.phase_adapter=true",
-                                         "distill.stage2.discriminator=projected_stlpips",
-                                         "distill.deepspeed.zero_stage=2",
-                                         "distill.stage1.steps=1"])  # what is checked here happens in stage 2
-    # the search is the module run's (same settings): a cache hit in a copy of its store
-    out = run_pipeline(cfg, seed_workdir(two_stage[1] / "store", tmp_path / "w"), until="distill_pixel")
+    each read back from what ran (the engines, the loaded student), not from the config. The N:M and the tiny
+    VAE's width come from ``search.budget`` (the config asks for 2:2 and width 16; the budget only fits 1:2
+    with width 8), and the published student is the one the budget chose."""
+    from srcompress.models.student.plan import keep_to_mask
+    from srcompress.models.student.shape import final_student
+    from srcompress.models.teachers import load_teacher
+
+    opts = DISTILL + ["distill.num_workers=2", "distill.tiny_vae.enabled=true",
+                      "distill.tiny_vae.steps=3", "distill.tiny_vae.width=16",
+                      "distill.tiny_vae.blocks=1", "distill.phase_adapter=true",
+                      "distill.stage2.discriminator=projected_stlpips",
+                      "distill.deepspeed.zero_stage=2", "search.n=2",
+                      "distill.stage1.steps=1"]  # what is checked here happens in stage 2
+    work = seed_workdir(two_stage[1] / "store", tmp_path / "w")
+    teacher = load_teacher(_folder(two_stage[2], "bootstrap_teacher", tmp_path / "teacher"))
+    shape = load_config("tiny", opts).distill.shape("sd3")
+    budget = sum(p.numel() for p in final_student(teacher, keep_to_mask([0], 2), shape.with_vae_width(8)).parameters())
+    cfg = load_config("tiny", opts + [f"search.budget={{metric: params, value: {budget}, size: 32, vae_widths: [8, 16]}}"])
+    out = run_pipeline(cfg, work, until="distill_pixel")
     assert out["outcomes"]["distill_latent"] == out["outcomes"]["distill_pixel"] == "ran"
+    mask = out["steps"]["search_pruning"]["extra"]
+    assert (mask["n"], mask["m"], mask["budget"]["vae_width"]) == (1, 2, 8), mask
+    assert 0.95 * budget <= mask["budget"]["params"] <= budget and sum(mask["mask"]) == 1, mask["budget"]
     s2 = out["steps"]["distill_pixel"]
     assert s2["counts"]["world_size"] == 2 and s2["extra"]["tiny_vae"] and s2["extra"]["phase_adapter"]
     g, d = s2["extra"]["engines"]["g"], s2["extra"]["engines"]["d"]
@@ -162,6 +175,7 @@ def test_two_ranks_tiny_vae_phase_adapter_and_gan(tmp_path, two_stage):
     assert d["discriminator"] == "ProjectedDiscriminator" and d["frozen_params"] > d["trainable_params"] > 0, d
     student = load_student(_folder(out, "distill_pixel", tmp_path / "fetch"))
     assert student.tiny_vae and student.phase is not None  # tiny_vae: the loaded VAE's class, not a flag
+    assert student.vae.config["encoder_block_out_channels"][0] == 8  # the budget's width, not the config's 16
     assert student(torch.rand(1, 3, 40, 24)).shape == (1, 3, 40, 24)
     assert s2["extra"]["tiny_vae_fit"]["steps"] == 3
 

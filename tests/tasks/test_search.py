@@ -72,14 +72,23 @@ def test_bad_search_configs_name_the_key(upstream_workdir):
         load_config("tiny", ["search.n=3", "search.m=2"])
     with pytest.raises(ConfigError, match=r"search\.m=3 must divide the bootstrap teacher's 2 blocks"):
         load_config("tiny", SEARCH + ["search.m=3", "search.n=1"])  # at load, before any work
+    with pytest.raises(ConfigError, match=r"vae_widths chooses the tiny VAE's width: it needs distill\.tiny_vae"):
+        load_config("tiny", ["search.budget={metric: params, value: 1e6, vae_widths: [8]}"])
+    with pytest.raises(ConfigError, match=r"method=given takes its mask as is"):
+        load_config("tiny", ["search.method=given", "search.given_mask=[1, 0, 1, 0, 1, 0, 1, 0]",
+                             "search.budget={metric: gmacs, value: 1}"])
+    load_config("tiny", SEARCH + ["search.m=3", "search.budget={metric: gmacs, value: 1}"])  # the budget chooses M
     from srcompress.models.teachers import save_teacher
     from srcompress.models.teachers.tiny import tiny_sd3_teacher
 
     folder = save_teacher(tiny_sd3_teacher(seed=3, num_layers=2, tile=32, patch_size=4),
                           upstream_workdir.parent / "teacher")
     cfg = load_config("tiny", SEARCH + ["search.m=3", "search.n=1", f"teacher.source={folder}"])  # imported
+    encoded = set((upstream_workdir / "store" / "cache" / "encode_latents").glob("*.json"))
     with pytest.raises(ValueError, match=r"search\.m=3 must divide the teacher's 2 prunable blocks"):
         run_pipeline(cfg, upstream_workdir, until="search_pruning")
+    # refused as soon as the imported teacher's depth is known: nothing was encoded with it
+    assert set((upstream_workdir / "store" / "cache" / "encode_latents").glob("*.json")) == encoded
 
 
 def kill_training_ranks_when(pattern: str, store_root: Path, killed: threading.Event) -> None:
