@@ -233,7 +233,7 @@ def _budget_choice(spec: str | None, cfg, size: int) -> dict:
     from srcompress.models.student import plan as planning
     from srcompress.models.student.budget import METRICS, budget_choice
 
-    b = cfg.search.budget
+    b, shape = cfg.search.budget, cfg.distill.shape("sd3")
     if spec is None:
         metric, amount, tolerance, widths, size = b.metric, b.value, b.tolerance, b.vae_widths, b.size
     else:
@@ -244,10 +244,9 @@ def _budget_choice(spec: str | None, cfg, size: int) -> dict:
             raise ValueError(f"--budget {spec}: expected gmacs=N or params=N") from None
         if metric not in METRICS:
             raise ValueError(f"--budget {spec}: expected gmacs=N or params=N")
-        shape = cfg.distill.shape("sd3")
         tolerance = 0.05
         widths = sorted({16, 32, 48, 64, shape.tiny_vae.width}) if shape.tiny_vae is not None else None
-    return budget_choice(planning.build_teacher(), cfg.distill.shape("sd3"), metric, amount, size, tolerance, widths)
+    return budget_choice(planning.build_teacher(), shape, metric, amount, size, tolerance, widths)
 
 
 def _read_mask(spec: str, cfg) -> bytes | str:

@@ -157,13 +157,15 @@ def teacher_from_folder(folder: str | Path, device: str | torch.device = "meta")
     safetensors header."""
     from safetensors import safe_open
 
+    from srcompress.models.teachers.loader import PROMPT_FILE
+
     folder = Path(folder)
     if not (folder / "transformer" / "config.json").is_file():
-        raise ValueError(f"budget: {folder} is not an SD3-transformer teacher folder (no transformer/config.json); "
+        raise ValueError(f"{folder} is not an SD3-transformer teacher folder (no transformer/config.json); "
                          "only SD3-family teachers have a per-block cost model")
     tcfg = json.loads((folder / "transformer" / "config.json").read_text())
     vcfg = json.loads((folder / "vae" / "config.json").read_text())
-    with safe_open(str(folder / "prompt_embeds.safetensors"), "pt") as f:
+    with safe_open(str(folder / PROMPT_FILE), "pt") as f:
         tokens = int(f.get_slice("prompt_embeds").get_shape()[1])
     return build_teacher(tcfg, vcfg, tokens, device)
 

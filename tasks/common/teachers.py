@@ -23,7 +23,7 @@ import torch
 from srcompress.infra.manifest import Manifest, digest_of_digests
 from srcompress.infra.store import ArtifactStore, InvalidKeyError, sha256_file
 from srcompress.models.teachers import OneStepTeacher, load_teacher
-from srcompress.models.teachers.loader import NO_LORA
+from srcompress.models.teachers.loader import NO_LORA, PROMPT_FILE
 from srcompress.tasks.common.teacher_config import TeacherConfig
 
 
@@ -121,7 +121,7 @@ def fetch_teacher_folder(store: ArtifactStore, manifest: Manifest, cache_root: P
     return dest
 
 
-SHAPE_FILES = ("transformer/config.json", "vae/config.json", "prompt_embeds.safetensors")
+SHAPE_FILES = ("transformer/config.json", "vae/config.json", PROMPT_FILE)
 
 
 def fetch_teacher_shapes(store: ArtifactStore, manifest: Manifest, dest: Path) -> Path:
