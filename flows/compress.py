@@ -35,6 +35,7 @@ from srcompress.tasks.redundancy.step import run_redundancy
 from srcompress.tasks.register.step import run_register
 from srcompress.tasks.search.step import check_groups, run_search
 from srcompress.tasks.teacher.step import run_teacher
+from srcompress.tasks.vae.step import run_compress_vae
 
 
 def _open_parent_run(cfg: SrConfig, ctx: RunContext) -> str:
@@ -67,6 +68,9 @@ def train_steps(ctx: RunContext, cfg: SrConfig, last: int) -> dict[str, Any]:
                                                      manifests.get("degrade_holdout"))
         if last >= STEPS.index("search_pruning"):
             check_groups(cfg.search, manifests["bootstrap_teacher"])  # before the encode step's work
+    if last >= STEPS.index("compress_vae") and cfg.vae.enabled:
+        manifests["compress_vae"] = run_compress_vae(ctx, cfg.vae, cfg.teacher, manifests["degrade"],
+                                                     manifests["bootstrap_teacher"], manifests.get("degrade_holdout"))
     if last >= STEPS.index("encode_latents"):
         manifests["encode_latents"] = run_encode(ctx, cfg.encode, cfg.teacher, manifests["degrade"],
                                                  manifests["bootstrap_teacher"])
@@ -97,7 +101,7 @@ def distill(ctx: RunContext, cfg: SrConfig, manifests: dict[str, Any], pixel: bo
         out[f"distill_latent{suffix}"] = s1
         if pixel:
             out[f"distill_pixel{suffix}"] = run_distill(ctx, cfg.distill, cfg.teacher, "stage2", stage1=s1,
-                                                        phase=phase, **common)
+                                                        phase=phase, vae=manifests.get("compress_vae"), **common)
     return out
 
 
@@ -141,7 +145,8 @@ def compress(config: dict[str, Any] | str, workdir: str, until: str | None = Non
                 if "degrade_holdout" in manifests:  # every model on the held-out images, never trained on
                     manifests["eval_data"] = run_eval_data(ctx, cfg.evaluate, cfg.data, cfg.degrade)
                     manifests["evaluate"] = run_evaluate(ctx, cfg.evaluate, manifests["eval_data"],
-                                                         evaluated_models(manifests), cfg.teacher)
+                                                         evaluated_models(manifests), cfg.teacher,
+                                                         manifests.get("compress_vae"))
                 else:
                     log.warning("evaluate: skipped, no held-out images (set data.held_out or data.held_out_fraction, "
                                 "or use `srcompress evaluate --data …`)")

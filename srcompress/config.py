@@ -28,10 +28,11 @@ from srcompress.tasks.evaluate.config import EvaluateConfig
 from srcompress.tasks.redundancy.config import RedundancyConfig
 from srcompress.tasks.register.config import RegisterConfig
 from srcompress.tasks.search.config import SearchConfig
+from srcompress.tasks.vae.config import VAECompressConfig
 from srcompress.tasks.common.teacher_config import TeacherConfig
 
-STEPS = ("degrade", "bootstrap_teacher", "encode_latents", "analyse_redundancy", "search_pruning", "distill_latent",
-         "distill_pixel", "evaluate", "register")  # DAG order (docs/architecture.md §1)
+STEPS = ("degrade", "bootstrap_teacher", "compress_vae", "encode_latents", "analyse_redundancy", "search_pruning",
+         "distill_latent", "distill_pixel", "evaluate", "register")  # DAG order (docs/architecture.md §1)
 
 
 class RunConfig(StrictModel):
@@ -57,6 +58,7 @@ class SrConfig(StrictModel):
     encode: EncodeConfig = Field(default_factory=EncodeConfig, description="Latent pre-encoding on Ray.")
     redundancy: RedundancyConfig = Field(default_factory=RedundancyConfig, description="Redundancy analysis of the teacher's blocks.")
     search: SearchConfig = Field(default_factory=SearchConfig, description="Depth-pruning mask search (DeepSpeed).")
+    vae: VAECompressConfig = Field(default_factory=VAECompressConfig, description="VAE compression derived from the teacher's VAE (TinySR), used by the final student.")
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Student build and two-stage distillation (DeepSpeed).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation: metrics, conventions, inference.")
     registry: RegisterConfig = Field(default_factory=RegisterConfig, description="The register step: MLflow registered model, aliases, promotion gate.")
@@ -74,6 +76,11 @@ class SrConfig(StrictModel):
                 and not (self.distill.tiny_vae.enabled and self.distill.stage2.steps > 0):
             raise ValueError("search.budget.vae_widths chooses the tiny VAE's width: it needs distill.tiny_vae.enabled "
                              "and a stage 2 (distill.stage2.steps > 0)")
+        if self.vae.enabled and self.distill.tiny_vae.enabled:
+            raise ValueError("vae.enabled and distill.tiny_vae.enabled both give the final student a VAE: enable one "
+                             "(vae: the teacher's VAE compressed; distill.tiny_vae: a fresh TAESD-style VAE)")
+        if self.vae.enabled and self.distill.stage2.steps == 0:
+            raise ValueError("vae.enabled: the compressed VAE joins the student in stage 2 (distill.stage2.steps > 0)")
         if self.teacher.source == "bootstrap" and blocks % self.search.m and self.search.budget is None:
             # imported teachers: checked at the step; with a budget, N:M is chosen to fit the blocks
             raise ValueError(f"search.m={self.search.m} must divide the bootstrap teacher's {blocks} blocks "

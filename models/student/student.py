@@ -11,7 +11,8 @@ Folder layout (docs/methods.md §8.5), safetensors only::
     <student>/transformer/              SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer"),
                                         or, image-only (TinySR), TinySRTransformer.from_pretrained(…) (tinysr.py)
     <student>/unet/ + scheduler/        UNet students: UNet2DConditionModel / DDPMScheduler ``from_pretrained``
-    <student>/vae/                      AutoencoderKL, or SeparableAutoencoderTiny (both ``from_pretrained``)
+    <student>/vae/                      AutoencoderKL, SeparableAutoencoderTiny or PrunedAutoencoderKL (the
+                                        teacher's VAE compressed, vae_prune.py), all ``from_pretrained``
     <student>/prompt_embeds.safetensors fixed prompt (+ pooled, SD3) embeddings (not for image-only students)
     <student>/phase_adapter.safetensors optional (PEAM reinterpretation)
     <student>/student.json              backbone kind, latent convention, timestep, tiling, flags, kept units
@@ -36,6 +37,7 @@ from srcompress.models.student.streamline import StreamlinedSD3
 from srcompress.models.student.surgery import kept_indices, merge_lora, prune_sd3
 from srcompress.models.student.tinysr import TinySRTransformer
 from srcompress.models.student.tiny_vae import SeparableAutoencoderTiny
+from srcompress.models.student.vae_prune import PrunedAutoencoderKL
 from srcompress.models.student.unet_surgery import prune_unet
 from srcompress.models.teachers.base import LatentConvention, OneStepTeacher
 from srcompress.models.teachers.unet import UNetOneStepTeacher
@@ -64,6 +66,11 @@ class _StudentIO:
         return isinstance(self.vae, SeparableAutoencoderTiny)
 
     @property
+    def compressed_vae(self) -> bool:
+        """The teacher's VAE compressed as TinySR (models/student/vae_prune.py): same latent convention."""
+        return isinstance(self.vae, PrunedAutoencoderKL)
+
+    @property
     def latent_factor(self) -> int:
         return self._latent_factor
 
@@ -79,6 +86,7 @@ class _StudentIO:
 
     def describe(self) -> dict:
         return {**super().describe(), "streamlined": self.streamlined, "tiny_vae": self.tiny_vae,
+                "compressed_vae": self.compressed_vae,
                 "image_only": self.image_only,
                 "phase_adapter": self.phase is not None, "kept_blocks": self.kept}
 
@@ -244,7 +252,7 @@ def save_student(student: StudentSR | UNetStudentSR, folder: str | Path, extra: 
             "convention": student.convention.as_dict(), "timestep": student.timestep, "tile": student.tile,
             "tile_overlap": student.tile_overlap, "latent_factor": student.latent_factor,
             "streamlined": student.streamlined, "image_only": student.image_only, "tiny_vae": student.tiny_vae,
-            "phase_adapter": student.phase is not None,
+            "compressed_vae": student.compressed_vae, "phase_adapter": student.phase is not None,
             "kept_blocks": student.kept, **({"surgery": student.surgery} if unet else {}), **(extra or {})}
     (folder / "model_index.json").write_text(json.dumps(index, indent=1, sort_keys=True))
     (folder / "student.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
@@ -276,7 +284,8 @@ def load_student(folder: str | Path, streamline: bool | None = None, device: tor
         backbone = TinySRTransformer.from_pretrained(folder, subfolder="transformer", **common)
     else:
         backbone = SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer", **common)
-    vae_cls = SeparableAutoencoderTiny if meta["tiny_vae"] else AutoencoderKL
+    vae_cls = (SeparableAutoencoderTiny if meta["tiny_vae"] else PrunedAutoencoderKL if meta.get("compressed_vae")
+               else AutoencoderKL)
     vae = vae_cls.from_pretrained(folder, subfolder="vae", **common)
     prompts = {} if image_only else load_file(str(folder / "prompt_embeds.safetensors"))
     phase = None

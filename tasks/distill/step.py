@@ -68,7 +68,7 @@ def intact(ctx: RunContext, manifest: Manifest) -> bool:
 
 def run_distill(ctx: RunContext, cfg: DistillConfig, teacher_cfg: TeacherConfig, stage: str, latents: Manifest,
                 pairs: Manifest, teacher: Manifest, mask: Manifest, stage1: Manifest | None = None,
-                phase: bool | None = None, ray_address: str | None = None) -> Manifest:
+                phase: bool | None = None, ray_address: str | None = None, vae: Manifest | None = None) -> Manifest:
     """Step driver for one stage: cache → DeepSpeed ranks → ``student`` manifest, in one nested MLflow run."""
     log = get_run_logger()
     name = STAGES[stage]
@@ -83,6 +83,8 @@ def run_distill(ctx: RunContext, cfg: DistillConfig, teacher_cfg: TeacherConfig,
         if stage1 is None:
             raise ValueError("distill stage 2 needs the stage-1 student")
         manifests["stage1"] = stage1
+        if vae is not None:  # the compress_vae step's VAE becomes the final student's
+            manifests["vae"] = vae
     if cfg.streamline and teacher.extra.get("kind") == "unet":  # before any cluster starts
         raise ValueError(UNET_STREAMLINE)
     if cfg.text_stream == "drop" and teacher.extra.get("kind") == "unet":
@@ -98,7 +100,7 @@ def run_distill(ctx: RunContext, cfg: DistillConfig, teacher_cfg: TeacherConfig,
                                                     "world_size": cfg.num_workers, "phase_adapter": phase},
                           tags={"cache_key": key, "cache_hit": hit is not None, "stage": stage}) as run_id:
         for k, v in manifests.items():
-            tracker.log_manifest(run_id, v, context="model" if k in ("teacher", "mask", "stage1") else "training")
+            tracker.log_manifest(run_id, v, context="model" if k in ("teacher", "mask", "stage1", "vae") else "training")
         if hit is not None:
             log.info("%s: cache hit %s", name, key[:12])
             tracker.set_tags(run_id, {"source_run_id": hit.run_id or ""})
@@ -128,7 +130,7 @@ def run_distill(ctx: RunContext, cfg: DistillConfig, teacher_cfg: TeacherConfig,
                                    "phase_adapter": phase, "kept_blocks": desc.get("kept_blocks"),
                                    **({"surgery": desc["surgery"]} if "surgery" in desc else {}),
                                    "streamlined": desc.get("streamlined"), "image_only": desc.get("image_only"),
-                                   "tiny_vae": desc.get("tiny_vae"),
+                                   "tiny_vae": desc.get("tiny_vae"), "compressed_vae": desc.get("compressed_vae"),
                                    "final": final, "train_seconds": result["train_seconds"],
                                    "tiny_vae_fit": result.get("tiny_vae_fit") or {},
                                    "engines": result.get("engines") or {},

@@ -26,6 +26,7 @@ from srcompress.infra.manifest import Manifest
 from srcompress.models.student.gan import d_hinge, g_hinge, make_discriminator
 from srcompress.models.student.tiny_vae import train_tiny_vae
 from srcompress.tasks.common.teacher_config import TeacherConfig
+from srcompress.tasks.common.teachers import fetch_teacher_folder
 from srcompress.tasks.common.training import StoreCheckpoints, engine_facts, init_rank, perceptual_net
 from srcompress.tasks.distill.build import (comparison_grid, configured_tiny_vae, publish_student, published_student, stage1_student,
                                             teacher_on)
@@ -79,7 +80,10 @@ def distill_loop(config: dict) -> None:
     try:
         latest = ckpt.restore()
         vae_stats: dict = {}
-        if stage == "stage2" and cfg.tiny_vae.enabled and not student.tiny_vae and latest is None:
+        if stage == "stage2" and "vae" in m and not student.compressed_vae:
+            # the compress_vae step's VAE; a resumed stage then overwrites its decoder from the checkpoint
+            student.vae = compressed_vae(ctx, m["vae"], device)
+        elif stage == "stage2" and cfg.tiny_vae.enabled and not student.tiny_vae and latest is None:
             vae_stats = fit_tiny_vae(ctx, cfg, teacher_cfg, m["teacher"], student, data, rank, device)
         elif stage == "stage2" and cfg.tiny_vae.enabled and not student.tiny_vae:
             student.vae = configured_tiny_vae(student, cfg).to(device)  # weights come from the checkpoint
@@ -121,6 +125,15 @@ def fit_tiny_vae(ctx, cfg: DistillConfig, teacher_cfg, teacher_m, student, data,
         dist.broadcast(p.data, 0)
     student.vae = vae.eval().requires_grad_(False)
     return stats if rank == 0 else {}
+
+
+def compressed_vae(ctx, vae_m: Manifest, device) -> torch.nn.Module:
+    """The compress_vae step's model, downloaded and verified (tasks/vae/step.py)."""
+    from srcompress.models.student.vae_prune import PrunedAutoencoderKL
+
+    folder = fetch_teacher_folder(ctx.get_store(), vae_m, Path(ctx.workdir) / "vaes")
+    vae = PrunedAutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True, use_safetensors=True)
+    return vae.to(device).eval().requires_grad_(False)
 
 
 class _Stage:
@@ -224,7 +237,7 @@ class Stage2(_Stage):
         st.backbone.requires_grad_(True)
         if st.phase is not None:
             st.phase.requires_grad_(True)
-        if st.tiny_vae:  # the tiny decoder is the pixel generator's last stage (its encoder stays as fitted)
+        if st.tiny_vae or st.compressed_vae:  # its decoder is the generator's last stage (the encoder stays as fitted)
             st.vae.decoder.requires_grad_(True)
         gen_model = Generator(st)
         g_opt = torch.optim.AdamW([p for p in gen_model.parameters() if p.requires_grad], s2.lr, weight_decay=0.0)

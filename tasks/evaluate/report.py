@@ -239,8 +239,23 @@ def grid_image(item: EvalItem, panels: list[tuple[str, np.ndarray]], crop: int) 
     return grid
 
 
+def vae_markdown(report: dict) -> str:
+    """The compress_vae step's reconstruction figures, the compressed VAE beside the teacher's (TinySR Table 3)."""
+    ev = report["eval"]
+    lines = ["## VAE reconstruction (compress_vae)", "",
+             f"Encode → posterior mean → decode on {ev['count']} {ev['images']} of {ev['size'][0]}×{ev['size'][1]} px; "
+             "MACs per image at that size.", "",
+             "| VAE | widths | params | MACs | PSNR | SSIM | ST-LPIPS ↓ |", "|---|---|---|---|---|---|---|"]
+    for label, widths, params in (("teacher_vae", report["teacher_widths"], report["params_teacher"]),
+                                  ("compressed_vae", report["widths"], report["params"])):
+        r = report["reconstruction"][label]
+        lines.append(f"| {label} | {widths} | {params / 1e6:.3f}M | {report['macs_per_image'][label] / 1e9:.3f}G | "
+                     f"{_fmt(r['psnr'], 2)} | {_fmt(r['ssim'])} | {_fmt(r['st_lpips'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_reports(result: EvalResult, items: list[EvalItem], out: Path, conventions: dict, crop: int,
-                  skipped: dict[str, str] | None = None) -> dict[str, Path]:
+                  skipped: dict[str, str] | None = None, vae_report: dict | None = None) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     metrics = metric_columns(result)
     notes = sorted({k for r in result.rows for k in r if k.endswith("_note")})
@@ -256,6 +271,8 @@ def write_reports(result: EvalResult, items: list[EvalItem], out: Path, conventi
         atomic_write_bytes(files["retention_json"], json.dumps({**ret, "efficiency": efficiency_ratios(result)},
                                                                indent=1, sort_keys=True).encode())
         md = md.rstrip() + "\n\n" + retention_markdown(ret, efficiency_ratios(result))
+    if vae_report is not None:
+        md = md.rstrip() + "\n\n" + vae_markdown(vae_report)
     atomic_write_bytes(files["summary_md"], md.encode())
     atomic_write_bytes(files["efficiency_json"], json.dumps(result.efficiency, indent=2, sort_keys=True).encode())
     grid_ids = sorted(set.intersection(*[set(o) for o in result.outputs.values()])) if result.outputs else []

@@ -176,7 +176,7 @@ def _flat_metrics(result) -> dict[str, float]:
 
 @task(name="evaluate-models", cache_policy=NO_CACHE, retries=0)
 def score_and_report(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, models: dict[str, Manifest],
-                     teacher_cfg: TeacherConfig, conv: dict, key: str) -> dict:
+                     teacher_cfg: TeacherConfig, conv: dict, key: str, vae_report: dict | None = None) -> dict:
     """Run every model on the set, score, write and publish the reports; returns paths, URIs and numbers."""
     use_threads(ctx)
     env = metric_env(cfg, get_run_logger())
@@ -189,7 +189,7 @@ def score_and_report(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, m
         scorer = ClusterScorer(ctx, cfg, eval_set, models, teacher_cfg, list(ups), len(items), keep, get_run_logger())
     result = evaluate_models(items, ups, cfg.metrics, env, keep, cfg.efficiency, scorer)
     out = Path(ctx.workdir) / "evaluations" / key[:16]
-    files = write_reports(result, items, out, conv, cfg.grid_crop, index.get("skipped"))
+    files = write_reports(result, items, out, conv, cfg.grid_crop, index.get("skipped"), vae_report)
     if cfg.save_outputs:
         for model, outs in result.outputs.items():
             for idx, arr in outs.items():
@@ -207,12 +207,14 @@ def score_and_report(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, m
 
 
 def run_evaluate(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, models: dict[str, Manifest],
-                 teacher_cfg: TeacherConfig) -> Manifest:
-    """Step driver: cached by (eval-set digest, model digests, config hash, code version), one nested MLflow run."""
+                 teacher_cfg: TeacherConfig, vae: Manifest | None = None) -> Manifest:
+    """Step driver: cached by (eval-set digest, model digests, config hash, code version), one nested MLflow run.
+    With ``vae`` (a compress_vae manifest) the report adds its reconstruction figures beside the teacher VAE's."""
     log = get_run_logger()
     tracker, cache = ctx.get_tracker(), ctx.get_cache()
     code_ver, chash = step_code_version(), step_config_hash(cfg, teacher_cfg)
-    inputs = {"eval_set": eval_set.digest} | {n: m.digest for n, m in models.items() if n in cfg.models}
+    inputs = {"eval_set": eval_set.digest} | {n: m.digest for n, m in models.items() if n in cfg.models} | (
+        {"compress_vae": vae.digest} if vae is not None else {})
     key = cache_key(STEP, chash, inputs, code_ver)
     hit = cache.get(STEP, key)
     if hit is not None and not report_intact(ctx, hit):
@@ -229,7 +231,8 @@ def run_evaluate(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, model
             tracker.log_metrics(run_id, hit.extra.get("metrics", {}))
             return hit
         t0 = time.perf_counter()
-        r = score_and_report(ctx, cfg, eval_set, models, teacher_cfg, conv, key)
+        r = score_and_report(ctx, cfg, eval_set, models, teacher_cfg, conv, key,
+                             vae.extra["report"] if vae is not None else None)
         metrics, unavailable, out = r["metrics"], r["unavailable"], Path(r["out"])
         uri, sha, listing = r["uri"], r["sha256"], r["listing"]
         tracker.log_metrics(run_id, metrics)

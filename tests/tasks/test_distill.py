@@ -181,6 +181,36 @@ def test_two_ranks_tiny_vae_phase_adapter_gan_and_a_budget(tmp_path, two_stage):
 
 
 @shared_run
+def test_the_final_student_decodes_with_the_compressed_vae(tmp_path, two_stage):
+    """With vae.enabled, compress_vae runs after the teacher, stage 1 and the search stay cached, and stage 2
+    swaps in the compressed VAE and trains its decoder: the published student loads a PrunedAutoencoderKL whose
+    encoder is the step's (untouched) and whose decoder moved."""
+    from srcompress.models.student.vae_prune import PrunedAutoencoderKL
+
+    # the session teacher's VAE saturates (4 fine-tune steps): a few fast steps bring the compressed decoder's
+    # output into [-1, 1], where the decode's clamp passes gradients to it
+    opts = TWO_STAGE + ["vae.enabled=true", "vae.width=4", "vae.encoder_steps=2", "vae.decoder_steps=8",
+                        "vae.dec_lr=0.01", "vae.batch_size=2", "vae.crop=32", "vae.eval_size=1"]
+    work = seed_workdir(two_stage[1] / "store", tmp_path / "w")
+    out = run_pipeline(load_config("tiny", opts), work, until="distill_pixel")
+    o = out["outcomes"]
+    assert (o["compress_vae"], o["search_pruning"], o["distill_latent"], o["distill_pixel"]) == (
+        "ran", "cached", "cached", "ran"), o
+    assert out["steps"]["distill_pixel"]["inputs"]["vae"] == out["steps"]["compress_vae"]["digest"]
+    assert out["steps"]["distill_pixel"]["extra"]["compressed_vae"]
+    student = load_student(_folder(out, "distill_pixel", tmp_path / "fetch"))
+    assert student.compressed_vae and isinstance(student.vae, PrunedAutoencoderKL)
+    assert list(student.vae.config.block_out_channels) == [4]
+    step_vae = PrunedAutoencoderKL.from_pretrained(_folder(out, "compress_vae", tmp_path / "vae"), subfolder="vae")
+    enc = {k: v for k, v in step_vae.state_dict().items() if k.startswith("encoder.")}
+    dec = {k: v for k, v in step_vae.state_dict().items() if k.startswith("decoder.")}
+    mine = student.vae.state_dict()
+    assert all(torch.equal(mine[k], v) for k, v in enc.items())
+    assert not all(torch.equal(mine[k], v) for k, v in dec.items())  # stage 2 trained the decoder
+    assert student(torch.rand(1, 3, 40, 24)).shape == (1, 3, 40, 24)
+
+
+@shared_run
 def test_a_killed_distillation_stage_resumes_from_its_checkpoint(tmp_path, two_stage):
     """A training rank's process is SIGKILLed after a stage-1 checkpoint reached the store; the rerun resumes
     from it (its first logged step is after the checkpoint) and ends with the uninterrupted run's student."""

@@ -154,3 +154,19 @@ def test_write_reports_draws_grids_for_exactly_the_kept_outputs(tmp_path):
     assert {k for k in files if k.startswith("grid_")} == {"grid_0", "grid_4", "grid_8"}
     md = files["summary_md"].read_text()
     assert "torch.profiler live-tensor peak (CPU)" in md and "ms_ssim: no value for 3/3 images" in md
+
+
+def test_the_compressed_vae_is_reported_beside_the_teacher_vae(tmp_path):
+    from srcompress.tasks.evaluate.report import vae_markdown
+
+    rep = {"eval": {"count": 3, "images": "held-out HQ crops", "size": [64, 64]}, "teacher_widths": [128, 256],
+           "widths": [64, 64], "params_teacher": 2_500_000, "params": 300_000,
+           "macs_per_image": {"teacher_vae": 4.2e9, "compressed_vae": 0.31e9},
+           "reconstruction": {"teacher_vae": {"psnr": 31.234, "ssim": 0.91234, "st_lpips": 0.0512},
+                              "compressed_vae": {"psnr": 29.876, "ssim": 0.88123, "st_lpips": 0.0734}}}
+    md = vae_markdown(rep)
+    assert "| teacher_vae | [128, 256] | 2.500M | 4.200G | 31.23 | 0.9123 | 0.0512 |" in md
+    assert "| compressed_vae | [64, 64] | 0.300M | 0.310G | 29.88 | 0.8812 | 0.0734 |" in md
+    items = [EvalItem(f"p{k}", np.zeros((4, 4, 3), np.uint8), np.zeros((16, 16, 3), np.uint8), "") for k in range(3)]
+    files = write_reports(_result(), items, tmp_path, {}, 8, vae_report=rep)
+    assert md.strip() in files["summary_md"].read_text()

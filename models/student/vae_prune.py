@@ -1,0 +1,242 @@
+"""TinySR's VAE compression, derived from the teacher's own VAE (docs/methods.md §8.6):
+
+1. **channel pruning** — every channel space of the teacher's ``AutoencoderKL`` wider than ``width`` keeps its
+   ``width`` most important channels, the weights of the kept channels copied from the teacher;
+2. **attention removed** — the mid-blocks lose their self-attention (``mid_block_add_attention=False``);
+3. **SepConv in the encoder only** — every k×k convolution of the encoder becomes depthwise k×k + pointwise 1×1
+   (TinySR §3.2: the same change in the decoder hurt its reconstruction).
+
+    vae, report = prune_vae(teacher.vae, width=64)     # PrunedAutoencoderKL, same latent API as the teacher's
+    vae.save_pretrained(folder); PrunedAutoencoderKL.from_pretrained(folder)
+
+**Pruning criterion (ours; TinySR names the width, not the criterion).** A *channel space* is a set of
+channels that must be kept together: the output of one convolution, or a residual stream that identity
+shortcuts carry unchanged through several resnets (those resnets share one kept set, or the residual sums would
+add unrelated channels). A channel's importance is the sum of |γ| over every GroupNorm that normalises its
+space — the network-slimming criterion (Liu et al., ICCV 2017): in these pre-norm resnets γ is the gain with
+which a channel enters the next convolution. Spaces the model's interface fixes (RGB, the latent moments) are
+never pruned.
+
+**SepConv initialisation (ours).** A dense kernel W[o, i, :, :] becomes pointwise P[o, i] times depthwise
+D[i, :, :]; for each input channel the best such factorisation in the Frobenius norm is the rank-1 SVD of the
+(out × k²) slice, so the separable encoder starts as the closest separable map to the pruned dense one.
+
+With ``width`` at least the teacher's widest block, attention kept and no SepConv, the result computes exactly
+what the teacher's VAE computes (tested).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import AutoencoderKL
+from diffusers.configuration_utils import register_to_config
+from torch import nn
+
+from srcompress.models.student.tiny_vae import SeparableConv2d
+
+Tensor = torch.Tensor
+
+
+class PrunedAutoencoderKL(AutoencoderKL):
+    """``AutoencoderKL`` whose encoder convolutions are depthwise-separable when ``separable_encoder``."""
+
+    @register_to_config
+    def __init__(self, in_channels: int = 3, out_channels: int = 3,
+                 down_block_types: tuple[str, ...] = ("DownEncoderBlock2D",),
+                 up_block_types: tuple[str, ...] = ("UpDecoderBlock2D",), block_out_channels: tuple[int, ...] = (64,),
+                 layers_per_block: int = 1, act_fn: str = "silu", latent_channels: int = 4, norm_num_groups: int = 32,
+                 sample_size: int = 32, scaling_factor: float = 0.18215, shift_factor: float | None = None,
+                 latents_mean: tuple[float] | None = None, latents_std: tuple[float] | None = None,
+                 force_upcast: bool = True, use_quant_conv: bool = True, use_post_quant_conv: bool = True,
+                 mid_block_add_attention: bool = True, separable_encoder: bool = False):
+        super().__init__(in_channels=in_channels, out_channels=out_channels, down_block_types=down_block_types,
+                         up_block_types=up_block_types, block_out_channels=block_out_channels,
+                         layers_per_block=layers_per_block, act_fn=act_fn, latent_channels=latent_channels,
+                         norm_num_groups=norm_num_groups, sample_size=sample_size, scaling_factor=scaling_factor,
+                         shift_factor=shift_factor, latents_mean=latents_mean, latents_std=latents_std,
+                         force_upcast=force_upcast, use_quant_conv=use_quant_conv,
+                         use_post_quant_conv=use_post_quant_conv, mid_block_add_attention=mid_block_add_attention)
+        if separable_encoder:
+            _separate(self.encoder, None)
+
+
+def _separate(module: nn.Module, dense: nn.Module | None) -> None:
+    """Replace every k×k dense conv under ``module`` by a SepConv; with ``dense`` (the same tree, dense), the
+    SepConv is initialised from it by the per-input-channel rank-1 SVD."""
+    for name, child in list(module.named_children()):
+        src = getattr(dense, name) if dense is not None else None
+        if isinstance(child, nn.Conv2d) and max(child.kernel_size) > 1 and child.groups == 1:
+            sep = SeparableConv2d(child)
+            if src is not None:
+                _rank1_init(sep, src)
+            setattr(module, name, sep)
+        else:
+            _separate(child, src)
+
+
+@torch.no_grad()
+def _rank1_init(sep: SeparableConv2d, conv: nn.Conv2d) -> None:
+    o, i, kh, kw = conv.weight.shape
+    w = conv.weight.detach().float().permute(1, 0, 2, 3).reshape(i, o, kh * kw)  # per input channel: (out × k²)
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    root = s[:, :1].sqrt()                                                          # (i, 1)
+    sep.pointwise.weight.copy_((u[:, :, 0] * root).T.reshape(o, i, 1, 1))
+    sep.depthwise.weight.copy_((vh[:, 0, :] * root).reshape(i, 1, kh, kw))
+    if conv.bias is not None:
+        sep.pointwise.bias.copy_(conv.bias)
+
+
+@dataclass
+class _Space:
+    size: int
+    fixed: bool = False
+    gammas: list[Tensor] = field(default_factory=list)
+    keep: Tensor | None = None
+
+
+class _Plan:
+    """Which channel space every parameter's output and input dimensions live in."""
+
+    def __init__(self):
+        self.spaces: list[_Space] = []
+        self.params: dict[str, tuple[_Space | None, _Space | None]] = {}  # name -> (dim-0 space, dim-1 space)
+
+    def space(self, size: int, fixed: bool = False) -> _Space:
+        self.spaces.append(_Space(int(size), fixed))
+        return self.spaces[-1]
+
+    def layer(self, prefix: str, module: nn.Module, out: _Space, inp: _Space | None) -> None:
+        for pname, _ in module.named_parameters(recurse=False):
+            self.params[f"{prefix}.{pname}"] = (out, inp if pname == "weight" else None)
+
+    def norm(self, prefix: str, gn: nn.GroupNorm, sp: _Space) -> None:
+        if gn.weight is not None:
+            sp.gammas.append(gn.weight.detach().abs().float())
+        self.layer(prefix, gn, sp, None)
+
+
+def _resnet(plan: _Plan, prefix: str, r: nn.Module, inp: _Space) -> _Space:
+    inner = plan.space(r.conv1.out_channels)
+    out = plan.space(r.conv2.out_channels) if r.conv_shortcut is not None else inp  # identity: one stream
+    plan.norm(f"{prefix}.norm1", r.norm1, inp)
+    plan.layer(f"{prefix}.conv1", r.conv1, inner, inp)
+    plan.norm(f"{prefix}.norm2", r.norm2, inner)
+    plan.layer(f"{prefix}.conv2", r.conv2, out, inner)
+    if r.conv_shortcut is not None:
+        plan.layer(f"{prefix}.conv_shortcut", r.conv_shortcut, out, inp)
+    return out
+
+
+def _mid(plan: _Plan, prefix: str, mid: nn.Module, cur: _Space) -> _Space:
+    cur = _resnet(plan, f"{prefix}.resnets.0", mid.resnets[0], cur)
+    for k in range(len(mid.resnets) - 1):
+        attn = mid.attentions[k] if k < len(mid.attentions) else None  # None where a VAE was built without
+        if attn is not None:
+            plan.norm(f"{prefix}.attentions.{k}.group_norm", attn.group_norm, cur)
+            for lin in ("to_q", "to_k", "to_v"):
+                plan.layer(f"{prefix}.attentions.{k}.{lin}", getattr(attn, lin), cur, cur)
+            plan.layer(f"{prefix}.attentions.{k}.to_out.0", attn.to_out[0], cur, cur)
+        cur = _resnet(plan, f"{prefix}.resnets.{k + 1}", mid.resnets[k + 1], cur)
+    return cur
+
+
+def _plan(vae: AutoencoderKL) -> _Plan:
+    plan = _Plan()
+    enc, dec = vae.encoder, vae.decoder
+    cur = plan.space(enc.conv_in.out_channels)
+    plan.layer("encoder.conv_in", enc.conv_in, cur, plan.space(enc.conv_in.in_channels, fixed=True))
+    for b, block in enumerate(enc.down_blocks):
+        for j, r in enumerate(block.resnets):
+            cur = _resnet(plan, f"encoder.down_blocks.{b}.resnets.{j}", r, cur)
+        for j, ds in enumerate(block.downsamplers or []):
+            nxt = plan.space(ds.conv.out_channels)
+            plan.layer(f"encoder.down_blocks.{b}.downsamplers.{j}.conv", ds.conv, nxt, cur)
+            cur = nxt
+    cur = _mid(plan, "encoder.mid_block", enc.mid_block, cur)
+    plan.norm("encoder.conv_norm_out", enc.conv_norm_out, cur)
+    moments = plan.space(enc.conv_out.out_channels, fixed=True)
+    plan.layer("encoder.conv_out", enc.conv_out, moments, cur)
+    if vae.quant_conv is not None:
+        plan.layer("quant_conv", vae.quant_conv, moments, moments)
+    latent = plan.space(dec.conv_in.in_channels, fixed=True)
+    if vae.post_quant_conv is not None:
+        plan.layer("post_quant_conv", vae.post_quant_conv, latent, latent)
+    cur = plan.space(dec.conv_in.out_channels)
+    plan.layer("decoder.conv_in", dec.conv_in, cur, latent)
+    cur = _mid(plan, "decoder.mid_block", dec.mid_block, cur)
+    for b, block in enumerate(dec.up_blocks):
+        for j, r in enumerate(block.resnets):
+            cur = _resnet(plan, f"decoder.up_blocks.{b}.resnets.{j}", r, cur)
+        for j, us in enumerate(block.upsamplers or []):
+            nxt = plan.space(us.conv.out_channels)
+            plan.layer(f"decoder.up_blocks.{b}.upsamplers.{j}.conv", us.conv, nxt, cur)
+            cur = nxt
+    plan.norm("decoder.conv_norm_out", dec.conv_norm_out, cur)
+    plan.layer("decoder.conv_out", dec.conv_out, plan.space(dec.conv_out.out_channels, fixed=True), cur)
+    return plan
+
+
+def pruned_config(teacher_vae: AutoencoderKL, width: int, remove_attention: bool = True) -> dict:
+    """The compressed VAE's diffusers config (dense encoder): block widths capped at ``width``."""
+    cfg = {k: v for k, v in dict(teacher_vae.config).items() if not k.startswith("_")}
+    widths = [min(int(c), int(width)) for c in cfg["block_out_channels"]]
+    groups = int(cfg["norm_num_groups"])
+    if any(w % groups for w in widths):  # GroupNorm needs groups dividing every width
+        groups = math.gcd(groups, *widths)
+    cfg.update(block_out_channels=tuple(widths), norm_num_groups=groups,
+               mid_block_add_attention=bool(cfg.get("mid_block_add_attention", True)) and not remove_attention,
+               separable_encoder=False)
+    return cfg
+
+
+@torch.no_grad()
+def prune_vae(teacher_vae: AutoencoderKL, width: int = 64, remove_attention: bool = True,
+              separable_encoder: bool = True) -> tuple[PrunedAutoencoderKL, dict]:
+    """The teacher's VAE compressed as TinySR: returns the model (teacher's weights on the kept channels) and a
+    report (widths before/after, channels kept per space, parameters)."""
+    if width < 1:
+        raise ValueError(f"VAE compression: width must be positive, got {width}")
+    plan = _plan(teacher_vae)
+    for sp in plan.spaces:
+        k = sp.size if sp.fixed else min(sp.size, int(width))
+        if k == sp.size:
+            sp.keep = torch.arange(sp.size)
+        else:
+            score = torch.stack(sp.gammas).sum(0) if sp.gammas else torch.zeros(sp.size)
+            # stable: ties keep the lower index, so the choice does not depend on the sort implementation
+            order = sorted(range(sp.size), key=lambda c: (-float(score[c]), c))
+            sp.keep = torch.tensor(sorted(order[:k]))
+    student = PrunedAutoencoderKL(**pruned_config(teacher_vae, width, remove_attention))
+    src = teacher_vae.state_dict()
+    state = {}
+    for name, target in student.state_dict().items():
+        t = src[name]
+        out, inp = plan.params.get(name, (None, None))
+        if out is not None:
+            t = t.index_select(0, out.keep.to(t.device))
+        if inp is not None and t.dim() > 1:
+            t = t.index_select(1, inp.keep.to(t.device))
+        if t.shape != target.shape:
+            raise RuntimeError(f"VAE compression: {name} sliced to {tuple(t.shape)}, expected {tuple(target.shape)}")
+        state[name] = t.to(target.dtype)
+    student.load_state_dict(state)
+    if separable_encoder:
+        dense = student.encoder
+        student.encoder = _clone(dense)
+        _separate(student.encoder, dense)
+        student.register_to_config(separable_encoder=True)
+    report = {"width": int(width), "teacher_widths": list(teacher_vae.config.block_out_channels),
+              "widths": list(student.config.block_out_channels), "attention_removed": bool(remove_attention),
+              "separable_encoder": bool(separable_encoder), "criterion": "sum of |GroupNorm gamma| per channel space",
+              "spaces_pruned": sum(1 for s in plan.spaces if len(s.keep) < s.size),
+              "params_teacher": sum(p.numel() for p in teacher_vae.parameters()),
+              "params": sum(p.numel() for p in student.parameters())}
+    return student.to(next(teacher_vae.parameters()).device), report
+
+
+def _clone(module: nn.Module) -> nn.Module:
+    return copy.deepcopy(module)

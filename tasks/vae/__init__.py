@@ -1,0 +1,1 @@
+"""The ``compress_vae`` DAG step: TinySR's VAE compression derived from the teacher's VAE."""

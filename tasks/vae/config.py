@@ -1,0 +1,37 @@
+"""Typed config of the ``compress_vae`` step (docs/methods.md §8.6). Defaults are TinySR's published values
+(appendix, "VAE Training"); configs/tiny.yaml scales the step counts down to minutes."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from srcompress.infra.config import StrictModel
+from srcompress.models.device import DEVICE_PATTERN
+
+
+class VAECompressConfig(StrictModel):
+    """Channel pruning, attention removal and SepConv encoder, then the encoder and decoder training phases."""
+
+    enabled: bool = Field(False, description="Run the step; the final student (stage 2) then decodes with the compressed VAE instead of the teacher's (exclusive with distill.tiny_vae).")
+    width: int = Field(64, ge=1, description="Channels kept in every channel space wider than this (TinySR: 64).")
+    remove_attention: bool = Field(True, description="Drop the VAE's mid-block self-attention (TinySR).")
+    separable_encoder: bool = Field(True, description="Depthwise-separable k×k convolutions in the encoder only (TinySR: the decoder keeps dense convolutions).")
+    encoder_steps: int = Field(100_000, ge=0, description="Phase 1: encoder L1 to the teacher's scaled latents (TinySR: 100k).")
+    decoder_steps: int = Field(200_000, ge=0, description="Phase 2: decoder L1 + ST-LPIPS + GAN to the HQ pixels (TinySR: 200k).")
+    batch_size: int = Field(64, ge=1, description="Crops per step (TinySR: 64).")
+    crop: int = Field(128, ge=8, description="Side of the random HQ crops (rounded down to the latent factor).")
+    enc_lr: float = Field(3e-4, gt=0, description="Encoder AdamW learning rate (TinySR: 3e-4).")
+    dec_lr: float = Field(5e-4, gt=0, description="Decoder AdamW learning rate (TinySR: 5e-4).")
+    d_lr: float = Field(1e-5, gt=0, description="Discriminator learning rate (TinySR: 1e-5).")
+    l1_weight: float = Field(3.0, ge=0, description="Decoder L1 weight (TinySR: 3; see docs/methods.md §8.6 on reading its A.2).")
+    perceptual_weight: float = Field(1.0, ge=0, description="Decoder ST-LPIPS weight (TinySR's LPIPS: 1).")
+    gan_weight: float = Field(0.1, ge=0, description="Decoder hinge-GAN weight (ours: the paper does not give it); 0 = no discriminator.")
+    discriminator: Literal["patch", "projected_stlpips"] = Field("patch", description="Discriminator of the decoder phase (models/student/gan.py).")
+    max_pairs: int = Field(4096, ge=1, description="Training pairs read from the degrade step (HQ crops for both phases, LQ for the encoder too).")
+    eval_size: int = Field(16, ge=1, description="Held-out HQ crops on which both VAEs' reconstruction is measured (training pairs when there is no hold-out).")
+    seed: int = Field(80, description="Seed of crops and initialisation (TinySR: 80).")
+    checkpoint_every: int = Field(500, ge=1, description="Optimiser steps between checkpoints in the store (a killed step resumes from the latest).")
+    log_every: int = Field(50, ge=1, description="Steps between progress log lines.")
+    device: str | None = Field(None, pattern=DEVICE_PATTERN, description="auto | cpu | cuda | cuda:N; null = run.device.")

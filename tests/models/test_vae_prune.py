@@ -1,0 +1,144 @@
+"""TinySR's VAE compression derived from the teacher's VAE (models/student/vae_prune.py) and its two training
+phases (models/student/vae_train.py), on tiny seeded AutoencoderKLs built from config."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from torch import nn
+
+from srcompress.models.student.tiny_vae import SeparableConv2d
+from srcompress.models.student.vae_prune import PrunedAutoencoderKL, _rank1_init, prune_vae, pruned_config
+from srcompress.models.student.vae_train import VAETrainer, VAETrainSettings, reconstruction
+
+
+def _vae(seed: int = 0, widths=(16, 32, 32), groups: int = 8) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(block_out_channels=widths, down_block_types=("DownEncoderBlock2D",) * len(widths),
+                        up_block_types=("UpDecoderBlock2D",) * len(widths), latent_channels=4,
+                        norm_num_groups=groups, layers_per_block=1).eval()
+    for m in vae.modules():  # non-trivial norms, so that the criterion has something to rank
+        if isinstance(m, nn.GroupNorm):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.1)
+    return vae
+
+
+def test_at_full_width_with_attention_and_dense_convs_it_is_the_teacher_vae():
+    """Nothing pruned, nothing removed: diffusers' own AutoencoderKL output, to float round-off."""
+    teacher = _vae()
+    vae, report = prune_vae(teacher, width=1024, remove_attention=False, separable_encoder=False)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(vae(x).sample, teacher(x).sample, atol=1e-5)
+    assert report["spaces_pruned"] == 0 and report["params"] == report["params_teacher"]
+
+
+def test_the_channels_kept_are_those_with_the_largest_groupnorm_gains():
+    """Plant the largest |γ| on four channels of the first stage's residual stream (every norm that reads it):
+    those four channels are kept, and their weights are the teacher's."""
+    teacher = _vae(widths=(16, 32, 32), groups=4)
+    chosen = [1, 6, 9, 14]
+    enc = teacher.encoder
+    enc.down_blocks[0].resnets[0].norm1.weight.data[chosen] = 5.0  # the only norm reading that stream
+    vae, _ = prune_vae(teacher, width=4, remove_attention=False, separable_encoder=False)
+    assert torch.equal(vae.encoder.conv_in.weight, enc.conv_in.weight[chosen])
+    assert torch.equal(vae.encoder.conv_in.bias, enc.conv_in.bias[chosen])
+    # the identity shortcut carries the same stream: resnet 0's conv2 writes the same four channels
+    assert torch.equal(vae.encoder.down_blocks[0].resnets[0].conv2.bias, enc.down_blocks[0].resnets[0].conv2.bias[chosen])
+    assert torch.equal(vae.encoder.down_blocks[0].resnets[0].norm1.weight, torch.full((4,), 5.0))
+
+
+def test_attention_is_removed_the_encoder_alone_is_separable_and_it_reloads(tmp_path):
+    teacher = _vae()
+    vae, report = prune_vae(teacher, width=8)
+    assert all(a is None for a in vae.encoder.mid_block.attentions) and all(a is None for a in vae.decoder.mid_block.attentions)
+    enc_k = [m for m in vae.encoder.modules() if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1]
+    assert enc_k and all(m.groups == m.in_channels for m in enc_k)  # only the depthwise halves are k×k
+    assert any(isinstance(m, SeparableConv2d) for m in vae.encoder.modules())
+    assert not any(isinstance(m, SeparableConv2d) for m in vae.decoder.modules())
+    assert report["widths"] == [8, 8, 8] and report["params"] < report["params_teacher"] / 10
+    vae.save_pretrained(tmp_path / "v", safe_serialization=True)
+    again = PrunedAutoencoderKL.from_pretrained(tmp_path / "v", local_files_only=True, use_safetensors=True)
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.equal(reconstruction(again, x, 1.0, 0.0), reconstruction(vae, x, 1.0, 0.0))
+
+
+def test_groupnorm_groups_divide_the_pruned_widths():
+    cfg = pruned_config(_vae(widths=(16, 32, 32), groups=8), width=12)
+    assert cfg["block_out_channels"] == (12, 12, 12) and cfg["norm_num_groups"] == 4
+
+
+def test_separable_init_is_the_dense_conv_when_the_kernel_is_separable():
+    """A kernel W[o, i] = P[o, i]·D[i] is reproduced exactly (reference: F.conv2d with the dense kernel); for a
+    general kernel the rank-1 SVD init is closer to the dense output than the same factors with D shuffled."""
+    torch.manual_seed(0)
+    p, d = torch.randn(6, 5), torch.randn(5, 3, 3)
+    conv = nn.Conv2d(5, 6, 3, padding=1)
+    conv.weight.data = p[:, :, None, None] * d[None]
+    sep = SeparableConv2d(conv)
+    _rank1_init(sep, conv)
+    x = torch.randn(2, 5, 9, 9)
+    with torch.no_grad():
+        assert torch.allclose(sep(x), F.conv2d(x, conv.weight, conv.bias, padding=1), atol=1e-5)
+        general = nn.Conv2d(5, 6, 3, padding=1)
+        _rank1_init(sep, general)
+        err = (sep(x) - general(x)).norm()
+        sep.depthwise.weight.data = sep.depthwise.weight.data.flip(0)
+        assert err < (sep(x) - general(x)).norm()
+
+
+def _trainer(perturb: int = 0) -> VAETrainer:
+    teacher = _vae(0)
+    vae, _ = prune_vae(teacher, width=8)
+    if perturb:  # another starting point: whatever matches afterwards came from a loaded state
+        torch.manual_seed(perturb)
+        for p in vae.parameters():
+            p.data.add_(torch.randn_like(p), alpha=0.1)
+    return VAETrainer(vae, teacher, 0.5, 0.1, VAETrainSettings(enc_lr=1e-3, dec_lr=1e-3, perceptual_weight=0,
+                                                                gan_weight=0.1), disc=_disc())
+
+
+def _disc() -> nn.Module:
+    from srcompress.models.student.gan import PatchDiscriminator
+
+    torch.manual_seed(1)
+    return PatchDiscriminator(width=4, layers=2)
+
+
+def test_the_encoder_phase_fits_the_teacher_latents_and_the_decoder_phase_the_pixels():
+    tr = _trainer()
+    x = torch.rand(4, 3, 16, 16)
+    first = tr.encoder_step(x)
+    for _ in range(30):
+        last = tr.encoder_step(x)
+    assert last < 0.7 * first
+    dec0 = tr.decoder_step(x)
+    for _ in range(30):
+        dec = tr.decoder_step(x)
+    assert dec < dec0 and tr.steps == {"encoder": 31, "decoder": 31}
+    assert len(tr.history["decoder.gan_d"]) == 31 and tr.history["decoder.gan_d"][-1] != 0.0
+
+
+def test_a_resumed_trainer_ends_where_the_uninterrupted_one_does():
+    xs = [torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(6)]
+    full = _trainer()
+    for i, x in enumerate(xs):
+        (full.encoder_step if i < 3 else full.decoder_step)(x)
+    part = _trainer()
+    for x in xs[:4]:
+        (part.encoder_step if part.steps["encoder"] < 3 else part.decoder_step)(x)
+    resumed = _trainer(perturb=5)
+    resumed.load_state_dict(part.state_dict())
+    for x in xs[4:]:
+        resumed.decoder_step(x)
+    for (n, a), b in zip(full.vae.state_dict().items(), resumed.vae.state_dict().values()):
+        assert torch.equal(a, b), n
+    assert resumed.history == full.history
+
+
+def test_width_must_be_positive():
+    with pytest.raises(ValueError, match="width must be positive"):
+        prune_vae(_vae(), width=0)

@@ -1,0 +1,114 @@
+"""compress_vae through the flow: the teacher's VAE pruned and trained, measured beside the teacher's VAE,
+published as a diffusers folder, cached, and resumed from its checkpoint after an interruption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from srcompress.config import load_config
+from srcompress.flows.compress import run_pipeline
+from srcompress.infra.manifest import Manifest
+from srcompress.infra.store import StoreConfig, open_store
+from srcompress.models.student.vae_prune import PrunedAutoencoderKL
+from srcompress.models.student.vae_train import VAETrainer
+from srcompress.tasks.common.teachers import fetch_teacher_folder
+from tests.upstream import UPSTREAM, seed_workdir
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+VAE = UPSTREAM + ["vae.enabled=true", "vae.width=4", "vae.encoder_steps=3", "vae.decoder_steps=3",
+                  "vae.batch_size=2", "vae.crop=32", "vae.checkpoint_every=2", "vae.log_every=1", "vae.eval_size=2",
+                  "distill.stage2.steps=1"]
+
+
+def _folder(summary: dict, root):
+    m = Manifest.model_validate(summary["steps"]["compress_vae"])
+    return fetch_teacher_folder(open_store(StoreConfig(uri=summary["store"]), root), m, root)
+
+
+def test_the_compressed_vae_is_published_measured_and_cached(tmp_path, upstream_workdir):
+    out = run_pipeline(load_config("tiny", VAE), upstream_workdir, until="compress_vae")
+    assert out["outcomes"]["bootstrap_teacher"] == "cached" and out["outcomes"]["compress_vae"] == "ran"
+    m = out["steps"]["compress_vae"]
+    rep = m["extra"]["report"]
+    assert rep["widths"] == [4] and rep["teacher_widths"] == [8] and rep["attention_removed"] and rep["separable_encoder"]
+    assert rep["params"] < rep["params_teacher"] and rep["discriminator"] == "PatchDiscriminator"
+    rec = rep["reconstruction"]
+    assert set(rec) == {"teacher_vae", "compressed_vae"} and all(set(r) == {"psnr", "ssim", "st_lpips"} for r in rec.values())
+    assert rep["eval"] == {"images": "held-out HQ crops", "count": 1, "size": [64, 64]}  # the one held-out crop
+    assert rep["macs_per_image"]["compressed_vae"] < rep["macs_per_image"]["teacher_vae"]
+    folder = _folder(out, tmp_path / "fetch")
+    vae = PrunedAutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True, use_safetensors=True)
+    assert vae.config.block_out_channels == [4] and vae.config.separable_encoder
+    assert json.loads((folder / "report.json").read_text())["steps"] == {"encoder": 3, "decoder": 3}
+    client = MlflowClient(out["tracking_uri"])
+    run = next(r for r in client.search_runs([out["experiment_id"]],
+                                             f"tags.mlflow.parentRunId = '{out['parent_run_id']}'")
+               if r.info.run_name == "compress_vae")
+    assert run.data.metrics["compressed_vae.psnr"] == pytest.approx(rec["compressed_vae"]["psnr"])
+    assert len(client.get_metric_history(run.info.run_id, "encoder.l1")) == 3
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "compress_vae")}
+    assert {"compress_vae/losses.png", "compress_vae/reconstruction.png"} <= arts, arts
+    again = run_pipeline(load_config("tiny", VAE), upstream_workdir, until="compress_vae")
+    assert again["outcomes"]["compress_vae"] == "cached" and again["steps"]["compress_vae"]["digest"] == m["digest"]
+
+
+def test_an_interrupted_compression_resumes_from_its_checkpoint(tmp_path, upstream_store, monkeypatch):
+    """The step fails at its fifth optimiser step, after the checkpoint of step 4 reached the store; the rerun
+    starts at step 5 and publishes the uninterrupted run's weights (same folder digest)."""
+    ref = run_pipeline(load_config("tiny", VAE), seed_workdir(upstream_store, tmp_path / "ref"), until="compress_vae")
+    work = seed_workdir(upstream_store, tmp_path / "w")
+    real = VAETrainer.decoder_step
+    calls: list[int] = []
+    fail = [True]
+
+    def failing(self, x):
+        calls.append(sum(self.steps.values()))
+        if fail[0] and sum(self.steps.values()) == 4:
+            raise RuntimeError("interrupted")
+        return real(self, x)
+
+    monkeypatch.setattr(VAETrainer, "decoder_step", failing)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run_pipeline(load_config("tiny", VAE), work, until="compress_vae")
+    assert list((work / "store").glob("vae/*/checkpoint/latest.pt"))
+    calls.clear()
+    fail[0] = False
+    out = run_pipeline(load_config("tiny", VAE), work, until="compress_vae")
+    assert calls == [4, 5]  # steps 0-3 came from the checkpoint
+    assert out["steps"]["compress_vae"]["digest"] == ref["steps"]["compress_vae"]["digest"]
+
+
+def test_the_architecture_and_data_knobs_reach_the_step(upstream_workdir):
+    """Attention kept, a dense encoder, no perceptual term, the projected discriminator, three training pairs,
+    on the CPU: each read back from what ran (the report, the loss curves, the pair count)."""
+    opts = VAE + ["vae.remove_attention=false", "vae.separable_encoder=false", "vae.perceptual_weight=0",
+                  "vae.discriminator=projected_stlpips", "vae.max_pairs=3", "vae.device=cpu", "vae.seed=1"]
+    out = run_pipeline(load_config("tiny", opts), upstream_workdir, until="compress_vae")
+    m = out["steps"]["compress_vae"]
+    assert not m["extra"]["report"]["attention_removed"] and not m["extra"]["report"]["separable_encoder"]
+    assert m["counts"]["train_pairs"] == 3 and m["extra"]["report"]["discriminator"] == "ProjectedDiscriminator"
+    client = MlflowClient(out["tracking_uri"])
+    assert {h.value for h in client.get_metric_history(m["run_id"], "decoder.perceptual")} == {0.0}
+    assert 0.0 not in {h.value for h in client.get_metric_history(m["run_id"], "decoder.gan_d")}
+
+
+def test_the_training_settings_are_the_configs():
+    from srcompress.tasks.vae.step import train_settings
+
+    cfg = load_config("tiny", ["vae.enc_lr=1e-3", "vae.dec_lr=2e-3", "vae.d_lr=3e-3", "vae.l1_weight=4",
+                               "vae.perceptual_weight=5", "vae.gan_weight=6", "vae.discriminator=projected_stlpips"]).vae
+    s = train_settings(cfg)  # the discriminator's class is read back in the DAG tests above
+    assert (s.enc_lr, s.dec_lr, s.d_lr, s.l1_weight, s.perceptual_weight, s.gan_weight) == (1e-3, 2e-3, 3e-3, 4, 5, 6)
+    assert cfg.discriminator == "projected_stlpips"
+
+
+def test_vae_compression_and_the_tiny_vae_are_exclusive():
+    with pytest.raises(ValueError, match="enable one"):
+        load_config("tiny", ["vae.enabled=true", "distill.tiny_vae.enabled=true"])
+    with pytest.raises(ValueError, match="stage 2"):
+        load_config("tiny", ["vae.enabled=true", "distill.stage2.steps=0"])
