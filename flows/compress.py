@@ -81,7 +81,7 @@ def train_steps(ctx: RunContext, cfg: SrConfig, last: int) -> dict[str, Any]:
         manifests["search_pruning"] = run_search(ctx, cfg.search, cfg.teacher, manifests["encode_latents"],
                                                  manifests["bootstrap_teacher"], manifests["analyse_redundancy"],
                                                  ctx.ray_address,
-                                                 cfg.distill.shape(manifests["bootstrap_teacher"].extra.get("kind", "")))
+                                                 cfg.student_shape(manifests["bootstrap_teacher"].extra.get("kind", "")))
     if last >= STEPS.index("distill_latent"):
         manifests.update(distill(ctx, cfg, manifests, last >= STEPS.index("distill_pixel")))
     return manifests

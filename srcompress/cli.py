@@ -197,11 +197,11 @@ def plan(config: str = ConfigOpt,
         elif keep is not None:
             chosen = {"keep": planning.spread_keep(n_blocks, keep)}
             how = f"--keep {keep}: evenly spaced"
-        distill, choice = cfg.distill, None
+        shape, choice = cfg.student_shape("sd3"), None
         if budget is not None or (cfg.search.budget is not None and keep is None and mask is None):
             choice = _budget_choice(budget, cfg, size)
             n, m = choice["n"], choice["m"]
-            distill = distill.with_vae_width(choice["vae_width"])
+            shape = shape.with_vae_width(choice["vae_width"])
             chosen = {"keep": planning.nm_keep(n_blocks, n, m)}
             how = (f"{'--budget ' + budget if budget else 'search.budget'}: {n}:{m}"
                    + (f", tiny VAE width {choice['vae_width']}" if choice["vae_width"] is not None else "")
@@ -210,12 +210,13 @@ def plan(config: str = ConfigOpt,
             n, m = cfg.search.n, cfg.search.m
             chosen = {"keep": planning.nm_keep(n_blocks, n, m)}
             how = f"search {n}:{m} from the config: the first {n} of every {m}"
-        from srcompress.tasks.distill.build import final_student
+        from srcompress.models.student.shape import final_student
 
-        # the distillation step's own builder for this config: plan counts the student the DAG builds
+        # the config's student shape, built by the builder the distillation steps use: plan counts the student
+        # the DAG builds (with the compress_vae step's VAE when vae.enabled)
         report = planning.plan(planning.SD3_MEDIUM_TRANSFORMER, planning.SD3_MEDIUM_VAE, size=size,
                                text_tokens=planning.TSDSR_TEXT_TOKENS,
-                               build=lambda teacher, m: final_student(teacher, m, distill), **chosen)
+                               build=lambda teacher, m: final_student(teacher, m, shape), **chosen)
         if choice is not None:
             report["budget"] = choice
     except (ValueError, OSError) as exc:
@@ -233,7 +234,7 @@ def _budget_choice(spec: str | None, cfg, size: int) -> dict:
     from srcompress.models.student import plan as planning
     from srcompress.models.student.budget import METRICS, budget_choice
 
-    b, shape = cfg.search.budget, cfg.distill.shape("sd3")
+    b, shape = cfg.search.budget, cfg.student_shape("sd3")
     if spec is None:
         metric, amount, tolerance, widths, size = b.metric, b.value, b.tolerance, b.vae_widths, b.size
     else:
@@ -299,7 +300,8 @@ def _print_plan(r: dict, how: str) -> None:
     row("teacher total", r["teacher"])
     kind = "image-only" if sb.get("image_only") else ("streamlined" if sb["streamlined"] else "plain")
     row(f"student transformer ({sb['blocks']} blocks, {kind})", sb)
-    vae_label = "student tiny VAE (separable AutoencoderTiny)" if sv["tiny"] else "student VAE (the teacher's)"
+    vae_label = ("student tiny VAE (separable AutoencoderTiny)" if sv["tiny"] else
+                 "student VAE (teacher's, compressed)" if sv.get("compressed") else "student VAE (the teacher's)")
     row(vae_label, sv, f"encode {sv['encode_gmacs']:,.1f} + decode {sv['decode_gmacs']:,.1f}")
     row("student total", r["student"])
     typer.echo(f"  {'reduction':<46s} {'x' + format(r['reduction']['params'], '.2f'):>11s} "

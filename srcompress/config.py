@@ -29,6 +29,7 @@ from srcompress.tasks.redundancy.config import RedundancyConfig
 from srcompress.tasks.register.config import RegisterConfig
 from srcompress.tasks.search.config import SearchConfig
 from srcompress.tasks.vae.config import VAECompressConfig
+from srcompress.models.student.shape import CompressedVAEShape, StudentShape
 from srcompress.tasks.common.teacher_config import TeacherConfig
 
 STEPS = ("degrade", "bootstrap_teacher", "compress_vae", "encode_latents", "analyse_redundancy", "search_pruning",
@@ -62,6 +63,13 @@ class SrConfig(StrictModel):
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Student build and two-stage distillation (DeepSpeed).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation: metrics, conventions, inference.")
     registry: RegisterConfig = Field(default_factory=RegisterConfig, description="The register step: MLflow registered model, aliases, promotion gate.")
+
+    def student_shape(self, teacher_kind: str) -> StudentShape:
+        """The final student this config builds (distill.* with the compress_vae step's VAE when vae.enabled):
+        what the search's budget and ``srcompress plan`` count."""
+        v = self.vae
+        return self.distill.shape(teacher_kind, compressed_vae=CompressedVAEShape(
+            v.width, v.remove_attention, v.separable_encoder) if v.enabled else None)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "SrConfig":

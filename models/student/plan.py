@@ -284,11 +284,18 @@ def plan(transformer_config: dict = SD3_MEDIUM_TRANSFORMER, vae_config: dict = S
             "teacher": t["total"], "student": s["total"],
             "teacher_vae": t["vae"], "teacher_transformer": t["backbone"],
             "student_backbone": {**s["backbone"], "streamlined": student.streamlined, "image_only": student.image_only},
-            "student_vae": {**s["vae"], "tiny": student.tiny_vae,
-                            **({"config": _vae_config(student.vae)} if student.tiny_vae else {})},
+            "student_vae": {**s["vae"], "tiny": student.tiny_vae, "compressed": student.compressed_vae,
+                            **({"config": _vae_config(student.vae)} if student.tiny_vae else {}),
+                            **({"config": _compressed_config(student.vae)} if student.compressed_vae else {})},
             "reduction": ratio, "tinysr_reported": dict(TINYSR_REPORTED),
             "protocol": f"FlopCounterMode FLOPs/2 (math SDPA), batch 1, one untiled pass, on {torch.device(device)}; "
                         "gmacs_no_attention leaves out the attention matmuls (TinySR's counter)"}
+
+
+def _compressed_config(vae: nn.Module) -> dict:
+    cfg = dict(vae.config)
+    return {"widths": [int(c) for c in cfg["block_out_channels"]],
+            "attention": bool(cfg["mid_block_add_attention"]), "separable_encoder": bool(cfg["separable_encoder"])}
 
 
 def _vae_config(vae: nn.Module) -> dict:

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, replace
 
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # configs import this module: diffusers (via the builders) loads only when a student is built
-    import torch
+import torch
 
+if TYPE_CHECKING:  # configs import this module: diffusers (via the builders) loads only when a student is built
     from srcompress.models.student.student import StudentSR
 
 
@@ -30,13 +30,23 @@ class TinyVAEShape:
 
 
 @dataclass(frozen=True)
+class CompressedVAEShape:
+    """The teacher's VAE compressed as TinySR (the compress_vae step, models/student/vae_prune.py)."""
+
+    width: int = 64
+    remove_attention: bool = True
+    separable_encoder: bool = True
+
+
+@dataclass(frozen=True)
 class StudentShape:
     """Everything but the mask and the weights that decides what the student is (docs/methods.md §8)."""
 
     streamline: bool = True
     image_only: bool = True
     phase_adapter: bool = False
-    tiny_vae: TinyVAEShape | None = None  # the final student's VAE; None: it keeps the teacher's
+    tiny_vae: TinyVAEShape | None = None  # the final student's VAE; None (and no compressed_vae): the teacher's
+    compressed_vae: CompressedVAEShape | None = None
 
     def with_vae_width(self, width: int | None) -> StudentShape:
         """The same shape with the tiny VAE ``width`` wide (``None``, or no tiny VAE: unchanged)."""
@@ -66,9 +76,15 @@ def shaped_tiny_vae(student: StudentSR, tiny: TinyVAEShape) -> torch.nn.Module:
 
 
 def final_student(teacher, mask: list, shape: StudentShape) -> StudentSR:
-    """The shape of the student the DAG publishes last: the stage-1 build, with the tiny VAE when ``shape``
-    has one (untrained weights)."""
+    """The shape of the student the DAG publishes last: the stage-1 build, with the tiny or the compressed VAE
+    when ``shape`` has one (untrained weights)."""
     student = shaped_student(teacher, mask, shape)
     if shape.tiny_vae is not None:
         student.vae = shaped_tiny_vae(student, shape.tiny_vae)
+    elif shape.compressed_vae is not None:
+        from srcompress.models.student.vae_prune import pruned_architecture
+
+        c = shape.compressed_vae
+        with torch.device(next(teacher.vae.parameters()).device):
+            student.vae = pruned_architecture(teacher.vae, c.width, c.remove_attention, c.separable_encoder)
     return student

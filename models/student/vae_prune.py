@@ -193,6 +193,14 @@ def pruned_config(teacher_vae: AutoencoderKL, width: int, remove_attention: bool
     return cfg
 
 
+def pruned_architecture(teacher_vae: AutoencoderKL, width: int = 64, remove_attention: bool = True,
+                        separable_encoder: bool = True) -> PrunedAutoencoderKL:
+    """The compressed VAE's architecture without the teacher's weights (built on the current device, ``meta``
+    included): what ``srcompress plan`` and the budget count."""
+    cfg = pruned_config(teacher_vae, width, remove_attention)
+    return PrunedAutoencoderKL(**(cfg | {"separable_encoder": bool(separable_encoder)}))
+
+
 @torch.no_grad()
 def prune_vae(teacher_vae: AutoencoderKL, width: int = 64, remove_attention: bool = True,
               separable_encoder: bool = True) -> tuple[PrunedAutoencoderKL, dict]:

@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from srcompress.infra.config import StrictModel
 from srcompress.models.device import DEVICE_PATTERN
-from srcompress.models.student.shape import StudentShape, TinyVAEShape
+from srcompress.models.student.shape import CompressedVAEShape, StudentShape, TinyVAEShape
 from srcompress.tasks.common.training import DeepSpeedConfig
 
 
@@ -77,13 +77,16 @@ class DistillConfig(StrictModel):
             return self.streamline and teacher_kind == "sd3"
         return self.text_stream == "drop"
 
-    def shape(self, teacher_kind: str, phase: bool | None = None) -> StudentShape:
+    def shape(self, teacher_kind: str, phase: bool | None = None,
+              compressed_vae: CompressedVAEShape | None = None) -> StudentShape:
         """The student this config builds for a teacher of ``teacher_kind``: the final one, with the tiny VAE
-        when stage 2 runs and fits one (``phase`` overrides ``phase_adapter``, for the ablation)."""
+        when stage 2 runs and fits one, or ``compressed_vae`` (the compress_vae step's, ``SrConfig.student_shape``)
+        (``phase`` overrides ``phase_adapter``, for the ablation)."""
         tiny = (TinyVAEShape(self.tiny_vae.width, self.tiny_vae.blocks, self.tiny_vae.separable)
                 if self.tiny_vae.enabled and self.stage2.steps > 0 else None)
         return StudentShape(streamline=self.streamline, image_only=self.image_only(teacher_kind),
-                            phase_adapter=self.phase_adapter if phase is None else phase, tiny_vae=tiny)
+                            phase_adapter=self.phase_adapter if phase is None else phase, tiny_vae=tiny,
+                            compressed_vae=compressed_vae if self.stage2.steps > 0 else None)
 
     def with_vae_width(self, width: int | None) -> "DistillConfig":
         """This config with the tiny VAE ``width`` wide (``None``: unchanged)."""

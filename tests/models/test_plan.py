@@ -118,6 +118,18 @@ def test_cli_plans_sd3_medium_in_seconds_as_json_and_table(tmp_path):
     assert "TinySR" in res.stdout and "341.0M" in res.stdout and "516" not in res.stdout
 
 
+def test_cli_plans_the_compressed_teacher_vae_when_the_config_enables_it():
+    """vae.enabled: the student's VAE is the SD3 VAE pruned to 64 channels, no attention, separable encoder —
+    TinySR's Table 3 reports 1,781.91 → 78.48 GMACs for its VAE; ours counts encoder + decoder at 512 px."""
+    res = CliRunner().invoke(app, ["plan", "--config", "tsdsr-sd3", "--json", "--set", "distill.tiny_vae.enabled=false",
+                                   "--set", "vae.enabled=true"])
+    assert res.exit_code == 0, res.output
+    sv = json.loads(res.stdout)["student_vae"]
+    assert sv["compressed"] and not sv["tiny"]
+    assert sv["config"] == {"widths": [64, 64, 64, 64], "attention": False, "separable_encoder": True}
+    assert sv["gmacs"] < 1_816.3 / 15 and sv["encode_gmacs"] < sv["decode_gmacs"] / 10, sv  # SepConv encoder
+
+
 def test_cli_rejects_unet_configs_and_conflicting_choices():
     runner = CliRunner()
     res = runner.invoke(app, ["plan", "--config", "osediff-sd21"])

@@ -142,3 +142,16 @@ def test_a_resumed_trainer_ends_where_the_uninterrupted_one_does():
 def test_width_must_be_positive():
     with pytest.raises(ValueError, match="width must be positive"):
         prune_vae(_vae(), width=0)
+
+
+def test_the_planned_architecture_is_the_pruned_model():
+    """``srcompress plan`` and the budget count ``pruned_architecture`` (no weights, meta device too): it is the
+    model ``prune_vae`` builds, parameter for parameter."""
+    from srcompress.models.student.vae_prune import pruned_architecture
+
+    teacher = _vae()
+    built, _ = prune_vae(teacher, width=8)
+    with torch.device("meta"):
+        planned = pruned_architecture(teacher, width=8)
+    assert {k: tuple(v.shape) for k, v in planned.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in built.state_dict().items()}
