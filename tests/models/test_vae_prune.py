@@ -155,3 +155,20 @@ def test_the_planned_architecture_is_the_pruned_model():
         planned = pruned_architecture(teacher, width=8)
     assert {k: tuple(v.shape) for k, v in planned.state_dict().items()} == \
         {k: tuple(v.shape) for k, v in built.state_dict().items()}
+
+
+def test_a_teacher_with_separable_kernels_keeps_its_encoder_exactly():
+    """Make every k×k kernel of the teacher's encoder separable (W[o, i] = P[o, i]·D[i]); at full width with
+    attention kept, the SepConv encoder prune_vae builds then computes the teacher's latents (diffusers'
+    forward is the reference), because each SepConv starts from its dense kernel's rank-1 factors."""
+    teacher = _vae()
+    g = torch.Generator().manual_seed(3)
+    for m in teacher.encoder.modules():
+        if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1:
+            o, i, kh, kw = m.weight.shape
+            p, d = torch.randn(o, i, generator=g) * 0.3, torch.randn(i, kh, kw, generator=g) * 0.3
+            m.weight.data = p[:, :, None, None] * d[None]
+    vae, _ = prune_vae(teacher, width=1024, remove_attention=False, separable_encoder=True)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(vae.encode(x).latent_dist.mean, teacher.encode(x).latent_dist.mean, atol=1e-4)

@@ -30,8 +30,20 @@ def _folder(summary: dict, root):
     return fetch_teacher_folder(open_store(StoreConfig(uri=summary["store"]), root), m, root)
 
 
-def test_the_compressed_vae_is_published_measured_and_cached(tmp_path, upstream_workdir):
-    out = run_pipeline(load_config("tiny", VAE), upstream_workdir, until="compress_vae")
+@pytest.fixture(scope="module")
+def vae_run(upstream_store, tmp_path_factory):
+    """One uninterrupted VAE run on the session upstream: (work dir, summary)."""
+    work = seed_workdir(upstream_store, tmp_path_factory.mktemp("vae") / "w")
+    return work, run_pipeline(load_config("tiny", VAE), work, until="compress_vae")
+
+
+# the tests sharing `vae_run` run on one xdist worker (a module fixture is rebuilt on every worker using it)
+shared_run = pytest.mark.xdist_group("vae_run")
+
+
+@shared_run
+def test_the_compressed_vae_is_published_measured_and_cached(tmp_path, vae_run):
+    work, out = vae_run
     assert out["outcomes"]["bootstrap_teacher"] == "cached" and out["outcomes"]["compress_vae"] == "ran"
     m = out["steps"]["compress_vae"]
     rep = m["extra"]["report"]
@@ -53,14 +65,15 @@ def test_the_compressed_vae_is_published_measured_and_cached(tmp_path, upstream_
     assert len(client.get_metric_history(run.info.run_id, "encoder.l1")) == 3
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "compress_vae")}
     assert {"compress_vae/losses.png", "compress_vae/reconstruction.png"} <= arts, arts
-    again = run_pipeline(load_config("tiny", VAE), upstream_workdir, until="compress_vae")
+    again = run_pipeline(load_config("tiny", VAE), work, until="compress_vae")
     assert again["outcomes"]["compress_vae"] == "cached" and again["steps"]["compress_vae"]["digest"] == m["digest"]
 
 
-def test_an_interrupted_compression_resumes_from_its_checkpoint(tmp_path, upstream_store, monkeypatch):
+@shared_run
+def test_an_interrupted_compression_resumes_from_its_checkpoint(tmp_path, upstream_store, vae_run, monkeypatch):
     """The step fails at its fifth optimiser step, after the checkpoint of step 4 reached the store; the rerun
     starts at step 5 and publishes the uninterrupted run's weights (same folder digest)."""
-    ref = run_pipeline(load_config("tiny", VAE), seed_workdir(upstream_store, tmp_path / "ref"), until="compress_vae")
+    ref = vae_run[1]
     work = seed_workdir(upstream_store, tmp_path / "w")
     real = VAETrainer.decoder_step
     calls: list[int] = []
