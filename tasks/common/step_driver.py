@@ -34,6 +34,8 @@ class StepSpec:
     code_version: str
     inputs: Mapping[str, Manifest]  # input name → manifest: digests enter the key, each is logged as an input
     params: Mapping[str, Any]       # MLflow params of the step run
+    contexts: Mapping[str, str] = field(default_factory=dict)  # input name → MLflow dataset context (model, training,
+    #                                                            calibration, evaluation); default: the input name
 
 
 @dataclass
@@ -45,7 +47,8 @@ class StepOutput:
     extra: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     curves: dict[str, Sequence[float]] = field(default_factory=dict)
-    artifacts: str | None = None                 # a local folder logged to the run under the step's name
+    artifacts: str | None = None                 # a local folder logged to the run under artifact_path
+    artifact_path: str | None = None             # default: the step's name
     message: str = ""
 
 
@@ -62,7 +65,7 @@ def drive_step(ctx: RunContext, spec: StepSpec, compute: Callable[[str, str], St
     with tracker.step_run(ctx.parent_run_id, spec.step, dict(spec.params),
                           tags={"cache_key": key, "cache_hit": hit is not None}) as run_id:
         for name, m in spec.inputs.items():
-            tracker.log_manifest(run_id, m, context=name)
+            tracker.log_manifest(run_id, m, context=spec.contexts.get(name, name))
         if hit is not None:
             log.info("%s: cache hit %s", spec.step, key[:12])
             tracker.set_tags(run_id, {"source_run_id": hit.run_id or ""})
@@ -74,7 +77,7 @@ def drive_step(ctx: RunContext, spec: StepSpec, compute: Callable[[str, str], St
                             config_hash=spec.config_hash, inputs=digests, code_version=spec.code_version,
                             cache_key=key, run_id=run_id, counts=out.counts, extra={"files": out.files, **out.extra})
         if out.artifacts:
-            tracker.log_artifact(run_id, out.artifacts, spec.step)
+            tracker.log_artifact(run_id, out.artifacts, out.artifact_path or spec.step)
         if out.curves:
             tracker.log_curves(run_id, out.curves)
         tracker.log_metrics(run_id, {"seconds": time.perf_counter() - t0, **out.metrics})

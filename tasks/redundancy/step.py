@@ -11,20 +11,20 @@ teacher load settings, code version); the manifest (kind ``redundancy``) points 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from srcompress.infra.config import canonical_hash
 from srcompress.infra.context import RunContext
-from srcompress.infra.manifest import Manifest, cache_key, code_version
+from srcompress.infra.manifest import Manifest, code_version
 from srcompress.models.device import resolve_device
 from srcompress.models.pruning.masked import DepthMasker
 from srcompress.models.pruning.redundancy import SCORES, block_scores
 from srcompress.tasks.common.latents import calibration_subset, center_tile
+from srcompress.tasks.common.step_driver import StepOutput, StepSpec, drive_step
 from srcompress.tasks.common.teacher_config import TeacherConfig
 from srcompress.tasks.common.teachers import load_settings, materialize_teacher
 from srcompress.tasks.redundancy.config import RedundancyConfig
@@ -83,39 +83,22 @@ def compute(ctx: RunContext, cfg: RedundancyConfig, teacher_cfg: TeacherConfig, 
 
 def run_redundancy(ctx: RunContext, cfg: RedundancyConfig, teacher_cfg: TeacherConfig, latents: Manifest,
                    teacher: Manifest) -> Manifest:
-    """Step driver: step cache → scores → report + manifest, in one nested MLflow run."""
-    log = get_run_logger()
-    tracker, cache = ctx.get_tracker(), ctx.get_cache()
-    code_ver, chash = step_code_version(), step_config_hash(cfg, teacher_cfg)
-    inputs = {"latents": latents.digest, "teacher": teacher.digest}
-    key = cache_key(STEP, chash, inputs, code_ver)
-    hit = cache.get(STEP, key)
-    if hit is not None and not cache.listed_intact(hit.extra["files"]):
-        hit = None  # a lost or corrupted report file: recompute (docs/architecture.md §6)
-    with tracker.step_run(ctx.parent_run_id, STEP, {"redundancy": cfg.model_dump(mode="json")},
-                          tags={"cache_key": key, "cache_hit": hit is not None}) as run_id:
-        tracker.log_manifest(run_id, latents, context="calibration")
-        tracker.log_manifest(run_id, teacher, context="model")
-        if hit is not None:
-            log.info("analyse_redundancy: cache hit %s", key[:12])
-            tracker.set_tags(run_id, {"source_run_id": hit.run_id or ""})
-            tracker.log_manifest_output(run_id, hit)
-            return hit
-        t0 = time.perf_counter()
+    """Step driver (tasks/common/step_driver.py): step cache → scores → report + manifest, one nested MLflow run."""
+    spec = StepSpec(STEP, "redundancy", step_config_hash(cfg, teacher_cfg), step_code_version(),
+                    {"latents": latents, "teacher": teacher}, {"redundancy": cfg.model_dump(mode="json")},
+                    contexts={"latents": "calibration", "teacher": "model"})
+
+    def run(run_id: str, key: str) -> StepOutput:
         r = compute(ctx, cfg, teacher_cfg, latents, teacher, key)
         report = r["listing"]["report.json"]
-        manifest = Manifest(kind="redundancy", step=STEP, uri=report["uri"], digest=report["sha256"],
-                            config_hash=chash, inputs=inputs, code_version=code_ver, cache_key=key, run_id=run_id,
-                            counts={"blocks": len(r["blocks"]), "calibration_pairs": r["pairs"],
-                                    "scores": len(SCORES)},
-                            extra={"files": r["listing"], "least_important_first": r["order"],
-                                   "kendall_tau": r["kendall_tau"], "softmax_axis": cfg.kl_axis})
-        tracker.log_artifact(run_id, r["out"], "redundancy")
-        tracker.log_metrics(run_id, {"seconds": time.perf_counter() - t0} | {
-            f"kendall.{a}.{b}": v for a, row in r["kendall_tau"].items() for b, v in row.items()
-            if v is not None and a < b})
-        tracker.log_manifest_output(run_id, manifest)
-        cache.put(manifest)
-        log.info("analyse_redundancy: least important first (block influence): %s",
-                 ", ".join(r["order"]["block_influence"]))
-        return manifest
+        kendall = {f"kendall.{a}.{b}": v for a, row in r["kendall_tau"].items() for b, v in row.items()
+                   if v is not None and a < b}
+        return StepOutput(uri=report["uri"], digest=report["sha256"], files=r["listing"],
+                          counts={"blocks": len(r["blocks"]), "calibration_pairs": r["pairs"], "scores": len(SCORES)},
+                          extra={"least_important_first": r["order"], "kendall_tau": r["kendall_tau"],
+                                 "softmax_axis": cfg.kl_axis},
+                          metrics=kendall, artifacts=r["out"], artifact_path="redundancy",
+                          message="least important first (block influence): "
+                                  + ", ".join(r["order"]["block_influence"]))
+
+    return drive_step(ctx, spec, run)

@@ -227,5 +227,6 @@ def run_compress_vae(ctx: RunContext, cfg: VAECompressConfig, teacher_cfg: Teach
     """Step driver (tasks/common/step_driver.py): cached, one nested MLflow run, a ``vae`` manifest."""
     inputs = {"pairs": pairs, "teacher": teacher} | ({"holdout": holdout} if holdout is not None else {})
     spec = StepSpec(STEP, "vae", step_config_hash(cfg, teacher_cfg), step_code_version(), inputs,
-                    {"vae": cfg.model_dump(mode="json")})
+                    {"vae": cfg.model_dump(mode="json")},
+                    contexts={"pairs": "training", "teacher": "model", "holdout": "evaluation"})
     return drive_step(ctx, spec, lambda run_id, key: compute(ctx, cfg, teacher_cfg, pairs, teacher, holdout, key))
