@@ -144,18 +144,24 @@ def _mid(plan: _Plan, prefix: str, mid: nn.Module, cur: _Space) -> _Space:
     return cur
 
 
+def _stages(plan: _Plan, prefix: str, blocks: nn.ModuleList, samplers: str, cur: _Space) -> _Space:
+    """Down- or up-blocks: their resnets, then the resampling conv (a new space: no shortcut carries it)."""
+    for b, block in enumerate(blocks):
+        for j, r in enumerate(block.resnets):
+            cur = _resnet(plan, f"{prefix}.{b}.resnets.{j}", r, cur)
+        for j, rs in enumerate(getattr(block, samplers) or []):
+            nxt = plan.space(rs.conv.out_channels)
+            plan.layer(f"{prefix}.{b}.{samplers}.{j}.conv", rs.conv, nxt, cur)
+            cur = nxt
+    return cur
+
+
 def _plan(vae: AutoencoderKL) -> _Plan:
     plan = _Plan()
     enc, dec = vae.encoder, vae.decoder
     cur = plan.space(enc.conv_in.out_channels)
     plan.layer("encoder.conv_in", enc.conv_in, cur, plan.space(enc.conv_in.in_channels, fixed=True))
-    for b, block in enumerate(enc.down_blocks):
-        for j, r in enumerate(block.resnets):
-            cur = _resnet(plan, f"encoder.down_blocks.{b}.resnets.{j}", r, cur)
-        for j, ds in enumerate(block.downsamplers or []):
-            nxt = plan.space(ds.conv.out_channels)
-            plan.layer(f"encoder.down_blocks.{b}.downsamplers.{j}.conv", ds.conv, nxt, cur)
-            cur = nxt
+    cur = _stages(plan, "encoder.down_blocks", enc.down_blocks, "downsamplers", cur)
     cur = _mid(plan, "encoder.mid_block", enc.mid_block, cur)
     plan.norm("encoder.conv_norm_out", enc.conv_norm_out, cur)
     moments = plan.space(enc.conv_out.out_channels, fixed=True)
@@ -168,13 +174,7 @@ def _plan(vae: AutoencoderKL) -> _Plan:
     cur = plan.space(dec.conv_in.out_channels)
     plan.layer("decoder.conv_in", dec.conv_in, cur, latent)
     cur = _mid(plan, "decoder.mid_block", dec.mid_block, cur)
-    for b, block in enumerate(dec.up_blocks):
-        for j, r in enumerate(block.resnets):
-            cur = _resnet(plan, f"decoder.up_blocks.{b}.resnets.{j}", r, cur)
-        for j, us in enumerate(block.upsamplers or []):
-            nxt = plan.space(us.conv.out_channels)
-            plan.layer(f"decoder.up_blocks.{b}.upsamplers.{j}.conv", us.conv, nxt, cur)
-            cur = nxt
+    cur = _stages(plan, "decoder.up_blocks", dec.up_blocks, "upsamplers", cur)
     plan.norm("decoder.conv_norm_out", dec.conv_norm_out, cur)
     plan.layer("decoder.conv_out", dec.conv_out, plan.space(dec.conv_out.out_channels, fixed=True), cur)
     return plan
