@@ -28,13 +28,19 @@ def _fluent(uri: str):
     variable) into os.environ, which every later run and subprocess would inherit — restore both after."""
     import mlflow
 
+    from mlflow.tracking._model_registry import utils as registry_utils
+
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     old_tracking = mlflow.get_tracking_uri() if saved["MLFLOW_TRACKING_URI"] else None
+    # the process-wide registry URI outlives the block too: every later MlflowClient(tracking_uri) without an
+    # explicit registry would otherwise read this block's registry, whatever its own tracking URI
+    old_registry = getattr(registry_utils, "_registry_uri", None)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield mlflow
     finally:
+        mlflow.set_registry_uri(old_registry)  # None unsets it (the registry follows each client's tracking URI)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -70,3 +70,19 @@ def test_mlflow_server_with_s3_artifacts(tmp_path, mlflow_server):
     s3 = boto3.client("s3", endpoint_url=mlflow_server["endpoint"], region_name="us-east-1")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=mlflow_server["bucket"]).get("Contents", [])]
     assert any(k.endswith("manifests/degrade-pairs.json") for k in keys), keys
+
+
+def test_a_registry_call_leaves_no_process_wide_registry_uri(tmp_path, monkeypatch):
+    """infra/registry.py uses MLflow's fluent API for one call; afterwards a client opened on another tracking
+    URI must read that URI's registry, not the last registry this process wrote to (a real-server test once
+    failed on that: an earlier in-process registration left its sqlite registry behind)."""
+    import os
+
+    from srcompress.infra.registry import _fluent
+
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    first, other = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    with _fluent(first):
+        assert MlflowClient(tracking_uri=other)._registry_uri == first  # inside: the fluent registry
+    assert MlflowClient(tracking_uri=other)._registry_uri == other
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
