@@ -25,7 +25,7 @@ from srcompress.config import load_config
 from srcompress.flows.compress import run_pipeline
 from tests.tasks.test_distill import DISTILL
 
-pytestmark = pytest.mark.usefixtures("prefect_harness", "module_ray")
+pytestmark = [pytest.mark.usefixtures("prefect_harness", "module_ray"), pytest.mark.slow]
 
 GOLDEN = Path(__file__).parent / "golden" / "loss_curves.json"
 RTOL = 1e-4

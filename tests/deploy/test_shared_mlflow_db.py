@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 SCRIPT = """
 import sys, time
 from pathlib import Path
@@ -22,6 +24,7 @@ Tracker(TrackingConfig(uri=sys.argv[1]), sys.argv[3])
 """
 
 
+@pytest.mark.slow
 def test_three_processes_open_one_fresh_sqlite_mlflow_db_at_once(tmp_path):
     uri, go = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "go"
     procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, uri, str(go), str(tmp_path)], stdout=subprocess.PIPE,

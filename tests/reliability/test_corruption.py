@@ -13,7 +13,7 @@ from srcompress.flows.compress import run_pipeline
 from srcompress.infra.store import LocalStore
 from tests.upstream import UPSTREAM
 
-pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("module_ray")]
+pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("module_ray"), pytest.mark.slow]
 
 # The upstream steps (degrade → bootstrap_teacher → encode_latents → analyse_redundancy) on the session upstream's
 # config: the test's store starts as a copy of it (tests/upstream.py), so the reference run computes only the

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import SECRET
 from tests.reliability.conftest import cli_env, run_cli
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 # The whole DAG, small: every sink a run writes to is filled — step runs, the registered version's lineage
 # tags, the evaluation report, the store's checkpoints and manifests.

@@ -18,7 +18,7 @@ from srcompress.models.student.student import load_student
 from tests.tasks.test_search import SEARCH, kill_training_ranks_when
 from tests.upstream import seed_workdir
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]  # DeepSpeed stages: minutes
 
 DISTILL = SEARCH + ["search.steps=2", "distill.train_size=6", "distill.stage1.steps=4", "distill.stage1.batch_size=2",
                     "distill.stage2.steps=3", "distill.stage2.batch_size=2", "distill.log_every=1",

@@ -82,6 +82,7 @@ def test_kendall_tau_uses_the_unified_importance_signs():
     _assert_tau_matches(report)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_redundancy_report_plots_and_cache(tmp_path):
     cfg = load_config("tiny", FAST + ["redundancy.calibration_size=4", "redundancy.batch_size=2"])

@@ -36,7 +36,7 @@ REGISTER = DISTILL + ["evaluate.models=[bicubic, teacher, pruned, student]", "ev
 
 # The pipeline tests share the module's `registered` run: under xdist they must run on one worker, one after
 # another (a module fixture is rebuilt whenever a worker switches modules: measured 3 builds of ~2 min each).
-pytestmark = [pytest.mark.xdist_group("register_pipeline"), pytest.mark.usefixtures("module_ray")]
+pytestmark = [pytest.mark.xdist_group("register_pipeline"), pytest.mark.usefixtures("module_ray"), pytest.mark.slow]
 
 # -- the promotion gate on tags alone ---------------------------------------------------------------------------
 GATE = GateConfig()  # the shipped tolerances: psnr 0.05 dB, st_lpips 0.005, piqe 1.0, retention 0.05

@@ -42,6 +42,7 @@ def shared_ray():
         yield
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_learned_search_on_deepspeed_ranks(upstream_workdir, workers):
     cfg = load_config("tiny", SEARCH + [f"search.num_workers={workers}"])
@@ -109,6 +110,7 @@ def kill_training_ranks_when(pattern: str, store_root: Path, killed: threading.E
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_a_killed_search_resumes_to_the_same_logits(tmp_path, upstream_store, shared_ray):
     """A training rank's process is SIGKILLed after a checkpoint reached the store; the rerun resumes from it and
     ends with the EMA logits of an uninterrupted search (same seed, same world size)."""
@@ -158,6 +160,7 @@ def identity_blocks_teacher(folder: Path, identity: tuple[int, ...], num_layers:
     return save_teacher(identity_blocks_teacher_model(identity, num_layers), folder)
 
 
+@pytest.mark.slow
 def test_the_learned_search_drops_the_blocks_that_do_nothing(upstream_workdir, shared_ray):
     """2:4 over a teacher whose middle blocks are identities: the only mask that keeps the output is [1, 0, 0, 1]
     — neither the uniform nor the first-N choice, so a search that learned nothing (or read its mask from the
@@ -170,6 +173,7 @@ def test_the_learned_search_drops_the_blocks_that_do_nothing(upstream_workdir, s
     assert min(m["extra"]["confidence"]) > 0.5  # the decision is not a near tie
 
 
+@pytest.mark.slow
 def test_baselines_and_given_masks(upstream_workdir, shared_ray):
     """Every baseline yields an N:M mask with the same LoRA recovery; a given mask for another teacher is refused.
 
@@ -220,6 +224,7 @@ def test_baselines_and_given_masks(upstream_workdir, shared_ray):
         load_config("tiny", ["search.method=given"])
 
 
+@pytest.mark.slow
 def test_zero_2_bf16_and_accumulation_run_on_cpu(upstream_workdir):
     """Read back from the DeepSpeed engine, not from our config: ZeRO-2 wrapped the optimizer, the trainable
     weights are bf16, and 4 micro-steps with accumulation 2 made exactly 2 optimizer steps."""
@@ -236,6 +241,7 @@ def test_zero_2_bf16_and_accumulation_run_on_cpu(upstream_workdir):
     # test_learned_search_on_deepspeed_ranks: they are read back, not constants
 
 
+@pytest.mark.slow
 def test_perceptual_term_changes_the_search(upstream_workdir, shared_ray):
     from srcompress.models.teachers import save_teacher
     from srcompress.models.teachers.tiny import tiny_sd3_teacher

@@ -39,6 +39,7 @@ def _sans_index_sha(steps: dict) -> dict:
     return {k: {**m, "extra": {f: v for f, v in m["extra"].items() if f != "index_sha256"}} for k, m in steps.items()}
 
 
+@pytest.mark.slow
 def test_bootstrap_and_encode_end_to_end(tmp_path, upstream_summary):
     """The session upstream's first run (FAST: bootstrap and encode computed there), then reruns on a copy."""
     first = upstream_summary
@@ -114,6 +115,7 @@ def test_bootstrap_and_encode_end_to_end(tmp_path, upstream_summary):
         {k: v for k, v in e.items() if k != "run_id"}  # run_id: the resume above re-recorded the step
 
 
+@pytest.mark.slow
 def test_encode_is_deterministic_across_actor_counts_and_uses_the_real_teacher(tmp_path, upstream_store,
                                                                              upstream_summary):
     assert FAST.count("encode.num_actors=2") == 1  # the session upstream encoded with 2 actors; here: 1
@@ -128,6 +130,7 @@ def test_encode_is_deterministic_across_actor_counts_and_uses_the_real_teacher(t
         assert torch.allclose(teacher.restore_latent(lat["lq"][:2]), lat["teacher"][:2], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_import_a_local_teacher_folder(tmp_path, upstream_workdir):
     folder = save_teacher(tiny_sd3_teacher(seed=3, num_layers=2), tmp_path / "my-teacher")
     cfg = load_config("tiny", FAST + [f"teacher.source={folder}"])
