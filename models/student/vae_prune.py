@@ -234,7 +234,7 @@ def prune_vae(teacher_vae: AutoencoderKL, width: int = 64, remove_attention: boo
     student.load_state_dict(state)
     if separable_encoder:
         dense = student.encoder
-        student.encoder = _clone(dense)
+        student.encoder = copy.deepcopy(dense)
         _separate(student.encoder, dense)
         student.register_to_config(separable_encoder=True)
     report = {"width": int(width), "teacher_widths": list(teacher_vae.config.block_out_channels),
@@ -245,6 +245,3 @@ def prune_vae(teacher_vae: AutoencoderKL, width: int = 64, remove_attention: boo
               "params": sum(p.numel() for p in student.parameters())}
     return student.to(next(teacher_vae.parameters()).device), report
 
-
-def _clone(module: nn.Module) -> nn.Module:
-    return copy.deepcopy(module)
