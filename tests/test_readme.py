@@ -13,3 +13,12 @@ def test_readme_starts_with_the_two_commands():
     assert not lines[2].strip()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "sed -n '2p' README.md" in ci
+
+
+def test_ci_checks_the_main_job_promises_after_the_suite():
+    """The main job's quality figures moved from the suite to bench/main_job.py: CI must still run it, after
+    the test command, and the script must exit non-zero when a check fails."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert ci.index("sed -n '2p' README.md") < ci.index("bench/main_job.py")
+    src = (ROOT / "bench" / "main_job.py").read_text()
+    assert "return 1 if failed else 0" in src and "sys.exit(main())" in src
