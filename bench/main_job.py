@@ -1,6 +1,6 @@
 """The README's main job (the embedded default, as shipped), run once and checked: its numbers are a benchmark's.
 
-    .venv/bin/python bench/main_job.py [--workdir runs/bench-main-job]
+    .venv/bin/python bench/main_job.py [--workdir NEW_FOLDER]
 
 Runs ``configs/tiny.yaml`` end to end (in-process, as ``srcompress run`` does), then checks what the README
 promises of it: the bootstrapped teacher clearly beats bicubic on the held-out photos (PSNR-Y gain ≥ 0.5 dB and
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,10 +75,12 @@ def checks(out: dict) -> tuple[list[str], dict]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workdir", default="runs/bench-main-job", help="a fresh work dir (removed first)")
+    ap.add_argument("--workdir", help="a new or empty work dir (default: a fresh temporary one)")
     args = ap.parse_args()
-    work = Path(args.workdir)
-    shutil.rmtree(work, ignore_errors=True)  # the figures are those of a fresh run, not of cache hits
+    # the figures must be those of a fresh run, not of cache hits — and a folder the user named is never emptied
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="srcompress-main-job-"))
+    if work.exists() and any(work.iterdir()):
+        ap.error(f"--workdir {work} is not empty: the benchmark needs a fresh run (name a new folder)")
 
     from srcompress.infra.orchestration import configure_prefect
 
