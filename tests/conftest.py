@@ -188,3 +188,27 @@ def pytest_collection_modifyitems(config, items):
     """The slow tests first (stable order otherwise): with two xdist workers, a multi-minute test started
     last would leave one worker idle while it runs. Every worker collects the same order, as xdist requires."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture(scope="session")
+def two_stage(upstream_store, tmp_path_factory, prefect_harness):
+    """One uninterrupted run through ``distill_pixel`` (tests/tasks/test_distill.py's ``TWO_STAGE``) on the
+    session upstream: (config, work dir, summary, the run's ``ray.init`` addresses). Shared by the distillation
+    tests, the registry's pipeline tests and the corruption test (all in xdist group ``distill_two_stage``, so one worker
+    builds it):
+    the registry run starts from a copy of its store, search and both stages cache hits."""
+    import ray
+
+    from srcompress.config import load_config
+    from srcompress.flows.compress import run_pipeline
+    from tests.tasks.test_distill import TWO_STAGE
+    from tests.upstream import seed_workdir
+
+    cfg = load_config("tiny", TWO_STAGE)
+    work = seed_workdir(upstream_store, tmp_path_factory.mktemp("two-stage") / "w")
+    with pytest.MonkeyPatch.context() as mp:  # count the Ray starts of the run (one: the flow keeps it)
+        starts: list[str] = []
+        real_init = ray.init
+        mp.setattr(ray, "init", lambda *a, **kw: starts.append(kw.get("address")) or real_init(*a, **kw))
+        out = run_pipeline(cfg, work, until="distill_pixel")
+    return cfg, work, out, starts

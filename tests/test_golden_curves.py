@@ -1,5 +1,7 @@
 """Golden loss curves (torchtitan-style): the first logged points of the teacher bootstrap, the mask search
-and distillation stage 1 on the fast test config, fixed seeds, against ``tests/golden/loss_curves.json``.
+and distillation stage 1 on the fast test config, fixed seeds, against ``tests/golden/loss_curves.json``. The
+curves are read from the session's runs: the upstream (bootstrap) and the two-stage distillation (search and
+stage 1, tests/conftest.py `two_stage`), so this test computes nothing of its own.
 
 A change in training numerics — a loss term, its weight, the optimiser or its hyper-parameters, the data
 order, an initialisation — moves these points and fails here, even when every behavioural test still passes.
@@ -21,15 +23,14 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from srcompress.config import load_config
-from srcompress.flows.compress import run_pipeline
-from tests.tasks.test_distill import DISTILL
+from tests.tasks.test_distill import TWO_STAGE
 
-pytestmark = [pytest.mark.usefixtures("prefect_harness", "module_ray"), pytest.mark.slow]
+# on the worker that builds the session's two-stage run (its xdist group)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distill_two_stage")]
 
 GOLDEN = Path(__file__).parent / "golden" / "loss_curves.json"
 RTOL = 1e-4
-CURVES = DISTILL + ["search.steps=4", "search.log_every=1", "search.checkpoint_every=0"]
+CURVES = TWO_STAGE
 
 
 def _history(client: MlflowClient, run_id: str, key: str) -> list[float]:
@@ -43,12 +44,11 @@ def _step_run(client: MlflowClient, experiment_id: str, step: str, parent: str |
     return runs[0]
 
 
-def measured_curves(upstream_store: Path, workdir: Path) -> dict[str, list[float]]:
+def measured_curves(upstream_store: Path, out: dict) -> dict[str, list[float]]:
     # the bootstrap ran once for the session: its curves are in the session upstream's own tracking database
     up = MlflowClient(f"sqlite:///{upstream_store.parent / 'mlflow.db'}")
     exp = up.get_experiment_by_name("srcompress") or up.search_experiments()[0]
     boot = _step_run(up, exp.experiment_id, "bootstrap_teacher")
-    out = run_pipeline(load_config("tiny", CURVES), workdir, until="distill_latent")
     assert out["outcomes"]["search_pruning"] == "ran" and out["outcomes"]["distill_latent"] == "ran"
     client = MlflowClient(out["tracking_uri"])
     search = _step_run(client, out["experiment_id"], "search_pruning", out["parent_run_id"])
@@ -59,8 +59,8 @@ def measured_curves(upstream_store: Path, workdir: Path) -> dict[str, list[float
             "stage1.loss": _history(client, stage1.info.run_id, "stage1.loss")}
 
 
-def test_loss_curves_match_the_golden_points(upstream_store, upstream_workdir):
-    got = measured_curves(upstream_store, upstream_workdir)
+def test_loss_curves_match_the_golden_points(upstream_store, two_stage):
+    got = measured_curves(upstream_store, two_stage[2])
     assert all(len(v) >= 2 for v in got.values()), got  # at least one point after an optimiser step
     if os.environ.get("SRCOMPRESS_UPDATE_GOLDEN") == "1":
         GOLDEN.write_text(json.dumps({"rtol": RTOL, "config": CURVES, "curves": got}, indent=1) + "\n")

@@ -11,19 +11,18 @@ import pytest
 from srcompress.config import load_config
 from srcompress.flows.compress import run_pipeline
 from srcompress.infra.store import LocalStore
-from tests.upstream import UPSTREAM
+from tests.tasks.test_distill import TWO_STAGE
+from tests.upstream import seed_workdir
 
-pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("module_ray"), pytest.mark.slow]
+# The test's store starts as a copy of the session's two-stage distillation (tests/conftest.py `two_stage`: the
+# session upstream, the search and both stages on TWO_STAGE), so the reference run computes only the evaluation
+# and every fault is healed by recomputing its step on exactly this config. It runs on that run's xdist worker.
+pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("module_ray"), pytest.mark.slow,
+              pytest.mark.xdist_group("distill_two_stage")]
 
-# The upstream steps (degrade → bootstrap_teacher → encode_latents → analyse_redundancy) on the session upstream's
-# config: the test's store starts as a copy of it (tests/upstream.py), so the reference run computes only the
-# steps after it, and every upstream fault is healed by recomputing that step on exactly this config.
-CFG = UPSTREAM + ["search.steps=4", "search.calibration_size=8", "search.lora_rank=2", "search.checkpoint_every=0",
-                  "evaluate.metrics=[psnr, ssim]", "evaluate.data.center_crop=128",
-                  "evaluate.efficiency.enabled=false", "evaluate.grid_images=1",
-                  "evaluate.models=[bicubic, teacher, student]", "distill.train_size=8", "distill.stage1.steps=4",
-                  "distill.stage1.batch_size=2", "distill.stage2.steps=2", "distill.stage2.batch_size=2",
-                  "distill.checkpoint_every=0"]
+CFG = TWO_STAGE + ["evaluate.metrics=[psnr, ssim]", "evaluate.data.center_crop=128",
+                   "evaluate.efficiency.enabled=false", "evaluate.grid_images=1",
+                   "evaluate.models=[bicubic, teacher, student]"]
 FAULTS = ("corrupt", "truncate", "delete")
 
 
@@ -90,12 +89,13 @@ def batches(plan: list[tuple[str, str, str]]) -> list[list[tuple[str, str, str]]
 
 
 @pytest.mark.timeout(1800)  # a small DAG run, then one rerun per batch of faults
-def test_every_object_kind_heals_after_corrupt_truncate_delete(upstream_workdir):
+def test_every_object_kind_heals_after_corrupt_truncate_delete(tmp_path, two_stage):
     cfg = load_config("tiny", CFG)
-    work = upstream_workdir  # its store holds the session upstream: those steps are verified cache hits
+    work = seed_workdir(two_stage[1] / "store", tmp_path / "w")  # every step to distill_pixel: verified cache hits
     ref = run_pipeline(cfg, work)
-    upstream = ("degrade", "bootstrap_teacher", "encode_latents", "analyse_redundancy")
-    assert all(ref["outcomes"][s] == "cached" for s in upstream), ref["outcomes"]  # seeded, not recomputed
+    seeded = ("degrade", "bootstrap_teacher", "encode_latents", "analyse_redundancy", "search_pruning",
+              "distill_latent", "distill_pixel")
+    assert all(ref["outcomes"][s] == "cached" for s in seeded), ref["outcomes"]  # seeded, not recomputed
     store = LocalStore(work / "store")
     quality = {k: v for k, v in ref["steps"]["evaluate"]["extra"]["metrics"].items() if k.split(".")[-1] in ("psnr", "ssim")}
     failures = []

@@ -8,7 +8,6 @@ import json
 import queue
 import re
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from mlflow import MlflowClient
 
 from srcompress.config import load_config
 from srcompress.flows.compress import run_pipeline
-from tests.reliability.conftest import STALL_S, run_cli, start_cli
+from tests.reliability.conftest import STALL_S, cli_env, run_cli, start_cli
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -40,10 +39,18 @@ ARGS = [f"--set={o}" for o in CFG]
 QUALITY = ("psnr", "ssim")
 
 
+def _env() -> dict[str, str]:
+    """The CLI runs report to the session's Prefect API (the test harness's server), as a scheduled run reports
+    to a Prefect server: each would otherwise start an ephemeral API of its own under the work dir (~10 s)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return cli_env(PREFECT_API_URL=PREFECT_API_URL.value())
+
+
 def _kill_when(workdir: Path, pattern: str, stall: float = STALL_S) -> set[int]:
     """Start the CLI, SIGKILL it when a line matching ``pattern`` appears; returns the pids it had started. Gives
     up only when the run printed nothing for ``stall`` seconds (a hung run), however slow the machine is."""
-    proc, lines = start_cli("run", "--config", "tiny", "--workdir", str(workdir), *ARGS)
+    proc, lines = start_cli("run", "--config", "tiny", "--workdir", str(workdir), *ARGS, env=_env())
     seen, out, last = set(), [], time.monotonic()
     root = psutil.Process(proc.pid)
     while time.monotonic() - last < stall:
@@ -86,7 +93,7 @@ def _gone_within(pids: set[int], seconds: float) -> list[str]:
 
 
 def _finish(workdir: Path, summary: Path) -> dict:
-    res = run_cli("run", "--config", "tiny", "--workdir", str(workdir), "--summary", str(summary), *ARGS)
+    res = run_cli("run", "--config", "tiny", "--workdir", str(workdir), "--summary", str(summary), *ARGS, env=_env())
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     return json.loads(summary.read_text())
 
@@ -131,9 +138,15 @@ def test_kill_9_in_every_long_step_resumes_to_the_same_digests(tmp_path, prefect
     parents = client.search_runs([final["experiment_id"]], "tags.`srcompress.kind` = 'pipeline'")
     killed = [r for r in parents if r.info.status == "KILLED"]
     assert len(killed) == len(kill_points) and not [r for r in parents if r.info.status == "RUNNING"]
-    with sqlite3.connect(work / ".prefect" / "prefect.db") as db:  # the killed flow runs, as Prefect sees them
-        states = [row[0] for row in db.execute("SELECT state_type FROM flow_run")]
-    assert states.count("CRASHED") == len(kill_points) and "RUNNING" not in states, states
+    # the same flow runs as Prefect sees them (each parent run names its flow run): the killed ones Crashed
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as prefect:
+        states = {r.info.status: set() for r in parents}
+        for r in parents:
+            flow_run = prefect.read_flow_run(r.data.tags["srcompress.prefect_flow_run_id"])
+            states[r.info.status].add(flow_run.state.type.value)
+    assert states == {"KILLED": {"CRASHED"}, "FINISHED": {"COMPLETED"}}, states
     # each rerun redid only the unfinished part: the resumed teacher started from its last checkpoint
     teacher_runs = client.search_runs([final["experiment_id"]], "tags.`srcompress.step` = 'bootstrap_teacher'")
     resumed = [r.data.metrics.get("resumed_at_step", 0) for r in teacher_runs]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import pytest
-import ray
 import torch
 from mlflow import MlflowClient
 
@@ -23,27 +23,15 @@ pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]  # D
 DISTILL = SEARCH + ["search.steps=2", "distill.train_size=6", "distill.stage1.steps=4", "distill.stage1.batch_size=2",
                     "distill.stage2.steps=3", "distill.stage2.batch_size=2", "distill.log_every=1",
                     "distill.checkpoint_every=0", "distill.stage2.discriminator=patch"]
-# The module's one uninterrupted two-stage run: DISTILL with a stage 1 long enough to be killed after its first
-# checkpoint (step 4 of 12) and still have steps to go, so the resume test can compare against it.
-TWO_STAGE = DISTILL + ["distill.stage1.steps=12", "distill.checkpoint_every=4"]
+# The session's one uninterrupted two-stage run (tests/conftest.py `two_stage`): DISTILL with a stage 1 long enough
+# to be killed after its first checkpoint (step 4 of 12) and still have steps to go, so the resume test can compare
+# against it, and a search that logs every step (its points are golden: tests/test_golden_curves.py).
+TWO_STAGE = DISTILL + ["distill.stage1.steps=12", "distill.checkpoint_every=4", "search.log_every=1"]
 
-# The tests that share `two_stage` run on one xdist worker, one after another (a module fixture is rebuilt on
-# every worker that runs one of its tests).
+# The tests that share the session's `two_stage` run (tests/conftest.py) run on one xdist worker, one after another
+# (a session fixture is built once per worker that runs one of its tests); tests/tasks/test_register.py's
+# pipeline tests join the group: their run starts from a copy of this one's store.
 shared_run = pytest.mark.xdist_group("distill_two_stage")
-
-
-@pytest.fixture(scope="module")
-def two_stage(upstream_store, tmp_path_factory):
-    """One TWO_STAGE run through ``distill_pixel`` on the session upstream: (config, work dir, summary, the
-    run's ``ray.init`` addresses)."""
-    cfg = load_config("tiny", TWO_STAGE)
-    work = seed_workdir(upstream_store, tmp_path_factory.mktemp("two-stage") / "w")
-    with pytest.MonkeyPatch.context() as mp:  # count the Ray starts of the run (one: the flow keeps it)
-        starts: list[str] = []
-        real_init = ray.init
-        mp.setattr(ray, "init", lambda *a, **kw: starts.append(kw.get("address")) or real_init(*a, **kw))
-        out = run_pipeline(cfg, work, until="distill_pixel")
-    return cfg, work, out, starts
 
 
 def _run(client: MlflowClient, summary: dict, step: str):
@@ -128,6 +116,23 @@ def test_two_stage_distillation_publishes_a_diffusers_student(tmp_path, two_stag
     with torch.no_grad():
         assert torch.allclose(_diffusers_sr(folder, x), ours(x), atol=1e-4)
     client = MlflowClient(out["tracking_uri"])
+    # the search before it: one rank, a default engine read back from DeepSpeed (ZeRO-1, float32, one optimizer
+    # step per micro-step: 2 of 2), its result, plots and MLflow record (ZeRO-2/bf16/accumulation on two ranks:
+    # tests/tasks/test_search.py)
+    m = out["steps"]["search_pruning"]
+    assert m["kind"] == "mask" and m["counts"] == {"blocks": 2, "kept": 1, "world_size": 1}
+    result = json.loads(Path(m["uri"].removeprefix("file://")).read_text())
+    assert result["world_size"] == 1 and len(result["history"]) == 2  # logged at each of 2 steps
+    assert result["deepspeed"]["zero_optimization"]["stage"] == 1
+    eng = m["extra"]["engine"]
+    assert eng["zero_stage"] == 1 and not eng["bf16"] and eng["param_dtype"] == "float32", eng
+    assert eng["gradient_accumulation_steps"] == 1 and eng["optimizer_steps"] == 2, eng
+    assert {"gates.png", "loss.png", "lora.safetensors", "result.json"} <= set(m["extra"]["files"])
+    search = _run(client, out, "search_pruning")
+    assert search.data.params["world_size"] == "1"
+    assert search.data.params["deepspeed_config.zero_optimization.stage"] == "1"
+    assert {"search/gates.png", "search/loss.png"} <= {
+        a.path for a in client.list_artifacts(search.info.run_id, "search")}
     r1, r2 = _run(client, out, "distill_latent"), _run(client, out, "distill_pixel")
     assert len(client.get_metric_history(r1.info.run_id, "stage1.loss")) == 12
     assert {"stage2.loss", "stage2.d_loss", "stage2.g_adv", "stage2.perceptual"} <= set(r2.data.metrics)
@@ -135,7 +140,8 @@ def test_two_stage_distillation_publishes_a_diffusers_student(tmp_path, two_stag
     # stage 2 settings change: stage 1 is reused from the cache, stage 2 retrains (in a copy of the run's store)
     again = run_pipeline(load_config("tiny", TWO_STAGE + ["distill.stage2.gan_weight=0"]),
                          seed_workdir(work / "store", tmp_path / "again"), until="distill_pixel")
-    assert again["outcomes"]["distill_latent"] == "cached" and again["outcomes"]["distill_pixel"] != "cached"
+    assert again["outcomes"]["search_pruning"] == again["outcomes"]["distill_latent"] == "cached"
+    assert again["outcomes"]["distill_pixel"] != "cached"
     assert again["steps"]["distill_latent"]["digest"] == s1["digest"]
     # search and both stages ran their DeepSpeed ranks on one local Ray, started once for the flow run
     assert starts == ["local"], starts

@@ -27,16 +27,24 @@ from srcompress.tasks.register.config import GateConfig
 from srcompress.tasks.register.gate import gate_decision
 from srcompress.tasks.register.step import headline_tags
 from tests.conftest import free_port, wait_http
-from tests.tasks.test_distill import DISTILL, _folder
+from tests.tasks.test_distill import TWO_STAGE, _folder
 
-REGISTER = DISTILL + ["evaluate.models=[bicubic, teacher, pruned, student]", "evaluate.metrics=[psnr, st_lpips, piqe]",
-                      "evaluate.data.center_crop=64", "evaluate.efficiency.enabled=false", "evaluate.grid_images=0",
-                      "registry.model_name=sr-test"]
+EVALUATE = ["evaluate.models=[bicubic, teacher, pruned, student]", "evaluate.metrics=[psnr, st_lpips, piqe]",
+            "evaluate.data.center_crop=64", "evaluate.efficiency.enabled=false", "evaluate.grid_images=0",
+            "registry.model_name=sr-test"]
+# The session's two-stage distillation (tests/conftest.py `two_stage`) then evaluation and registration: its store
+# is copied, so the search and both stages are cache hits and only evaluate and register run here.
+REGISTER = TWO_STAGE + EVALUATE
 
 
-# The pipeline tests share the module's `registered` run: under xdist they must run on one worker, one after
-# another (a module fixture is rebuilt whenever a worker switches modules: measured 3 builds of ~2 min each).
-pytestmark = [pytest.mark.xdist_group("register_pipeline"), pytest.mark.usefixtures("module_ray"), pytest.mark.slow]
+def pipeline(test):
+    """The pipeline tests share the module's `registered` run, which starts from the session's `two_stage` run:
+    under xdist they run on that run's worker, one after another (a module fixture is rebuilt whenever a worker
+    switches modules: measured 3 builds of ~2 min each)."""
+    for mark in (pytest.mark.xdist_group("distill_two_stage"), pytest.mark.usefixtures("module_ray"),
+                 pytest.mark.slow):
+        test = mark(test)
+    return test
 
 # -- the promotion gate on tags alone ---------------------------------------------------------------------------
 GATE = GateConfig()  # the shipped tolerances: psnr 0.05 dB, st_lpips 0.005, piqe 1.0, retention 0.05
@@ -127,14 +135,16 @@ def test_gate_refuses_an_unevaluated_version_and_passes_the_champion_itself():
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory, prefect_harness, upstream_store):  # only the pipeline tests need these
+def registered(tmp_path_factory, prefect_harness, two_stage):  # only the pipeline tests need these
     from tests.upstream import seed_workdir
 
-    work = tmp_path_factory.mktemp("reg")  # the session upstream's steps are cache hits here
-    out = run_pipeline(load_config("tiny", REGISTER), seed_workdir(upstream_store, work / "w"))
+    work = tmp_path_factory.mktemp("reg")  # every step up to distill_pixel is a cache hit here
+    out = run_pipeline(load_config("tiny", REGISTER), seed_workdir(two_stage[1] / "store", work / "w"))
+    assert {out["outcomes"][s] for s in ("search_pruning", "distill_latent", "distill_pixel")} == {"cached"}
     return work, out
 
 
+@pipeline
 def test_version_carries_the_whole_lineage_and_aliases(registered):
     _, out = registered
     reg = out["steps"]["register"]
@@ -160,6 +170,7 @@ def test_version_carries_the_whole_lineage_and_aliases(registered):
     assert again["model_version"] == "models:/sr-test/1"
 
 
+@pipeline
 def test_pyfunc_loads_and_reproduces_the_student(registered, monkeypatch):
     work, out = registered
     monkeypatch.setenv("MLFLOW_TRACKING_URI", out["tracking_uri"])  # restored after the test (MLflow's own
@@ -183,7 +194,7 @@ def test_pyfunc_loads_and_reproduces_the_student(registered, monkeypatch):
     assert (df.loc[0, "height"], df.loc[0, "width"]) == (80, 96)
 
 
-@pytest.mark.slow
+@pipeline
 def test_mlflow_models_serve_answers_one_request(registered):
     _, out = registered
     port = free_port()
@@ -214,6 +225,7 @@ def test_mlflow_models_serve_answers_one_request(registered):
             os.killpg(proc.pid, 9)
 
 
+@pipeline
 def test_promotion_gate_keeps_the_champion_when_the_new_version_is_worse(registered):
     work, _ = registered
     # a different student (stage 2 changed) on the same evaluation set; a gate no version can pass
@@ -233,6 +245,7 @@ def test_promotion_gate_keeps_the_champion_when_the_new_version_is_worse(registe
     assert str(client.get_model_version_by_alias("sr-test", "champion").version) == "3"
 
 
+@pipeline
 def test_lineage_tree_json_and_verify(registered, tmp_path):
     from typer.testing import CliRunner
 
@@ -267,6 +280,7 @@ def test_lineage_tree_json_and_verify(registered, tmp_path):
     assert bad.exit_code == 2 and "no version has alias 'nope'" in bad.output
 
 
+@pipeline
 def test_evaluate_scores_a_registered_version_on_new_photos(registered, tmp_path):
     """`srcompress evaluate --models bicubic,models:/<name>@champion`: the model in production, on a new set."""
     import shutil

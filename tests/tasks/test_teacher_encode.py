@@ -1,9 +1,9 @@
-"""bootstrap_teacher and encode_latents through the flow: smoke, import, determinism, resume, a real 2-node Ray cluster."""
+"""bootstrap_teacher and encode_latents through the flow: smoke, import, determinism, resume (the same on a 2-node Ray
+cluster: tests/deploy/test_topology.py)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,16 +13,15 @@ from safetensors.torch import load
 
 from srcompress.config import load_config
 from srcompress.flows.compress import run_pipeline
-from srcompress.flows.evaluate import run_evaluation
 from srcompress.infra.config import ConfigError
 from srcompress.infra.store import LocalStore
 from srcompress.models.teachers import load_teacher, save_teacher
 from srcompress.models.teachers.tiny import tiny_sd3_teacher
-from srcompress.tasks.common.sources import bundled_files
-from tests.ray_nodes import private_cluster
 from tests.upstream import FAST, seed_workdir
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+# One local Ray for the module's DAG runs (tests/conftest.py `module_ray`); the encode step on a 2-node cluster is
+# tests/deploy/test_topology.py's.
+pytestmark = pytest.mark.usefixtures("prefect_harness", "module_ray")
 
 def _latents(summary: dict) -> dict[str, torch.Tensor]:
     m = summary["steps"]["encode_latents"]
@@ -149,54 +148,3 @@ def test_import_a_local_teacher_folder(tmp_path, upstream_workdir):
     missing = load_config("tiny", FAST + [f"teacher.source={tmp_path / 'nope'}"])
     with pytest.raises(ConfigError, match=r"teacher\.source: .*nope is not a folder"):  # before any work
         run_pipeline(missing, tmp_path / "w2", until="bootstrap_teacher")
-
-
-@pytest.mark.slow
-def test_two_node_ray_cluster_matches_local(tmp_path, upstream_store):
-    """A Ray head and a worker as separate processes (`ray start`), the encode step run against them."""
-    with private_cluster(tmp_path, workers=1) as cluster:
-        port = cluster.address.rsplit(":", 1)[1]
-        local = run_pipeline(load_config("tiny", FAST), seed_workdir(upstream_store, tmp_path / "local"),
-                             until="encode_latents")
-        photos = tmp_path / "photos"
-        photos.mkdir()
-        for name, path in bundled_files(["sklearn", "skimage"])[:3]:
-            shutil.copy(path, photos / name.split("/")[-1])
-        EVAL = ["evaluate.models=[bicubic, teacher]", "evaluate.metrics=[psnr, ssim, fid]",
-                "evaluate.items_per_task=1", "evaluate.efficiency.enabled=false", "evaluate.data.center_crop=96"]
-        here = run_evaluation(load_config("tiny", FAST + EVAL), tmp_path / "local", str(photos))
-        # both "nodes" run on this machine: the local store is a filesystem they share
-        cluster_cfg = load_config("tiny", FAST + [f"run.ray_address=127.0.0.1:{port}", "run.shared_filesystem=true"])
-        import ray
-
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("RAY_AUTH_MODE", "disabled")
-            remote = run_pipeline(cluster_cfg, tmp_path / "remote", until="encode_latents")
-            assert not ray.is_initialized()
-            # evaluation scoring on the cluster: 3 images, 1 per task, bicubic and teacher → 6 Ray tasks
-            scored = run_evaluation(load_config("tiny", FAST + EVAL + [f"run.ray_address=127.0.0.1:{port}",
-                                                                      "run.shared_filesystem=true"]),
-                                    tmp_path / "remote", str(photos))
-            ray.init(address=f"127.0.0.1:{port}", include_dashboard=False, log_to_driver=False)
-            try:
-                nodes = {n["NodeID"][:12]: "node:__internal_head__" in n["Resources"] for n in ray.nodes() if n["Alive"]}
-            finally:
-                ray.shutdown()
-        # the degradation shards were Ray tasks on the cluster (both nodes hold 1 CPU: the worker node got some)
-        # and produced the local thread pool's bytes
-        assert remote["steps"]["degrade"]["digest"] == local["steps"]["degrade"]["digest"]
-        assert not local["steps"]["degrade"]["extra"]["computed_on"]
-        on = remote["steps"]["degrade"]["extra"]["computed_on"]
-        assert sum(on.values()) == remote["steps"]["degrade"]["counts"]["shards"]
-        assert any(not nodes[w.split("/")[0]] for w in on), (on, nodes)
-        # so was scoring, with the numbers of the driver's own pass (FID: the slices' features, in item order)
-        assert not here["steps"]["evaluate"]["extra"]["scored_on"]
-        tasks_on = scored["steps"]["evaluate"]["extra"]["scored_on"]
-        assert sum(tasks_on.values()) == 6 and any(not nodes[w.split("/")[0]] for w in tasks_on), (tasks_on, nodes)
-        assert set(scored["metrics"]) == set(here["metrics"]) and "teacher.fid" in here["metrics"]
-        for k, v in here["metrics"].items():
-            if "seconds" in k:
-                continue  # wall time, not a score
-            assert scored["metrics"][k] == pytest.approx(v, rel=1e-4, abs=1e-6), k  # 1 vs 2 torch threads
-        assert remote["steps"]["encode_latents"]["digest"] == local["steps"]["encode_latents"]["digest"]
-        assert torch.equal(_latents(remote)["teacher"], _latents(local)["teacher"])
