@@ -184,10 +184,46 @@ def upstream_workdir(tmp_path, upstream_store) -> Path:
     return seed_workdir(upstream_store, tmp_path / "w")
 
 
+# Scheduling: with two xdist workers the suite's wall time is set by its longest units (an xdist group runs on
+# one worker, as one unit), so they start first — longest processing time first. Each test's last measured
+# seconds live in tests/durations.json, written by the suite itself (SRCOMPRESS_RECORD_DURATIONS=1); a test
+# not in it yet counts as a typical slow or fast test. pyproject.toml passes --no-loadscope-reorder so that
+# xdist keeps this order instead of ordering groups by their number of tests.
+DURATIONS = Path(__file__).parent / "durations.json"
+_UNKNOWN_S = {True: 60.0, False: 1.0}  # slow / not slow
+_measured: dict[str, float] = {}
+
+
+def _plain_id(nodeid: str) -> str:
+    return nodeid.split("@", 1)[0]  # xdist's loadgroup appends "@<group>"
+
+
+def _unit(item) -> str:
+    mark = item.get_closest_marker("xdist_group")
+    return f"group:{mark.args[0] if mark.args else mark.kwargs.get('name')}" if mark else _plain_id(item.nodeid)
+
+
 def pytest_collection_modifyitems(config, items):
-    """The slow tests first (stable order otherwise): with two xdist workers, a multi-minute test started
-    last would leave one worker idle while it runs. Every worker collects the same order, as xdist requires."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Units (xdist groups, else single tests) longest first by their recorded seconds; the order is the same
+    on every worker, as xdist requires."""
+    known = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
+    cost: dict[str, float] = {}
+    for item in items:
+        seconds = known.get(_plain_id(item.nodeid), _UNKNOWN_S[item.get_closest_marker("slow") is not None])
+        cost[_unit(item)] = cost.get(_unit(item), 0.0) + seconds
+    items.sort(key=lambda item: -cost[_unit(item)])
+
+
+def pytest_runtest_logreport(report):
+    _measured[_plain_id(report.nodeid)] = _measured.get(_plain_id(report.nodeid), 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With SRCOMPRESS_RECORD_DURATIONS=1, a whole passing run rewrites tests/durations.json (the controller
+    sees every worker's reports)."""
+    if os.environ.get("SRCOMPRESS_RECORD_DURATIONS") == "1" and exitstatus == 0 and \
+            not os.environ.get("PYTEST_XDIST_WORKER") and _measured:
+        DURATIONS.write_text(json.dumps({k: round(v, 1) for k, v in sorted(_measured.items())}, indent=0) + "\n")
 
 
 @pytest.fixture(scope="session")

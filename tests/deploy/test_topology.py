@@ -253,7 +253,9 @@ def test_encode_and_scoring_on_a_two_node_ray_cluster_match_local(tmp_path, upst
             "evaluate.items_per_task=1", "evaluate.efficiency.enabled=false", "evaluate.data.center_crop=96"]
     here = run_evaluation(load_config("tiny", FAST + EVAL), tmp_path / "local", str(photos))
     # both "nodes" run on this machine: the local store is a filesystem they share
-    cluster_cfg = load_config("tiny", FAST + [f"run.ray_address=127.0.0.1:{port}", "run.shared_filesystem=true"])
+    # two encode actors there (one per node), one here: the latents must not depend on it
+    cluster_cfg = load_config("tiny", FAST + ["encode.num_actors=2", f"run.ray_address=127.0.0.1:{port}",
+                                              "run.shared_filesystem=true"])
     import ray
 
     with pytest.MonkeyPatch.context() as mp:

@@ -108,7 +108,7 @@ def test_bootstrap_and_encode_end_to_end(tmp_path, upstream_summary):
     other = run_pipeline(load_config("tiny", FAST + ["teacher.timestep=500"]), tmp_path / "w", until="encode_latents")
     assert other["outcomes"]["bootstrap_teacher"] == "cached" and other["outcomes"]["encode_latents"] == "ran"
     assert other["steps"]["encode_latents"]["digest"] != e["digest"]
-    placed = run_pipeline(load_config("tiny", FAST + ["encode.num_actors=1"]), tmp_path / "w", until="encode_latents")
+    placed = run_pipeline(load_config("tiny", FAST + ["encode.num_actors=2"]), tmp_path / "w", until="encode_latents")
     assert placed["outcomes"]["encode_latents"] == "cached"
     assert {k: v for k, v in placed["steps"]["encode_latents"].items() if k != "run_id"} == \
         {k: v for k, v in e.items() if k != "run_id"}  # run_id: the resume above re-recorded the step
@@ -117,9 +117,9 @@ def test_bootstrap_and_encode_end_to_end(tmp_path, upstream_summary):
 @pytest.mark.slow
 def test_encode_is_deterministic_across_actor_counts_and_uses_the_real_teacher(tmp_path, upstream_store,
                                                                              upstream_summary):
-    assert FAST.count("encode.num_actors=2") == 1  # the session upstream encoded with 2 actors; here: 1
+    assert FAST.count("encode.num_actors=1") == 1  # the session upstream encoded with 1 actor; here: 2
     a = seed_workdir(upstream_store, tmp_path / "a", recompute=("encode_latents",))
-    one = run_pipeline(load_config("tiny", FAST + ["encode.num_actors=1"]), a, until="encode_latents")
+    one = run_pipeline(load_config("tiny", FAST + ["encode.num_actors=2"]), a, until="encode_latents")
     assert one["outcomes"]["bootstrap_teacher"] == "cached" and one["outcomes"]["encode_latents"] == "ran"
     assert one["steps"]["encode_latents"]["digest"] == upstream_summary["steps"]["encode_latents"]["digest"]
     lat = _latents(one)
