@@ -34,7 +34,8 @@ def _run(client: MlflowClient, summary: dict, step: str):
 def shared_ray():
     """One local Ray for all of a test's DAG runs: their Ray steps (encode_latents, search_pruning) join it
     (``ray_session``'s join branch, as under ``run.ray_address``) instead of each starting and stopping a cluster
-    of its own (5-15 s apiece on 2 cores). test_learned_search_on_deepspeed_ranks keeps the step's own
+    of its own (5-15 s apiece on 2 cores). The two-rank test
+    (test_learned_search_on_two_deepspeed_ranks_at_zero_2_bf16_with_accumulation) keeps the step's own
     start-and-stop path."""
     from srcompress.infra.ray_cluster import ray_session
 
