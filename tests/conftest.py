@@ -229,10 +229,9 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture(scope="session")
 def two_stage(upstream_store, tmp_path_factory, prefect_harness):
     """One uninterrupted run through ``distill_pixel`` (tests/tasks/test_distill.py's ``TWO_STAGE``) on the
-    session upstream: (config, work dir, summary, the run's ``ray.init`` addresses). Shared by the distillation
-    tests, the registry's pipeline tests and the corruption test (all in xdist group ``distill_two_stage``, so one worker
-    builds it):
-    the registry run starts from a copy of its store, search and both stages cache hits."""
+    session upstream: (config, work dir, summary, the run's ``ray.init`` addresses). Shared by the distillation,
+    registry, corruption and golden-curve tests (all in xdist group ``distill_two_stage``, so one worker builds
+    it); the registry and corruption runs start from a copy of its store, search and both stages cache hits."""
     import ray
 
     from srcompress.config import load_config

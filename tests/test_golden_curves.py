@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.tasks.test_distill import TWO_STAGE
+from tests.tasks.test_distill import TWO_STAGE, shared_run
 
 # on the worker that builds the session's two-stage run (its xdist group)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distill_two_stage")]
+pytestmark = [pytest.mark.slow, shared_run]
 
 GOLDEN = Path(__file__).parent / "golden" / "loss_curves.json"
 RTOL = 1e-4

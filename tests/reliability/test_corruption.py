@@ -11,14 +11,13 @@ import pytest
 from srcompress.config import load_config
 from srcompress.flows.compress import run_pipeline
 from srcompress.infra.store import LocalStore
-from tests.tasks.test_distill import TWO_STAGE
+from tests.tasks.test_distill import TWO_STAGE, shared_run
 from tests.upstream import seed_workdir
 
 # The test's store starts as a copy of the session's two-stage distillation (tests/conftest.py `two_stage`: the
 # session upstream, the search and both stages on TWO_STAGE), so the reference run computes only the evaluation
 # and every fault is healed by recomputing its step on exactly this config. It runs on that run's xdist worker.
-pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("module_ray"), pytest.mark.slow,
-              pytest.mark.xdist_group("distill_two_stage")]
+pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("module_ray"), pytest.mark.slow, shared_run]
 
 CFG = TWO_STAGE + ["evaluate.metrics=[psnr, ssim]", "evaluate.data.center_crop=128",
                    "evaluate.efficiency.enabled=false", "evaluate.grid_images=1",

@@ -27,7 +27,7 @@ from srcompress.tasks.register.config import GateConfig
 from srcompress.tasks.register.gate import gate_decision
 from srcompress.tasks.register.step import headline_tags
 from tests.conftest import free_port, wait_http
-from tests.tasks.test_distill import TWO_STAGE, _folder
+from tests.tasks.test_distill import TWO_STAGE, _folder, shared_run
 
 EVALUATE = ["evaluate.models=[bicubic, teacher, pruned, student]", "evaluate.metrics=[psnr, st_lpips, piqe]",
             "evaluate.data.center_crop=64", "evaluate.efficiency.enabled=false", "evaluate.grid_images=0",
@@ -41,8 +41,7 @@ def pipeline(test):
     """The pipeline tests share the module's `registered` run, which starts from the session's `two_stage` run:
     under xdist they run on that run's worker, one after another (a module fixture is rebuilt whenever a worker
     switches modules: measured 3 builds of ~2 min each)."""
-    for mark in (pytest.mark.xdist_group("distill_two_stage"), pytest.mark.usefixtures("module_ray"),
-                 pytest.mark.slow):
+    for mark in (shared_run, pytest.mark.usefixtures("module_ray"), pytest.mark.slow):
         test = mark(test)
     return test
 

@@ -119,10 +119,10 @@ def test_encode_is_deterministic_across_actor_counts_and_uses_the_real_teacher(t
                                                                              upstream_summary):
     assert FAST.count("encode.num_actors=1") == 1  # the session upstream encoded with 1 actor; here: 2
     a = seed_workdir(upstream_store, tmp_path / "a", recompute=("encode_latents",))
-    one = run_pipeline(load_config("tiny", FAST + ["encode.num_actors=2"]), a, until="encode_latents")
-    assert one["outcomes"]["bootstrap_teacher"] == "cached" and one["outcomes"]["encode_latents"] == "ran"
-    assert one["steps"]["encode_latents"]["digest"] == upstream_summary["steps"]["encode_latents"]["digest"]
-    lat = _latents(one)
+    two = run_pipeline(load_config("tiny", FAST + ["encode.num_actors=2"]), a, until="encode_latents")
+    assert two["outcomes"]["bootstrap_teacher"] == "cached" and two["outcomes"]["encode_latents"] == "ran"
+    assert two["steps"]["encode_latents"]["digest"] == upstream_summary["steps"]["encode_latents"]["digest"]
+    lat = _latents(two)
     folder = tmp_path / "a" / "scratch" / "teachers-cache"
     teacher = load_teacher(next(p for p in folder.iterdir() if p.is_dir()))
     with torch.no_grad():
