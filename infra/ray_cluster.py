@@ -34,6 +34,8 @@ def ray_scope() -> Iterator[None]:
     finally:
         with _LOCK:
             _SCOPE["depth"] -= 1
+            if _SCOPE["depth"] == 0:
+                _release_ranks()  # kept for the run's next training step only: never past the run
             if _SCOPE["depth"] == 0 and _SCOPE["started"]:
                 import ray  # only when a step started it: a run without Ray steps never imports Ray here
 
@@ -43,9 +45,12 @@ def ray_scope() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[str]:
+def ray_session(address: str | None, num_cpus: int | None = None, keep_ranks: bool = False) -> Iterator[str]:
     """Yield a short description of the cluster; start a local one when ``address`` is None. A session that
-    starts Ray shuts it down when it ends — unless it runs inside ``ray_scope``, which then does."""
+    starts Ray shuts it down when it ends — unless it runs inside ``ray_scope``, which then does.
+
+    Any session but a training launch's (``keep_ranks``) first frees the rank actors the last launch kept: the
+    cores they hold are then this step's."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -64,10 +69,15 @@ def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[st
                 _SCOPE["started"] = True  # the scope shuts it down
             else:
                 started = True
+        if not keep_ranks:
+            _release_ranks()
     try:
         res = ray.cluster_resources()
         yield f"{address or 'local'} ({int(res.get('CPU', 0))} CPUs, {len(ray.nodes())} node(s))"
     finally:
+        with _LOCK:
+            if not _SCOPE["depth"]:  # no flow run to keep them for
+                _release_ranks()
         if started:
             ray.shutdown()
 
@@ -92,24 +102,33 @@ def train_on_ray(loop, config: dict, num_workers: int, use_gpu: bool, name: str,
     rank, packed), not Ray Train's ``TorchTrainer``: that adds a controller, a preemption watcher and a
     placement-group cleaner process per launch — about 8 s of start-up per training step on 2 cores, measured —
     and nothing this launch uses (the steps checkpoint to the artifact store themselves). With ``use_gpu`` Ray
-    gives each rank its own GPU (``CUDA_VISIBLE_DEVICES``), so ``cuda`` is that rank's device."""
+    gives each rank its own GPU (``CUDA_VISIBLE_DEVICES``), so ``cuda`` is that rank's device.
+
+    Inside a flow run (``ray_scope``) CPU ranks outlive their launch: the run's next launch of the same shape
+    (the search, then both distillation stages) reuses the processes, whose process group ``DeepSpeedRank.run``
+    reset. A fresh rank spends ~10 s importing torch, diffusers, peft and DeepSpeed on 2 cores — two of the three
+    rank start-ups of a DAG run. Any other Ray step, or the run's end, stops the kept ranks and frees their cores.
+    GPU ranks start fresh for each launch (a reused CUDA/NCCL process is not tested here)."""
     import ray
-    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    with ray_session(address) as info:
-        bundle = {"CPU": 1, **({"GPU": 1} if use_gpu else {})}
-        pg = placement_group([dict(bundle) for _ in range(num_workers)], strategy="PACK", name=name)
-        actors = []
+    shape = (num_workers, use_gpu)
+    with ray_session(address, keep_ranks=True) as info:
+        pg, actors, places = _kept_ranks(shape)
+        kept = False
         try:
-            ready, _ = ray.wait([pg.ready()], timeout=RANKS_READY_S)
-            if not ready:
-                raise RankFailed(f"{name}: the cluster ({info}) did not offer {num_workers} rank(s) of {bundle} "
-                                 f"within {RANKS_READY_S:.0f} s")
-            rank_cls = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0, max_restarts=0)(DeepSpeedRank)
-            actors = [rank_cls.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
-                pg, placement_group_bundle_index=i)).remote() for i in range(num_workers)]
-            places = ray.get([a.place.remote() for a in actors])
+            if not actors:
+                bundle = {"CPU": 1, **({"GPU": 1} if use_gpu else {})}
+                pg = placement_group([dict(bundle) for _ in range(num_workers)], strategy="PACK", name=name)
+                ready, _ = ray.wait([pg.ready()], timeout=RANKS_READY_S)
+                if not ready:
+                    raise RankFailed(f"{name}: the cluster ({info}) did not offer {num_workers} rank(s) of "
+                                     f"{bundle} within {RANKS_READY_S:.0f} s")
+                rank_cls = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0, max_restarts=0)(DeepSpeedRank)
+                actors = [rank_cls.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    pg, placement_group_bundle_index=i)).remote() for i in range(num_workers)]
+                places = ray.get([a.place.remote() for a in actors])
             master_ip, master_port = places[0][1], places[0][2]
             nodes = [p[0] for p in places]
             env = [{"MASTER_ADDR": master_ip, "MASTER_PORT": str(master_port), "RANK": str(i),
@@ -123,11 +142,73 @@ def train_on_ray(loop, config: dict, num_workers: int, use_gpu: bool, name: str,
                     ray.get(done[0])
                 except Exception as exc:  # a raised error, or the rank's process died (RayActorError)
                     raise RankFailed(f"{name} failed on rank {rank}: {exc}") from exc
+            kept = not use_gpu and _keep_ranks(shape, pg, actors)
         finally:
-            for a in actors:
-                ray.kill(a)
-            remove_placement_group(pg)
+            if not kept:
+                _stop(pg, actors)
     return info
+
+
+# The rank actors of the last training launch, kept for the flow run's next one (``train_on_ray``).
+_RANKS: dict[str, Any] = {"owner": None, "shape": None, "pg": None, "actors": []}
+
+
+def _session_id() -> tuple[str, str]:
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return ctx.gcs_address, ctx.get_job_id()
+
+
+def _keep_ranks(shape: tuple, pg, actors: list) -> bool:
+    """Keep a finished launch's ranks for the next launch of this shape, inside a flow run only; False (the
+    caller stops them) when there is no run to keep them for or another launch's ranks are kept already."""
+    with _LOCK:
+        if not _SCOPE["depth"] or _RANKS["actors"]:
+            return False
+        _RANKS.update(owner=_session_id(), shape=shape, pg=pg, actors=list(actors))
+        return True
+
+
+def _kept_ranks(shape: tuple) -> tuple[Any, list, list]:
+    """(placement group, actors, their places) kept for a launch of ``shape``, or (None, [], []). Kept ranks of
+    another shape are stopped; a kept rank that no longer answers (its process died) means a fresh set."""
+    import ray
+
+    with _LOCK:
+        pg, actors, match = _RANKS["pg"], _RANKS["actors"], _RANKS["shape"] == shape
+        _RANKS.update(owner=None, shape=None, pg=None, actors=[])
+    if not actors:
+        return None, [], []
+    if match:
+        try:
+            return pg, actors, ray.get([a.place.remote() for a in actors], timeout=60)
+        except Exception:  # a dead or stuck rank: start over
+            pass
+    _stop(pg, actors)
+    return None, [], []
+
+
+def _release_ranks() -> None:
+    """Stop the kept rank actors and free their cores (caller holds ``_LOCK``). Handles from a Ray session that
+    has ended since are only dropped: their actors ended with it."""
+    pg, actors, owner = _RANKS["pg"], _RANKS["actors"], _RANKS["owner"]
+    _RANKS.update(owner=None, shape=None, pg=None, actors=[])
+    if actors:
+        import ray
+
+        if ray.is_initialized() and _session_id() == owner:
+            _stop(pg, actors)
+
+
+def _stop(pg, actors: list) -> None:
+    import ray
+    from ray.util.placement_group import remove_placement_group
+
+    for a in actors:
+        ray.kill(a)
+    if pg is not None:
+        remove_placement_group(pg)
 
 
 class DeepSpeedRank:
@@ -146,7 +227,30 @@ class DeepSpeedRank:
 
     def run(self, loop, config: dict, env: dict[str, str]):
         os.environ.update(env)
-        return loop(config)
+        result = loop(config)
+        _reset_process_group()  # only after a clean end: a failed launch stops its ranks
+        return result
+
+
+def _reset_process_group() -> None:
+    """Leave a rank's process as a fresh one would find it, so the flow run's next launch can reuse it: the torch
+    process group destroyed, and DeepSpeed's module-level handles on it dropped (``deepspeed.comm``'s backend,
+    whose ``init_distributed`` then builds a new one; the groups cached in ``deepspeed.utils.groups``)."""
+    import gc
+    import importlib
+    import sys
+
+    import torch.distributed as dist
+
+    gc.collect()  # the finished engines (and their hooks on the group) go before the group does
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    comm = sys.modules.get("deepspeed.comm.comm")
+    if comm is not None:
+        comm.cdb = None
+    groups = sys.modules.get("deepspeed.utils.groups")
+    if groups is not None:
+        importlib.reload(groups)
 
 
 def map_on_ray(fn: Callable[..., Any], calls: list[tuple], address: str | None, num_cpus: float = 1.0,

@@ -48,6 +48,13 @@ def init_rank(device_spec: str | None, num_workers: int, what: str = "run.device
 
     torch.set_num_threads(max(1, core_budget() // num_workers))
     device = resolve_device(device_spec, what)
+    if device.type != "cuda":
+        # DeepSpeed's CPU backend JIT-builds a shared-memory all-reduce op in every rank (deepspeed/comm/torch.py,
+        # build_shm_op) that only its inference_all_reduce uses; training's collectives go through gloo. The build
+        # is ~35 s of gcc per fresh venv (measured on a clean clone) and a ninja check in each rank after that.
+        import deepspeed.comm.torch as ds_comm
+
+        ds_comm.build_shm_op = lambda: None
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), device
 

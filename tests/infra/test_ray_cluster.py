@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import ray
 
-from srcompress.infra.ray_cluster import ray_scope, ray_session
+from srcompress.infra.ray_cluster import ray_scope, ray_session, train_on_ray
 
 
 def _gcs() -> str:
@@ -37,3 +39,55 @@ def test_a_scope_leaves_a_ray_it_did_not_start_alone():
         assert ray.is_initialized()  # the test's own Ray (e.g. a caller's session) is not the scope's to stop
     finally:
         ray.shutdown()
+
+
+def _record(config: dict) -> None:
+    """A training loop: DeepSpeed's process group, one all-reduce, and a line ``launch rank pid sum``."""
+    import os
+
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+
+    from srcompress.tasks.common.training import init_rank
+
+    init_rank(None, config["world"])  # as the search and distillation ranks do: DeepSpeed (re)builds the group
+    t = torch.ones(1)
+    dist.all_reduce(t)
+    assert deepspeed.comm.get_world_size() == config["world"]
+    with open(config["out"], "a") as f:
+        f.write(f"{config['launch']} {dist.get_rank()} {os.getpid()} {int(t.item())}\n")
+
+
+def _free_cpus(expected: float, timeout: float = 30.0) -> float:
+    deadline = time.monotonic() + timeout
+    while (cpus := ray.available_resources().get("CPU", 0.0)) != expected and time.monotonic() < deadline:
+        time.sleep(0.2)  # the resource view lags a removed placement group by a heartbeat
+    return cpus
+
+
+def test_a_flow_runs_consecutive_training_launches_reuse_their_rank_processes(tmp_path):
+    out = tmp_path / "ranks.txt"
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    try:
+        with ray_scope():
+            for launch in (1, 2):
+                config = {"out": str(out), "launch": launch, "world": 2}
+                train_on_ray(_record, config, 2, False, f"l{launch}", None)
+            assert _free_cpus(0.0) == 0.0  # kept for the run's next launch: their cores stay reserved
+            with ray_session(None):  # any other Ray step of the run stops them first
+                assert _free_cpus(2.0) == 2.0
+            train_on_ray(_record, {"out": str(out), "launch": 3, "world": 1}, 1, False, "l3", None)
+        assert _free_cpus(2.0) == 2.0  # the run ended: nothing kept past it
+        train_on_ray(_record, {"out": str(out), "launch": 4, "world": 1}, 1, False, "l4", None)  # no run: none kept
+        assert _free_cpus(2.0) == 2.0
+    finally:
+        ray.shutdown()
+    pids: dict[int, dict[int, int]] = {}
+    for line in out.read_text().splitlines():
+        launch, rank, pid, total = map(int, line.split())
+        assert total == (2 if launch < 3 else 1), line  # every launch had a working process group, reused or not
+        pids.setdefault(launch, {})[rank] = pid
+    assert {k: sorted(v) for k, v in pids.items()} == {1: [0, 1], 2: [0, 1], 3: [0], 4: [0]}, pids
+    assert pids[2] == pids[1]  # the second launch ran in the first one's processes
+    assert pids[3][0] not in pids[1].values()  # stopped by the other step: a fresh process
