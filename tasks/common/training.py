@@ -13,8 +13,8 @@ the latest). Every rank uploads what it wrote itself, and the listing is the uni
 
 from __future__ import annotations
 
+import importlib
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -52,9 +52,8 @@ def init_rank(device_spec: str | None, num_workers: int, what: str = "run.device
         # DeepSpeed's CPU backend JIT-builds a shared-memory all-reduce op in every rank (deepspeed/comm/torch.py,
         # build_shm_op) that only its inference_all_reduce uses; training's collectives go through gloo. The build
         # is ~35 s of gcc per fresh venv (measured on a clean clone) and a ninja check in each rank after that.
-        import deepspeed.comm.torch as ds_comm
-
-        ds_comm.build_shm_op = lambda: None
+        # (import_module: `import deepspeed.comm.torch as m` binds the torch that deepspeed.comm imported)
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), device
 

@@ -178,7 +178,7 @@ def _stop(procs: list[subprocess.Popen], since: float) -> None:
     family = _descendants(procs, since)
     for p in procs:
         _signal_group(p, signal.SIGTERM)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 3  # grace for a clean exit; the stack's state is a temp dir (15 s cost 15 s)
     for p in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(max(0.1, deadline - time.monotonic()))

@@ -55,6 +55,7 @@ def _record(config: dict) -> None:
     t = torch.ones(1)
     dist.all_reduce(t)
     assert deepspeed.comm.get_world_size() == config["world"]
+    assert deepspeed.comm.comm.cdb.shm_comm_op is None  # the inference-only shared-memory op was not built
     with open(config["out"], "a") as f:
         f.write(f"{config['launch']} {dist.get_rank()} {os.getpid()} {int(t.item())}\n")
 
