@@ -177,8 +177,9 @@ def _kept_ranks(shape: tuple) -> tuple[Any, list, list]:
 
     with _LOCK:
         pg, actors, match = _RANKS["pg"], _RANKS["actors"], _RANKS["shape"] == shape
+        owner = _RANKS["owner"]
         _RANKS.update(owner=None, shape=None, pg=None, actors=[])
-    if not actors:
+    if not actors or owner != _session_id():  # none, or handles of a Ray session that has ended since
         return None, [], []
     if match:
         try:

@@ -94,3 +94,15 @@ def test_flow_entrypoints_load(entry):
 
     flow = load_flow_from_entrypoint(str(ROOT / entry))
     assert flow.name.startswith("srcompress-")
+
+
+def test_importing_diffusers_after_srcompress_leaves_bitsandbytes_and_inductor_out():
+    """srcompress marks bitsandbytes absent (srcompress/__init__.py): diffusers then skips its quantizer imports,
+    which pulled in torch._inductor — ~1.1 s in every Ray actor, DeepSpeed rank and CLI run."""
+    import sys
+
+    code = ("import sys, srcompress; from diffusers import AutoencoderKL, SD3Transformer2DModel; "
+            "print(sys.modules.get('bitsandbytes') is None, 'torch._inductor.compile_fx' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "False"], out.stdout

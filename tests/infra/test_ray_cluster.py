@@ -51,6 +51,7 @@ def _record(config: dict) -> None:
 
     from srcompress.tasks.common.training import init_rank
 
+    assert not dist.is_initialized()  # fresh or reused, a rank's loop starts without a process group
     init_rank(None, config["world"])  # as the search and distillation ranks do: DeepSpeed (re)builds the group
     t = torch.ones(1)
     dist.all_reduce(t)
