@@ -232,7 +232,19 @@ class Tracker:
         ds = MetaDataset(source=source, name=f"{manifest.step}:{manifest.kind}", digest=manifest.digest[:36])
         tags = [InputTag("mlflow.data.context", context), InputTag(f"{TAG_PREFIX}sha256", manifest.digest),
                 InputTag(f"{TAG_PREFIX}cache_key", manifest.cache_key)]
-        self.client.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags)])
+        entity = DatasetInput(ds._to_mlflow_entity(), tags)
+        for attempt in range(4):
+            try:
+                self.client.log_inputs(run_id, datasets=[entity])
+                return
+            except Exception as exc:
+                # Two runs logging the same dataset (same step output, same digest) into one experiment at once:
+                # MLflow's SQL store looks the dataset up, then inserts it, so the later insert breaks the unique
+                # (experiment, name, digest) key (seen with a scheduled and a triggered retrain on one sqlite
+                # database). Retried, the lookup finds the row and only this run's input link is written.
+                if attempt == 3 or not _is_dataset_race(exc):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def log_manifest_output(self, run_id: str, manifest: Manifest) -> None:
         """The step's own output: tags for lookup + the manifest JSON as a run artifact."""
@@ -260,6 +272,13 @@ class Tracker:
             self.client.log_artifacts(run_id, str(local_path), artifact_path)
         else:
             self.client.log_artifact(run_id, str(local_path), artifact_path)
+
+
+def _is_dataset_race(exc: Exception) -> bool:
+    """A unique-key clash on MLflow's ``datasets`` table (sqlite's or PostgreSQL's wording, direct or relayed by
+    an ``mlflow server``)."""
+    text = str(exc)
+    return "datasets" in text and ("UNIQUE constraint failed" in text or "duplicate key value" in text)
 
 
 def _started(pid: int) -> str:

@@ -145,6 +145,11 @@ MUTATIONS = [
              "pass",
              ("tests/test_layout.py::test_importing_diffusers_after_srcompress_leaves_bitsandbytes_and_inductor_out",),
              "every process that imports diffusers imports bitsandbytes and torch._inductor again"),
+    Mutation("dataset-race-not-retried", "infra/tracking.py",
+             '    return "datasets" in text and ("UNIQUE constraint failed" in text or "duplicate key value" in text)',
+             "    return False",
+             ("tests/infra/test_tracking.py::test_two_runs_logging_one_dataset_at_once_both_record_it",),
+             "two runs logging one step output at once: the later one fails"),
     Mutation("tile-blending", "models/teachers/tiling.py",
              "            out[..., i : i + tile, j : j + tile] += ys[n * b : (n + 1) * b] * weight\n"
              "            norm[..., i : i + tile, j : j + tile] += weight\n",

@@ -86,3 +86,30 @@ def test_a_registry_call_leaves_no_process_wide_registry_uri(tmp_path, monkeypat
         assert MlflowClient(tracking_uri=other)._registry_uri == first  # inside: the fluent registry
     assert MlflowClient(tracking_uri=other)._registry_uri == other
     assert "MLFLOW_REGISTRY_URI" not in os.environ
+
+
+def test_two_runs_logging_one_dataset_at_once_both_record_it(tmp_path):
+    """The race of a scheduled and a triggered retrain on one MLflow database, forced: run B logs the same step
+    output (same name and digest) between run A's dataset lookup and its insert. The real sqlite store then
+    raises on A's insert (unique experiment/name/digest); ``log_manifest`` retries, finds B's row and links it."""
+    from sqlalchemy import event
+
+    a, b = Tracker(TrackingConfig(), tmp_path), Tracker(TrackingConfig(), tmp_path)
+    run_a, run_b = (t.start_pipeline_run(name, {}, {}) for t, name in ((a, "a"), (b, "b")))
+    engine = a.client._tracking_client.store.engine  # the sqlite store's engine (shared by both trackers)
+    raced: list[str] = []
+
+    def b_first(conn, cursor, statement, *args):
+        if statement.lstrip().startswith("INSERT INTO datasets") and not raced:
+            raced.append(statement)
+            b.log_manifest(run_b, _manifest(), context="output")  # another connection: inserted and committed
+
+    event.listen(engine, "before_cursor_execute", b_first)
+    try:
+        a.log_manifest(run_a, _manifest(), context="output")
+    finally:
+        event.remove(engine, "before_cursor_execute", b_first)
+    assert raced  # the insert of A really came second
+    for tracker, run in ((a, run_a), (b, run_b)):
+        inputs = tracker.client.get_run(run).inputs.dataset_inputs
+        assert [d.dataset.digest for d in inputs] == [_manifest().digest[:36]], run
