@@ -176,9 +176,8 @@ def _kept_ranks(shape: tuple) -> tuple[Any, list, list]:
     import ray
 
     with _LOCK:
-        pg, actors, match = _RANKS["pg"], _RANKS["actors"], _RANKS["shape"] == shape
-        owner = _RANKS["owner"]
-        _RANKS.update(owner=None, shape=None, pg=None, actors=[])
+        owner, kept_shape, pg, actors = _take_kept()
+    match = kept_shape == shape
     if not actors or owner != _session_id():  # none, or handles of a Ray session that has ended since
         return None, [], []
     if match:
@@ -193,13 +192,20 @@ def _kept_ranks(shape: tuple) -> tuple[Any, list, list]:
 def _release_ranks() -> None:
     """Stop the kept rank actors and free their cores (caller holds ``_LOCK``). Handles from a Ray session that
     has ended since are only dropped: their actors ended with it."""
-    pg, actors, owner = _RANKS["pg"], _RANKS["actors"], _RANKS["owner"]
-    _RANKS.update(owner=None, shape=None, pg=None, actors=[])
+    owner, _, pg, actors = _take_kept()
     if actors:
         import ray
 
         if ray.is_initialized() and _session_id() == owner:
             _stop(pg, actors)
+
+
+def _take_kept() -> tuple[Any, Any, Any, list]:
+    """(owner, shape, placement group, actors) of the kept ranks, which are no longer kept (caller holds
+    ``_LOCK``)."""
+    taken = (_RANKS["owner"], _RANKS["shape"], _RANKS["pg"], _RANKS["actors"])
+    _RANKS.update(owner=None, shape=None, pg=None, actors=[])
+    return taken
 
 
 def _stop(pg, actors: list) -> None:
