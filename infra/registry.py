@@ -4,6 +4,12 @@
     decision = promote(tracking_uri, "srcompress-tiny", v, gate)                              # aliases
     info = resolve("models:/srcompress-tiny@champion", tracking_uri)                          # version + tags
     folder = download_student(info, dest)                                                     # its safetensors folder
+    move_alias(tracking_uri, "srcompress-tiny", "champion", "3", how="manual", reason="hotfix")  # + history
+    rollback_alias(tracking_uri, "srcompress-tiny", "champion")                                  # back to the last
+
+Every alias move that srcompress makes (the register step's gate, ``srcompress models promote|rollback``) is
+appended to the registered model's tag ``srcompress.alias_history.<alias>`` (JSON: version, previous version,
+how, reason, time, user), and the version gets ``alias.<alias>.set_by``; rollback replays that history.
 
 Everything is read from MLflow alone (works against a remote tracking server): a version's tags name every
 upstream digest and run (``lineage.*``), so ``srcompress lineage`` needs nothing else.
@@ -12,6 +18,9 @@ upstream digest and run (``lineage.*``), so ``srcompress lineage`` needs nothing
 from __future__ import annotations
 
 import contextlib
+import datetime
+import getpass
+import json
 import os
 import re
 import time
@@ -108,10 +117,6 @@ def alias_version(tracking_uri: str, name: str, alias: str) -> str | None:
         return None
 
 
-def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> None:
-    _client(tracking_uri).set_registered_model_alias(name, alias, version)
-
-
 def set_version_tags(tracking_uri: str, name: str, version: str, tags: dict[str, str]) -> None:
     client = _client(tracking_uri)
     for k, v in tags.items():
@@ -143,3 +148,101 @@ def download_student(info: dict[str, Any], tracking_uri: str, dest: Path) -> Pat
     if not found:
         raise FileNotFoundError(f"models:/{info['name']}/{info['version']}: no student folder in its artifacts")
     return found[0]
+
+
+HISTORY_TAG = "srcompress.alias_history.{alias}"
+# MLflow caps tag values (5000 characters on the sqlalchemy stores): the oldest moves are dropped first.
+_HISTORY_CHARS = 4000
+
+
+class RegistryError(RuntimeError):
+    """A registry request that cannot be carried out as asked (unknown version, nothing to roll back to)."""
+
+
+def alias_history(tracking_uri: str, name: str, alias: str) -> list[dict[str, str]]:
+    """The moves of ``alias`` recorded by srcompress, oldest first."""
+    model = _client(tracking_uri).get_registered_model(name)
+    raw = dict(model.tags or {}).get(HISTORY_TAG.format(alias=alias))
+    return json.loads(raw) if raw else []
+
+
+def move_alias(tracking_uri: str, name: str, alias: str, version: str, how: str,
+               reason: str) -> dict[str, str] | None:
+    """Point ``alias`` at ``version`` and record the move (``how``: gate, manual, rollback, candidate).
+    None when the alias already points there (a rerun of the register step records nothing new)."""
+    client = _client(tracking_uri)
+    try:
+        client.get_model_version(name, version)
+    except Exception as exc:  # before anything moves
+        raise RegistryError(f"{name} has no version {version!r} ({type(exc).__name__})") from exc
+    previous = alias_version(tracking_uri, name, alias)
+    if previous == str(version):
+        return None
+    client.set_registered_model_alias(name, alias, version)
+    event = {"version": str(version), "from": previous or "", "how": how, "reason": reason[:300],
+             "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "by": _user()}
+    history = alias_history(tracking_uri, name, alias) + [event]
+    while len(history) > 1 and len(json.dumps(history)) > _HISTORY_CHARS:
+        history.pop(0)
+    client.set_registered_model_tag(name, HISTORY_TAG.format(alias=alias), json.dumps(history))
+    client.set_model_version_tag(name, version, f"alias.{alias}.set_by", f"{how} at {event['at']}: {reason[:200]}")
+    return event
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (containers)
+        return "unknown"
+
+
+def rollback_target(history: list[dict[str, str]]) -> tuple[str | None, str | None]:
+    """(current, previous) versions of an alias from its recorded moves: promotions push, rollbacks pop, so a
+    second rollback goes one further back rather than undoing the first."""
+    stack: list[str] = []
+    for e in history:
+        if e["how"] == "rollback":
+            if stack:
+                stack.pop()
+        elif not stack or stack[-1] != e["version"]:
+            stack.append(e["version"])
+    current = stack[-1] if stack else None
+    return current, (stack[-2] if len(stack) > 1 else None)
+
+
+def rollback_alias(tracking_uri: str, name: str, alias: str, reason: str = "") -> dict[str, str]:
+    """Move ``alias`` back to the version it pointed at before its current one (from the recorded history)."""
+    history = alias_history(tracking_uri, name, alias)
+    recorded, previous = rollback_target(history)
+    now = alias_version(tracking_uri, name, alias)
+    if now is None:
+        raise RegistryError(f"{name}@{alias} is not set: nothing to roll back")
+    if recorded != now:
+        raise RegistryError(f"{name}@{alias} points at version {now}, but srcompress last moved it to "
+                            f"{recorded or 'nothing'} (moved elsewhere, e.g. in the MLflow UI): use "
+                            f"'srcompress models promote {name} VERSION' to choose the version")
+    if previous is None:
+        raise RegistryError(f"{name}@{alias}: version {now} is the first recorded {alias}; nothing to roll back to")
+    event = move_alias(tracking_uri, name, alias, previous, "rollback", reason or f"rollback from version {now}")
+    assert event is not None  # previous != now by construction of the history
+    return event
+
+
+def list_versions(tracking_uri: str, name: str | None = None) -> list[dict[str, Any]]:
+    """Every version (of ``name``, or of every registered model), newest first, with aliases and gate tags."""
+    client = _client(tracking_uri)
+    query = f"name = '{name}'" if name else ""
+    if name:
+        client.get_registered_model(name)  # an unknown name is an error, not an empty list
+    out, aliases = [], {}
+    for mv in client.search_model_versions(query):
+        if mv.name not in aliases:  # search results carry no aliases: the registered model maps alias → version
+            aliases[mv.name] = dict(client.get_registered_model(mv.name).aliases or {})
+        tags = dict(mv.tags or {})
+        held = sorted(a for a, v in aliases[mv.name].items() if str(v) == str(mv.version))
+        out.append({"name": mv.name, "version": str(mv.version), "aliases": held,
+                    "created": datetime.datetime.fromtimestamp(mv.creation_timestamp / 1000, datetime.timezone.utc)
+                    .isoformat(timespec="seconds"), "run_id": mv.run_id or "",
+                    "gate": tags.get("gate.decision", ""), "gate_reason": tags.get("gate.reason", ""),
+                    "metrics": {k[len("metrics."):]: v for k, v in tags.items() if k.startswith("metrics.student.")}})
+    return sorted(out, key=lambda v: (v["name"], -int(v["version"])))

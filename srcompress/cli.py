@@ -20,12 +20,31 @@ from typing import Optional
 import typer
 import yaml
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compress one-step diffusion SR teachers.")
+app = typer.Typer(no_args_is_help=True, help="Compress one-step diffusion SR teachers.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
 app.add_typer(config_app, name="config")
 assets_app = typer.Typer(no_args_is_help=True, help="Offline metric assets (NIQE parameters).")
 app.add_typer(assets_app, name="assets")
 app.add_typer(__import__("srcompress.datasets_cli", fromlist=["app"]).app, name="datasets")  # datasets register
+app.add_typer(__import__("srcompress.models_cli", fromlist=["app"]).app, name="models")  # list | promote | rollback
+
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        from srcompress.infra.manifest import code_version
+
+        typer.echo(f"srcompress {version('srcompress')} (code {code_version('srcompress')})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(show_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                            help="Print the package and code version, then exit.")) -> None:
+    """Compress one-step diffusion SR teachers."""
+
 
 ConfigOpt = typer.Option(..., "--config", "-c", help="YAML config file or preset name (configs/<name>.yaml).")
 SetOpt = typer.Option(None, "--set", help="Override a key: section.key=value (repeatable).")
@@ -73,18 +92,19 @@ def run(config: str = ConfigOpt, workdir: Optional[Path] = typer.Option(None, he
         summary: Optional[Path] = typer.Option(None, help="Write the run summary JSON here."),
         overrides: Optional[list[str]] = SetOpt) -> None:
     """Run the compression DAG on a config."""
+    from srcompress.config import STEPS
+
+    if until is not None and until not in STEPS:  # before any server or process starts
+        _fail(f"--until must be one of: {', '.join(STEPS)}", 2)
     cfg = _load(config, overrides)
     workdir = (workdir or Path("runs") / cfg.run.name).resolve()
     from srcompress.infra.orchestration import configure_prefect
 
     _watchdog()
     configure_prefect(workdir)  # before prefect is imported
-    from srcompress.config import STEPS
     from srcompress.flows.compress import run_pipeline
     from srcompress.infra.store import StoreError
 
-    if until is not None and until not in STEPS:
-        _fail(f"--until must be one of: {', '.join(STEPS)}", 2)
     try:
         result = run_pipeline(cfg, workdir, until=until, summary=summary)
     except StoreError as exc:
@@ -319,7 +339,8 @@ MAX_INPUT_PIXELS = 100_000_000  # the evaluate step's decompression-bomb guard
 
 @app.command()
 def upscale(model: Path = typer.Option(..., "--model", "-m", help="A published student folder (student.json) or a teacher folder (teacher.json / transformer/ / unet/)."),
-            inputs: list[Path] = typer.Option(..., "--input", "-i", help="LR image (repeatable); any size."),
+            inputs: Optional[list[Path]] = typer.Option(None, "--input", "-i", help="LR image or folder of images (repeatable); any size."),
+            more: Optional[list[Path]] = typer.Argument(None, help="More LR images or folders (their images, not subfolders).", show_default=False),
             output: Path = typer.Option(..., "--output", "-o", help="Output .png (one input) or a folder (<input name>.png in it)."),
             scale: int = typer.Option(4, "--scale", min=1, help="Upscaling factor."),
             tile: Optional[int] = typer.Option(None, "--tile", min=1, help="Latent tile size; default: the model's own (student.json / teacher.json), capped at the positional embedding."),
@@ -333,7 +354,7 @@ def upscale(model: Path = typer.Option(..., "--model", "-m", help="A published s
     model = model.expanduser()
     if not model.is_dir():
         _fail(f"--model {model}: no such folder", 2)
-    targets = _upscale_targets([p.expanduser() for p in inputs], output.expanduser())
+    targets = _upscale_targets(_expand_inputs(list(inputs or []) + list(more or [])), output.expanduser())
     from srcompress.models.device import DeviceError, resolve_device
 
     try:
@@ -357,6 +378,22 @@ def upscale(model: Path = typer.Option(..., "--model", "-m", help="A published s
         except OSError as exc:
             _fail(f"--output {dest}: cannot write: {exc}", 3)
         typer.echo(f"{src} ({w}x{h}) -> {dest} ({sr.shape[-1]}x{sr.shape[-2]})")
+
+
+def _expand_inputs(paths: list[Path]) -> list[Path]:
+    """Files as given; a folder becomes its image files (sorted by name, one level). At least one image."""
+    out: list[Path] = []
+    for p in (q.expanduser() for q in paths):
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES | {".png"})
+            if not found:
+                _fail(f"--input {p}: no images in this folder", 2)
+            out += found
+        else:
+            out.append(p)
+    if not out:
+        _fail("no input: give LR images or folders (arguments or --input)", 2)
+    return out
 
 
 def _upscale_targets(inputs: list[Path], output: Path) -> list[tuple[Path, Path]]:
@@ -511,20 +548,13 @@ def lineage(ref: str = typer.Argument(..., help="models:/<name>@<alias>, models:
             verify: bool = typer.Option(False, "--verify", help="Re-check every recorded digest against the artifact store."),
             as_json: bool = typer.Option(False, "--json", help="Print the chain as JSON.")) -> None:
     """Where a model came from: dataset → pairs → teacher → latents → redundancy → mask → stages → evaluation."""
-    import os
-
     from srcompress.infra import lineage as lin
     from srcompress.infra.config import redact
+    from srcompress.models_cli import tracking_uri_for
 
     cfg = _load(config, None, machine=False) if config else None
     work = workdir or (Path("runs") / cfg.run.name if cfg else None)
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri is None and cfg is not None:
-        from srcompress.infra.tracking import resolve_tracking_uri
-
-        uri = resolve_tracking_uri(cfg.tracking, work)
-    if uri is None:
-        _fail("lineage: no tracking URI (give --tracking-uri, set MLFLOW_TRACKING_URI, or --config)", 2)
+    uri = tracking_uri_for("lineage", tracking_uri, cfg, work)
     try:
         chain = lin.lineage(ref, uri)
     except (LookupError, ValueError) as exc:

@@ -104,3 +104,30 @@ def test_assets_show_and_fetch_materialise_the_pinned_niqe_parameters(tmp_path, 
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == NIQE_NPZ_SHA256
     assert set(assets.check_niqe_params(dest.read_bytes())) >= {"mu_pris_param", "cov_pris_param"}
     assert _ok(["assets", "show"]).stdout.strip() == f"{assets.NIQE_FILE}: present at {dest} {source}"
+
+
+def test_version_prints_the_package_and_code_version():
+    from importlib.metadata import version
+
+    from srcompress.infra.manifest import code_version
+
+    res = CliRunner().invoke(app, ["--version"])
+    assert res.exit_code == 0
+    assert res.output.strip() == f"srcompress {version('srcompress')} (code {code_version('srcompress')})"
+
+
+def test_a_bad_until_fails_before_any_process_or_server_starts(monkeypatch):
+    import srcompress.cli as cli
+
+    def started(*a, **k):
+        raise AssertionError("the watchdog (and so Prefect and Ray) started before --until was checked")
+
+    monkeypatch.setattr(cli, "_watchdog", started)
+    monkeypatch.setattr(cli, "_load", started)  # not even the config is read first
+    res = CliRunner().invoke(app, ["run", "--config", "configs/tiny.yaml", "--until", "nope"])
+    assert res.exit_code == 2 and "--until must be one of: degrade, bootstrap_teacher" in res.output
+
+
+def test_shell_completion_is_offered():
+    res = CliRunner().invoke(app, ["--help"])
+    assert "--install-completion" in res.output and "--show-completion" in res.output

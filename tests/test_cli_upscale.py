@@ -69,6 +69,30 @@ def test_teacher_folder_several_inputs_into_a_folder(folders, tmp_path):
     assert np.array_equal(a, _expected(load_teacher(folders / "teacher"), folders / "a.png", tile=16, tile_overlap=2))
 
 
+def test_several_inputs_and_a_folder_as_arguments(folders, tmp_path):
+    """``upscale -i a.png b.png`` and folders: every image once, each as its own single-input run writes it."""
+    src = tmp_path / "lr"
+    src.mkdir()
+    for name in ("c.png", "d.png"):
+        (src / name).write_bytes((folders / "a.png").read_bytes())
+    (src / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["upscale", "-m", str(folders / "teacher"), "-o", str(out), "--tile", "16",
+                                   "--tile-overlap", "2", "--color-fix", "none", "--no-progress",
+                                   "-i", str(folders / "a.png"), str(folders / "b.png"), str(src)])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png", "d.png"]
+    expect = _expected(load_teacher(folders / "teacher"), folders / "a.png", tile=16, tile_overlap=2)
+    for name in ("a", "c", "d"):  # c and d are copies of a
+        assert np.array_equal(np.asarray(Image.open(out / f"{name}.png")), expect), name
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = CliRunner().invoke(app, ["upscale", "-m", str(folders / "teacher"), "-o", str(out), str(empty)])
+    assert res.exit_code == 2 and "no images in this folder" in res.output
+    res = CliRunner().invoke(app, ["upscale", "-m", str(folders / "teacher"), "-o", str(out)])
+    assert res.exit_code == 2 and "no input" in res.output
+
+
 def test_corrupt_input_is_named_and_nothing_is_written(folders, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes((folders / "a.png").read_bytes()[:60])  # a truncated PNG

@@ -106,12 +106,13 @@ def run_register(ctx: RunContext, cfg: RegisterConfig, manifests: dict[str, Mani
             log.info("register: %s version %s", cfg.model_name, version)
         else:
             log.info("register: %s version %s already holds this student and evaluation", cfg.model_name, version)
-        registry.set_alias(tracker.uri, cfg.model_name, cfg.candidate_alias, version)
+        registry.move_alias(tracker.uri, cfg.model_name, cfg.candidate_alias, version, "candidate",
+                            f"registered by pipeline run {ctx.parent_run_id or run_id}")
         champion = registry.alias_version(tracker.uri, cfg.model_name, cfg.champion_alias)
         champ_tags = registry.version_info(tracker.uri, cfg.model_name, champion)["tags"] if champion else None
         decision = gate_decision(cfg.gate, tags, champ_tags, champion, version)
-        if decision["promote"]:
-            registry.set_alias(tracker.uri, cfg.model_name, cfg.champion_alias, version)
+        if decision["promote"]:  # recorded in the alias history, so `srcompress models rollback` can undo it
+            registry.move_alias(tracker.uri, cfg.model_name, cfg.champion_alias, version, "gate", decision["reason"])
         registry.set_version_tags(tracker.uri, cfg.model_name, version,
                                   {"gate.decision": "champion" if decision["promote"] else "candidate",
                                    "gate.reason": decision["reason"], "gate.compared_to": champion or ""})

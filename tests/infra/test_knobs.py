@@ -759,7 +759,8 @@ class _Registry:
     def install(self, monkeypatch, registry):
         monkeypatch.setattr(registry, "find_version", lambda uri, name, tag, value: None)
         monkeypatch.setattr(registry, "register_student", self.register)
-        monkeypatch.setattr(registry, "set_alias", lambda uri, name, alias, v: self.aliases.__setitem__(alias, v))
+        monkeypatch.setattr(registry, "move_alias",
+                            lambda uri, name, alias, v, how, reason: self.aliases.__setitem__(alias, v))
         monkeypatch.setattr(registry, "alias_version", lambda uri, name, alias: self.aliases.get(alias))
         monkeypatch.setattr(registry, "version_info", lambda uri, name, v: {"tags": self.versions[v]})
         monkeypatch.setattr(registry, "set_version_tags", lambda uri, name, v, tags: self.versions[v].update(tags))

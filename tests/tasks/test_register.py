@@ -161,12 +161,18 @@ def test_version_carries_the_whole_lineage_and_aliases(registered):
     assert tags["lineage.bootstrap_teacher.vae_digest"] and tags["lineage.config_hash"] == out["config_hash"]
     assert "metrics.student.psnr" in tags and "metrics.teacher.st_lpips" in tags and tags["srcompress.code_version"]
     assert tags["gate.decision"] == "champion" and tags["gate.reason"] == "no champion yet"
+    # the gate's promotion is in the alias history that `srcompress models rollback` replays
+    history = json.loads(client.get_registered_model("sr-test").tags["srcompress.alias_history.champion"])
+    assert [(e["version"], e["from"], e["how"], e["reason"]) for e in history] == [("1", "", "gate", "no champion yet")]
+    assert tags["alias.champion.set_by"].startswith("gate at ")
     step_run = client.get_run(reg["run_id"]).data.metrics  # the headline numbers as the step run's metrics
     assert step_run["version"] == 1 and step_run["promoted_to_champion"] == 1
     assert step_run["student.psnr"] == pytest.approx(out["steps"]["evaluate"]["extra"]["metrics"]["student.psnr"])
     # idempotent: the same student and evaluation do not add a version
     again = run_pipeline(load_config("tiny", REGISTER), registered[0] / "w")
     assert again["model_version"] == "models:/sr-test/1"
+    history = json.loads(client.get_registered_model("sr-test").tags["srcompress.alias_history.champion"])
+    assert len(history) == 1  # and the rerun recorded no second move
 
 
 @pipeline
