@@ -42,7 +42,7 @@ def test_top_level_is_the_dag():
                  "pyproject.toml", "README.md"):
         assert (ROOT / name).exists(), name
     assert sorted(p.name for p in (ROOT / "srcompress").glob("*.py")) == ["__init__.py", "cli.py", "config.py",
-                                                                          "datasets_cli.py", "typed.py"]
+                                                                          "datasets_cli.py", "models_cli.py", "typed.py"]
 
 
 def test_models_import_no_infrastructure():
