@@ -162,7 +162,10 @@ def compress(config: dict[str, Any] | str, workdir: str, until: str | None = Non
     tracker.end_run(parent, "FINISHED")
     if "evaluate" in manifests:
         tracker.log_metrics(parent, manifests["evaluate"].extra.get("metrics", {}))
+    from prefect.runtime import flow_run
+
     return {"parent_run_id": parent, "experiment_id": tracker.experiment_id, "tracking_uri": redact(tracker.uri),
+            "prefect_flow_run_id": flow_run.get_id() or "",
             "outcomes": tracker.step_outcomes(parent),
             "store": ctx.get_store().root_uri, "config_hash": cfg.config_hash(), "until": until or STEPS[-1],
             "table": manifests["evaluate"].extra["table_path"] if "evaluate" in manifests else None,

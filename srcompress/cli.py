@@ -121,6 +121,26 @@ def _watchdog() -> None:
     atexit.register(start_watchdog())  # registered first, so it runs after Prefect's own exit handlers
 
 
+def registered_lines(result: dict) -> list[str]:
+    """What the register step did, for a person: the version, its aliases, the gate's decision and the check that
+    decided it, and the two commands that serve and load that version."""
+    reg = (result.get("steps") or {}).get("register")
+    if not reg:
+        return []
+    extra, uri = reg["extra"], reg["uri"]
+    gate = extra.get("gate", {})
+    failed = [c for c in gate.get("checks", []) if c.get("pass") is False]
+    decided = "; ".join(f"{c['metric']} {c['new']:.4g} vs {c['champion']:.4g} (worse by {c['worse_by']:.3g}, "
+                        f"tolerance {c['tolerance']:.3g})" if "new" in c else f"{c['metric']} missing on "
+                        f"{c['missing_on']}" for c in failed)
+    env = f"MLFLOW_TRACKING_URI={result['tracking_uri']} "
+    return [f"registered: {uri} (aliases: {', '.join(extra.get('aliases', []))})",
+            f"gate:   {'promoted to champion' if gate.get('promote') else 'not promoted'} — {gate.get('reason', '')}"
+            + (f" [{decided}]" if decided else ""),
+            f"serve:  {env}mlflow models serve -m {uri} --env-manager local -p 5001",
+            f"load:   {env}python -c \"import mlflow; m = mlflow.pyfunc.load_model('{uri}')\""]
+
+
 def _human_summary(title: str, result: dict, summary: Path | None) -> None:
     """A few lines for a person: what ran, what was cached, where things are, then the table itself.
     The full machine-readable record goes to ``--summary``."""
@@ -132,6 +152,10 @@ def _human_summary(title: str, result: dict, summary: Path | None) -> None:
     typer.echo(f"store:  {result['store']}")
     typer.echo(f"MLflow: {result['tracking_uri']} (experiment {result['experiment_id']}, "
                f"run {result['parent_run_id']})")
+    if result.get("prefect_flow_run_id"):
+        typer.echo(f"Prefect: flow run {result['prefect_flow_run_id']}")
+    for line in registered_lines(result):
+        typer.echo(line)
     if result.get("table"):
         typer.echo(f"table:  {result['table']}\n")
         sections = Path(result["table"]).read_text().split("\n## ")

@@ -131,3 +131,21 @@ def test_a_bad_until_fails_before_any_process_or_server_starts(monkeypatch):
 def test_shell_completion_is_offered():
     res = CliRunner().invoke(app, ["--help"])
     assert "--install-completion" in res.output and "--show-completion" in res.output
+
+
+def test_end_of_run_lines_name_the_version_the_gate_check_that_decided_and_how_to_serve_it():
+    from srcompress.cli import registered_lines
+
+    gate = {"promote": False, "reason": "cannot compare with champion 4: piqe (missing on this version)",
+            "checks": [{"metric": "psnr", "new": 24.5, "champion": 24.4, "worse_by": -0.1, "tolerance": 0.05,
+                        "pass": True}, {"metric": "piqe", "pass": False, "missing_on": "this version"}]}
+    result = {"tracking_uri": "sqlite:///w/mlflow.db",
+              "steps": {"register": {"uri": "models:/m/5", "extra": {"aliases": ["candidate"], "gate": gate}}}}
+    assert registered_lines(result) == [
+        "registered: models:/m/5 (aliases: candidate)",
+        "gate:   not promoted — cannot compare with champion 4: piqe (missing on this version) "
+        "[piqe missing on this version]",
+        "serve:  MLFLOW_TRACKING_URI=sqlite:///w/mlflow.db mlflow models serve -m models:/m/5 --env-manager local -p 5001",
+        "load:   MLFLOW_TRACKING_URI=sqlite:///w/mlflow.db python -c \"import mlflow; "
+        "m = mlflow.pyfunc.load_model('models:/m/5')\""]
+    assert registered_lines({"steps": {}}) == []  # --until before register: nothing to say

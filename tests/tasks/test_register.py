@@ -21,6 +21,7 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
+from srcompress.cli import registered_lines
 from srcompress.config import load_config
 from srcompress.flows.compress import run_pipeline
 from srcompress.tasks.register.config import GateConfig
@@ -148,6 +149,9 @@ def test_version_carries_the_whole_lineage_and_aliases(registered):
     _, out = registered
     reg = out["steps"]["register"]
     assert out["model_version"] == "models:/sr-test/1" and reg["extra"]["aliases"] == ["candidate", "champion"]
+    assert out["prefect_flow_run_id"] and registered_lines(out)[:2] == [
+        "registered: models:/sr-test/1 (aliases: candidate, champion)", "gate:   promoted to champion — no champion yet"]
+    assert registered_lines(out)[2].endswith("mlflow models serve -m models:/sr-test/1 --env-manager local -p 5001")
     client = MlflowClient(out["tracking_uri"])
     mv = client.get_model_version_by_alias("sr-test", "candidate")
     assert str(mv.version) == "1" and str(client.get_model_version_by_alias("sr-test", "champion").version) == "1"
@@ -244,10 +248,25 @@ def test_promotion_gate_keeps_the_champion_when_the_new_version_is_worse(registe
     assert tags["gate.decision"] == "candidate" and "worse than champion 1 on psnr" in tags["gate.reason"]
     gate = out["steps"]["register"]["extra"]["gate"]
     assert any(c["metric"] == "psnr" and not c["pass"] for c in gate["checks"])
+    lines = registered_lines(out)  # what the CLI prints at the end of the run
+    assert lines[0] == "registered: models:/sr-test/2 (aliases: candidate)"
+    assert lines[1].startswith("gate:   not promoted — worse than champion 1 on psnr [psnr ")
+    assert "tolerance -1e+03)" in lines[1]
     lenient = REGISTER + ["distill.stage2.steps=1", "registry.gate.tolerance={psnr: 1000, st_lpips: 1000, piqe: 1000}",
                           "registry.gate.retention_tolerance=1000"]
     out = run_pipeline(load_config("tiny", lenient), work / "w")
     assert str(client.get_model_version_by_alias("sr-test", "champion").version) == "3"
+    assert registered_lines(out)[1] == "gate:   promoted to champion — not worse than the champion within tolerances"
+    # the gate's promotion is undone by hand, and redone
+    from typer.testing import CliRunner
+
+    from srcompress.cli import app
+
+    res = CliRunner().invoke(app, ["models", "rollback", "sr-test", "--tracking-uri", out["tracking_uri"]])
+    assert res.exit_code == 0 and "version 3 → 1 (rollback)" in res.output, res.output
+    assert str(client.get_model_version_by_alias("sr-test", "champion").version) == "1"
+    res = CliRunner().invoke(app, ["models", "promote", "sr-test", "3", "--tracking-uri", out["tracking_uri"]])
+    assert res.exit_code == 0 and str(client.get_model_version_by_alias("sr-test", "champion").version) == "3"
 
 
 @pipeline
