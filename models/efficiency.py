@@ -7,7 +7,11 @@ protocol is fixed and recorded with the numbers:
   else the example's device. The example is passed as given: the upscalers move their input to the
   model's device themselves;
 - **latency**: ``warmup`` untimed calls, then the median of ``reps`` timed calls under ``torch.no_grad()``,
-  inputs pre-loaded (no I/O), CUDA synchronised around each call, with the torch thread count recorded;
+  inputs pre-loaded (no I/O), CUDA synchronised around each call, with the torch thread count recorded.
+  Models compared in one run are timed *interleaved* (``measure_many``): round r calls every model once, in
+  an order rotated by r, so a machine that slows down or speeds up during the measurement (another process,
+  thermal or frequency changes) shifts every model alike instead of whichever was timed then. The spread is
+  kept (min, max) and calls slower than median + 3 × 1.4826 × MAD (a robust 3σ) are counted as outliers;
 - **MACs**: ``torch.utils.flop_counter.FlopCounterMode`` FLOPs / 2 (one multiply-add = 2 FLOPs), attention on
   the math SDPA backend (the counter has no formula for the fused CPU attention kernel);
 - **params**: every parameter of the module;
@@ -40,8 +44,11 @@ CUDA_MEMORY_METHOD = "cuda.max_memory_allocated"
 
 @dataclass(frozen=True)
 class Efficiency:
-    latency_ms: float
+    latency_ms: float  # median
     latency_p90_ms: float
+    latency_min_ms: float
+    latency_max_ms: float
+    latency_outliers: int  # timed calls above median + 3 robust σ (kept in min/max and the median)
     macs: int
     params: int
     peak_mem_mb: float | None  # None when it could not be measured; memory_method then says why
@@ -51,6 +58,7 @@ class Efficiency:
     reps: int
     input_shape: tuple[int, ...]
     device: str = "cpu"
+    interleaved: bool = False  # timed in rounds together with the other models of its run
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -127,25 +135,56 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> tuple[floa
         return None, f"unavailable: torch.profiler failed ({exc})"
 
 
-def measure(model: nn.Module | Callable[[Tensor], object], example: Tensor, warmup: int = 2, reps: int = 10) -> Efficiency:
-    """Measure ``model(example)`` with the fixed protocol above."""
+def latency_stats(times_ms: list[float]) -> dict[str, float | int]:
+    """Median, p90, min, max and the number of robust outliers of a list of timed calls (ms)."""
+    t = sorted(times_ms)
+    med = statistics.median(t)
+    mad = statistics.median(abs(x - med) for x in t)
+    limit = med + 3 * 1.4826 * mad
+    return {"latency_ms": med, "latency_p90_ms": t[min(len(t) - 1, int(0.9 * len(t)))], "latency_min_ms": t[0],
+            "latency_max_ms": t[-1], "latency_outliers": sum(1 for x in t if x > limit) if mad > 0 else 0}
+
+
+def _timer(model: nn.Module | Callable[[Tensor], object], example: Tensor) -> Callable[[], float]:
     device = measurement_device(model, example)
-    call = (lambda: model(example))  # noqa: E731
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)  # noqa: E731
+
+    def timed() -> float:
+        sync()
+        t0 = time.perf_counter()
+        model(example)
+        sync()
+        return (time.perf_counter() - t0) * 1000
+
+    return timed
+
+
+def measure_many(models: dict[str, nn.Module | Callable[[Tensor], object]], example: Tensor, warmup: int = 2,
+                 reps: int = 10) -> dict[str, Efficiency]:
+    """Every model with the protocol above, timed interleaved: ``warmup`` untimed calls each, then ``reps``
+    rounds in which each model is called once, in an order rotated every round."""
+    names = list(models)
+    timers = {n: _timer(models[n], example) for n in names}
+    times: dict[str, list[float]] = {n: [] for n in names}
     with torch.no_grad():
-        for _ in range(warmup):
-            call()
-        times = []
-        for _ in range(reps):
-            sync()
-            t0 = time.perf_counter()
-            call()
-            sync()
-            times.append((time.perf_counter() - t0) * 1000)
-    times.sort()
-    mem, method = peak_memory_mb(call, device)
-    params = sum(p.numel() for p in model.parameters()) if isinstance(model, nn.Module) else 0
-    return Efficiency(latency_ms=statistics.median(times), latency_p90_ms=times[min(len(times) - 1, int(0.9 * len(times)))],
-                      macs=count_macs(call), params=params, peak_mem_mb=mem, memory_method=method,
-                      threads=torch.get_num_threads(), warmup=warmup, reps=reps, input_shape=tuple(example.shape),
-                      device=str(device))
+        for n in names:
+            for _ in range(warmup):
+                models[n](example)
+        for r in range(reps):
+            for n in names[r % len(names):] + names[:r % len(names)]:
+                times[n].append(timers[n]())
+    out = {}
+    for n in names:
+        model, device = models[n], measurement_device(models[n], example)
+        call = (lambda m=model: m(example))  # noqa: E731
+        mem, method = peak_memory_mb(call, device)
+        params = sum(p.numel() for p in model.parameters()) if isinstance(model, nn.Module) else 0
+        out[n] = Efficiency(**latency_stats(times[n]), macs=count_macs(call), params=params, peak_mem_mb=mem,
+                            memory_method=method, threads=torch.get_num_threads(), warmup=warmup, reps=reps,
+                            input_shape=tuple(example.shape), device=str(device), interleaved=len(names) > 1)
+    return out
+
+
+def measure(model: nn.Module | Callable[[Tensor], object], example: Tensor, warmup: int = 2, reps: int = 10) -> Efficiency:
+    """Measure ``model(example)`` alone with the fixed protocol above."""
+    return measure_many({"model": model}, example, warmup, reps)["model"]

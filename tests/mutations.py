@@ -184,6 +184,12 @@ MUTATIONS = [
              "            pass\n",
              ("tests/test_models_cli.py",),
              "rollback ignores earlier rollbacks (a second rollback undoes the first instead of going further back)"),
+    Mutation("efficiency-not-interleaved", "models/efficiency.py",
+             "        for r in range(reps):\n            for n in names[r % len(names):] + names[:r % len(names)]:\n"
+             "                times[n].append(timers[n]())\n",
+             "        for n in names:\n            for r in range(reps):\n                times[n].append(timers[n]())\n",
+             ("tests/models/test_efficiency.py",),
+             "models are timed one after the other, so a machine that slows down mid-run favours the first"),
     Mutation("optimiser-betas", "tasks/search/worker.py",
              "    opt = torch.optim.AdamW(model.param_groups(cfg.lr, cfg.weight_decay, cfg.gate_lr_mult))",
              "    opt = torch.optim.AdamW(model.param_groups(cfg.lr, cfg.weight_decay, cfg.gate_lr_mult), betas=(0.8, 0.99))",

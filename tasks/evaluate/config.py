@@ -54,7 +54,7 @@ class EfficiencyConfig(StrictModel):
     enabled: bool = Field(True, description="Measure each model at the evaluated size.")
     lr_size: int | None = Field(None, ge=8, description="Square LR input side for the measurement; None = the first image's LR size.")
     warmup: int = Field(2, ge=0, description="Untimed calls before timing.")
-    reps: int = Field(5, ge=1, description="Timed calls; the median is reported.")
+    reps: int = Field(7, ge=1, description="Timed rounds: every model is called once per round, interleaved in a rotated order; the median and min–max are reported.")
 
 
 class EvaluateConfig(StrictModel):

@@ -118,8 +118,9 @@ def _efficiency_footnote(result: EvalResult) -> str:
     def protocol(e: dict) -> str:
         shape = "×".join(str(d) for d in e.get("input_shape", ())) or "?"
         mem = e.get("memory_method", "?")
-        return (f"peak MB: {mem}; latency: median of {e.get('reps', '?')} timed calls after {e.get('warmup', '?')} "
-                f"warm-up calls, torch threads {e.get('threads', '?')}, input {shape}"
+        rounds = " in interleaved rounds (every model once per round, order rotated)" if e.get("interleaved") else ""
+        return (f"peak MB: {mem}; latency: median (min–max) of {e.get('reps', '?')} timed calls{rounds} after "
+                f"{e.get('warmup', '?')} warm-up calls, torch threads {e.get('threads', '?')}, input {shape}"
                 + (f", device {e['device']}" if e.get("device") else "")
                 + "; MACs by torch FlopCounterMode (FLOPs / 2)")
 
@@ -169,7 +170,13 @@ def summary_markdown(result: EvalResult, n_images: int, conventions: dict, skipp
             peak = _fmt(e.get("peak_mem_mb"), 1)
             if peak == "n/a":
                 peak += mark(f"peak:{e.get('memory_method')}", f"peak MB ({model}): {e.get('memory_method')}")
-            cells += [_fmt(e.get("latency_ms"), 2), _fmt(e["macs"] / 1e9, 3), _fmt(e["params"] / 1e6, 3), peak]
+            lat = _fmt(e.get("latency_ms"), 2)
+            if e.get("latency_min_ms") is not None:
+                lat += f" ({_fmt(e['latency_min_ms'], 2)}–{_fmt(e['latency_max_ms'], 2)})"
+            if e.get("latency_outliers"):
+                lat += mark(f"outliers:{model}", f"latency ({model}): {e['latency_outliers']} of {e.get('reps')} "
+                                                 "timed calls above median + 3 robust σ (kept in the median)")
+            cells += [lat, _fmt(e["macs"] / 1e9, 3), _fmt(e["params"] / 1e6, 3), peak]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "mean ± std (population) over the images that have a value; FID over the whole set."]
     if footnotes:

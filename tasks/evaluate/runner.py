@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from srcompress.models.efficiency import measure
+from srcompress.models.efficiency import measure_many
 from srcompress.models.iqa import ImageTooSmall, MetricEnv, MetricUnavailable, build_metric
 from srcompress.tasks.evaluate.config import EfficiencyConfig
 from srcompress.tasks.evaluate.datasets import EvalItem, to_tensor, to_uint8
@@ -165,8 +165,9 @@ def evaluate_models(items: list[EvalItem], upscalers: dict, metric_names: list[s
     """Score every model (an upscaler, or a ``Deferred`` one); ``scorer(model_name)`` (e.g. Ray tasks on a
     cluster, ``tasks/evaluate/cluster.py``) returns a model's slices in item order instead of scoring here,
     and its optional ``describe(model_name)`` spares building the model here. Efficiency is always measured
-    here, in one process, so the models' timings are side by side."""
+    here, in one process, after scoring, every model in interleaved rounds (``measure_many``)."""
     res = EvalResult()
+    timed: dict[str, object] = {}
     metrics, res.unavailable = build_metrics(metric_names, env)
     has_hr = all(it.hr is not None for it in items)
     for name, m in metrics.items():
@@ -181,11 +182,15 @@ def evaluate_models(items: list[EvalItem], upscalers: dict, metric_names: list[s
             parts = [score_items(model_name, up, items, list(range(len(items))), metrics, keep_outputs)]
         summarise(res, model_name, parts, metrics, has_hr)
         if eff.enabled and items:
-            h, w = items[0].lr.shape[:2]
-            if items[0].hr is not None and items[0].hr.shape == items[0].lr.shape:  # LQ stored at HR size
-                h, w = h // up.scale, w // up.scale
-            side = eff.lr_size
-            g = torch.Generator().manual_seed(0)
-            example = torch.rand(1, 3, side or h, side or w, generator=g)
-            res.efficiency[model_name] = measure(up, example, warmup=eff.warmup, reps=eff.reps).as_dict()
+            timed[model_name] = up
+    if timed:  # side by side: interleaved rounds, so a slower moment of the machine hits every model alike
+        h, w = items[0].lr.shape[:2]
+        if items[0].hr is not None and items[0].hr.shape == items[0].lr.shape:  # LQ stored at HR size
+            scale = next(iter(timed.values())).scale
+            h, w = h // scale, w // scale
+        side = eff.lr_size
+        g = torch.Generator().manual_seed(0)
+        example = torch.rand(1, 3, side or h, side or w, generator=g)
+        for name, e in measure_many(timed, example, warmup=eff.warmup, reps=eff.reps).items():
+            res.efficiency[name] = e.as_dict()
     return res

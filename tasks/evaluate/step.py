@@ -169,7 +169,8 @@ def _flat_metrics(result) -> dict[str, float]:
             if s.std is not None:
                 metrics[f"{model}.{metric}.std"] = s.std
         for k, v in result.efficiency.get(name_of.get(model, model), {}).items():
-            if isinstance(v, (int, float)) and k in ("latency_ms", "latency_p90_ms", "macs", "params", "peak_mem_mb"):
+            if isinstance(v, (int, float)) and k in ("latency_ms", "latency_p90_ms", "latency_min_ms",
+                                                   "latency_max_ms", "macs", "params", "peak_mem_mb"):
                 metrics[f"{model}.{k}"] = float(v)
     return metrics
 

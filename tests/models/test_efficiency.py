@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from srcompress.models.efficiency import (CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD, count_macs, measure,
-                                          measurement_device, peak_memory_mb)
+from srcompress.models.efficiency import (CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD, count_macs, latency_stats, measure,
+                                          measure_many, measurement_device, peak_memory_mb)
 from srcompress.models.teachers.tiny import tiny_sd3_teacher
 from srcompress.models.upscalers import Bicubic, DiffusionSR
 
@@ -121,3 +121,38 @@ def test_cuda_peak_memory_uses_max_memory_allocated_and_the_models_device():
     up = _tiny_upscaler().to(cuda)
     e = measure(up, torch.rand(1, 3, 32, 32), warmup=1, reps=2)  # CPU example, CUDA model
     assert e.device.startswith("cuda") and e.memory_method == CUDA_MEMORY_METHOD and e.peak_mem_mb > 0
+
+
+def test_latency_stats_keep_the_spread_and_count_robust_outliers():
+    st = latency_stats([12.0, 10.0, 11.0, 13.0, 100.0, 12.0, 11.0])
+    assert st == {"latency_ms": 12.0, "latency_p90_ms": 100.0, "latency_min_ms": 10.0, "latency_max_ms": 100.0,
+                  "latency_outliers": 1}  # median 12, MAD 1: limit 12 + 3·1.4826 = 16.4
+    assert latency_stats([5.0, 5.0, 5.0])["latency_outliers"] == 0  # no spread, no outlier
+
+
+class _Clock:
+    """Two identical "models" on a machine that slows down steadily during the measurement (each call 1 ms
+    slower than the one before)."""
+
+    def __init__(self):
+        self.calls, self.order = 0, []
+
+    def model(self, name: str):
+        def call(x):
+            self.calls += 1
+            self.order.append(name)
+            time.sleep(0.001 + 0.001 * self.calls)
+        return call
+
+
+def test_models_are_timed_in_interleaved_rotated_rounds_so_a_slowdown_hits_them_alike():
+    clock = _Clock()
+    eff = measure_many({"a": clock.model("a"), "b": clock.model("b")}, torch.zeros(1), warmup=1, reps=8)
+    # warm-ups first, then rounds in rotated order (a b, b a, …); the peak-memory and MAC calls come after
+    assert clock.order[:18] == ["a", "b"] + ["a", "b", "b", "a"] * 4
+    ratio = eff["a"].latency_ms / eff["b"].latency_ms
+    assert 0.8 < ratio < 1.25, ratio  # both medians sit at the same point of the drift
+    assert eff["a"].interleaved and eff["a"].reps == 8 and eff["b"].latency_max_ms > eff["b"].latency_min_ms + 5
+    clock = _Clock()  # the same machine, measured one model after the other: b reads ~2× slower than a
+    a, b = measure(clock.model("a"), torch.zeros(1), 1, 8), measure(clock.model("b"), torch.zeros(1), 1, 8)
+    assert b.latency_ms / a.latency_ms > 1.6 and not a.interleaved

@@ -114,7 +114,7 @@ def test_efficiency_footnote_names_memory_method_and_latency_protocol():
     peak_head = next(h for h in head if h.startswith("peak MB"))
     note = _footnote(md, peak_head.removeprefix("peak MB ↓"))
     assert "peak MB: torch.profiler live-tensor peak (CPU)" in note
-    assert "median of 5 timed calls after 2 warm-up calls" in note and "threads 2" in note and "input 1×3×16×16" in note
+    assert "median (min–max) of 5 timed calls after 2 warm-up calls" in note and "threads 2" in note and "input 1×3×16×16" in note
     assert "efficiency (bicubic, teacher)" in note
     assert next(h for h in head if h.startswith("latency ms")) == "latency ms ↓" + peak_head.removeprefix("peak MB ↓")
 
@@ -125,6 +125,22 @@ def test_efficiency_footnote_names_memory_method_and_latency_protocol():
     cell = rows["teacher"][-1]
     assert cell.startswith("n/a") and "unavailable: torch.profiler failed (busy)" in _footnote(md, cell[3:])
     assert "bicubic: peak MB: torch.profiler live-tensor peak (CPU)" in md and "teacher: peak MB: unavailable" in md
+
+
+def test_latency_cells_show_the_spread_and_flag_outliers():
+    res = _result()
+    res.efficiency["bicubic"] |= {"latency_min_ms": 3.0, "latency_max_ms": 3.6, "latency_outliers": 0,
+                                  "interleaved": True}
+    res.efficiency["teacher"] |= {"latency_min_ms": 3.1, "latency_max_ms": 40.0, "latency_outliers": 2,
+                                  "interleaved": True}
+    md = summary_markdown(res, 3, {})
+    head, rows = _table(md)
+    col = next(i for i, h in enumerate(head) if h.startswith("latency ms"))
+    assert rows["bicubic"][col] == "3.20 (3.00–3.60)"
+    cell = rows["teacher"][col]
+    assert cell.startswith("3.20 (3.10–40.00)")
+    assert "teacher): 2 of 5 timed calls above median + 3 robust σ" in _footnote(md, cell.removeprefix("3.20 (3.10–40.00)"))
+    assert "in interleaved rounds (every model once per round, order rotated)" in md
 
 
 def test_grid_indices_cover_every_source_round_robin():
