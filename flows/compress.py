@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from prefect import flow, get_run_logger
@@ -122,7 +122,7 @@ def last_step_for(models: list[str]) -> str | None:
 
 
 @flow(name="srcompress-compress", log_prints=True, validate_parameters=False)
-def compress(config: dict[str, Any] | str, workdir: str, until: str | None = None,
+def compress(config: dict[str, Any] | str, workdir: str, until: Literal[STEPS] | None = None,  # type: ignore[valid-type]
              overrides: list[str] | None = None, config_ref: str | None = None) -> dict[str, Any]:
     """Run the DAG up to and including ``until`` (default: every step). Returns the run summary.
 

@@ -34,7 +34,28 @@ def test_deployments_reference_flows_with_matching_parameters():
             given |= set(trig.get("parameters", {}))
         assert given <= params, (name, given - params)
         assert (ROOT / dep["parameters"]["config"]).is_file()
-    assert {"retrain-nightly", "retrain-on-new-dataset", "evaluate-on-new-dataset"} <= set(deps)
+    assert {"retrain-nightly", "retrain-on-new-dataset", "evaluate-on-new-dataset", "retrain-nightly-cluster"} <= set(deps)
+
+
+def test_every_deployment_has_a_concurrency_limit_retries_a_timeout_and_validated_parameters():
+    from prefect.exceptions import ParameterTypeError
+
+    for name, dep in _deployments().items():
+        limit = dep.get("concurrency_limit") or {}
+        assert limit.get("limit") == 1 and limit.get("collision_strategy") in ("ENQUEUE", "CANCEL_NEW"), name
+        if dep.get("triggers"):  # a dataset that lands while a run is busy must wait, not be dropped
+            assert limit["collision_strategy"] == "ENQUEUE", name
+        fl = load_flow_from_entrypoint(str(ROOT / dep["entrypoint"]))
+        assert fl.retries == 1 and fl.retry_delay_seconds > 0 and 3600 <= fl.timeout_seconds <= 24 * 3600, name
+        assert fl.should_validate_parameters, name
+    retrain = load_flow_from_entrypoint(str(ROOT / _deployments()["retrain-nightly"]["entrypoint"]))
+    with pytest.raises(ParameterTypeError, match="until"):
+        retrain.validate_parameters({"config": "configs/tiny.yaml", "workdir": "w", "until": "nope"})
+    assert retrain.validate_parameters({"config": "configs/tiny.yaml", "workdir": "w", "until": "degrade"})["until"] \
+        == "degrade"
+    cluster = _deployments()["retrain-nightly-cluster"]
+    assert cluster["parameters"]["config"] == "infra/deploy/cluster.yaml"
+    assert cluster["work_pool"]["name"] != _deployments()["retrain-nightly"]["work_pool"]["name"]
 
 
 def _render(value, payload: dict):

@@ -283,7 +283,8 @@ def stack(tmp_path_factory) -> Stack:
                       MLFLOW_TRACKING_URI=tracking_uri, PREFECT_WORKER_QUERY_SECONDS="2")
     st = Stack(base, api, env, checkout, store, tracking_uri, landed, evalset, base / "server.log",
                base / "worker.log")
-    pool = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"][0]["work_pool"]["name"]
+    deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    pool = deployments[0]["work_pool"]["name"]  # the local pool; the cluster pool gets no worker here
     procs: list[subprocess.Popen] = []
     since = psutil.Process().create_time()  # nothing created before this test process can be one it started
     try:
@@ -293,9 +294,10 @@ def stack(tmp_path_factory) -> Stack:
             wait_http(api + "/health", 180)
         except TimeoutError:
             raise AssertionError("prefect server did not start:\n" + _tail(st.server_log)) from None
-        res = subprocess.run([*PREFECT, "work-pool", "create", pool, "--type", "process"], env=env, cwd=base,
-                             capture_output=True, text=True, timeout=120)
-        assert res.returncode == 0, res.stdout + res.stderr
+        for name in sorted({d["work_pool"]["name"] for d in deployments}):
+            res = subprocess.run([*PREFECT, "work-pool", "create", name, "--type", "process"], env=env, cwd=base,
+                                 capture_output=True, text=True, timeout=120)
+            assert res.returncode == 0, res.stdout + res.stderr
         res = subprocess.run([*PREFECT, "--no-prompt", "deploy", "--all"], env=env, cwd=checkout,
                              capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, _hint(res.stdout, res.stderr) + res.stdout[-4000:] + res.stderr[-4000:]

@@ -42,7 +42,7 @@ PREFECT_YAML = yaml.safe_load((ROOT / "prefect.yaml").read_text())
 
 # Compose services and Kubernetes containers that run srcompress code (the flow driver and the Ray nodes, whose
 # actors and DeepSpeed ranks open the store and MLflow themselves); the others run servers.
-COMPOSE_RUNNERS = {"prefect-worker", "ray-head", "ray-worker"}
+COMPOSE_RUNNERS = {"prefect-worker", "prefect-worker-cluster", "ray-head", "ray-worker"}
 K8S_RUNNERS = {"ray-head", "ray-worker"}  # RayCluster containers; the RayJob's entrypoint runs on the head
 
 # Library variables srcompress relies on without reading them itself (its own reads are derived below).
@@ -382,11 +382,14 @@ def test_cluster_config_validates_and_matches_the_wiring(monkeypatch):
 
 
 # -- 4. Prefect --------------------------------------------------------------------------------------------------
-def test_prefect_worker_serves_prefect_yamls_pool_from_its_checkout():
+def test_prefect_workers_serve_every_pool_of_prefect_yaml_from_its_checkout():
     pools = {d["work_pool"]["name"] for d in PREFECT_YAML["deployments"]}
-    assert len(pools) == 1, pools
-    cmd = command(SERVICES["prefect-worker"])
-    assert flag(cmd, "--pool") in pools and flag(cmd, "--type") == "process"
+    served = {}
+    for name in ("prefect-worker", "prefect-worker-cluster"):
+        cmd = command(SERVICES[name])
+        assert flag(cmd, "--type") == "process" and "ray start --address=ray-head:6379" in cmd, name
+        served[flag(cmd, "--pool")] = name
+    assert set(served) == pools, (served, pools)
     checkout = dockerfile_env()["SRCOMPRESS_CHECKOUT"]
     assert re.search(rf"^WORKDIR {re.escape(checkout)}$", DOCKERFILE, re.M), "WORKDIR is not the checkout"
     for d in PREFECT_YAML["deployments"]:  # the entrypoints exist in the checkout the image copies
