@@ -1,11 +1,13 @@
 """Train the tiny SD3-style one-step teacher of the embedded default, on degraded pairs, on a CPU.
 
-0. **VAE init** (``AutoencoderKL``, one block, latent = pixels): an exact identity map by construction
-   (``tiny.identity_init_vae``; ``vae_init: random`` trains one from scratch instead). Measured on these
-   machines: a from-scratch tiny VAE reaches ~30 dB after 1500 steps and that loss alone puts the teacher
-   ~2 dB *below* bicubic, whatever the restorer learns.
-1. **VAE fine-tune** (optional, ``vae_steps``): L1 reconstruction + a tiny KL on random LQ/HQ crops. The
-   latent scaling factor is then set as SD does: 1 / std of the HQ latents.
+0. **VAE init** (``AutoencoderKL``): ``identity`` — one block, latent = pixels, an exact identity map by
+   construction (``tiny.identity_init_vae``); ``pca`` — latent factor 4, an exact PCA encoder and a decoder
+   whose fitted linear path is copied in (``vae_init.build_pca_vae``, ``vae_linear_steps``); ``random`` —
+   trained from scratch. Measured on these machines: a from-scratch tiny VAE reaches ~30 dB after 1500 steps
+   and that loss alone puts the teacher ~2 dB *below* bicubic, whatever the restorer learns.
+1. **VAE fine-tune** (optional, ``vae_steps``): L1 reconstruction + a tiny KL on random LQ/HQ crops (with
+   ``pca``, the decoder only: the encoder stays the exact projection). The latent scaling factor is then set
+   as SD does: 1 / std of the HQ latents.
 2. **One-step restorer** (``SD3Transformer2DModel``, t = 1000, fixed prompt embedding): ``z0 = z_L − v`` with
    loss ``MSE(v, z_L − z_H)`` (the rectified-flow target at σ = 1) on random latent *tiles*, one-cycle LR.
    ``proj_out`` starts at zero, so training starts at the identity (teacher = bicubic LQ exactly). The
@@ -32,6 +34,7 @@ from srcompress.typed import StrictModel
 from srcompress.models.teachers.base import LatentConvention
 from srcompress.models.teachers.sd3 import SD3OneStepTeacher
 from srcompress.models.teachers.tiny import tiny_sd3_teacher
+from srcompress.models.teachers.vae_init import build_pca_vae
 
 Tensor = torch.Tensor
 
@@ -40,7 +43,7 @@ class BootstrapConfig(StrictModel):
     """The tiny SD3-style teacher trained in-pipeline for the embedded default (``teacher.source: bootstrap``)."""
 
     seed: int = Field(0, description="Seed of initialisation, batch sampling and the validation split.")
-    vae_init: Literal["identity", "random"] = Field("identity", description="identity: exact identity AutoencoderKL (one block, latent = pixels), see models/teachers/tiny.py; random: train from scratch.")
+    vae_init: Literal["identity", "pca", "random"] = Field("identity", description="identity: exact identity AutoencoderKL (one block, latent = pixels), see models/teachers/tiny.py; pca: latent factor 4, exact PCA encoder + fitted linear decoder path (models/teachers/vae_init.py; vae_channels [c, c, w], c >= max(12, latent_channels), w > 2 * latent_channels, vae_norm_groups 1); random: train from scratch.")
     vae_channels: list[int] = Field([32], min_length=1, description="AutoencoderKL block widths; 2**(n-1) is the latent downsampling factor.")
     vae_norm_groups: int = Field(1, ge=1, description="GroupNorm groups in the VAE (identity init needs 1; 1 also trained fastest from scratch).")
     latent_channels: int = Field(16, ge=3, description="Latent channels (SD3: 16).")
@@ -55,7 +58,9 @@ class BootstrapConfig(StrictModel):
     prompt_len: int = Field(8, ge=1, description="Tokens of the fixed prompt embedding.")
     batch_size: int = Field(16, ge=1, description="Training batch size (both phases).")
     vae_steps: int = Field(0, ge=0, description="Phase 1: VAE reconstruction steps (L1 + KL) on LQ and HQ crops; 0 keeps the identity init.")
-    vae_lr: float = Field(8e-3, gt=0, description="Phase 1 peak learning rate (one-cycle schedule).")
+    vae_lr: float = Field(8e-3, gt=0, description="Phase 1 peak learning rate (one-cycle schedule); a fine-tune of the pca init wants ~2e-4.")
+    vae_linear_steps: int = Field(1000, ge=0, description="vae_init=pca: Adam steps fitting the decoder's linear path (MSE) before it is copied into the AutoencoderKL.")
+    vae_linear_lr: float = Field(2e-3, gt=0, description="vae_init=pca: peak learning rate of that fit (one-cycle).")
     vae_crop: int = Field(48, ge=8, description="Random crop size of phase-1 patches.")
     kl_weight: float = Field(1e-6, ge=0, description="KL weight of the VAE loss.")
     restorer_steps: int = Field(400, ge=0, description="Phase 2: one-step restorer steps on random latent tiles.")
@@ -72,6 +77,11 @@ class BootstrapConfig(StrictModel):
         if self.vae_init == "identity" and (len(self.vae_channels) != 1 or self.vae_norm_groups != 1
                                             or self.vae_channels[0] < 8):
             raise ValueError("vae_init=identity needs vae_channels=[w >= 8] and vae_norm_groups=1")
+        ch, lat = self.vae_channels, self.latent_channels
+        if self.vae_init == "pca" and (len(ch) != 3 or self.vae_norm_groups != 1 or ch[0] != ch[1]
+                                       or ch[0] < max(12, lat) or ch[2] <= 2 * lat):
+            raise ValueError(f"vae_init=pca needs vae_channels=[c, c, w] with c >= max(12, latent_channels={lat}), "
+                             f"w > 2 * latent_channels, and vae_norm_groups=1; got {ch}, {self.vae_norm_groups}")
         return self
 
 
@@ -102,8 +112,12 @@ def _update(opt, sched, loss: Tensor, losses: list[float], step: int, total: int
 def train_vae(teacher: SD3OneStepTeacher, images: Tensor, cfg: BootstrapConfig, g: torch.Generator,
               log: Callable[[str], None]) -> list[float]:
     vae = teacher.vae
-    vae.train().requires_grad_(True)
-    opt = torch.optim.Adam(vae.parameters(), cfg.vae_lr, betas=(0.9, 0.99))
+    vae.train().requires_grad_(cfg.vae_init != "pca")
+    if cfg.vae_init == "pca":  # the encoder stays the exact projection; the decoder learns what is non-linear
+        for part in (vae.decoder, vae.post_quant_conv):
+            if part is not None:
+                part.requires_grad_(True)
+    opt = torch.optim.Adam([p for p in vae.parameters() if p.requires_grad], cfg.vae_lr, betas=(0.9, 0.99))
     sched = _one_cycle(opt, cfg.vae_lr, cfg.vae_steps)
     crop, n, size = cfg.vae_crop, len(images), images.shape[-1]
     losses = []
@@ -235,7 +249,12 @@ def train_tiny_teacher(lq: Tensor, hq: Tensor, cfg: BootstrapConfig, log: Callab
         teacher.vae.load_state_dict(resume["vae"])
         vae_losses = list(resume["vae_losses"])
     else:
-        vae_losses = train_vae(teacher, torch.cat([lq, hq]), cfg, g, log) if cfg.vae_steps else []
+        vae_losses = []  # the linear decoder fit's MSE (pca), then the fine-tune's loss
+        if cfg.vae_init == "pca":
+            vae_losses += build_pca_vae(teacher.vae, torch.cat([lq, hq]) * 2 - 1, cfg.vae_linear_steps,
+                                        cfg.vae_linear_lr, cfg.batch_size, cfg.vae_crop, g, log)
+        if cfg.vae_steps:
+            vae_losses += train_vae(teacher, torch.cat([lq, hq]), cfg, g, log)
     t_vae = time.perf_counter() - t0
     sf = set_scaling_factor(teacher, hq)
 
