@@ -34,6 +34,7 @@ from srcompress.typed import StrictModel
 from srcompress.models.teachers.base import LatentConvention
 from srcompress.models.teachers.sd3 import SD3OneStepTeacher
 from srcompress.models.teachers.tiny import tiny_sd3_teacher
+from srcompress.models.teachers.optim import one_cycle as _one_cycle, update as _update
 from srcompress.models.teachers.vae_init import build_pca_vae
 
 Tensor = torch.Tensor
@@ -91,22 +92,6 @@ def _augment(x: Tensor, y: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
     if torch.rand(1, generator=g).item() < 0.5:
         x, y = x.flip(-1), y.flip(-1)
     return x.rot90(k, (-2, -1)), y.rot90(k, (-2, -1))
-
-
-def _one_cycle(opt: torch.optim.Optimizer, lr: float, steps: int):
-    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
-
-
-def _update(opt, sched, loss: Tensor, losses: list[float], step: int, total: int, name: str,
-            log: Callable[[str], None]) -> None:
-    """One optimiser step + the running-loss log line every fifth of the phase."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    sched.step()
-    losses.append(loss.item())
-    if (step + 1) % max(1, total // 5) == 0:
-        log(f"bootstrap {name} {step + 1}/{total}: loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
 
 
 def train_vae(teacher: SD3OneStepTeacher, images: Tensor, cfg: BootstrapConfig, g: torch.Generator,

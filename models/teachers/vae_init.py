@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from srcompress.models.teachers.optim import one_cycle, update
+
 Tensor = torch.Tensor
 
 
@@ -74,6 +76,14 @@ def _zero_resnets(part: nn.Module) -> None:
                     m.conv_shortcut.weight[i, i, 0, 0] = 1.0
 
 
+def _pass_data(gn: nn.GroupNorm, data: int, bias: float) -> None:
+    """The GroupNorm keeps its first ``data`` channels (moved to SiLU's near-linear region) and zeroes the rest."""
+    gn.weight.zero_()
+    gn.bias.zero_()
+    gn.weight[:data] = 1.0
+    gn.bias[:data] = bias
+
+
 def _near_linear(width: int, data: int, const: float, shift: float) -> tuple[float, float, float]:
     """GroupNorm(1 group) over ``data`` ±pairs and ``width − data`` channels at ``const``: (the norm's shift, its
     std, SiLU's slope at ``shift``). Mean and variance are set by the constants (the ± pairs cancel in the mean)."""
@@ -114,10 +124,7 @@ def pca_init_encoder(vae, basis: Tensor, mean: Tensor, const: float = 300.0, shi
         sc.weight[j, j, 0, 0], sc.weight[lat + j, j, 0, 0] = 1.0, -1.0
     sc.bias[2 * lat:] = const
     bias, std, slope = _near_linear(w, 2 * lat, const, shift)
-    enc.conv_norm_out.weight.zero_()
-    enc.conv_norm_out.bias.zero_()
-    enc.conv_norm_out.weight[:2 * lat] = 1.0
-    enc.conv_norm_out.bias[:2 * lat] = bias
+    _pass_data(enc.conv_norm_out, 2 * lat, bias)
     enc.conv_out.weight.zero_()
     enc.conv_out.bias.zero_()
     for j in range(lat):
@@ -179,10 +186,7 @@ def realize_decoder(vae, lin: LinearDecoder, const: float = 300.0, shift: float 
     up.bias[:data], up.bias[data:2 * data] = bias, -bias
     up.bias[2 * data:] = const
     gn_bias, std, slope = _near_linear(c, 2 * data, const, shift)
-    dec.conv_norm_out.weight.zero_()
-    dec.conv_norm_out.bias.zero_()
-    dec.conv_norm_out.weight[:2 * data] = 1.0
-    dec.conv_norm_out.bias[:2 * data] = gn_bias
+    _pass_data(dec.conv_norm_out, 2 * data, gn_bias)
     a = std / (2 * slope)
     dec.conv_out.weight.zero_()
     dec.conv_out.weight[:, :data] = a * lin.conv_out.weight
@@ -204,7 +208,7 @@ def build_pca_vae(vae, images: Tensor, linear_steps: int, lr: float, batch: int,
 
     opt = torch.optim.Adam(lin.parameters(), lr)
     warm = min(0.5, max(0.05, 2.0 / max(linear_steps, 1)))  # ≥ 2 warm-up steps: OneCycleLR divides by them
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(linear_steps, 2), pct_start=warm)
+    sched = one_cycle(opt, lr, max(linear_steps, 2), pct_start=warm)
     crop = min(crop, images.shape[-1], images.shape[-2]) // 4 * 4
     losses = []
     for step in range(linear_steps):
@@ -212,13 +216,6 @@ def build_pca_vae(vae, images: Tensor, linear_steps: int, lr: float, batch: int,
         i = int(torch.randint(0, (images.shape[-2] - crop) // 4 + 1, (1,), generator=g)) * 4
         j = int(torch.randint(0, (images.shape[-1] - crop) // 4 + 1, (1,), generator=g)) * 4
         x = images[idx, :, i:i + crop, j:j + crop]
-        loss = F.mse_loss(lin(encode(x)), x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if (step + 1) % max(1, linear_steps // 5) == 0:
-            log(f"bootstrap vae (linear decoder) {step + 1}/{linear_steps}: loss {sum(losses[-50:]) / len(losses[-50:]):.5f}")
+        update(opt, sched, F.mse_loss(lin(encode(x)), x), losses, step, linear_steps, "vae (linear decoder)", log)
     realize_decoder(vae, lin)
     return losses
