@@ -232,9 +232,9 @@ def list_versions(tracking_uri: str, name: str | None = None) -> list[dict[str, 
     """Every version (of ``name``, or of every registered model), newest first, with aliases and gate tags."""
     client = _client(tracking_uri)
     query = f"name = '{name}'" if name else ""
-    if name:
-        client.get_registered_model(name)  # an unknown name is an error, not an empty list
     out, aliases = [], {}
+    if name:  # an unknown name is an error, not an empty list
+        aliases[name] = dict(client.get_registered_model(name).aliases or {})
     for mv in client.search_model_versions(query):
         if mv.name not in aliases:  # search results carry no aliases: the registered model maps alias → version
             aliases[mv.name] = dict(client.get_registered_model(mv.name).aliases or {})

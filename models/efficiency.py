@@ -145,8 +145,7 @@ def latency_stats(times_ms: list[float]) -> dict[str, float | int]:
             "latency_max_ms": t[-1], "latency_outliers": sum(1 for x in t if x > limit) if mad > 0 else 0}
 
 
-def _timer(model: nn.Module | Callable[[Tensor], object], example: Tensor) -> Callable[[], float]:
-    device = measurement_device(model, example)
+def _timer(model: nn.Module | Callable[[Tensor], object], example: Tensor, device: torch.device) -> Callable[[], float]:
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)  # noqa: E731
 
     def timed() -> float:
@@ -164,7 +163,8 @@ def measure_many(models: dict[str, nn.Module | Callable[[Tensor], object]], exam
     """Every model with the protocol above, timed interleaved: ``warmup`` untimed calls each, then ``reps``
     rounds in which each model is called once, in an order rotated every round."""
     names = list(models)
-    timers = {n: _timer(models[n], example) for n in names}
+    devices = {n: measurement_device(models[n], example) for n in names}
+    timers = {n: _timer(models[n], example, devices[n]) for n in names}
     times: dict[str, list[float]] = {n: [] for n in names}
     with torch.no_grad():
         for n in names:
@@ -175,7 +175,7 @@ def measure_many(models: dict[str, nn.Module | Callable[[Tensor], object]], exam
                 times[n].append(timers[n]())
     out = {}
     for n in names:
-        model, device = models[n], measurement_device(models[n], example)
+        model, device = models[n], devices[n]
         call = (lambda m=model: m(example))  # noqa: E731
         mem, method = peak_memory_mb(call, device)
         params = sum(p.numel() for p in model.parameters()) if isinstance(model, nn.Module) else 0

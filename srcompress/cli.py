@@ -29,7 +29,6 @@ app.add_typer(__import__("srcompress.datasets_cli", fromlist=["app"]).app, name=
 app.add_typer(__import__("srcompress.models_cli", fromlist=["app"]).app, name="models")  # list | promote | rollback
 
 
-
 def _print_version(value: bool) -> None:
     if value:
         from importlib.metadata import version
