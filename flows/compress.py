@@ -26,16 +26,6 @@ from srcompress.infra.context import RunContext
 from srcompress.infra.manifest import code_version
 from srcompress.infra.ray_cluster import ray_scope
 from srcompress.infra.store import atomic_write_bytes
-from srcompress.tasks.degrade.step import run_degrade
-from srcompress.tasks.distill.step import run_distill
-from srcompress.tasks.encode.step import run_encode
-from srcompress.tasks.evaluate.data_step import run_eval_data
-from srcompress.tasks.evaluate.step import run_evaluate
-from srcompress.tasks.redundancy.step import run_redundancy
-from srcompress.tasks.register.step import run_register
-from srcompress.tasks.search.step import check_groups, run_search
-from srcompress.tasks.teacher.step import run_teacher
-from srcompress.tasks.vae.step import run_compress_vae
 
 
 def _open_parent_run(cfg: SrConfig, ctx: RunContext) -> str:
@@ -59,25 +49,41 @@ def _open_parent_run(cfg: SrConfig, ctx: RunContext) -> str:
 
 def train_steps(ctx: RunContext, cfg: SrConfig, last: int) -> dict[str, Any]:
     """Every step before ``evaluate`` up to ``STEPS[last]``, in DAG order; returns their manifests. Also used by
-    the evaluation flow to obtain (from the cache, after a run) the models it is asked to score."""
+    the evaluation flow to obtain (from the cache, after a run) the models it is asked to score.
+
+    Each step's module is imported when the step is reached: a cached ``--until degrade`` never loads torch or
+    diffusers (docs/architecture.md §1, start-up)."""
+    from srcompress.tasks.degrade.step import run_degrade
+
     manifests: dict[str, Any] = {"degrade": run_degrade(ctx, cfg.data, cfg.degrade, cfg.run.max_workers)}
     if has_holdout(cfg):  # evaluation images, degraded the same way, never trained on
         manifests["degrade_holdout"] = run_degrade(ctx, cfg.data, cfg.degrade, cfg.run.max_workers, "holdout")
     if last >= STEPS.index("bootstrap_teacher"):
+        from srcompress.tasks.search.step import check_groups
+        from srcompress.tasks.teacher.step import run_teacher
+
         manifests["bootstrap_teacher"] = run_teacher(ctx, cfg.teacher, manifests["degrade"],
                                                      manifests.get("degrade_holdout"))
         if last >= STEPS.index("search_pruning"):
             check_groups(cfg.search, manifests["bootstrap_teacher"])  # before the encode step's work
     if last >= STEPS.index("compress_vae") and cfg.vae.enabled:
+        from srcompress.tasks.vae.step import run_compress_vae
+
         manifests["compress_vae"] = run_compress_vae(ctx, cfg.vae, cfg.teacher, manifests["degrade"],
                                                      manifests["bootstrap_teacher"], manifests.get("degrade_holdout"))
     if last >= STEPS.index("encode_latents"):
+        from srcompress.tasks.encode.step import run_encode
+
         manifests["encode_latents"] = run_encode(ctx, cfg.encode, cfg.teacher, manifests["degrade"],
                                                  manifests["bootstrap_teacher"])
     if last >= STEPS.index("analyse_redundancy"):
+        from srcompress.tasks.redundancy.step import run_redundancy
+
         manifests["analyse_redundancy"] = run_redundancy(ctx, cfg.redundancy, cfg.teacher,
                                                          manifests["encode_latents"], manifests["bootstrap_teacher"])
     if last >= STEPS.index("search_pruning"):
+        from srcompress.tasks.search.step import run_search
+
         manifests["search_pruning"] = run_search(ctx, cfg.search, cfg.teacher, manifests["encode_latents"],
                                                  manifests["bootstrap_teacher"], manifests["analyse_redundancy"],
                                                  ctx.ray_address,
@@ -89,6 +95,8 @@ def train_steps(ctx: RunContext, cfg: SrConfig, last: int) -> dict[str, Any]:
 
 def distill(ctx: RunContext, cfg: SrConfig, manifests: dict[str, Any], pixel: bool) -> dict[str, Any]:
     """Stage 1 then (``pixel``) stage 2; with ``distill.phase_ablation`` the same with the adapter flipped."""
+    from srcompress.tasks.distill.step import run_distill
+
     common = dict(latents=manifests["encode_latents"], pairs=manifests["degrade"],
                   teacher=manifests["bootstrap_teacher"], mask=manifests["search_pruning"],
                   ray_address=ctx.ray_address)
@@ -142,6 +150,9 @@ def compress(config: dict[str, Any] | str, workdir: str, until: Literal[STEPS] |
         with ray_scope():  # one Ray for the run's steps, stopped when they are done
             manifests.update(train_steps(ctx, cfg, last))
             if last >= STEPS.index("evaluate"):
+                from srcompress.tasks.evaluate.data_step import run_eval_data
+                from srcompress.tasks.evaluate.step import run_evaluate
+
                 if "degrade_holdout" in manifests:  # every model on the held-out images, never trained on
                     manifests["eval_data"] = run_eval_data(ctx, cfg.evaluate, cfg.data, cfg.degrade)
                     manifests["evaluate"] = run_evaluate(ctx, cfg.evaluate, manifests["eval_data"],
@@ -151,6 +162,8 @@ def compress(config: dict[str, Any] | str, workdir: str, until: Literal[STEPS] |
                     log.warning("evaluate: skipped, no held-out images (set data.held_out or data.held_out_fraction, "
                                 "or use `srcompress evaluate --data …`)")
             if last >= STEPS.index("register") and cfg.registry.enabled:
+                from srcompress.tasks.register.step import run_register
+
                 manifests["register"] = run_register(ctx, cfg.registry, manifests, cfg.degrade.scale,
                                                      cfg.evaluate.inference.model_dump(mode="json",
                                                                                        include={"tile", "tile_overlap", "color_fix"}),

@@ -47,11 +47,23 @@ class Closure:
         return h.hexdigest()
 
 
-def _origin(name: str) -> Path | None:
+def _spec(name: str):
+    """``find_spec`` without executing a module: ``find_spec("a.b.c")`` imports ``a.b``, so a name under a
+    *module* (``from a.b import c`` where ``c`` is a function) is answered None before asking; only package
+    ``__init__``s run. Computing a code version must not import the step it versions (torch, diffusers…)."""
+    parent = name.rpartition(".")[0]
+    if parent:
+        pspec = _spec(parent)
+        if pspec is None or pspec.submodule_search_locations is None:
+            return None
     try:
-        spec = importlib.util.find_spec(name)
+        return importlib.util.find_spec(name)
     except (ImportError, ValueError):
         return None
+
+
+def _origin(name: str) -> Path | None:
+    spec = _spec(name)
     if spec is None or not spec.origin or not spec.origin.endswith(".py"):
         return None
     return Path(spec.origin)

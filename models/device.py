@@ -9,9 +9,11 @@ does not depend on which device's RNG produced it (docs/architecture.md §4).
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch loads where a device is resolved: configs validate without it (fast CLI start)
+    import torch
+    from torch import nn
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 
@@ -22,6 +24,8 @@ class DeviceError(ValueError):
 
 def resolve_device(spec: str | None, key: str = "run.device") -> torch.device:
     """``auto`` → cuda when available, else cpu; ``cuda`` on a machine without one is an error naming ``key``."""
+    import torch
+
     spec = spec or "auto"
     if not re.fullmatch(DEVICE_PATTERN, spec):
         raise DeviceError(f"{key}={spec!r}: expected auto, cpu, cuda or cuda:N")
@@ -43,4 +47,6 @@ def module_device(module: nn.Module, default: torch.device | str = "cpu") -> tor
         return t.device
     for t in module.buffers():
         return t.device
+    import torch
+
     return torch.device(default)

@@ -97,18 +97,29 @@ def run(config: str = ConfigOpt, workdir: Optional[Path] = typer.Option(None, he
         _fail(f"--until must be one of: {', '.join(STEPS)}", 2)
     cfg = _load(config, overrides)
     workdir = (workdir or Path("runs") / cfg.run.name).resolve()
-    from srcompress.infra.orchestration import configure_prefect
-
     _watchdog()
-    configure_prefect(workdir)  # before prefect is imported
+    api_ready = _start_prefect(workdir)
     from srcompress.flows.compress import run_pipeline
     from srcompress.infra.store import StoreError
 
     try:
+        api_ready()
         result = run_pipeline(cfg, workdir, until=until, summary=summary)
     except StoreError as exc:
         _fail(f"artifact store error: {exc}", 3)
     _human_summary("srcompress run", result, summary)
+
+
+def _start_prefect(workdir: Path):
+    """Prefect's settings, then its local API started in the background while this process imports the flow and
+    MLflow (infra/orchestration.start_local_api); returns the wait for it."""
+    from srcompress.infra.orchestration import configure_prefect, start_local_api
+    from srcompress.infra.tracking import preload
+
+    configure_prefect(workdir)  # before prefect is imported
+    wait = start_local_api()
+    preload()
+    return wait
 
 
 def _watchdog() -> None:
@@ -184,14 +195,13 @@ def evaluate(config: str = ConfigOpt, data: Optional[str] = typer.Option(None, h
     if not data.startswith("s3://") and not Path(data).expanduser().exists():
         _fail(f"--data {data}: no such file or folder", 2)
     workdir = (workdir or Path("runs") / cfg.run.name).resolve()
-    from srcompress.infra.orchestration import configure_prefect
-
     _watchdog()
-    configure_prefect(workdir)
+    api_ready = _start_prefect(workdir)
     from srcompress.flows.evaluate import run_evaluation
     from srcompress.infra.store import StoreError
 
     try:
+        api_ready()
         result = run_evaluation(cfg, workdir, data if data.startswith("s3://") else str(Path(data).expanduser().resolve()),
                                 summary=summary)
     except StoreError as exc:

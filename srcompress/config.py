@@ -122,7 +122,9 @@ def preflight(cfg: SrConfig) -> None:
     if cfg.encode.gpus_per_actor == 0 and not cfg.run.ray_address:  # GPUs of a remote cluster are not ours to see
         checks.append(("encode.device", cfg.encode.device))
     for key, spec in checks:
-        if spec is not None:
+        # auto and cpu always resolve (the fields' pattern rejects anything else): only a CUDA request needs
+        # torch to look at the machine, and a cached rerun should not pay torch's import for nothing.
+        if spec is not None and spec.startswith("cuda"):
             try:
                 resolve_device(spec, key)
             except DeviceError as exc:

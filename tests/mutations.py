@@ -205,6 +205,16 @@ MUTATIONS = [
              "    opt = torch.optim.AdamW(model.param_groups(cfg.lr, cfg.weight_decay, cfg.gate_lr_mult), betas=(0.8, 0.99))",
              ("tests/test_golden_curves.py",),
              "the search optimiser's betas change (a training-numerics drift)"),
+    Mutation("codever-executes-modules", "infra/codever.py",
+             "        if pspec is None or pspec.submodule_search_locations is None:\n            return None\n",
+             "        if pspec is None:\n            return None\n",
+             ("tests/infra/test_codever.py", "tests/test_startup.py"),
+             "computing a code version imports the modules it reads (a cached rerun loads torch and diffusers)"),
+    Mutation("eager-step-imports", "flows/compress.py",
+             "from srcompress.infra.store import atomic_write_bytes\n",
+             "from srcompress.infra.store import atomic_write_bytes\nfrom srcompress.tasks.teacher.step import run_teacher  # noqa\n",
+             ("tests/test_startup.py",),
+             "the flow imports every step's module up front again (torch and diffusers on a cached rerun)"),
 ]
 
 

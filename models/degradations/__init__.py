@@ -1,6 +1,10 @@
-"""Real-ESRGAN second-order degradation (kernels, operators, JPEG, the batched pipeline, its config)."""
+"""Real-ESRGAN second-order degradation (kernels, operators, JPEG, the batched pipeline, its config).
 
-from srcompress.models.degradations.config import DegradationConfig
-from srcompress.models.degradations.pipeline import SampleParams, degrade_batch, draw_params
+The names below load on first use: a config that only needs ``DegradationConfig`` does not import torch."""
 
-__all__ = ["DegradationConfig", "SampleParams", "degrade_batch", "draw_params"]
+from srcompress.models import lazy_exports
+
+_EXPORTS = {"DegradationConfig": "config", "SampleParams": "pipeline", "degrade_batch": "pipeline",
+            "draw_params": "pipeline"}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Protocol
+from typing import TYPE_CHECKING, Callable, Literal, Protocol
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # configs validate metric names through this module: torch loads with the backends
+    import numpy as np
+    import torch
 
-Tensor = torch.Tensor
+    Tensor = torch.Tensor
 Mode = Literal["FR", "NR", "DIST"]
 
 

@@ -16,9 +16,7 @@ from torch import nn
 
 from srcompress.models.pruning.masked import DepthMasker
 from srcompress.models.pruning.masks import NMGumbelGates
-
-# LoRA targets (peft names), docs/methods.md §10: TinySR's list for SD3 transformer blocks.
-TINYSR_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0", "proj", "linear", "linear_1", "linear_2", "net.2"]
+from srcompress.models.pruning.targets import TINYSR_LORA_TARGETS
 
 
 def add_lora(backbone: nn.Module, rank: int, alpha: int, targets: list[str], seed: int = 0) -> list[str]:

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, replace
 
 from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # configs import this module: torch and diffusers (via the builders) load only when a student is built
+    import torch
 
-if TYPE_CHECKING:  # configs import this module: diffusers (via the builders) loads only when a student is built
     from srcompress.models.student.student import StudentSR
 
 
@@ -82,6 +82,8 @@ def final_student(teacher, mask: list, shape: StudentShape) -> StudentSR:
     if shape.tiny_vae is not None:
         student.vae = shaped_tiny_vae(student, shape.tiny_vae)
     elif shape.compressed_vae is not None:
+        import torch
+
         from srcompress.models.student.vae_prune import pruned_architecture
 
         c = shape.compressed_vae

@@ -1,9 +1,12 @@
-"""One-step diffusion SR teachers behind one interface (SD3 transformer, SD-UNet), loaders, tiny builders."""
+"""One-step diffusion SR teachers behind one interface (SD3 transformer, SD-UNet), loaders, tiny builders.
 
-from srcompress.models.teachers.base import LatentConvention, OneStepTeacher, image_stream
-from srcompress.models.teachers.loader import TeacherLoadError, load_teacher, save_teacher
-from srcompress.models.teachers.sd3 import SD3OneStepTeacher
-from srcompress.models.teachers.unet import UNetOneStepTeacher
+The names below load on first use: the bootstrap recipe's config (``bootstrap_config``) validates without
+torch or diffusers, which keeps a cached CLI rerun fast."""
 
-__all__ = ["LatentConvention", "OneStepTeacher", "SD3OneStepTeacher", "TeacherLoadError", "UNetOneStepTeacher",
-           "image_stream", "load_teacher", "save_teacher"]
+from srcompress.models import lazy_exports
+
+_EXPORTS = {"LatentConvention": "base", "OneStepTeacher": "base", "image_stream": "base",
+            "TeacherLoadError": "loader", "load_teacher": "loader", "save_teacher": "loader",
+            "SD3OneStepTeacher": "sd3", "UNetOneStepTeacher": "unet"}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

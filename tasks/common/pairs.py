@@ -6,13 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Iterator
-
-import torch
-from safetensors.torch import load
+from typing import TYPE_CHECKING, Iterator
 
 from srcompress.infra.manifest import Manifest
 from srcompress.infra.store import ArtifactStore
+
+if TYPE_CHECKING:  # torch loads where shards are read: a cached degrade step's check does not need it
+    import torch
 
 
 def pair_seed(seed: int, digest: str, crop_index: int, purpose: str) -> int:
@@ -43,6 +43,8 @@ def shard_refs(store: ArtifactStore, manifest: Manifest) -> list[ShardRef]:
 
 def read_shard(store: ArtifactStore, ref: ShardRef) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
     """(lq uint8 (N,3,h,w), hq uint8 (N,3,H,W), per-pair metadata); the digest is verified on read."""
+    from safetensors.torch import load
+
     raw = store.get_bytes(ref.key, expected_sha256=ref.sha256)
     tensors = load(raw)
     meta = json.loads(_header_metadata(raw)["srcompress"])
@@ -67,4 +69,6 @@ def load_all_pairs(store: ArtifactStore, manifest: Manifest) -> tuple[torch.Tens
     for _, lq, hq, _ in iter_pairs(store, manifest):
         lqs.append(lq)
         hqs.append(hq)
+    import torch
+
     return torch.cat(lqs).float() / 255, torch.cat(hqs).float() / 255

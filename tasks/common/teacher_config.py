@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from srcompress.infra.config import StrictModel
-from srcompress.models.teachers.bootstrap import BootstrapConfig
+from srcompress.models.teachers.bootstrap_config import BootstrapConfig
 
 
 class TeacherConfig(StrictModel):

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 from srcompress.infra.context import RunContext
 
 
@@ -38,6 +36,8 @@ def ray_task_threads(ctx: RunContext) -> int:
 
 def set_threads(n: int) -> int:
     """Set this thread's (and new threads') torch intra-op count to ``n`` (a no-op when it already is)."""
+    import torch  # here, not at module level: the flow imports this module before any step computes
+
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

@@ -16,13 +16,15 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
 from pydantic import Field
 
 from srcompress.infra.config import StrictModel
 from srcompress.models.device import resolve_device
+
+if TYPE_CHECKING:  # configs import this module (DeepSpeedConfig): torch loads where training starts
+    import torch
 
 
 class DeepSpeedConfig(StrictModel):
@@ -42,6 +44,7 @@ class DeepSpeedConfig(StrictModel):
 def init_rank(device_spec: str | None, num_workers: int, what: str = "run.device") -> tuple[int, int, torch.device]:
     """Inside a training rank (``train_on_ray``): threads per rank, the device, and DeepSpeed's process group."""
     import deepspeed
+    import torch
     import torch.distributed as dist
 
     from srcompress.tasks.common.threads import core_budget

@@ -14,18 +14,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict
-from safetensors.torch import save_file
 
 from srcompress.infra.store import StoreConfig, sha256_bytes
-from srcompress.models.degradations import SampleParams, degrade_batch
-from srcompress.models.degradations.ops import to_uint8
 from srcompress.tasks.degrade.config import DegradeConfig
 from srcompress.tasks.common.pairs import pair_seed
 from srcompress.tasks.common.ingest import BadImage, check_size, decode_image
 from srcompress.tasks.common.sources import DataConfig, SourceRef, read_source
+
+if TYPE_CHECKING:  # torch and the degradation kernels load in compute_shard: scanning and planning need neither
+    import torch
+
+    from srcompress.models.degradations import SampleParams
 
 
 class _Model(BaseModel):
@@ -117,6 +120,8 @@ def _crop(rgb: np.ndarray, item: PairItem, cfg: DegradeConfig) -> tuple[torch.Te
     patch = rgb[top : top + cfg.crop_size, left : left + cfg.crop_size]
     if flip:
         patch = patch[:, ::-1]
+    import torch
+
     t = torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1).float() / 255.0
     return t, {"box": [left, top, cfg.crop_size, cfg.crop_size], "hflip": flip}
 
@@ -135,6 +140,12 @@ def _describe(p: SampleParams) -> dict:
 def compute_shard(spec: ShardSpec, data_cfg: DataConfig, cfg: DegradeConfig, store_cfg: StoreConfig,
                   out_path: Path) -> int:
     """Degrade every pair of the shard and write the safetensors file to ``out_path``. Returns #pairs."""
+    import torch
+    from safetensors.torch import save_file
+
+    from srcompress.models.degradations import degrade_batch
+    from srcompress.models.degradations.ops import to_uint8
+
     decoded: dict[str, np.ndarray] = {}
     crops, meta, seeds = [], [], []
     for item in spec.items:

@@ -26,7 +26,6 @@ from srcompress.infra.manifest import Manifest, cache_key, code_version, digest_
 from srcompress.infra.ray_cluster import map_on_ray, where_am_i
 from srcompress.infra.store import atomic_write_bytes
 from srcompress.tasks.degrade.config import DegradeConfig
-from srcompress.tasks.degrade.preview import pairs_preview
 from srcompress.tasks.degrade.shards import (
     Quarantined,
     SourceRecord,
@@ -239,6 +238,8 @@ def run_degrade(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, worke
             results = [f.result() for f in futures]
         manifest = finalize(ctx, cfg, scan, results, step_key, config_hash, inputs, code_ver, run_id, split)
         computed = [r for r in results if r.computed]
+        from srcompress.tasks.degrade.preview import pairs_preview  # torch: only when the step computed
+
         preview = pairs_preview(ctx.get_store(), manifest)
         if preview is not None:
             path = ctx.scratch("degrade") / f"{step_key[:24]}-preview.png"

@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from srcompress.infra.config import StrictModel
 from srcompress.models.device import DEVICE_PATTERN
-from srcompress.models.pruning.search import TINYSR_LORA_TARGETS
+from srcompress.models.pruning.targets import TINYSR_LORA_TARGETS
 from srcompress.tasks.common.training import DeepSpeedConfig
 
 Method = Literal["learned", "block_influence", "pgp_cos", "pgp_kl", "removal", "uniform", "random_min", "given"]

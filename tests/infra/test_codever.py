@@ -22,6 +22,8 @@ def fake_pkg(tmp_path, monkeypatch):
         "models/__init__.py": "",
         "models/helper.py": "def f():\n    return 1\n",
         "models/other.py": "import json\nX = 2\n",
+        "tasks/c.py": "from cvpkg.models.loud import f\n",  # a function imported from a module
+        "models/loud.py": "import sys\nsys.modules['cvpkg'].executed = True\n\ndef f():\n    return 3\n",
     }
     for rel, text in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -45,6 +47,15 @@ def test_editing_a_helper_changes_only_the_steps_that_reach_it(fake_pkg):
     assert _digest("cvpkg.tasks.b") == b
     (fake_pkg / "models" / "other.py").write_text("import json\nX = 3\n")
     assert _digest("cvpkg.tasks.b") != b
+
+
+def test_versioning_a_step_never_executes_the_modules_it_reads(fake_pkg):
+    # `from cvpkg.models.loud import f` makes the walk ask whether `f` is a submodule; find_spec would answer by
+    # importing cvpkg.models.loud (for a real step: torch and diffusers, seconds of a cached CLI rerun)
+    mods = dict(closure("cvpkg.tasks.c", prefixes=("cvpkg.tasks", "cvpkg.models")).modules)
+    assert "cvpkg.models.loud" in mods
+    assert not getattr(sys.modules["cvpkg"], "executed", False)
+    assert "cvpkg.models.loud" not in sys.modules
 
 
 def test_library_versions_are_part_of_the_closure(fake_pkg):

@@ -623,7 +623,7 @@ def test_distill_phase_ablation_adds_the_flipped_student_and_its_table_row(tmp_p
         calls.append((stage, phase, stage1))
         return _manifest("student", step=f"distill_{stage}", digest=f"{stage}-{phase}".ljust(64, "0"))
 
-    monkeypatch.setattr(compress, "run_distill", run_distill)
+    monkeypatch.setattr("srcompress.tasks.distill.step.run_distill", run_distill)  # the flow imports it per call
     manifests = {k: _manifest(k) for k in ("encode_latents", "degrade", "bootstrap_teacher", "search_pruning")}
     for ablation in (False, True):
         calls.clear()

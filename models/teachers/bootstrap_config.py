@@ -1,0 +1,56 @@
+"""The tiny teacher's bootstrap recipe as a typed config (``teacher.bootstrap``), apart from the training code
+(``bootstrap.py``) so that validating a config imports neither torch nor diffusers."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from srcompress.typed import StrictModel
+
+
+class BootstrapConfig(StrictModel):
+    """The tiny SD3-style teacher trained in-pipeline for the embedded default (``teacher.source: bootstrap``)."""
+
+    seed: int = Field(0, description="Seed of initialisation, batch sampling and the validation split.")
+    vae_init: Literal["identity", "pca", "random"] = Field("identity", description="identity: exact identity AutoencoderKL (one block, latent = pixels), see models/teachers/tiny.py; pca: latent factor 4, exact PCA encoder + fitted linear decoder path (models/teachers/vae_init.py; vae_channels [c, c, w], c >= max(12, latent_channels), w > 2 * latent_channels, vae_norm_groups 1); random: train from scratch.")
+    vae_channels: list[int] = Field([32], min_length=1, description="AutoencoderKL block widths; 2**(n-1) is the latent downsampling factor.")
+    vae_norm_groups: int = Field(1, ge=1, description="GroupNorm groups in the VAE (identity init needs 1; 1 also trained fastest from scratch).")
+    latent_channels: int = Field(16, ge=3, description="Latent channels (SD3: 16).")
+    num_layers: int = Field(8, ge=1, description="SD3 transformer blocks (the prunable units).")
+    heads: int = Field(2, ge=1, description="Attention heads per block.")
+    head_dim: int = Field(16, ge=4, description="Width of one attention head.")
+    patch_size: int = Field(4, ge=1, description="Transformer patch size (latent cells per token side).")
+    tile: int = Field(32, ge=4, description="Latent tile the transformer sees (training crops and inference tiles; its pos_embed size).")
+    tile_overlap: int = Field(16, ge=0, description="Overlap of inference tiles (Gaussian blending).")
+    text_dim: int = Field(32, ge=1, description="joint_attention_dim of the fixed prompt embedding.")
+    pooled_dim: int = Field(32, ge=1, description="pooled_projection_dim of the fixed pooled embedding.")
+    prompt_len: int = Field(8, ge=1, description="Tokens of the fixed prompt embedding.")
+    batch_size: int = Field(16, ge=1, description="Training batch size (both phases).")
+    vae_steps: int = Field(0, ge=0, description="Phase 1: VAE reconstruction steps (L1 + KL) on LQ and HQ crops; 0 keeps the identity init.")
+    vae_lr: float = Field(8e-3, gt=0, description="Phase 1 peak learning rate (one-cycle schedule); a fine-tune of the pca init wants ~2e-4.")
+    vae_linear_steps: int = Field(1000, ge=0, description="vae_init=pca: Adam steps fitting the decoder's linear path (MSE) before it is copied into the AutoencoderKL.")
+    vae_linear_lr: float = Field(2e-3, gt=0, description="vae_init=pca: peak learning rate of that fit (one-cycle).")
+    vae_crop: int = Field(48, ge=8, description="Random crop size of phase-1 patches.")
+    kl_weight: float = Field(1e-6, ge=0, description="KL weight of the VAE loss.")
+    restorer_steps: int = Field(400, ge=0, description="Phase 2: one-step restorer steps on random latent tiles.")
+    restorer_lr: float = Field(5e-4, gt=0, description="Phase 2 peak learning rate (one-cycle schedule).")
+    latent_weight: float = Field(1.0, ge=0, description="Phase 2: weight of MSE(v, z_L − z_H) (the flow-matching target at t=1000).")
+    pixel_weight: float = Field(0.0, ge=0, description="Phase 2: weight of L1(decode(z_L − v), HQ) (redundant with an identity VAE).")
+    val_fraction: float = Field(0.15, ge=0, lt=1, description="Training pairs held back to pick the best restorer checkpoint (never the held-out set).")
+    eval_every: int = Field(50, ge=1, description="Validate every N restorer steps; the best checkpoint (step 0 included) is kept.")
+    max_seconds: float = Field(360.0, gt=0, description="Time budget; exceeding it is logged as a warning (steps are fixed for reproducibility).")
+    checkpoint_every: int = Field(100, ge=0, description="Save a resumable checkpoint every N restorer steps (0 = never); a killed run resumes from the last one with identical results.")
+
+    @model_validator(mode="after")
+    def _check_identity(self) -> BootstrapConfig:
+        if self.vae_init == "identity" and (len(self.vae_channels) != 1 or self.vae_norm_groups != 1
+                                            or self.vae_channels[0] < 8):
+            raise ValueError("vae_init=identity needs vae_channels=[w >= 8] and vae_norm_groups=1")
+        ch, lat = self.vae_channels, self.latent_channels
+        if self.vae_init == "pca" and (len(ch) != 3 or self.vae_norm_groups != 1 or ch[0] != ch[1]
+                                       or ch[0] < max(12, lat) or ch[2] <= 2 * lat):
+            raise ValueError(f"vae_init=pca needs vae_channels=[c, c, w] with c >= max(12, latent_channels={lat}), "
+                             f"w > 2 * latent_channels, and vae_norm_groups=1; got {ch}, {self.vae_norm_groups}")
+        return self
