@@ -47,15 +47,17 @@ def _open_parent_run(cfg: SrConfig, ctx: RunContext) -> str:
     return run_id
 
 
-def train_steps(ctx: RunContext, cfg: SrConfig, last: int) -> dict[str, Any]:
+def train_steps(ctx: RunContext, cfg: SrConfig, last: int, manifests: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every step before ``evaluate`` up to ``STEPS[last]``, in DAG order; returns their manifests. Also used by
-    the evaluation flow to obtain (from the cache, after a run) the models it is asked to score.
+    the evaluation flow to obtain (from the cache, after a run) the models it is asked to score. ``manifests``
+    (filled in place) keeps what finished when a later step raises: a dry run reports it.
 
     Each step's module is imported when the step is reached: a cached ``--until degrade`` never loads torch or
     diffusers (docs/architecture.md §1, start-up)."""
     from srcompress.tasks.degrade.step import run_degrade
 
-    manifests: dict[str, Any] = {"degrade": run_degrade(ctx, cfg.data, cfg.degrade, cfg.run.max_workers)}
+    manifests = {} if manifests is None else manifests
+    manifests["degrade"] = run_degrade(ctx, cfg.data, cfg.degrade, cfg.run.max_workers)
     if has_holdout(cfg):  # evaluation images, degraded the same way, never trained on
         manifests["degrade_holdout"] = run_degrade(ctx, cfg.data, cfg.degrade, cfg.run.max_workers, "holdout")
     if last >= STEPS.index("bootstrap_teacher"):
@@ -89,28 +91,32 @@ def train_steps(ctx: RunContext, cfg: SrConfig, last: int) -> dict[str, Any]:
                                                  ctx.ray_address,
                                                  cfg.student_shape(manifests["bootstrap_teacher"].extra.get("kind", "")))
     if last >= STEPS.index("distill_latent"):
-        manifests.update(distill(ctx, cfg, manifests, last >= STEPS.index("distill_pixel")))
+        distill(ctx, cfg, manifests, last >= STEPS.index("distill_pixel"), manifests)
     return manifests
 
 
-def distill(ctx: RunContext, cfg: SrConfig, manifests: dict[str, Any], pixel: bool) -> dict[str, Any]:
-    """Stage 1 then (``pixel``) stage 2; with ``distill.phase_ablation`` the same with the adapter flipped."""
+def distill(ctx: RunContext, cfg: SrConfig, manifests: dict[str, Any], pixel: bool,
+            out: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Stage 1 then (``pixel``) stage 2; with ``distill.phase_ablation`` the same with the adapter flipped.
+    Returns the new manifests (also added to ``out`` as each stage finishes)."""
     from srcompress.tasks.distill.step import run_distill
 
     common = dict(latents=manifests["encode_latents"], pairs=manifests["degrade"],
                   teacher=manifests["bootstrap_teacher"], mask=manifests["search_pruning"],
                   ray_address=ctx.ray_address)
-    out = {}
+    new: dict[str, Any] = {}
+    out = new if out is None else out
     variants = [("", cfg.distill.phase_adapter)]
     if cfg.distill.phase_ablation:
         variants.append(("_ablation", not cfg.distill.phase_adapter))
     for suffix, phase in variants:
         s1 = run_distill(ctx, cfg.distill, cfg.teacher, "stage1", phase=phase, **common)
-        out[f"distill_latent{suffix}"] = s1
+        new[f"distill_latent{suffix}"] = out[f"distill_latent{suffix}"] = s1
         if pixel:
-            out[f"distill_pixel{suffix}"] = run_distill(ctx, cfg.distill, cfg.teacher, "stage2", stage1=s1,
-                                                        phase=phase, vae=manifests.get("compress_vae"), **common)
-    return out
+            s2 = run_distill(ctx, cfg.distill, cfg.teacher, "stage2", stage1=s1, phase=phase,
+                             vae=manifests.get("compress_vae"), **common)
+            new[f"distill_pixel{suffix}"] = out[f"distill_pixel{suffix}"] = s2
+    return new
 
 
 # Table name → the step whose manifest the evaluate step loads it from (docs/architecture.md §1).
@@ -129,45 +135,79 @@ def last_step_for(models: list[str]) -> str | None:
     return max(needed, key=STEPS.index) if needed else None
 
 
+def all_steps(ctx: RunContext, cfg: SrConfig, last: int, manifests: dict[str, Any]) -> None:
+    """Every step up to ``STEPS[last]`` in DAG order, their manifests added to ``manifests`` as they finish."""
+    train_steps(ctx, cfg, last, manifests)
+    if last >= STEPS.index("evaluate"):
+        from srcompress.tasks.evaluate.data_step import run_eval_data
+        from srcompress.tasks.evaluate.step import run_evaluate
+
+        if "degrade_holdout" in manifests:  # every model on the held-out images, never trained on
+            manifests["eval_data"] = run_eval_data(ctx, cfg.evaluate, cfg.data, cfg.degrade)
+            manifests["evaluate"] = run_evaluate(ctx, cfg.evaluate, manifests["eval_data"],
+                                                 evaluated_models(manifests), cfg.teacher,
+                                                 manifests.get("compress_vae"))
+        else:
+            get_run_logger().warning("evaluate: skipped, no held-out images (set data.held_out or "
+                                     "data.held_out_fraction, or use `srcompress evaluate --data …`)")
+    if last >= STEPS.index("register") and cfg.registry.enabled:
+        from srcompress.tasks.register.step import run_register
+
+        inference = cfg.evaluate.inference.model_dump(mode="json", include={"tile", "tile_overlap", "color_fix"})
+        manifests["register"] = run_register(ctx, cfg.registry, manifests, cfg.degrade.scale, inference,
+                                             cfg.config_hash())
+
+
+def look_up_steps(cfg: SrConfig, ctx: RunContext, last: int) -> dict[str, Any]:
+    """The steps up to ``STEPS[last]`` looked up, not computed: cached ones with their keys, then the first that
+    would run with the reasons (infra/dryrun.py). Nothing is written to MLflow or the store."""
+    from srcompress.infra.dryrun import WouldRun, explain
+    from srcompress.infra.tracking import resolve_tracking_uri
+
+    manifests: dict[str, Any] = {}
+    would = None
+    try:
+        with ray_scope():
+            all_steps(ctx.model_copy(update={"dry_run": True}), cfg, last, manifests)
+    except WouldRun as exc:
+        would = exc
+    out: dict[str, Any] = {"dry_run": True, "until": STEPS[last], "store": ctx.get_store().root_uri,
+                           "cached": {k: {"cache_key": m.cache_key, "digest": m.digest} for k, m in manifests.items()},
+                           "would_run": None}
+    if would is not None:
+        uri = resolve_tracking_uri(cfg.tracking, ctx.workdir)
+        # the DAG step the stopping run belongs to (degrade-holdout → degrade, eval_data → evaluate, …)
+        base = next((s for s in reversed(STEPS) if would.step.startswith(s)), "evaluate")
+        planned = [s for s in STEPS[STEPS.index(base) + 1 : last + 1]
+                   if (s != "compress_vae" or cfg.vae.enabled) and (s != "register" or cfg.registry.enabled)]
+        out["would_run"] = {"step": would.step, "cache_key": str(would.tags.get("cache_key", "")),
+                            "reasons": explain(ctx.get_store(), uri, would), "invalidates": planned}
+    return out
+
+
 @flow(name="srcompress-compress", log_prints=True, validate_parameters=False)
 def compress(config: dict[str, Any] | str, workdir: str, until: Literal[STEPS] | None = None,  # type: ignore[valid-type]
-             overrides: list[str] | None = None, config_ref: str | None = None) -> dict[str, Any]:
-    """Run the DAG up to and including ``until`` (default: every step). Returns the run summary.
+             overrides: list[str] | None = None, config_ref: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+    """Run the DAG up to and including ``until`` (default: every step). Returns the run summary; with
+    ``dry_run``, which steps are cached and which would run, and why, computing nothing.
 
     ``config`` is a resolved config dict, or (for deployments, see prefect.yaml) a YAML path / preset name
     with optional ``section.key=value`` overrides.
     """
     log = get_run_logger()
     cfg, ctx = resolve(config, workdir, overrides, config_ref)
+    last = STEPS.index(until or STEPS[-1])
+    if dry_run:
+        return look_up_steps(cfg, ctx, last)
     parent = _open_parent_run(cfg, ctx)
     ctx = ctx.model_copy(update={"parent_run_id": parent})
     tracker = ctx.get_tracker()
     log.info("srcompress: MLflow parent run %s at %s; store %s", parent, redact(tracker.uri),
              ctx.get_store().root_uri)
-    last = STEPS.index(until or STEPS[-1])
     manifests: dict[str, Any] = {}
     try:
         with ray_scope():  # one Ray for the run's steps, stopped when they are done
-            manifests.update(train_steps(ctx, cfg, last))
-            if last >= STEPS.index("evaluate"):
-                from srcompress.tasks.evaluate.data_step import run_eval_data
-                from srcompress.tasks.evaluate.step import run_evaluate
-
-                if "degrade_holdout" in manifests:  # every model on the held-out images, never trained on
-                    manifests["eval_data"] = run_eval_data(ctx, cfg.evaluate, cfg.data, cfg.degrade)
-                    manifests["evaluate"] = run_evaluate(ctx, cfg.evaluate, manifests["eval_data"],
-                                                         evaluated_models(manifests), cfg.teacher,
-                                                         manifests.get("compress_vae"))
-                else:
-                    log.warning("evaluate: skipped, no held-out images (set data.held_out or data.held_out_fraction, "
-                                "or use `srcompress evaluate --data …`)")
-            if last >= STEPS.index("register") and cfg.registry.enabled:
-                from srcompress.tasks.register.step import run_register
-
-                manifests["register"] = run_register(ctx, cfg.registry, manifests, cfg.degrade.scale,
-                                                     cfg.evaluate.inference.model_dump(mode="json",
-                                                                                       include={"tile", "tile_overlap", "color_fix"}),
-                                                     cfg.config_hash())
+            all_steps(ctx, cfg, last, manifests)
     except BaseException:
         tracker.end_run(parent, "FAILED")
         raise
@@ -187,7 +227,7 @@ def compress(config: dict[str, Any] | str, workdir: str, until: Literal[STEPS] |
 
 
 def run_pipeline(cfg: SrConfig, workdir: str | Path, until: str | None = None,
-                 summary: str | Path | None = None) -> dict[str, Any]:
+                 summary: str | Path | None = None, dry_run: bool = False) -> dict[str, Any]:
     """Entry point used by the CLI and tests: the flow with the configured task-runner width."""
     if until is not None and until not in STEPS:
         raise ValueError(f"--until must be one of {', '.join(STEPS)}, got {until!r}")
@@ -195,7 +235,7 @@ def run_pipeline(cfg: SrConfig, workdir: str | Path, until: str | None = None,
     runner = ThreadPoolTaskRunner(max_workers=cfg.run.max_workers)
     shown, ref = register(cfg)  # Prefect stores parameters: the redacted config and a reference, no secret
     result = compress.with_options(task_runner=runner, flow_run_name=cfg.run.name)(
-        config=shown, workdir=str(workdir), until=until, config_ref=ref)
+        config=shown, workdir=str(workdir), until=until, config_ref=ref, dry_run=dry_run)
     if summary is not None:
         atomic_write_bytes(Path(summary).resolve(), json.dumps(result, indent=2, sort_keys=True).encode())
     return result

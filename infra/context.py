@@ -37,11 +37,16 @@ class RunContext(BaseModel):
     torch_threads: int = 0
     device: str = "auto"  # run.device; steps resolve it (with their own override) via models.device
     ray_address: str | None = None  # run.ray_address: the cluster every heavy step uses (placement, not content)
+    dry_run: bool = False  # steps look their results up and stop where one would compute (infra/dryrun.py)
 
     def get_store(self) -> ArtifactStore:
         return _store(self.workdir, self.store.model_dump_json())
 
     def get_tracker(self) -> Tracker:
+        if self.dry_run:
+            from srcompress.infra.dryrun import DryTracker
+
+            return DryTracker()  # type: ignore[return-value]
         return _tracker(self.workdir, self.store.model_dump_json(), self.tracking.model_dump_json())
 
     def get_cache(self) -> "StepCache":

@@ -8,7 +8,9 @@ import time. Any value the user already set (``PREFECT_API_URL`` for a real serv
 from __future__ import annotations
 
 import os
-import threading
+import socket
+import time
+import urllib.request
 from pathlib import Path
 from typing import Callable
 
@@ -31,35 +33,64 @@ def configure_prefect(workdir: str | Path) -> None:
 
 
 def start_local_api() -> Callable[[], None]:
-    """Start Prefect's temporary local API now, on a thread, and return a function that waits until it answers.
+    """Start Prefect's temporary local API now and return a function that waits until it answers.
 
-    Prefect starts that server at a run's first API call and waits for it (~6 s on 2 cores: a uvicorn process
-    that opens its database); started here, that wait overlaps the imports and MLflow's start-up the run does
-    anyway (a cached ``--until degrade`` rerun: 19 → ~13 s). The flow then finds the same server: Prefect keeps one
-    per process. Nothing starts when ``PREFECT_API_URL`` names a server. Call after ``configure_prefect``."""
-    from prefect.settings import PREFECT_API_URL
+    Left to itself, Prefect starts that server at a run's first API call: it imports its server code (~4 s), then
+    spawns uvicorn and waits for it (~6 s more on 2 cores). Here the uvicorn process (Prefect's own command) is
+    spawned first, Prefect's server object is imported while it boots and adopts it, and the CLI imports MLflow
+    and the flow meanwhile; the flow then finds the server running, since Prefect keeps one per process and
+    stops it at exit as it would its own. Where the adoption does not fit this Prefect version, or the process
+    does not come up, Prefect starts its server as usual. Nothing starts when ``PREFECT_API_URL`` names a
+    server. Call after ``configure_prefect``."""
+    import atexit
+    import subprocess
+    import sys
+
+    import prefect
+    from prefect.settings import PREFECT_API_URL, get_current_settings
 
     if PREFECT_API_URL.value():
         return lambda: None
+    port = _free_port()
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+           **get_current_settings().to_environment_variables(exclude_unset=True)}
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent),
+                             "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+                             "--port", str(port), "--log-level", "error", "--lifespan", "on"], env=env)
     from prefect.server.api.server import SubprocessASGIServer
 
-    failed: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            SubprocessASGIServer().start()
-        except BaseException as exc:  # re-raised by wait(), on the caller's thread
-            failed.append(exc)
-
-    thread = threading.Thread(target=start, name="prefect-local-api", daemon=True)
-    thread.start()
+    server = SubprocessASGIServer()
+    if getattr(server, "running", True) or not all(hasattr(server, a) for a in ("port", "server_process", "stop")):
+        proc.terminate()
+        proc.wait()
+        return lambda: None
+    server.port, server.server_process, server.running = port, proc, True
+    atexit.register(server.stop)
 
     def wait() -> None:
-        thread.join()
-        if failed:
-            raise failed[0]
+        deadline = time.monotonic() + float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 180))
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:  # it did not come up (a port taken meanwhile…): Prefect's own start
+                server.running, server.server_process, server.port = False, None, None
+                server.start()
+                return
+            try:
+                with urllib.request.urlopen(f"{server.api_url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"Prefect's local API on port {port} did not answer within the start-up timeout "
+                           "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
 
     return wait
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def mark_flow_runs_crashed(flow_run_ids: list[str], reason: str) -> int:

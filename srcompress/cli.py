@@ -89,12 +89,17 @@ def config_show(config: str = ConfigOpt, overrides: Optional[list[str]] = SetOpt
 def run(config: str = ConfigOpt, workdir: Optional[Path] = typer.Option(None, help="Work dir (default runs/<run.name>)."),
         until: Optional[str] = typer.Option(None, help="Stop after this step."),
         summary: Optional[Path] = typer.Option(None, help="Write the run summary JSON here."),
-        overrides: Optional[list[str]] = SetOpt) -> None:
+        overrides: Optional[list[str]] = SetOpt,
+        dry_run: bool = typer.Option(False, "--dry-run", help="Compute nothing: say which steps are cached and which "
+                                     "would run, and why (changed config fields, inputs, code version).")) -> None:
     """Run the compression DAG on a config."""
     from srcompress.config import STEPS
 
     if until is not None and until not in STEPS:  # before any server or process starts
         _fail(f"--until must be one of: {', '.join(STEPS)}", 2)
+    if dry_run:
+        _dry_run(config, overrides, workdir, until, summary, only=None)
+        return
     cfg = _load(config, overrides)
     workdir = (workdir or Path("runs") / cfg.run.name).resolve()
     _watchdog()
@@ -118,7 +123,7 @@ def _start_prefect(workdir: Path):
 
     configure_prefect(workdir)  # before prefect is imported
     wait = start_local_api()
-    preload()
+    preload()  # MLflow's import while the API boots
     return wait
 
 
@@ -149,6 +154,61 @@ def registered_lines(result: dict) -> list[str]:
             + (f" [{decided}]" if decided else ""),
             f"serve:  {env}mlflow models serve -m {uri} --env-manager local -p 5001",
             f"load:   {env}python -c \"import mlflow; m = mlflow.pyfunc.load_model('{uri}')\""]
+
+
+@app.command()
+def explain(step: str = typer.Argument(..., help="A DAG step (srcompress run --until's names)."),
+            config: str = ConfigOpt, workdir: Optional[Path] = typer.Option(None, help="Work dir (default runs/<run.name>)."),
+            overrides: Optional[list[str]] = SetOpt) -> None:
+    """Whether STEP is cached for this config, or why it would run (a dry run up to it: nothing is computed)."""
+    from srcompress.config import STEPS
+
+    if step not in STEPS:
+        _fail(f"STEP must be one of: {', '.join(STEPS)}", 2)
+    _dry_run(config, overrides, workdir, step, None, only=step)
+
+
+def _dry_run(config: str, overrides, workdir: Path | None, until: str | None, summary: Path | None,
+             only: str | None) -> None:
+    cfg = _load(config, overrides)
+    workdir = (workdir or Path("runs") / cfg.run.name).resolve()
+    _watchdog()
+    api_ready = _start_prefect(workdir)
+    from srcompress.flows.compress import run_pipeline
+    from srcompress.infra.store import StoreError
+
+    try:
+        api_ready()
+        result = run_pipeline(cfg, workdir, until=until, summary=summary, dry_run=True)
+    except StoreError as exc:
+        _fail(f"artifact store error: {exc}", 3)
+    for line in dry_run_lines(result, only):
+        typer.echo(line)
+
+
+def dry_run_lines(result: dict, only: str | None = None) -> list[str]:
+    """The dry run for a person: the looked-up steps cached (their keys), then the first that would run and why;
+    with ``only``, that step (and its variants: degrade_holdout, the ablation's stages) alone."""
+    would = result.get("would_run")
+    lines = [f"srcompress dry run up to {result['until']} (store {result['store']}): nothing computed or recorded"]
+    shown = [n for n in result["cached"] if only is None or n == only or n.startswith(only + "_")]
+    lines += [f"  {n:<24s} cached {result['cached'][n]['cache_key'][:12]}" for n in shown]
+    if would is not None:
+        step = would["step"]
+        if only is not None and not (step == only or step.startswith(only)):
+            lines.append(f"  {only}: not looked up: {step} comes before it and would run (key "
+                         f"{would['cache_key'][:12]}):")
+        else:
+            lines.append(f"  {step:<24s} would run (key {would['cache_key'][:12]}):")
+        lines += [f"      {r}" for r in would["reasons"]]
+        if only is None and would.get("invalidates"):
+            lines.append(f"  after it, not looked up (they depend on what {step} produces): "
+                         + ", ".join(would["invalidates"]))
+    elif only is not None and not shown:
+        lines.append(f"  {only}: not a step of this config's DAG (disabled?)")
+    elif only is None:
+        lines.append("  everything is cached: the run would compute nothing")
+    return lines
 
 
 def _human_summary(title: str, result: dict, summary: Path | None) -> None:

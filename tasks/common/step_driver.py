@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 from prefect import get_run_logger
 
 from srcompress.infra.context import RunContext
+from srcompress.infra.dryrun import key_tags
 from srcompress.infra.manifest import Manifest, cache_key
 
 
@@ -63,7 +64,8 @@ def drive_step(ctx: RunContext, spec: StepSpec, compute: Callable[[str, str], St
         log.warning("%s: cached result %s has a missing or corrupted file; recomputing", spec.step, key[:12])
         hit = None
     with tracker.step_run(ctx.parent_run_id, spec.step, dict(spec.params),
-                          tags={"cache_key": key, "cache_hit": hit is not None}) as run_id:
+                          tags={"cache_key": key, "cache_hit": hit is not None}
+                          | key_tags(spec.config_hash, digests, spec.code_version)) as run_id:
         for name, m in spec.inputs.items():
             tracker.log_manifest(run_id, m, context=spec.contexts.get(name, name))
         if hit is not None:

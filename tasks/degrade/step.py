@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from srcompress.infra.config import canonical_hash, redact
 from srcompress.infra.context import RunContext
+from srcompress.infra.dryrun import key_tags
 from srcompress.infra.manifest import Manifest, cache_key, code_version, digest_of_digests
 from srcompress.infra.ray_cluster import map_on_ray, where_am_i
 from srcompress.infra.store import atomic_write_bytes
@@ -223,7 +224,8 @@ def run_degrade(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, worke
         hit = None
     run_name = STEP if split == "train" else f"{STEP}-{split}"
     with tracker.step_run(ctx.parent_run_id, run_name, params,
-                          tags={"cache_key": step_key, "cache_hit": hit is not None, "split": split}) as run_id:
+                          tags={"cache_key": step_key, "cache_hit": hit is not None, "split": split}
+                          | key_tags(config_hash, inputs, code_ver)) as run_id:
         tracker.log_text(run_id, json.dumps(scan.model_dump(mode="json"), indent=1), "scan.json")
         if hit is not None:
             get_run_logger().info("degrade: cache hit %s (%d pairs); nothing to do", step_key[:12], hit.counts["pairs"])

@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from srcompress.infra.config import canonical_hash
 from srcompress.infra.context import RunContext
+from srcompress.infra.dryrun import key_tags
 from srcompress.infra.manifest import Manifest, cache_key, code_version
 from srcompress.infra.ray_cluster import train_on_ray
 from srcompress.models.device import resolve_device
@@ -98,7 +99,8 @@ def run_distill(ctx: RunContext, cfg: DistillConfig, teacher_cfg: TeacherConfig,
     ds = cfg.deepspeed.engine_config((cfg.stage1 if stage == "stage1" else cfg.stage2).batch_size)
     with tracker.step_run(ctx.parent_run_id, name, {"distill": cfg.model_dump(mode="json"), "deepspeed_config": ds,
                                                     "world_size": cfg.num_workers, "phase_adapter": phase},
-                          tags={"cache_key": key, "cache_hit": hit is not None, "stage": stage}) as run_id:
+                          tags={"cache_key": key, "cache_hit": hit is not None, "stage": stage}
+                          | key_tags(chash, inputs, code_ver)) as run_id:
         for k, v in manifests.items():
             tracker.log_manifest(run_id, v, context="model" if k in ("teacher", "mask", "stage1", "vae") else "training")
         if hit is not None:

@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from srcompress.infra.config import canonical_hash
 from srcompress.infra.context import RunContext
+from srcompress.infra.dryrun import key_tags
 from srcompress.infra.manifest import Manifest, cache_key, code_version, digest_of_digests
 from srcompress.infra.ray_cluster import ray_session
 from srcompress.tasks.common.pairs import shard_refs
@@ -86,7 +87,8 @@ def run_encode(ctx: RunContext, cfg: EncodeConfig, teacher_cfg: TeacherConfig, p
         hit = None
     t0 = time.perf_counter()
     with tracker.step_run(ctx.parent_run_id, STEP, {"encode": cfg.model_dump(mode="json")},
-                          tags={"cache_key": key, "cache_hit": hit is not None}) as run_id:
+                          tags={"cache_key": key, "cache_hit": hit is not None}
+                          | key_tags(config_hash, inputs, code_ver)) as run_id:
         tracker.log_manifest(run_id, pairs, context="input")
         tracker.log_manifest(run_id, teacher, context="model")
         if hit is not None:

@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from srcompress.infra.config import canonical_hash, redact
 from srcompress.infra.context import RunContext
+from srcompress.infra.dryrun import key_tags
 from srcompress.infra.manifest import Manifest, cache_key, code_version, digest_of_digests
 from srcompress.infra.store import IntegrityError, InvalidKeyError, ObjectNotFoundError, atomic_write_bytes, sha256_file
 from srcompress.models.degradations import DegradationConfig
@@ -182,7 +183,8 @@ def run_eval_data(ctx: RunContext, cfg: EvaluateConfig, data: str | Manifest | D
     if hit is not None and not eval_set_present(ctx, hit):
         hit = None
     with tracker.step_run(ctx.parent_run_id, STEP, {"data": cfg.data.model_dump(mode="json"), "source": data,
-                                                   "kind": kind}, tags={"cache_key": key, "cache_hit": hit is not None}) as run_id:
+                                                   "kind": kind}, tags={"cache_key": key, "cache_hit": hit is not None}
+                          | key_tags(chash, {"source": digest}, code_ver)) as run_id:
         if source_manifest is not None:
             tracker.log_manifest(run_id, source_manifest, context="source")
         if hit is not None:

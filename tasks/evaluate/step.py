@@ -24,6 +24,7 @@ from srcompress.infra.assets import AssetUnavailable, niqe_params_path
 from srcompress.infra import registry
 from srcompress.infra.config import canonical_hash
 from srcompress.infra.context import RunContext
+from srcompress.infra.dryrun import key_tags
 from srcompress.infra.manifest import Manifest, cache_key, code_version
 from srcompress.infra.store import atomic_write_bytes
 from srcompress.models.device import resolve_device
@@ -222,7 +223,7 @@ def run_evaluate(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, model
         hit = None
     conv = conventions(ctx, cfg, metric_env(cfg, assets=False), eval_set)
     with tracker.step_run(ctx.parent_run_id, STEP, {"evaluate": cfg.model_dump(mode="json"), "conventions": conv},
-                          tags={"cache_key": key, "cache_hit": hit is not None}) as run_id:
+                          tags={"cache_key": key, "cache_hit": hit is not None} | key_tags(chash, inputs, code_ver)) as run_id:
         tracker.log_manifest(run_id, eval_set, context="evaluation")
         for m in models.values():
             tracker.log_manifest(run_id, m, context="model")

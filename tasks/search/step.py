@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from srcompress.infra.config import canonical_hash
 from srcompress.infra.context import RunContext
+from srcompress.infra.dryrun import key_tags
 from srcompress.infra.manifest import Manifest, cache_key, code_version
 from srcompress.infra.ray_cluster import train_on_ray
 from srcompress.models.device import resolve_device
@@ -179,7 +180,8 @@ def run_search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, l
                                                     "world_size": cfg.num_workers},
                           tags={"cache_key": key, "cache_hit": hit is not None, "method": cfg.method,
                                 "nm": f"{cfg.n}:{cfg.m}",
-                                **({"budget_choice": _describe(choice)} if choice is not None else {})}) as run_id:
+                                **({"budget_choice": _describe(choice)} if choice is not None else {}),
+                                **key_tags(chash, inputs, code_ver)}) as run_id:
         tracker.log_manifest(run_id, latents, context="training")
         tracker.log_manifest(run_id, teacher, context="model")
         if hit is not None:

@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from srcompress.infra.config import canonical_hash
 from srcompress.infra.context import RunContext
+from srcompress.infra.dryrun import key_tags
 from srcompress.infra.manifest import Manifest, cache_key, code_version
 from srcompress.infra.store import ArtifactStore, atomic_write_bytes
 from srcompress.models.device import module_device, resolve_device
@@ -198,7 +199,7 @@ def run_teacher(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest | None, hol
     t0 = time.perf_counter()
     with tracker.step_run(ctx.parent_run_id, STEP, {"teacher": cfg.model_dump(mode="json")},
                           tags={"cache_key": key, "cache_hit": hit is not None,
-                                "mode": "bootstrap" if boot else "import"}) as run_id:
+                                "mode": "bootstrap" if boot else "import", **key_tags(config_hash, inputs, code_ver)}) as run_id:
         if pairs is not None:
             tracker.log_manifest(run_id, pairs, context="training")
         if hit is not None:
