@@ -21,6 +21,8 @@ def configure_prefect(workdir: str | Path) -> None:
     defaults = {
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # the client's own telemetry (Prefect ≥ 3.6 prints a notice on a terminal and sends events): off too
+        "DO_NOT_TRACK": "1",
         "PREFECT_UI_ENABLED": "false",
         # The first flow run starts a local server (~13 s); give slow CI machines room.
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",

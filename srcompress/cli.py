@@ -20,6 +20,8 @@ from typing import Optional
 import typer
 import yaml
 
+from srcompress.cliutil import fail as _fail
+
 app = typer.Typer(no_args_is_help=True, help="Compress one-step diffusion SR teachers.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
 app.add_typer(config_app, name="config")
@@ -47,11 +49,6 @@ def _root(show_version: bool = typer.Option(False, "--version", callback=_print_
 
 ConfigOpt = typer.Option(..., "--config", "-c", help="YAML config file or preset name (configs/<name>.yaml).")
 SetOpt = typer.Option(None, "--set", help="Override a key: section.key=value (repeatable).")
-
-
-def _fail(msg: str, code: int) -> None:
-    typer.secho(msg, fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 def _load(config: str, overrides: list[str] | None, machine: bool = True):
@@ -91,7 +88,10 @@ def run(config: str = ConfigOpt, workdir: Optional[Path] = typer.Option(None, he
         summary: Optional[Path] = typer.Option(None, help="Write the run summary JSON here."),
         overrides: Optional[list[str]] = SetOpt,
         dry_run: bool = typer.Option(False, "--dry-run", help="Compute nothing: say which steps are cached and which "
-                                     "would run, and why (changed config fields, inputs, code version).")) -> None:
+                                     "would run, and why (changed config fields, inputs, code version)."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress lines (step/total, loss, ETA) "
+                                      "of the running steps on stderr: every 10% or 15 s on a terminal, every 25% "
+                                      "in logs.")) -> None:
     """Run the compression DAG on a config."""
     from srcompress.config import STEPS
 
@@ -109,10 +109,32 @@ def run(config: str = ConfigOpt, workdir: Optional[Path] = typer.Option(None, he
 
     try:
         api_ready()
-        result = run_pipeline(cfg, workdir, until=until, summary=summary)
+        with _progress(cfg, workdir, progress):
+            result = run_pipeline(cfg, workdir, until=until, summary=summary)
     except StoreError as exc:
         _fail(f"artifact store error: {exc}", 3)
     _human_summary("srcompress run", result, summary)
+
+
+@contextlib.contextmanager
+def _progress(cfg, workdir: Path, enabled: bool):
+    """Progress lines read from the step runs' metrics while the flow runs (infra/progress.py)."""
+    if not enabled:
+        yield
+        return
+    from srcompress.infra.progress import ProgressWatcher, Tracked
+    from srcompress.infra.tracking import resolve_tracking_uri
+
+    d = cfg.distill
+    tracked = {"search_pruning": Tracked("loss", cfg.search.steps),  # what each step's ranks log per step
+               "distill_latent": Tracked("stage1.loss", d.stage1.steps),
+               "distill_pixel": Tracked("stage2.loss", d.stage2.steps)}
+    watcher = ProgressWatcher(resolve_tracking_uri(cfg.tracking, workdir), tracked,
+                              lambda line: typer.echo(line, err=True), tty=sys.stderr.isatty()).start()
+    try:
+        yield
+    finally:
+        watcher.stop()
 
 
 def _start_prefect(workdir: Path):

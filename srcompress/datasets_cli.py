@@ -20,17 +20,14 @@ from typing import Optional
 
 import typer
 
+from srcompress.cliutil import fail as _fail
+
 app = typer.Typer(no_args_is_help=True, help="Register datasets with a Prefect server (triggers deployments).")
 
 # --for → (event, resource kind, payload key the prefect.yaml trigger templates: {{ event.payload.<key> }})
 PURPOSES = {"retrain": ("srcompress.dataset.registered", "dataset", "source"),
             "evaluate": ("srcompress.evalset.registered", "evalset", "data")}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-def _fail(msg: str, code: int) -> None:
-    typer.secho(msg, fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 def _local_listing(src: str, purpose: str) -> tuple[str, list[tuple[str, int, int]]]:

@@ -23,17 +23,14 @@ from typing import Optional
 
 import typer
 
+from srcompress.cliutil import fail as _fail
+
 app = typer.Typer(no_args_is_help=True, help="Registered students: list versions, promote, roll back.")
 
 UriOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else the config's).")
 ConfOpt = typer.Option(None, "--config", "-c", help="Config whose tracking settings (and registry.champion_alias) to use.")
 WorkOpt = typer.Option(None, "--workdir", help="Work dir of the config's default sqlite db (default runs/<run.name>).")
 AliasOpt = typer.Option(None, "--alias", help="The alias to move (default: the config's registry.champion_alias, else champion).")
-
-
-def _fail(msg: str, code: int) -> None:
-    typer.secho(msg, fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 def _config(config: str | None):
