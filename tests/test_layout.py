@@ -41,8 +41,9 @@ def test_top_level_is_the_dag():
     for name in ("flows", "tasks", "models", "infra", "tests", "configs", "bench", "docs", "prefect.yaml",
                  "pyproject.toml", "README.md"):
         assert (ROOT / name).exists(), name
-    assert sorted(p.name for p in (ROOT / "srcompress").glob("*.py")) == ["__init__.py", "cli.py", "config.py",
-                                                                          "datasets_cli.py", "models_cli.py", "typed.py"]
+    assert sorted(p.name for p in (ROOT / "srcompress").glob("*.py")) == ["__init__.py", "cli.py", "cliutil.py",
+                                                                          "config.py", "datasets_cli.py",
+                                                                          "models_cli.py", "typed.py"]
 
 
 def test_models_import_no_infrastructure():
