@@ -68,8 +68,9 @@ class SrConfig(StrictModel):
         """The final student this config builds (distill.* with the compress_vae step's VAE when vae.enabled):
         what the search's budget and ``srcompress plan`` count."""
         v = self.vae
+        width = v.width if isinstance(v.width, int) else tuple(v.width)
         return self.distill.shape(teacher_kind, compressed_vae=CompressedVAEShape(
-            v.width, v.remove_attention, v.separable_encoder) if v.enabled else None)
+            width, v.remove_attention, v.separable_encoder) if v.enabled else None)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "SrConfig":

@@ -33,7 +33,7 @@ class TinyVAEShape:
 class CompressedVAEShape:
     """The teacher's VAE compressed as TinySR (the compress_vae step, models/student/vae_prune.py)."""
 
-    width: int = 64
+    width: int | tuple[int, ...] = 64  # one cap, or one per VAE block (vae_prune.width_caps)
     remove_attention: bool = True
     separable_encoder: bool = True
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 from diffusers import AutoencoderKL
@@ -94,6 +95,7 @@ def _rank1_init(sep: SeparableConv2d, conv: nn.Conv2d) -> None:
 class _Space:
     size: int
     fixed: bool = False
+    block: int = 0  # the VAE block (index into block_out_channels) whose width cap applies
     gammas: list[Tensor] = field(default_factory=list)
     keep: Tensor | None = None
 
@@ -105,8 +107,8 @@ class _Plan:
         self.spaces: list[_Space] = []
         self.params: dict[str, tuple[_Space | None, _Space | None]] = {}  # name -> (dim-0 space, dim-1 space)
 
-    def space(self, size: int, fixed: bool = False) -> _Space:
-        self.spaces.append(_Space(int(size), fixed))
+    def space(self, size: int, fixed: bool = False, block: int = 0) -> _Space:
+        self.spaces.append(_Space(int(size), fixed, block))
         return self.spaces[-1]
 
     def layer(self, prefix: str, module: nn.Module, out: _Space, inp: _Space | None) -> None:
@@ -119,9 +121,9 @@ class _Plan:
         self.layer(prefix, gn, sp, None)
 
 
-def _resnet(plan: _Plan, prefix: str, r: nn.Module, inp: _Space) -> _Space:
-    inner = plan.space(r.conv1.out_channels)
-    out = plan.space(r.conv2.out_channels) if r.conv_shortcut is not None else inp  # identity: one stream
+def _resnet(plan: _Plan, prefix: str, r: nn.Module, inp: _Space, block: int) -> _Space:
+    inner = plan.space(r.conv1.out_channels, block=block)
+    out = plan.space(r.conv2.out_channels, block=block) if r.conv_shortcut is not None else inp  # identity: one stream
     plan.norm(f"{prefix}.norm1", r.norm1, inp)
     plan.layer(f"{prefix}.conv1", r.conv1, inner, inp)
     plan.norm(f"{prefix}.norm2", r.norm2, inner)
@@ -131,8 +133,8 @@ def _resnet(plan: _Plan, prefix: str, r: nn.Module, inp: _Space) -> _Space:
     return out
 
 
-def _mid(plan: _Plan, prefix: str, mid: nn.Module, cur: _Space) -> _Space:
-    cur = _resnet(plan, f"{prefix}.resnets.0", mid.resnets[0], cur)
+def _mid(plan: _Plan, prefix: str, mid: nn.Module, cur: _Space, block: int) -> _Space:
+    cur = _resnet(plan, f"{prefix}.resnets.0", mid.resnets[0], cur, block)
     for k in range(len(mid.resnets) - 1):
         attn = mid.attentions[k] if k < len(mid.attentions) else None  # None where a VAE was built without
         if attn is not None:
@@ -140,17 +142,19 @@ def _mid(plan: _Plan, prefix: str, mid: nn.Module, cur: _Space) -> _Space:
             for lin in ("to_q", "to_k", "to_v"):
                 plan.layer(f"{prefix}.attentions.{k}.{lin}", getattr(attn, lin), cur, cur)
             plan.layer(f"{prefix}.attentions.{k}.to_out.0", attn.to_out[0], cur, cur)
-        cur = _resnet(plan, f"{prefix}.resnets.{k + 1}", mid.resnets[k + 1], cur)
+        cur = _resnet(plan, f"{prefix}.resnets.{k + 1}", mid.resnets[k + 1], cur, block)
     return cur
 
 
-def _stages(plan: _Plan, prefix: str, blocks: nn.ModuleList, samplers: str, cur: _Space) -> _Space:
-    """Down- or up-blocks: their resnets, then the resampling conv (a new space: no shortcut carries it)."""
+def _stages(plan: _Plan, prefix: str, blocks: nn.ModuleList, samplers: str, cur: _Space, reverse: bool) -> _Space:
+    """Down- or up-blocks: their resnets, then the resampling conv (a new space: no shortcut carries it).
+    ``reverse``: the decoder's up-blocks run through ``block_out_channels`` backwards."""
     for b, block in enumerate(blocks):
+        idx = len(blocks) - 1 - b if reverse else b
         for j, r in enumerate(block.resnets):
-            cur = _resnet(plan, f"{prefix}.{b}.resnets.{j}", r, cur)
+            cur = _resnet(plan, f"{prefix}.{b}.resnets.{j}", r, cur, idx)
         for j, rs in enumerate(getattr(block, samplers) or []):
-            nxt = plan.space(rs.conv.out_channels)
+            nxt = plan.space(rs.conv.out_channels, block=idx)
             plan.layer(f"{prefix}.{b}.{samplers}.{j}.conv", rs.conv, nxt, cur)
             cur = nxt
     return cur
@@ -159,10 +163,11 @@ def _stages(plan: _Plan, prefix: str, blocks: nn.ModuleList, samplers: str, cur:
 def _plan(vae: AutoencoderKL) -> _Plan:
     plan = _Plan()
     enc, dec = vae.encoder, vae.decoder
-    cur = plan.space(enc.conv_in.out_channels)
+    last = len(vae.config.block_out_channels) - 1
+    cur = plan.space(enc.conv_in.out_channels, block=0)
     plan.layer("encoder.conv_in", enc.conv_in, cur, plan.space(enc.conv_in.in_channels, fixed=True))
-    cur = _stages(plan, "encoder.down_blocks", enc.down_blocks, "downsamplers", cur)
-    cur = _mid(plan, "encoder.mid_block", enc.mid_block, cur)
+    cur = _stages(plan, "encoder.down_blocks", enc.down_blocks, "downsamplers", cur, reverse=False)
+    cur = _mid(plan, "encoder.mid_block", enc.mid_block, cur, last)
     plan.norm("encoder.conv_norm_out", enc.conv_norm_out, cur)
     moments = plan.space(enc.conv_out.out_channels, fixed=True)
     plan.layer("encoder.conv_out", enc.conv_out, moments, cur)
@@ -171,19 +176,38 @@ def _plan(vae: AutoencoderKL) -> _Plan:
     latent = plan.space(dec.conv_in.in_channels, fixed=True)
     if vae.post_quant_conv is not None:
         plan.layer("post_quant_conv", vae.post_quant_conv, latent, latent)
-    cur = plan.space(dec.conv_in.out_channels)
+    cur = plan.space(dec.conv_in.out_channels, block=last)
     plan.layer("decoder.conv_in", dec.conv_in, cur, latent)
-    cur = _mid(plan, "decoder.mid_block", dec.mid_block, cur)
-    cur = _stages(plan, "decoder.up_blocks", dec.up_blocks, "upsamplers", cur)
+    cur = _mid(plan, "decoder.mid_block", dec.mid_block, cur, last)
+    cur = _stages(plan, "decoder.up_blocks", dec.up_blocks, "upsamplers", cur, reverse=True)
     plan.norm("decoder.conv_norm_out", dec.conv_norm_out, cur)
     plan.layer("decoder.conv_out", dec.conv_out, plan.space(dec.conv_out.out_channels, fixed=True), cur)
     return plan
 
 
-def pruned_config(teacher_vae: AutoencoderKL, width: int, remove_attention: bool = True) -> dict:
-    """The compressed VAE's diffusers config (dense encoder): block widths capped at ``width``."""
+def width_caps(teacher_vae: AutoencoderKL, width: int | Sequence[int]) -> list[int]:
+    """The channel cap of each VAE block: ``width`` for all (TinySR: 64), or one per block (``[16, 16, 33]``).
+
+    Blocks of equal teacher width share a residual stream (identity shortcuts carry it from one block into the
+    next), so per-block caps must keep them equal: a ValueError says which blocks otherwise."""
+    teacher = [int(c) for c in teacher_vae.config.block_out_channels]
+    caps = [int(width)] * len(teacher) if isinstance(width, (int, float)) else [int(w) for w in width]
+    if len(caps) != len(teacher) or min(caps) < 1:
+        raise ValueError(f"VAE compression: width must be a positive channel count or one per block of the "
+                         f"teacher's VAE {teacher}, got {width}")
+    kept = [min(c, w) for c, w in zip(teacher, caps)]
+    for b in range(len(teacher) - 1):
+        if teacher[b] == teacher[b + 1] and kept[b] != kept[b + 1]:
+            raise ValueError(f"VAE compression: blocks {b} and {b + 1} of the teacher's VAE {teacher} share a "
+                             f"residual stream ({teacher[b]} channels); give them the same width, got {list(width)}")
+    return caps
+
+
+def pruned_config(teacher_vae: AutoencoderKL, width: int | Sequence[int], remove_attention: bool = True) -> dict:
+    """The compressed VAE's diffusers config (dense encoder): block widths capped at ``width`` (see
+    :func:`width_caps`)."""
     cfg = {k: v for k, v in dict(teacher_vae.config).items() if not k.startswith("_")}
-    widths = [min(int(c), int(width)) for c in cfg["block_out_channels"]]
+    widths = [min(int(c), w) for c, w in zip(cfg["block_out_channels"], width_caps(teacher_vae, width))]
     groups = int(cfg["norm_num_groups"])
     if any(w % groups for w in widths):  # GroupNorm needs groups dividing every width
         groups = math.gcd(groups, *widths)
@@ -193,7 +217,7 @@ def pruned_config(teacher_vae: AutoencoderKL, width: int, remove_attention: bool
     return cfg
 
 
-def pruned_architecture(teacher_vae: AutoencoderKL, width: int = 64, remove_attention: bool = True,
+def pruned_architecture(teacher_vae: AutoencoderKL, width: int | Sequence[int] = 64, remove_attention: bool = True,
                         separable_encoder: bool = True) -> PrunedAutoencoderKL:
     """The compressed VAE's architecture without the teacher's weights (built on the current device, ``meta``
     included): what ``srcompress plan`` and the budget count."""
@@ -202,15 +226,15 @@ def pruned_architecture(teacher_vae: AutoencoderKL, width: int = 64, remove_atte
 
 
 @torch.no_grad()
-def prune_vae(teacher_vae: AutoencoderKL, width: int = 64, remove_attention: bool = True,
+def prune_vae(teacher_vae: AutoencoderKL, width: int | Sequence[int] = 64, remove_attention: bool = True,
               separable_encoder: bool = True) -> tuple[PrunedAutoencoderKL, dict]:
     """The teacher's VAE compressed as TinySR: returns the model (teacher's weights on the kept channels) and a
-    report (widths before/after, channels kept per space, parameters)."""
-    if width < 1:
-        raise ValueError(f"VAE compression: width must be positive, got {width}")
+    report (widths before/after, channels kept per space, parameters). ``width``: one cap for every block, or
+    one per block (:func:`width_caps`)."""
+    caps = width_caps(teacher_vae, width)
     plan = _plan(teacher_vae)
     for sp in plan.spaces:
-        k = sp.size if sp.fixed else min(sp.size, int(width))
+        k = sp.size if sp.fixed else min(sp.size, caps[sp.block])
         if k == sp.size:
             sp.keep = torch.arange(sp.size)
         else:
@@ -237,7 +261,7 @@ def prune_vae(teacher_vae: AutoencoderKL, width: int = 64, remove_attention: boo
         student.encoder = copy.deepcopy(dense)
         _separate(student.encoder, dense)
         student.register_to_config(separable_encoder=True)
-    report = {"width": int(width), "teacher_widths": list(teacher_vae.config.block_out_channels),
+    report = {"width": width if isinstance(width, int) else list(width), "teacher_widths": list(teacher_vae.config.block_out_channels),
               "widths": list(student.config.block_out_channels), "attention_removed": bool(remove_attention),
               "separable_encoder": bool(separable_encoder), "criterion": "sum of |GroupNorm gamma| per channel space",
               "spaces_pruned": sum(1 for s in plan.spaces if len(s.keep) < s.size),

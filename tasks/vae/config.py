@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from srcompress.infra.config import StrictModel
 from srcompress.models.device import DEVICE_PATTERN
@@ -15,7 +15,14 @@ class VAECompressConfig(StrictModel):
     """Channel pruning, attention removal and SepConv encoder, then the encoder and decoder training phases."""
 
     enabled: bool = Field(False, description="Run the step; the final student (stage 2) then decodes with the compressed VAE instead of the teacher's (exclusive with distill.tiny_vae).")
-    width: int = Field(64, ge=1, description="Channels kept in every channel space wider than this (TinySR: 64).")
+    width: int | list[int] = Field(64, description="Channels kept in every channel space wider than this (TinySR: 64), or one cap per VAE block (blocks the teacher gives one width must keep one width).")
+
+    @field_validator("width")
+    @classmethod
+    def _positive(cls, v: int | list[int]) -> int | list[int]:
+        if (v if isinstance(v, int) else min(v, default=0)) < 1:
+            raise ValueError(f"width must be a positive channel count or a non-empty list of them, got {v}")
+        return v
     remove_attention: bool = Field(True, description="Drop the VAE's mid-block self-attention (TinySR).")
     separable_encoder: bool = Field(True, description="Depthwise-separable k×k convolutions in the encoder only (TinySR: the decoder keeps dense convolutions).")
     encoder_steps: int = Field(100_000, ge=0, description="Phase 1: encoder L1 to the teacher's scaled latents (TinySR: 100k).")

@@ -139,9 +139,33 @@ def test_a_resumed_trainer_ends_where_the_uninterrupted_one_does():
     assert resumed.history == full.history
 
 
-def test_width_must_be_positive():
-    with pytest.raises(ValueError, match="width must be positive"):
-        prune_vae(_vae(), width=0)
+def test_width_must_be_positive_and_one_per_block():
+    for bad in (0, [8, 8], [8, 0, 8]):
+        with pytest.raises(ValueError, match="width must be a positive channel count or one per block"):
+            prune_vae(_vae(), width=bad)
+
+
+def test_per_block_widths_cap_each_block_and_keep_its_largest_gains():
+    """``[8, 24, 24]`` on a (16, 32, 32) teacher: block 0 keeps 8 channels, the two 32-wide blocks 24 each; in
+    block 1's first resnet the inner space keeps the 24 channels with the largest |γ| of its norm, with the
+    teacher's weights. With caps at least the teacher's widths the result is the teacher's VAE."""
+    teacher = _vae(widths=(16, 32, 32), groups=4)
+    vae, report = prune_vae(teacher, width=[8, 24, 24], remove_attention=False, separable_encoder=False)
+    assert list(vae.config.block_out_channels) == [8, 24, 24] and report["width"] == [8, 24, 24]
+    inner, kept = teacher.encoder.down_blocks[1].resnets[0], vae.encoder.down_blocks[1].resnets[0]
+    assert kept.conv1.weight.shape[:2] == (24, 8) and kept.conv_shortcut.weight.shape[:2] == (24, 8)
+    top = sorted(inner.norm2.weight.detach().abs().argsort(descending=True)[:24].tolist())
+    assert torch.equal(kept.norm2.weight, inner.norm2.weight[top])
+    assert torch.equal(kept.conv1.bias, inner.conv1.bias[top])
+    full, _ = prune_vae(teacher, width=[16, 64, 32], remove_attention=False, separable_encoder=False)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(full(x).sample, teacher(x).sample, atol=1e-5)
+
+
+def test_blocks_sharing_a_residual_stream_must_keep_one_width():
+    with pytest.raises(ValueError, match="blocks 1 and 2 .* share a residual stream"):
+        prune_vae(_vae(widths=(16, 32, 32)), width=[8, 16, 24])
 
 
 def test_the_planned_architecture_is_the_pruned_model():
