@@ -98,21 +98,10 @@ def run(config: str = ConfigOpt, workdir: Optional[Path] = typer.Option(None, he
     if until is not None and until not in STEPS:  # before any server or process starts
         _fail(f"--until must be one of: {', '.join(STEPS)}", 2)
     if dry_run:
-        _dry_run(config, overrides, workdir, until, summary, only=None)
+        for line in dry_run_lines(_pipeline(config, overrides, workdir, until, summary, dry_run=True)):
+            typer.echo(line)
         return
-    cfg = _load(config, overrides)
-    workdir = (workdir or Path("runs") / cfg.run.name).resolve()
-    _watchdog()
-    api_ready = _start_prefect(workdir)
-    from srcompress.flows.compress import run_pipeline
-    from srcompress.infra.store import StoreError
-
-    try:
-        api_ready()
-        with _progress(cfg, workdir, progress):
-            result = run_pipeline(cfg, workdir, until=until, summary=summary)
-    except StoreError as exc:
-        _fail(f"artifact store error: {exc}", 3)
+    result = _pipeline(config, overrides, workdir, until, summary, progress=progress)
     _human_summary("srcompress run", result, summary)
 
 
@@ -187,11 +176,14 @@ def explain(step: str = typer.Argument(..., help="A DAG step (srcompress run --u
 
     if step not in STEPS:
         _fail(f"STEP must be one of: {', '.join(STEPS)}", 2)
-    _dry_run(config, overrides, workdir, step, None, only=step)
+    for line in dry_run_lines(_pipeline(config, overrides, workdir, step, None, dry_run=True), only=step):
+        typer.echo(line)
 
 
-def _dry_run(config: str, overrides, workdir: Path | None, until: str | None, summary: Path | None,
-             only: str | None) -> None:
+def _pipeline(config: str, overrides, workdir: Path | None, until: str | None, summary: Path | None, *,
+              dry_run: bool = False, progress: bool = False) -> dict:
+    """The compression flow as the CLI runs it: config checked, watchdog, Prefect's API started while the flow
+    and MLflow load, progress lines while it runs; an unreachable store exits 3."""
     cfg = _load(config, overrides)
     workdir = (workdir or Path("runs") / cfg.run.name).resolve()
     _watchdog()
@@ -201,11 +193,10 @@ def _dry_run(config: str, overrides, workdir: Path | None, until: str | None, su
 
     try:
         api_ready()
-        result = run_pipeline(cfg, workdir, until=until, summary=summary, dry_run=True)
+        with _progress(cfg, workdir, progress and not dry_run):
+            return run_pipeline(cfg, workdir, until=until, summary=summary, dry_run=dry_run)
     except StoreError as exc:
         _fail(f"artifact store error: {exc}", 3)
-    for line in dry_run_lines(result, only):
-        typer.echo(line)
 
 
 def dry_run_lines(result: dict, only: str | None = None) -> list[str]:
