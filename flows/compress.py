@@ -91,31 +91,29 @@ def train_steps(ctx: RunContext, cfg: SrConfig, last: int, manifests: dict[str, 
                                                  ctx.ray_address,
                                                  cfg.student_shape(manifests["bootstrap_teacher"].extra.get("kind", "")))
     if last >= STEPS.index("distill_latent"):
-        distill(ctx, cfg, manifests, last >= STEPS.index("distill_pixel"), manifests)
+        distill(ctx, cfg, manifests, last >= STEPS.index("distill_pixel"))
     return manifests
 
 
-def distill(ctx: RunContext, cfg: SrConfig, manifests: dict[str, Any], pixel: bool,
-            out: dict[str, Any] | None = None) -> dict[str, Any]:
+def distill(ctx: RunContext, cfg: SrConfig, manifests: dict[str, Any], pixel: bool) -> dict[str, Any]:
     """Stage 1 then (``pixel``) stage 2; with ``distill.phase_ablation`` the same with the adapter flipped.
-    Returns the new manifests (also added to ``out`` as each stage finishes)."""
+    Each stage's manifest is added to ``manifests`` as it finishes; returns the new ones."""
     from srcompress.tasks.distill.step import run_distill
 
     common = dict(latents=manifests["encode_latents"], pairs=manifests["degrade"],
                   teacher=manifests["bootstrap_teacher"], mask=manifests["search_pruning"],
                   ray_address=ctx.ray_address)
     new: dict[str, Any] = {}
-    out = new if out is None else out
     variants = [("", cfg.distill.phase_adapter)]
     if cfg.distill.phase_ablation:
         variants.append(("_ablation", not cfg.distill.phase_adapter))
     for suffix, phase in variants:
         s1 = run_distill(ctx, cfg.distill, cfg.teacher, "stage1", phase=phase, **common)
-        new[f"distill_latent{suffix}"] = out[f"distill_latent{suffix}"] = s1
+        new[f"distill_latent{suffix}"] = manifests[f"distill_latent{suffix}"] = s1
         if pixel:
             s2 = run_distill(ctx, cfg.distill, cfg.teacher, "stage2", stage1=s1, phase=phase,
                              vae=manifests.get("compress_vae"), **common)
-            new[f"distill_pixel{suffix}"] = out[f"distill_pixel{suffix}"] = s2
+            new[f"distill_pixel{suffix}"] = manifests[f"distill_pixel{suffix}"] = s2
     return new
 
 

@@ -15,9 +15,9 @@ import contextlib
 import json
 from typing import Any, Iterator, Mapping
 
-from srcompress.infra.config import flatten, redact
 from srcompress.infra.manifest import Manifest
 from srcompress.infra.store import ArtifactStore
+from srcompress.infra.tracking import param_strings
 
 DRY_RUN_ID = "dry-run"
 
@@ -95,7 +95,7 @@ def explain(store: ArtifactStore, tracking_uri: str | None, would: WouldRun) -> 
     if "cache_hit" not in tags:
         return ["the register step always runs: it looks the version up in the model registry (a dry run never "
                 "writes there)"]
-    previous = _previous(store, would.step)
+    previous = _previous(store, str(tags.get("cache_step", would.step)))
     same_key = [m for m in previous if m.cache_key == key]
     if same_key:
         return [f"its cached result {key[:12]} has a missing or corrupted file: recomputed from scratch"]
@@ -103,7 +103,7 @@ def explain(store: ArtifactStore, tracking_uri: str | None, would: WouldRun) -> 
     if prev is None:
         return ["never computed in this store"]
     lines = []
-    now_params = {k[:250]: str(v)[:6000] for k, v in flatten(redact(dict(would.params))).items()}
+    now_params = param_strings(would.params)
     changed = sorted(k for k in set(now_params) | set(prev_params) if now_params.get(k) != prev_params.get(k))
     if prev_params:
         lines += [f"config {k}: {prev_params.get(k, '(unset)')} → {now_params.get(k, '(unset)')}" for k in changed]
@@ -123,8 +123,9 @@ def explain(store: ArtifactStore, tracking_uri: str | None, would: WouldRun) -> 
     return lines
 
 
-def key_tags(config_hash: str, inputs: Mapping[str, str], code_version: str) -> dict[str, str]:
+def key_tags(step: str, config_hash: str, inputs: Mapping[str, str], code_version: str) -> dict[str, str]:
     """What a step's cache key is made of, as step-run tags: the record a dry run compares against (and a
-    reader of the MLflow run sees why the step ran)."""
-    return {"config_hash": config_hash, "inputs": json.dumps(dict(inputs), sort_keys=True),
+    reader of the MLflow run sees why the step ran). ``step`` is the cache namespace the key was made in, which
+    a run's name need not be (``degrade-holdout`` keys live under ``degrade``)."""
+    return {"cache_step": step, "config_hash": config_hash, "inputs": json.dumps(dict(inputs), sort_keys=True),
             "code_version": code_version}

@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-TAG = "srcompress."
+from srcompress.infra.tracking import TAG_PREFIX as TAG  # the owner tags Tracker.start_pipeline_run writes
+
 
 
 @dataclass(frozen=True)
@@ -97,9 +98,9 @@ class ProgressWatcher:
                         self._shown[run.info.run_id] = (0.0, now)
                         self.emit(f"{name:<20s} running, {fmt_seconds(elapsed)} elapsed")
                     continue
-                hist = client.get_metric_history(run.info.run_id, spec.metric)
-                done = max((m.step for m in hist), default=0)
-                value = next((m.value for m in sorted(hist, key=lambda m: m.step, reverse=True)), None)
+                latest = max(client.get_metric_history(run.info.run_id, spec.metric), key=lambda m: m.step,
+                             default=None)
+                done, value = (latest.step, latest.value) if latest is not None else (0, None)
                 pct = 100.0 * done / spec.total if spec.total else 0.0
                 if done and self._due(run.info.run_id, pct, now):
                     self._shown[run.info.run_id] = (pct, now)

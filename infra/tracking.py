@@ -88,6 +88,11 @@ def resolve_tracking_uri(cfg: TrackingConfig, workdir: str | Path) -> str:
     return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
 
 
+def param_strings(params: Mapping[str, Any]) -> dict[str, str]:
+    """Params as MLflow stores them: redacted, flattened to dotted keys, keys ≤ 250 and values ≤ 6,000 chars."""
+    return {k[:250]: str(v)[:6000] for k, v in flatten(redact(dict(params))).items()}
+
+
 def preload() -> None:
     """Import MLflow's client now (~4 s): the CLI calls this while Prefect's local API starts, so the run's first
     tracking call does not pay for it afterwards."""
@@ -199,8 +204,7 @@ class Tracker:
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        flat = flatten(redact(dict(params)))
-        items = [Param(k[:250], str(v)[:6000]) for k, v in sorted(flat.items())]
+        items = [Param(k, v) for k, v in sorted(param_strings(params).items())]
         for i in range(0, len(items), 100):  # MLflow's log_batch limit
             self.client.log_batch(run_id, params=items[i:i + 100])
 

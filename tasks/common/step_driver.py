@@ -65,7 +65,7 @@ def drive_step(ctx: RunContext, spec: StepSpec, compute: Callable[[str, str], St
         hit = None
     with tracker.step_run(ctx.parent_run_id, spec.step, dict(spec.params),
                           tags={"cache_key": key, "cache_hit": hit is not None}
-                          | key_tags(spec.config_hash, digests, spec.code_version)) as run_id:
+                          | key_tags(spec.step, spec.config_hash, digests, spec.code_version)) as run_id:
         for name, m in spec.inputs.items():
             tracker.log_manifest(run_id, m, context=spec.contexts.get(name, name))
         if hit is not None:

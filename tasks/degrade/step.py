@@ -225,7 +225,7 @@ def run_degrade(ctx: RunContext, data_cfg: DataConfig, cfg: DegradeConfig, worke
     run_name = STEP if split == "train" else f"{STEP}-{split}"
     with tracker.step_run(ctx.parent_run_id, run_name, params,
                           tags={"cache_key": step_key, "cache_hit": hit is not None, "split": split}
-                          | key_tags(config_hash, inputs, code_ver)) as run_id:
+                          | key_tags(STEP, config_hash, inputs, code_ver)) as run_id:
         tracker.log_text(run_id, json.dumps(scan.model_dump(mode="json"), indent=1), "scan.json")
         if hit is not None:
             get_run_logger().info("degrade: cache hit %s (%d pairs); nothing to do", step_key[:12], hit.counts["pairs"])

@@ -100,7 +100,7 @@ def run_distill(ctx: RunContext, cfg: DistillConfig, teacher_cfg: TeacherConfig,
     with tracker.step_run(ctx.parent_run_id, name, {"distill": cfg.model_dump(mode="json"), "deepspeed_config": ds,
                                                     "world_size": cfg.num_workers, "phase_adapter": phase},
                           tags={"cache_key": key, "cache_hit": hit is not None, "stage": stage}
-                          | key_tags(chash, inputs, code_ver)) as run_id:
+                          | key_tags(name, chash, inputs, code_ver)) as run_id:
         for k, v in manifests.items():
             tracker.log_manifest(run_id, v, context="model" if k in ("teacher", "mask", "stage1", "vae") else "training")
         if hit is not None:

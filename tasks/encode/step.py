@@ -88,7 +88,7 @@ def run_encode(ctx: RunContext, cfg: EncodeConfig, teacher_cfg: TeacherConfig, p
     t0 = time.perf_counter()
     with tracker.step_run(ctx.parent_run_id, STEP, {"encode": cfg.model_dump(mode="json")},
                           tags={"cache_key": key, "cache_hit": hit is not None}
-                          | key_tags(config_hash, inputs, code_ver)) as run_id:
+                          | key_tags(STEP, config_hash, inputs, code_ver)) as run_id:
         tracker.log_manifest(run_id, pairs, context="input")
         tracker.log_manifest(run_id, teacher, context="model")
         if hit is not None:

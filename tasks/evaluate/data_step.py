@@ -184,7 +184,7 @@ def run_eval_data(ctx: RunContext, cfg: EvaluateConfig, data: str | Manifest | D
         hit = None
     with tracker.step_run(ctx.parent_run_id, STEP, {"data": cfg.data.model_dump(mode="json"), "source": data,
                                                    "kind": kind}, tags={"cache_key": key, "cache_hit": hit is not None}
-                          | key_tags(chash, {"source": digest}, code_ver)) as run_id:
+                          | key_tags(STEP, chash, {"source": digest}, code_ver)) as run_id:
         if source_manifest is not None:
             tracker.log_manifest(run_id, source_manifest, context="source")
         if hit is not None:

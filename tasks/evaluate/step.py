@@ -223,7 +223,7 @@ def run_evaluate(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, model
         hit = None
     conv = conventions(ctx, cfg, metric_env(cfg, assets=False), eval_set)
     with tracker.step_run(ctx.parent_run_id, STEP, {"evaluate": cfg.model_dump(mode="json"), "conventions": conv},
-                          tags={"cache_key": key, "cache_hit": hit is not None} | key_tags(chash, inputs, code_ver)) as run_id:
+                          tags={"cache_key": key, "cache_hit": hit is not None} | key_tags(STEP, chash, inputs, code_ver)) as run_id:
         tracker.log_manifest(run_id, eval_set, context="evaluation")
         for m in models.values():
             tracker.log_manifest(run_id, m, context="model")

@@ -90,7 +90,7 @@ def run_register(ctx: RunContext, cfg: RegisterConfig, manifests: dict[str, Mani
     inputs = {"student": student.digest} | ({"evaluate": evaluation.digest} if evaluation else {})
     key = cache_key(STEP, chash, inputs, code_ver)
     with tracker.step_run(ctx.parent_run_id, STEP, {"register": cfg.model_dump(mode="json")},
-                          tags={"cache_key": key, "model_name": cfg.model_name} | key_tags(chash, inputs, code_ver)) as run_id:
+                          tags={"cache_key": key, "model_name": cfg.model_name} | key_tags(STEP, chash, inputs, code_ver)) as run_id:
         for m in manifests.values():
             tracker.log_manifest(run_id, m, context="lineage")
         metrics, ret = evaluation_numbers(ctx, evaluation)

@@ -181,7 +181,7 @@ def run_search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, l
                           tags={"cache_key": key, "cache_hit": hit is not None, "method": cfg.method,
                                 "nm": f"{cfg.n}:{cfg.m}",
                                 **({"budget_choice": _describe(choice)} if choice is not None else {}),
-                                **key_tags(chash, inputs, code_ver)}) as run_id:
+                                **key_tags(STEP, chash, inputs, code_ver)}) as run_id:
         tracker.log_manifest(run_id, latents, context="training")
         tracker.log_manifest(run_id, teacher, context="model")
         if hit is not None:

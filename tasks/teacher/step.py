@@ -199,7 +199,7 @@ def run_teacher(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest | None, hol
     t0 = time.perf_counter()
     with tracker.step_run(ctx.parent_run_id, STEP, {"teacher": cfg.model_dump(mode="json")},
                           tags={"cache_key": key, "cache_hit": hit is not None,
-                                "mode": "bootstrap" if boot else "import", **key_tags(config_hash, inputs, code_ver)}) as run_id:
+                                "mode": "bootstrap" if boot else "import", **key_tags(STEP, config_hash, inputs, code_ver)}) as run_id:
         if pairs is not None:
             tracker.log_manifest(run_id, pairs, context="training")
         if hit is not None:
