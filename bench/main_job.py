@@ -5,8 +5,11 @@
 Runs ``configs/tiny.yaml`` end to end (in-process, as ``srcompress run`` does), then checks what the README
 promises of it: the bootstrapped teacher clearly beats bicubic on the held-out photos (PSNR-Y gain ≥ 0.5 dB and
 ST-LPIPS gain ≥ 10% of bicubic's, both ≥ 3 SE), the final student keeps ≥ 80% of every significant gain at half
-the depth while the pruned-undistilled model keeps clearly less, the student is measurably faster than the
-teacher in the same run, and it is registered. Exits 1 with the failed checks listed; ``.ci/run`` runs it after
+the depth while the pruned-undistilled model keeps clearly less, the student is ≥ 3x faster than the teacher in
+the same run (issue 18), the compressed VAE's reconstruction is reported beside the teacher VAE's, and the
+student is registered. It also reports, without checking it yet, how much a patch grid stands out in the
+teacher's and the student's outputs on the held-out photos (``grid_ratio`` at one token's pixel period and at
+4 px, beside the HQ photos' own; measured: a faint 8-px grid, issue 18 keeps this open). Exits 1 with the failed checks listed; ``.ci/run`` runs it after
 the test suite (the suite itself checks behaviour on seconds-scale configs, not these quality figures).
 Ends with ``RESULT gain_psnr=… retention_min=… speedup=… macs_ratio=… seconds=…``.
 """
@@ -34,7 +37,7 @@ def checks(out: dict) -> tuple[list[str], dict]:
             failed.append(what)
 
     m = out["steps"]["bootstrap_teacher"]["extra"]["metrics"]
-    check(m["eval_pairs"] == 24 and m["psnr_y_teacher"] > m["psnr_y_bicubic"] + 0.1, f"teacher validation: {m}")
+    check(m["eval_pairs"] >= 24 and m["psnr_y_teacher"] > m["psnr_y_bicubic"] + 0.1, f"teacher validation: {m}")
     ev = out["steps"]["evaluate"]
     # the held-out photos, centre-cropped to 512 and scored as 192-px tiles: 12 paired items
     check(ev["counts"]["images"] == 12 and ev["counts"]["models"] == 6, f"evaluation counts: {ev['counts']}")
@@ -60,17 +63,60 @@ def checks(out: dict) -> tuple[list[str], dict]:
     eff = _read(report["files"]["efficiency.json"]["uri"])
     check(set(eff) == {"bicubic", "teacher", "pruned", "searched", "student_stage1", "student"}, f"rows {set(eff)}")
     macs_ratio = eff["teacher"]["macs"] / eff["student"]["macs"]
-    check(macs_ratio > 1 / 0.6, f"MACs ratio {macs_ratio:.2f}")  # half the blocks of a backbone-dominated model
+    check(macs_ratio > 3, f"MACs ratio {macs_ratio:.2f}")  # half the blocks, no prompt tokens, a 2x narrower VAE
     speedup = ret["efficiency"]["student"]["speedup"]
-    check(speedup > 1.3, f"speedup {speedup:.2f} (measured in the same run)")
+    check(speedup >= 3.0, f"speedup {speedup:.2f} (measured in the same run; issue 18: >= 3x)")
+    vae = out["steps"]["compress_vae"]["extra"]["report"]["reconstruction"]
+    check(set(vae) == {"teacher_vae", "compressed_vae"} and "VAE reconstruction" in Path(out["table"]).read_text(),
+          f"VAE reconstruction figures: {vae}")
     table = Path(out["table"]).read_text()
     check("Retention of the teacher's gain" in table and "profiler" in table.lower(), "the printed table")
     check(out["model_version"] == "models:/srcompress-student/1", f"registered {out['model_version']}")
     check(set(out["outcomes"].values()) == {"ran"}, f"outcomes {out['outcomes']}")
     figures = {"gain_psnr": round(gains["psnr"]["gain"], 3),
                "retention_min": round(worst, 3),
-               "speedup": round(speedup, 2), "macs_ratio": round(macs_ratio, 2)}
+               "speedup": round(speedup, 2), "macs_ratio": round(macs_ratio, 2),
+               "vae_psnr": round(vae["compressed_vae"]["psnr"], 2), "teacher_vae_psnr": round(vae["teacher_vae"]["psnr"], 2)}
     return failed, figures
+
+
+def grid_figures(out: dict, work: Path) -> dict[str, float]:
+    """The patch-grid ratio (``models/metrics.grid_ratio``) of the teacher's and the final student's outputs on
+    the held-out photos (the evaluation's LR tiles), at the pixel period of one transformer token (patch size ×
+    VAE factor) and at the 4-px period of the old patch-4-on-pixels teacher, beside the HQ photos' own."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from srcompress.infra.manifest import Manifest
+    from srcompress.infra.store import StoreConfig, open_store
+    from srcompress.models.metrics import grid_ratio
+    from srcompress.models.student.student import load_student
+    from srcompress.models.teachers.loader import load_teacher
+    from srcompress.models.upscalers import DiffusionSR
+    from srcompress.tasks.common.teachers import fetch_teacher_folder
+
+    store = open_store(StoreConfig(uri=out["store"]), work)
+
+    def folder(step: str) -> Path:
+        return fetch_teacher_folder(store, Manifest.model_validate(out["steps"][step]), work / "bench" / step)
+
+    def images(kind: str) -> torch.Tensor:
+        files = sorted((work / "store" / "eval_data").glob(f"*/{kind}/*.png"))
+        return torch.cat([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255)
+                          .permute(2, 0, 1)[None] for f in files])
+
+    lr, hq = images("lr"), images("hr")
+    teacher, student = load_teacher(folder("bootstrap_teacher")), load_student(folder("distill_pixel"))
+    token = teacher.backbone.config.patch_size * teacher.latent_factor
+    figures = {}
+    with torch.inference_mode():
+        for name, model in (("teacher", teacher), ("student", student)):
+            sr = torch.cat([DiffusionSR(model.eval(), 4, color_fix="wavelet")(x[None]) for x in lr])
+            for period in sorted({token, 4}):
+                figures[f"grid{period}_{name}"] = round(grid_ratio(sr, period), 3)
+                figures[f"grid{period}_hq"] = round(grid_ratio(hq, period), 3)
+    return figures
 
 
 def main() -> int:
@@ -92,6 +138,12 @@ def main() -> int:
     out = run_pipeline(load_config("tiny"), work)
     seconds = time.perf_counter() - t0
     failed, figures = checks(out)
+    grid = grid_figures(out, work)
+    for key, value in grid.items():  # reported, not yet a check: issue 18's "no visible patch grid" is open
+        hq = grid[key.rsplit("_", 1)[0] + "_hq"]
+        if not key.endswith("_hq") and value > hq + 0.05:
+            print(f"NOTE: {key} = {value} against {hq} for the HQ photos: a faint patch grid")
+    figures |= grid
     for line in failed:
         print("FAILED:", line)
     print("RESULT " + " ".join(f"{k}={v}" for k, v in {**figures, "seconds": round(seconds)}.items())

@@ -33,3 +33,19 @@ def bicubic_to(x: Tensor, size: int | tuple[int, int]) -> Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def grid_ratio(x: Tensor, period: int) -> float:
+    """How much a ``period``-pixel block grid stands out in ``x`` (N, C, H, W in [0, 1]), the measurable form of
+    "no visible patch grid" (ours): the mean absolute luma step between neighbouring pixels across the block
+    boundaries (columns and rows k·period − 1 → k·period) over the mean step everywhere else. A photo or a
+    model without a grid gives ≈ 1; tokens that each paint their own ``period``-pixel patch give > 1."""
+    y = rgb_to_y(x)[:, None] if x.shape[1] == 3 else x
+    dx = (y[..., :, 1:] - y[..., :, :-1]).abs().mean(dim=(0, 1, 2))  # (W − 1,): step from column j to j + 1
+    dy = (y[..., 1:, :] - y[..., :-1, :]).abs().mean(dim=(0, 1, 3))
+    steps = torch.cat([dx, dy])
+    idx = torch.cat([torch.arange(len(dx)), torch.arange(len(dy))])
+    at = (idx + 1) % period == 0
+    if not at.any() or at.all():
+        raise ValueError(f"grid_ratio: a {period}-px period needs images wider and taller than {period} px")
+    return float(steps[at].mean() / steps[~at].mean().clamp_min(1e-12))

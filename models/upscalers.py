@@ -88,9 +88,11 @@ class DiffusionSR(nn.Module):
 
     def __init__(self, model: nn.Module, scale: int = 4, name: str = "teacher", tile: int | str | None = "model",
                  tile_overlap: int | str = "model", vae_tiling: bool = False, vae_tile: int = 512,
-                 color_fix: str = "none", seed: int = 0):
+                 color_fix: str = "none", seed: int = 0, channels_last: bool = False):
         """``tile``: latent tile size, ``"model"`` (the model's own ``tile``; untiled if it has none) or
-        ``None``/``"none"`` (untiled where the backbone allows). ``tile_overlap``: an int or ``"model"``."""
+        ``None``/``"none"`` (untiled where the backbone allows). ``tile_overlap``: an int or ``"model"``.
+        ``channels_last``: the VAE's weights and its inputs in channels-last layout (faster convolutions on
+        CPUs; converts the shared model's VAE in place, which changes no value beyond round-off)."""
         super().__init__()
         self.model, self.scale, self.name, self.seed = model, scale, name, seed
         self.color_fix_method = color_fix
@@ -105,6 +107,9 @@ class DiffusionSR(nn.Module):
         self.vae_tiling, self.vae_tile = vae_tiling, vae_tile
         self.multiple = model.latent_factor * _backbone_multiple(model.backbone)
         self.sample_mode = getattr(getattr(model, "convention", None), "mode", "mean") == "sample"
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            model.vae.to(memory_format=torch.channels_last)
 
     @contextlib.contextmanager
     def _vae_tiling(self):
@@ -129,9 +134,10 @@ class DiffusionSR(nn.Module):
         """Padded, upsampled LR → SR (no colour fix): encode, one tiled step, decode."""
         m = self.model
         with self._vae_tiling():
+            x = x.contiguous(memory_format=self.memory_format)
             z = m.encode(x, torch.Generator().manual_seed(self.seed)) if self.sample_mode else m.encode(x)
             z = tiled(m.restore_tile, z, self.tile, self.tile_overlap) if self.tile else m.restore_tile(z)
-            return m.decode(z)
+            return m.decode(z.contiguous(memory_format=self.memory_format))
 
     def forward(self, lr: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         out_device = lr.device
@@ -150,5 +156,6 @@ class DiffusionSR(nn.Module):
                 "latent_sampling": f"posterior sample, seed {self.seed}" if self.sample_mode else "posterior mean",
                 "tile_blend": "gaussian-var-0.01", "vae_tiling": self.vae_tiling,
                 "vae_tile": self.vae_tile if self.vae_tiling else None, "color_fix": self.color_fix_method,
+                "memory_format": "channels_last" if self.memory_format is torch.channels_last else "contiguous",
                 "pad_multiple": self.multiple, "input": "bicubic-x{}-reflect-pad".format(self.scale),
                 "params": sum(p.numel() for p in self.parameters())}

@@ -278,11 +278,12 @@ def separate_encoder(vae: PrunedAutoencoderKL) -> PrunedAutoencoderKL:
 
 
 @torch.no_grad()
-def refit_output_convs(vae: PrunedAutoencoderKL, teacher_vae: AutoencoderKL, images: Tensor) -> dict[str, float]:
+def refit_output_convs(vae: PrunedAutoencoderKL, teacher_vae: AutoencoderKL, images: Tensor,
+                       parts: Sequence[str] = ("encoder", "decoder")) -> dict[str, float]:
     """Least-squares reconstruction of the two layers after the last nonlinearity (ours, after He et al.,
-    ICCV 2017, "Channel Pruning…", whose second step re-fits the next layer to the unpruned output). Not yet a
-    step option: measured on the embedded teacher's constructed VAE it restores the pruned encoder (tested); on
-    the identity VAE at width 4 it did not help the untrained reconstruction, so the step does not call it.
+    ICCV 2017, "Channel Pruning…", whose second step re-fits the next layer to the unpruned output); the
+    ``compress_vae`` step's ``vae.refit``. Measured on the embedded teacher's constructed VAE it restores the
+    pruned encoder (tested); on the identity VAE at width 4 it did not help the untrained reconstruction.
 
     Pruning changes more than the dropped channels: a one-group GroupNorm's statistics (and so the scale of
     every kept channel) depend on the channels it normalises. The encoder's ``conv_out`` is re-fitted so that the
@@ -292,9 +293,11 @@ def refit_output_convs(vae: PrunedAutoencoderKL, teacher_vae: AutoencoderKL, ima
     :func:`separate_encoder`. Returns the RMS error of both outputs before and after."""
     out = {}
     lat = teacher_vae.encode(images).latent_dist.mean
-    for part, conv, run, target in (
-            ("encoder", vae.encoder.conv_out, lambda x: vae.encoder(x), teacher_vae.encoder(images)),
-            ("decoder", vae.decoder.conv_out, lambda z: vae.decode(z).sample, teacher_vae.decode(lat).sample)):
+    for part, conv, run, reference in (p for p in (
+            ("encoder", vae.encoder.conv_out, lambda x: vae.encoder(x), lambda: teacher_vae.encoder(images)),
+            ("decoder", vae.decoder.conv_out, lambda z: vae.decode(z).sample, lambda: teacher_vae.decode(lat).sample))
+            if p[0] in parts):
+        target = reference()
         feats: list[Tensor] = []
         hook = conv.register_forward_hook(lambda m, a, o: feats.append(a[0]))
         inputs = images if part == "encoder" else lat

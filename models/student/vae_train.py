@@ -14,6 +14,7 @@ Pure PyTorch: the step driver (tasks/vae/) owns data, checkpoints and logging.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,25 @@ class VAETrainSettings:
     perceptual_weight: float = 1.0
     gan_weight: float = 0.1
     weight_decay: float = 0.0
+    schedule: str = "constant"       # or "one_cycle": per phase, over encoder_steps / decoder_steps
+    encoder_steps: int = 0
+    decoder_steps: int = 0
+
+
+def scheduled_lr(base: float, step: int, total: int, schedule: str) -> float:
+    """The learning rate of optimiser step ``step`` (0-based) of ``total``. ``constant``: TinySR's appendix gives
+    one rate per phase. ``one_cycle`` (ours): torch's ``OneCycleLR`` at its defaults with ``pct_start=0.1`` —
+    cosine warm-up from base/25 over the first 10% of the steps, cosine anneal to base/(25·10⁴) — computed
+    from the step counter, so that a resumed phase needs no scheduler state (tested equal to torch's)."""
+    if schedule == "constant" or total < 2:
+        return base
+    start_lr, peak, final = base / 25, base, base / 25 / 1e4
+    warm_end = 0.1 * total - 1
+    if step <= warm_end:  # torch divides 0 by 0 when warm_end is 0 (total = 10): the peak here
+        a, b, pct = start_lr, peak, step / warm_end if warm_end > 0 else 1.0
+    else:
+        a, b, pct = peak, final, (step - warm_end) / (total - 1 - warm_end)
+    return b + (a - b) / 2 * (math.cos(math.pi * pct) + 1)
 
 
 def _scaled(vae: nn.Module, x01: Tensor, scale: float, shift: float) -> Tensor:
@@ -77,6 +97,7 @@ class VAETrainer:
     def encoder_step(self, x01: Tensor) -> float:
         self.vae.train()
         loss = F.l1_loss(_scaled(self.vae, x01, self.scale, self.shift), self.teacher_latents(x01))
+        self._set_lr(self.opt_enc, self.cfg.enc_lr, "encoder", self.cfg.encoder_steps)
         self.opt_enc.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_enc.step()
@@ -99,6 +120,7 @@ class VAETrainer:
             self.disc.requires_grad_(False)  # the generator's backward must not touch D's weights
             g = g_hinge(self.disc(fake.clamp(0, 1)))
             loss = loss + c.gan_weight * g
+        self._set_lr(self.opt_dec, c.dec_lr, "decoder", c.decoder_steps)
         self.opt_dec.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_dec.step()
@@ -113,6 +135,10 @@ class VAETrainer:
         for k, v in (("decoder.l1", l1), ("decoder.perceptual", perc), ("decoder.gan_g", g), ("decoder.gan_d", d)):
             self.history[k].append(float(v.item()))
         return float(loss.item())
+
+    def _set_lr(self, opt: torch.optim.Optimizer, base: float, phase: str, total: int) -> None:
+        for group in opt.param_groups:
+            group["lr"] = scheduled_lr(base, self.steps[phase], total, self.cfg.schedule)
 
     def state_dict(self) -> dict:
         sd = {"vae": self.vae.state_dict(), "opt_enc": self.opt_enc.state_dict(), "opt_dec": self.opt_dec.state_dict(),

@@ -179,7 +179,7 @@ def train_tiny_teacher(lq: Tensor, hq: Tensor, cfg: BootstrapConfig, log: Callab
                                pooled_dim=cfg.pooled_dim, prompt_len=cfg.prompt_len,
                                vae_channels=tuple(cfg.vae_channels), vae_norm_groups=cfg.vae_norm_groups,
                                patch_size=cfg.patch_size, tile=cfg.tile, tile_overlap=cfg.tile_overlap,
-                               vae_identity=cfg.vae_init == "identity").to(device)
+                               vae_identity=cfg.vae_init == "identity", vae_attention=cfg.vae_attention).to(device)
     lq, hq = lq.to(device), hq.to(device)
     t0 = time.perf_counter()
     if resume:

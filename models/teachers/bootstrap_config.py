@@ -16,6 +16,7 @@ class BootstrapConfig(StrictModel):
     seed: int = Field(0, description="Seed of initialisation, batch sampling and the validation split.")
     vae_init: Literal["identity", "pca", "random"] = Field("identity", description="identity: exact identity AutoencoderKL (one block, latent = pixels), see models/teachers/tiny.py; pca: latent factor 4, exact PCA encoder + fitted linear decoder path (models/teachers/vae_init.py; vae_channels [c, c, w], c >= max(12, latent_channels), w > 2 * latent_channels, vae_norm_groups 1); random: train from scratch.")
     vae_channels: list[int] = Field([32], min_length=1, description="AutoencoderKL block widths; 2**(n-1) is the latent downsampling factor.")
+    vae_attention: bool = Field(False, description="Mid-block self-attention in both VAE halves, as SD3's VAE has (TinySR's compression removes it); pca/random only: the pca construction starts it as the identity (output projection zeroed) and the fine-tune trains the decoder's.")
     vae_norm_groups: int = Field(1, ge=1, description="GroupNorm groups in the VAE (identity init needs 1; 1 also trained fastest from scratch).")
     latent_channels: int = Field(16, ge=3, description="Latent channels (SD3: 16).")
     num_layers: int = Field(8, ge=1, description="SD3 transformer blocks (the prunable units).")
@@ -48,6 +49,8 @@ class BootstrapConfig(StrictModel):
         if self.vae_init == "identity" and (len(self.vae_channels) != 1 or self.vae_norm_groups != 1
                                             or self.vae_channels[0] < 8):
             raise ValueError("vae_init=identity needs vae_channels=[w >= 8] and vae_norm_groups=1")
+        if self.vae_init == "identity" and self.vae_attention:
+            raise ValueError("vae_attention needs vae_init pca or random (the identity construction has no attention)")
         ch, lat = self.vae_channels, self.latent_channels
         if self.vae_init == "pca" and (len(ch) != 3 or self.vae_norm_groups != 1 or ch[0] != ch[1]
                                        or ch[0] < max(12, lat) or ch[2] <= 2 * lat):

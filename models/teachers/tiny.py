@@ -16,15 +16,16 @@ from srcompress.models.teachers.unet import UNetOneStepTeacher
 
 
 def tiny_vae(latent_channels: int = 16, block_out_channels: tuple[int, ...] = (16, 32, 32), norm_groups: int = 8,
-             scaling_factor: float = 1.0, shift_factor: float | None = None):
-    """An ``AutoencoderKL`` with 2**(len(blocks)-1) downsampling and no mid-block attention."""
+             scaling_factor: float = 1.0, shift_factor: float | None = None, attention: bool = False):
+    """An ``AutoencoderKL`` with 2**(len(blocks)-1) downsampling; mid-block self-attention in both halves only
+    with ``attention`` (SD3's VAE has it; TinySR's compression removes it)."""
     from diffusers import AutoencoderKL
 
     n = len(block_out_channels)
     return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
                          up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=tuple(block_out_channels),
                          layers_per_block=1, latent_channels=latent_channels, norm_num_groups=norm_groups,
-                         mid_block_add_attention=False, scaling_factor=scaling_factor, shift_factor=shift_factor)
+                         mid_block_add_attention=attention, scaling_factor=scaling_factor, shift_factor=shift_factor)
 
 
 def identity_init_vae(vae, const: float = 100.0, shift: float = 20.0) -> None:
@@ -92,12 +93,14 @@ def tiny_sd3_teacher(seed: int = 0, num_layers: int = 4, latent_channels: int = 
                      heads: int = 4, text_dim: int = 32, pooled_dim: int = 32, prompt_len: int = 8,
                      vae_channels: tuple[int, ...] = (16, 32, 32), latent_mode: str = "mean",
                      scaling_factor: float = 1.0, vae_norm_groups: int = 8, patch_size: int = 2,
-                     tile: int | None = None, tile_overlap: int = 8, vae_identity: bool = False) -> SD3OneStepTeacher:
+                     tile: int | None = None, tile_overlap: int = 8, vae_identity: bool = False,
+                     vae_attention: bool = False) -> SD3OneStepTeacher:
     from diffusers import SD3Transformer2DModel
 
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    vae = tiny_vae(latent_channels, vae_channels, norm_groups=vae_norm_groups, scaling_factor=scaling_factor)
+    vae = tiny_vae(latent_channels, vae_channels, norm_groups=vae_norm_groups, scaling_factor=scaling_factor,
+                   attention=vae_attention)
     if vae_identity:
         identity_init_vae(vae)
     # With tiling, the positional embedding covers exactly one tile (TinySR's fixed 64-latent pos_embed).

@@ -62,10 +62,17 @@ def check_layout(vae) -> tuple[int, int, int, int]:
 
 
 def _zero_resnets(part: nn.Module) -> None:
-    """Each resnet becomes its shortcut: conv2 zeroed, a 1×1 shortcut set to embed its first channels."""
+    """Each resnet becomes its shortcut: conv2 zeroed, a 1×1 shortcut set to embed its first channels; a
+    mid-block attention becomes its residual connection (output projection zeroed)."""
+    from diffusers.models.attention_processor import Attention
     from diffusers.models.resnet import ResnetBlock2D
 
     for m in part.modules():
+        if isinstance(m, Attention):
+            if not m.residual_connection or m.rescale_output_factor != 1:
+                raise ValueError("vae_init=pca: a mid-block attention must be residual with output factor 1")
+            m.to_out[0].weight.zero_()
+            m.to_out[0].bias.zero_()
         if isinstance(m, ResnetBlock2D):
             m.conv2.weight.zero_()
             m.conv2.bias.zero_()
@@ -194,28 +201,41 @@ def realize_decoder(vae, lin: LinearDecoder, const: float = 300.0, shift: float 
     dec.conv_out.bias.copy_(lin.conv_out.bias)
 
 
-def build_pca_vae(vae, images: Tensor, linear_steps: int, lr: float, batch: int, crop: int, g: torch.Generator,
-                  log: Callable[[str], None] = print) -> list[float]:
-    """PCA encoder from ``images`` (N, 3, H, W in [−1, 1]), then the linear decoder fitted for ``linear_steps``
-    (MSE, one-cycle Adam, random ``crop``-px crops on the 4-px grid) and copied in. Returns its losses."""
-    c, w, lat, data = check_layout(vae)
-    basis, mean = pca_basis(images, lat)
-    pca_init_encoder(vae, basis, mean)
+def fit_linear_decoder(encode: Callable[[Tensor], Tensor], images: Tensor, layout: tuple[int, int, int, int],
+                       steps: int, lr: float, batch: int, crop: int, g: torch.Generator,
+                       log: Callable[[str], None] = print) -> tuple[LinearDecoder, list[float]]:
+    """A :class:`LinearDecoder` at ``layout`` = (c, w, latent, data) fitted to invert ``encode`` on ``images``
+    (N, 3, H, W in [−1, 1]): MSE, one-cycle Adam, ``batch`` random ``crop``-px crops on the 4-px grid per step.
+    Returns it (to copy in with :func:`realize_decoder`) and its losses."""
+    c, w, lat, data = layout
     lin = LinearDecoder(lat, c, w, data).to(images.device)
-
-    def encode(x: Tensor) -> Tensor:
-        return ((cell_vectors(x).permute(0, 2, 3, 1) - mean) @ basis.T).permute(0, 3, 1, 2)
-
     opt = torch.optim.Adam(lin.parameters(), lr)
-    warm = min(0.5, max(0.05, 2.0 / max(linear_steps, 1)))  # ≥ 2 warm-up steps: OneCycleLR divides by them
-    sched = one_cycle(opt, lr, max(linear_steps, 2), pct_start=warm)
+    warm = min(0.5, max(0.05, 2.0 / max(steps, 1)))  # ≥ 2 warm-up steps: OneCycleLR divides by them
+    sched = one_cycle(opt, lr, max(steps, 2), pct_start=warm)
     crop = min(crop, images.shape[-1], images.shape[-2]) // 4 * 4
-    losses = []
-    for step in range(linear_steps):
+    losses: list[float] = []
+    for step in range(steps):
         idx = torch.randint(0, len(images), (batch,), generator=g)
         i = int(torch.randint(0, (images.shape[-2] - crop) // 4 + 1, (1,), generator=g)) * 4
         j = int(torch.randint(0, (images.shape[-1] - crop) // 4 + 1, (1,), generator=g)) * 4
         x = images[idx, :, i:i + crop, j:j + crop]
-        update(opt, sched, F.mse_loss(lin(encode(x)), x), losses, step, linear_steps, "vae (linear decoder)", log)
+        with torch.no_grad():
+            z = encode(x)
+        update(opt, sched, F.mse_loss(lin(z), x), losses, step, steps, "vae (linear decoder)", log)
+    return lin, losses
+
+
+def build_pca_vae(vae, images: Tensor, linear_steps: int, lr: float, batch: int, crop: int, g: torch.Generator,
+                  log: Callable[[str], None] = print) -> list[float]:
+    """PCA encoder from ``images`` (N, 3, H, W in [−1, 1]), then the linear decoder fitted for ``linear_steps``
+    (:func:`fit_linear_decoder`) and copied in. Returns its losses."""
+    layout = check_layout(vae)
+    basis, mean = pca_basis(images, layout[2])
+    pca_init_encoder(vae, basis, mean)
+
+    def encode(x: Tensor) -> Tensor:
+        return ((cell_vectors(x).permute(0, 2, 3, 1) - mean) @ basis.T).permute(0, 3, 1, 2)
+
+    lin, losses = fit_linear_decoder(encode, images, layout, linear_steps, lr, batch, crop, g, log)
     realize_decoder(vae, lin)
     return losses

@@ -48,6 +48,7 @@ class Stage2Config(StrictModel):
     gan_weight: float = Field(0.3, ge=0, description="Weight of the generator's GAN term −mean D(fake) (TinySR: 0.3; 0 = no discriminator).")
     discriminator: Literal["projected_stlpips", "patch"] = Field("projected_stlpips", description="projected_stlpips: heads on the frozen ST-LPIPS AlexNet trunk (stands in for TinySR's DINO projected D, whose weights no package ships); patch: a small trainable PatchGAN.")
     gan_start: int = Field(0, ge=0, description="Generator steps before the GAN term switches on (the discriminator trains from step 0).")
+    train_decoder: bool = Field(True, description="Train the tiny or compressed VAE's decoder with the generator (its encoder stays as fitted). false: it stays as its own training left it — at toy scale the perceptual and GAN terms pull a decoder off the photos (configs/tiny.yaml).")
 
 
 class DistillConfig(StrictModel):

@@ -237,7 +237,7 @@ class Stage2(_Stage):
         st.backbone.requires_grad_(True)
         if st.phase is not None:
             st.phase.requires_grad_(True)
-        if st.tiny_vae or st.compressed_vae:  # its decoder is the generator's last stage (the encoder stays as fitted)
+        if (st.tiny_vae or st.compressed_vae) and s2.train_decoder:  # the decoder is the generator's last stage
             st.vae.decoder.requires_grad_(True)
         gen_model = Generator(st)
         g_opt = torch.optim.AdamW([p for p in gen_model.parameters() if p.requires_grad], s2.lr, weight_decay=0.0)

@@ -46,6 +46,7 @@ class InferenceConfig(StrictModel):
     vae_tiling: bool = Field(False, description="Use the VAE's own tiled encode/decode (diffusers AutoencoderKL.enable_tiling).")
     vae_tile: int = Field(512, ge=32, description="VAE tile size in pixels when vae_tiling is on.")
     color_fix: Literal["none", "adain", "wavelet"] = Field("wavelet", description="Colour fix against the bicubic-upsampled LR (TSD-SR default: wavelet; OSEDiff/TinySR: adain).")
+    channels_last: bool = Field(False, description="Run every model's VAE in channels-last memory layout (the same for teacher and students: a runtime setting, not a model change). On CPUs it speeds the narrow convolutions of small VAEs up (measured 1.5–2x on the embedded teacher's); outputs equal the default layout's to float round-off.")
 
 
 class EfficiencyConfig(StrictModel):

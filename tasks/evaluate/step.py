@@ -117,7 +117,8 @@ def build_upscaler(ctx: RunContext, cfg: EvaluateConfig, scale: int, name: str, 
     device = resolve_device(cfg.device or ctx.device, "evaluate.device" if cfg.device else "run.device")
     net = load_model(ctx, name, models, teacher_cfg, device)
     return DiffusionSR(net.eval(), scale=scale, name=name, tile=inf.tile, tile_overlap=inf.tile_overlap,
-                       vae_tiling=inf.vae_tiling, vae_tile=inf.vae_tile, color_fix=inf.color_fix, seed=inf.seed)
+                       vae_tiling=inf.vae_tiling, vae_tile=inf.vae_tile, color_fix=inf.color_fix, seed=inf.seed,
+                       channels_last=inf.channels_last)
 
 
 def conventions(ctx: RunContext, cfg: EvaluateConfig, env: MetricEnv, eval_set: Manifest) -> dict:

@@ -25,8 +25,13 @@ class VAECompressConfig(StrictModel):
         return v
     remove_attention: bool = Field(True, description="Drop the VAE's mid-block self-attention (TinySR).")
     separable_encoder: bool = Field(True, description="Depthwise-separable k×k convolutions in the encoder only (TinySR: the decoder keeps dense convolutions).")
+    refit: bool = Field(False, description="After pruning, re-fit the encoder's output convolution by least squares so that the pruned encoder's moments match the teacher's on training crops (He et al. 2017's reconstruction step; ours, not TinySR's). Pruning a one-group GroupNorm's channels rescales every kept one; the re-fit undoes it before training.")
+    decoder_init: Literal["pruned", "linear"] = Field("pruned", description="pruned: the teacher's decoder on the kept channels (TinySR). linear (ours, for VAEs of the embedded teacher's layout: three blocks [c, c, w], one norm group): a linear decoder at the compressed widths fitted (MSE) to the teacher's latents, copied into the pruned decoder with its resnets zeroed; the decoder phase then trains from there (docs/methods.md §8.6).")
+    linear_steps: int = Field(1000, ge=1, description="decoder_init=linear: Adam steps of the linear decoder's fit.")
+    linear_lr: float = Field(2e-3, gt=0, description="decoder_init=linear: peak learning rate of that fit (one-cycle).")
     encoder_steps: int = Field(100_000, ge=0, description="Phase 1: encoder L1 to the teacher's scaled latents (TinySR: 100k).")
     decoder_steps: int = Field(200_000, ge=0, description="Phase 2: decoder L1 + ST-LPIPS + GAN to the HQ pixels (TinySR: 200k).")
+    schedule: Literal["constant", "one_cycle"] = Field("constant", description="Learning rate per phase: constant (TinySR's appendix gives one rate) or one_cycle (ours: torch's OneCycleLR defaults with pct_start 0.1 — cosine warm-up from lr/25, cosine anneal to lr/2.5e5; a few hundred steps fine-tune a constructed decoder without first wrecking it).")
     batch_size: int = Field(64, ge=1, description="Crops per step (TinySR: 64).")
     crop: int = Field(128, ge=8, description="Side of the random HQ crops (rounded down to the latent factor).")
     enc_lr: float = Field(3e-4, gt=0, description="Encoder AdamW learning rate (TinySR: 3e-4).")

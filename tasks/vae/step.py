@@ -36,8 +36,9 @@ from srcompress.models.efficiency import count_macs
 from srcompress.models.iqa import MetricEnv
 from srcompress.models.iqa.registry import build_metric
 from srcompress.models.student.gan import make_discriminator
-from srcompress.models.student.vae_prune import prune_vae
+from srcompress.models.student.vae_prune import prune_vae, refit_output_convs, separate_encoder
 from srcompress.models.student.vae_train import VAETrainer, VAETrainSettings, reconstruction
+from srcompress.models.teachers.vae_init import check_layout, fit_linear_decoder, realize_decoder
 from srcompress.tasks.common.pairs import iter_pairs
 from srcompress.tasks.common.plots import png_bytes, pyplot
 from srcompress.tasks.common.step_driver import StepOutput, StepSpec, drive_step
@@ -63,7 +64,8 @@ def step_config_hash(cfg: VAECompressConfig, teacher_cfg: TeacherConfig) -> str:
 
 def train_settings(cfg: VAECompressConfig) -> VAETrainSettings:
     return VAETrainSettings(enc_lr=cfg.enc_lr, dec_lr=cfg.dec_lr, d_lr=cfg.d_lr, l1_weight=cfg.l1_weight,
-                            perceptual_weight=cfg.perceptual_weight, gan_weight=cfg.gan_weight)
+                            perceptual_weight=cfg.perceptual_weight, gan_weight=cfg.gan_weight,
+                            schedule=cfg.schedule, encoder_steps=cfg.encoder_steps, decoder_steps=cfg.decoder_steps)
 
 
 def _pairs(store, manifest: Manifest, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,6 +142,31 @@ def _figures(out: Path, history: dict, images: torch.Tensor, recons: dict) -> No
     atomic_write_bytes(out / "reconstruction.png", png_bytes(fig))
 
 
+@torch.no_grad()
+def _initialise(cfg: VAECompressConfig, teacher_vae, hq: torch.Tensor, device, log) -> tuple[torch.nn.Module, dict]:
+    """Prune, then (options) re-fit the encoder's output conv and realise a fitted linear decoder, and only then
+    split the encoder into SepConvs (the re-fit solves for dense kernels)."""
+    vae, report = prune_vae(teacher_vae, cfg.width, cfg.remove_attention, separable_encoder=False)
+    if cfg.refit:
+        probe = hq[:64].to(device) * 2 - 1
+        report["refit"] = refit_output_convs(vae, teacher_vae, probe, parts=("encoder",))
+        log.info("compress_vae: encoder output re-fitted (latent RMS %.4g → %.4g)",
+                 report["refit"]["encoder_rms_before"], report["refit"]["encoder_rms_after"])
+    if cfg.decoder_init == "linear":
+        g = torch.Generator().manual_seed(cfg.seed)
+        with torch.enable_grad():
+            lin, losses = fit_linear_decoder(lambda x: teacher_vae.encode(x).latent_dist.mean, hq.to(device) * 2 - 1,
+                                             check_layout(vae), cfg.linear_steps, cfg.linear_lr, 16, 48, g,
+                                             log=lambda m: log.info("compress_vae: %s", m.replace("bootstrap ", "")))
+        realize_decoder(vae, lin)
+        report["linear_decoder_mse"] = float(sum(losses[-20:]) / max(len(losses[-20:]), 1))
+    if cfg.separable_encoder:
+        separate_encoder(vae)
+    report["separable_encoder"] = bool(cfg.separable_encoder)
+    report["params"] = sum(p.numel() for p in vae.parameters())
+    return vae, report
+
+
 @task(name="compress-vae", cache_policy=NO_CACHE, retries=0)
 def compute(ctx: RunContext, cfg: VAECompressConfig, teacher_cfg: TeacherConfig, pairs: Manifest,
             teacher_m: Manifest, holdout: Manifest | None, key: str) -> StepOutput:
@@ -155,8 +182,8 @@ def compute(ctx: RunContext, cfg: VAECompressConfig, teacher_cfg: TeacherConfig,
                          f"{type(teacher.vae).__name__}")
     scale, shift = teacher.convention.scaling_factor, teacher.convention.shift_factor
     torch.manual_seed(cfg.seed)
-    vae, report = prune_vae(teacher.vae, cfg.width, cfg.remove_attention, cfg.separable_encoder)
     lq, hq = _pairs(store, pairs, cfg.max_pairs)
+    vae, report = _initialise(cfg, teacher.vae, hq, device, log)
     f = teacher.latent_factor
     crop = max(f, min(cfg.crop, hq.shape[-1], hq.shape[-2]) // f * f)
     settings = train_settings(cfg)

@@ -86,3 +86,25 @@ def test_color_fix_is_applied_against_the_upsampled_lr():
     assert torch.allclose(sr.mean(dim=(-2, -1)), ref.mean(dim=(-2, -1)), atol=0.02)
     with pytest.raises(ValueError, match="unknown color fix"):
         DiffusionSR(t, tile=None, color_fix="hist")(x)
+
+
+@torch.no_grad()
+def test_channels_last_changes_the_layout_not_the_output():
+    """evaluate.inference.channels_last: the VAE's convolution weights and the tensors it sees are channels-last
+    (the layout that runs narrow convolutions faster on CPUs), the output equals the default layout's to float
+    round-off, and the description records it."""
+    import copy
+
+    t = tiny_sd3_teacher().eval()
+    plain = DiffusionSR(t, scale=4, tile=None)
+    fast = DiffusionSR(copy.deepcopy(t), scale=4, tile=None, channels_last=True)
+    convs = [m for m in fast.model.vae.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    seen = []
+    hook = fast.model.vae.encoder.conv_in.register_forward_hook(lambda m, a, o: seen.append(a[0]))
+    x = _lr(13, 21)
+    a, b = plain(x), fast(x)
+    hook.remove()
+    assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+    assert torch.allclose(a, b, atol=1e-4)
+    assert (plain.describe()["memory_format"], fast.describe()["memory_format"]) == ("contiguous", "channels_last")

@@ -81,7 +81,32 @@ def test_build_fits_a_decoder_and_the_vae_reconstructs_held_out_photos():
     assert psnr > psnr_blur + 3, (float(psnr), float(psnr_blur))
 
 
+@pytest.mark.parametrize("attention", [False, True])
+def test_the_construction_holds_with_sd3s_mid_block_attention(attention):
+    """teacher.bootstrap.vae_attention: SD3's VAE has a mid-block self-attention in both halves; the construction
+    starts each as the identity (its residual connection), so the encoder is still the PCA projection and the
+    decoder still the copied linear decoder — with attention as without."""
+    torch.manual_seed(0)
+    vae = tiny_vae(16, (16, 16, 48), norm_groups=1, attention=attention)
+    attn = [b.attentions[0] for b in (vae.encoder.mid_block, vae.decoder.mid_block)]
+    assert all(a is not None for a in attn) == attention
+    x = _photos()
+    basis, mean = pca_basis(x, 16)
+    pca_init_encoder(vae, basis, mean)
+    torch.manual_seed(1)
+    lin = LinearDecoder(16, 16, 48, 6)
+    realize_decoder(vae, lin)
+    with torch.no_grad():
+        z = vae.encode(x).latent_dist.mean
+        want = ((cell_vectors(x).permute(0, 2, 3, 1) - mean) @ basis.T).permute(0, 3, 1, 2)
+        got, ref = vae.decode(z).sample, lin(z)
+    assert (z - want).abs().max() < 1e-3 * want.abs().max()
+    assert (got - ref).abs().max() < 2e-3 * ref.abs().max()
+
+
 def test_config_refuses_a_layout_the_construction_cannot_build():
+    with pytest.raises(ValueError, match="vae_attention needs vae_init pca or random"):
+        BootstrapConfig(vae_init="identity", vae_channels=[8], vae_attention=True)
     with pytest.raises(ValueError, match="vae_init=pca needs vae_channels"):
         BootstrapConfig(vae_init="pca", vae_channels=[16, 32, 48], latent_channels=16)
     with pytest.raises(ValueError, match="w > 2 \\* latent_channels"):

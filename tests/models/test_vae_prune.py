@@ -223,3 +223,41 @@ def test_least_squares_refit_restores_a_pruned_constructed_encoder():
     assert off > 0.5 * ref.abs().max() and err < 1e-2 * ref.abs().max(), (off, err)  # 175% → 0.2% here
     assert stats["encoder_rms_after"] < 1e-2 * stats["encoder_rms_before"]
     assert stats["decoder_rms_after"] < stats["decoder_rms_before"]
+
+
+@pytest.mark.parametrize("total", [2, 9, 11, 57, 400])
+def test_the_one_cycle_schedule_is_torchs_onecyclelr(total):
+    """``scheduled_lr`` computes the rate from the step counter (a resume needs no scheduler state); it must be
+    torch's OneCycleLR at pct_start 0.1 step for step, and ``constant`` the base rate."""
+    from srcompress.models.student.vae_train import scheduled_lr
+
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-4, total_steps=total, pct_start=0.1)
+    ref = []
+    for _ in range(total):
+        ref.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    ours = [scheduled_lr(3e-4, k, total, "one_cycle") for k in range(total)]
+    assert ours == pytest.approx(ref, rel=1e-9, abs=1e-15)
+    assert {scheduled_lr(3e-4, k, total, "constant") for k in range(total)} == {3e-4}
+
+
+def test_the_trainer_applies_the_schedule_per_phase():
+    """One-cycle over each phase's own step count: the encoder's first step runs at enc_lr/25, the decoder's
+    first at dec_lr/25 (its phase restarts the cycle), and a constant schedule leaves both rates as set."""
+    teacher = _vae(0)
+    vae, _ = prune_vae(teacher, width=16)
+    s = VAETrainSettings(enc_lr=1e-3, dec_lr=2e-3, gan_weight=0, perceptual_weight=0, schedule="one_cycle",
+                         encoder_steps=20, decoder_steps=30)
+    tr = VAETrainer(vae, teacher, 1.0, 0.0, s)
+    x = torch.rand(2, 3, 16, 16)
+    tr.encoder_step(x)
+    tr.decoder_step(x)
+    assert tr.opt_enc.param_groups[0]["lr"] == pytest.approx(1e-3 / 25)
+    assert tr.opt_dec.param_groups[0]["lr"] == pytest.approx(2e-3 / 25)
+    tr.encoder_step(x)
+    assert tr.opt_enc.param_groups[0]["lr"] == pytest.approx(1e-3)  # step 1 of 20 is the peak (0.1·20 − 1 = 1)
+    flat = VAETrainer(vae, teacher, 1.0, 0.0, VAETrainSettings(enc_lr=1e-3, gan_weight=0, perceptual_weight=0))
+    flat.encoder_step(x)
+    assert flat.opt_enc.param_groups[0]["lr"] == 1e-3

@@ -190,13 +190,15 @@ def test_two_ranks_tiny_vae_phase_adapter_gan_and_a_budget(tmp_path, two_stage):
 def test_the_final_student_decodes_with_the_compressed_vae(tmp_path, two_stage):
     """With vae.enabled, compress_vae runs after the teacher, stage 1 and the search stay cached, and stage 2
     swaps in the compressed VAE and trains its decoder: the published student loads a PrunedAutoencoderKL whose
-    encoder is the step's (untouched) and whose decoder moved."""
+    encoder is the step's (untouched) and whose decoder moved — unless ``distill.stage2.train_decoder`` is off."""
     from srcompress.models.student.vae_prune import PrunedAutoencoderKL
 
     # the session teacher's VAE saturates (4 fine-tune steps): a few fast steps bring the compressed decoder's
     # output into [-1, 1], where the decode's clamp passes gradients to it
     opts = TWO_STAGE + ["vae.enabled=true", "vae.width=4", "vae.encoder_steps=2", "vae.decoder_steps=8",
-                        "vae.dec_lr=0.01", "vae.batch_size=2", "vae.crop=32", "vae.eval_size=1"]
+                        "vae.dec_lr=0.01", "vae.batch_size=2", "vae.crop=32", "vae.eval_size=1",
+                        "vae.schedule=constant", "vae.refit=false", "vae.decoder_init=pruned",
+                        "distill.stage2.train_decoder=true"]
     work = seed_workdir(two_stage[1] / "store", tmp_path / "w")
     out = run_pipeline(load_config("tiny", opts), work, until="distill_pixel")
     o = out["outcomes"]
@@ -214,6 +216,11 @@ def test_the_final_student_decodes_with_the_compressed_vae(tmp_path, two_stage):
     assert all(torch.equal(mine[k], v) for k, v in enc.items())
     assert not all(torch.equal(mine[k], v) for k, v in dec.items())  # stage 2 trained the decoder
     assert student(torch.rand(1, 3, 40, 24)).shape == (1, 3, 40, 24)
+    # distill.stage2.train_decoder=false: stage 2 reruns, and the decoder stays the step's
+    again = run_pipeline(load_config("tiny", opts + ["distill.stage2.train_decoder=false"]), work, until="distill_pixel")
+    assert (again["outcomes"]["compress_vae"], again["outcomes"]["distill_pixel"]) == ("cached", "ran")
+    frozen = load_student(_folder(again, "distill_pixel", tmp_path / "fetch2")).vae.state_dict()
+    assert all(torch.equal(frozen[k], v) for k, v in (enc | dec).items())
 
 
 @shared_run
