@@ -33,8 +33,8 @@ def test_dry_run_names_the_changed_field_and_the_steps_it_invalidates(tmp_path):
     assert "code version" not in out and "input sources" not in out  # only what changed is named
     after = out.split("not looked up (they depend on what degrade produces):")[1]
     assert [s.strip() for s in after.strip().splitlines()[0].split(",")] == [
-        "bootstrap_teacher", "encode_latents", "analyse_redundancy", "search_pruning", "distill_latent",
-        "distill_pixel", "evaluate", "register"]  # compress_vae: off in this config
+        "bootstrap_teacher", "compress_vae", "encode_latents", "analyse_redundancy", "search_pruning",
+        "distill_latent", "distill_pixel", "evaluate", "register"]  # compress_vae: on in configs/tiny.yaml
 
     out = _cli("explain", "bootstrap_teacher", *base, "--set", "degrade.crops_per_image=3")
     assert "bootstrap_teacher: not looked up: degrade comes before it and would run" in out

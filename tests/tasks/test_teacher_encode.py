@@ -57,7 +57,7 @@ def test_bootstrap_and_encode_end_to_end(tmp_path, upstream_summary):
     assert e["extra"]["vae_digest"] == t["extra"]["vae_digest"] and len(t["extra"]["vae_digest"]) == 64
     assert e["extra"]["teacher_digest"] == t["digest"]
     lat = _latents(first)
-    channels = load_config("tiny").teacher.bootstrap.latent_channels
+    channels = load_config("tiny", FAST).teacher.bootstrap.latent_channels
     assert lat["lq"].shape == lat["hq"].shape == lat["teacher"].shape == (6, channels, 64, 64)  # identity VAE: factor 1
 
     # the cached teacher output equals a fresh forward pass of the published teacher on the cached LQ latent

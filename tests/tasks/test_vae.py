@@ -166,6 +166,8 @@ def test_refit_and_the_linear_decoder_restore_a_pruned_constructed_vae():
     assert lat_plain > 0.3 and lat_init < 0.02, (lat_plain, lat_init)
     assert mse_init < 0.1 * mse_plain, (mse_init, mse_plain)
     assert init["refit"]["encoder_rms_after"] < 0.02 * init["refit"]["encoder_rms_before"]
+    _, slow, _, mse_slow = run(["vae.refit=true", "vae.decoder_init=linear", "vae.linear_lr=1e-7"])
+    assert slow["linear_decoder_mse"] > 5 * init["linear_decoder_mse"] and mse_slow > 5 * mse_init  # vae.linear_lr
     sep, report, _, _ = run(["vae.refit=true", "vae.decoder_init=linear", "vae.separable_encoder=true"])
     assert report["separable_encoder"] and any(isinstance(m, SeparableConv2d) for m in sep.encoder.modules())
     assert report["params"] == sum(p.numel() for p in sep.parameters())
