@@ -28,13 +28,15 @@ FAST = ["data.bundled_sets=[sklearn, kodak]", "data.held_out=[kodak/I04.bmp]", "
         "teacher.bootstrap.vae_crop=32",
         "search.n=1", "search.m=2",  # N:M groups must divide the 2 blocks
         "teacher.bootstrap.eval_every=1", "teacher.bootstrap.val_fraction=0",  # keep the trained (non-identity) state
-        "encode.num_actors=1", "encode.dtype=float32",  # 2 actors: test_encode_is_deterministic_across_actor_counts
-        # the seconds-scale teacher: an identity VAE and patch 4 (the main job's latent-factor-4 VAE, patch 2 and
-        # 21-token prompt cost minutes; tests/models/test_vae_init.py and the slow tier exercise them)
-        "teacher.bootstrap.vae_init=identity", "teacher.bootstrap.vae_channels=[8]", "teacher.bootstrap.vae_attention=false",
-        "teacher.bootstrap.latent_channels=4", "teacher.bootstrap.vae_lr=8e-3", "teacher.bootstrap.patch_size=4",
-        "teacher.bootstrap.tile=32", "teacher.bootstrap.tile_overlap=16", "teacher.bootstrap.prompt_len=8",
-        "vae.enabled=false"]
+        "encode.num_actors=1", "encode.dtype=float32"]  # 2 actors: test_encode_is_deterministic_across_actor_counts
+# The seconds-scale teacher: an identity VAE and patch 4, no VAE compression. The main job's latent-factor-4 VAE,
+# patch 2, 21-token prompt and compress_vae cost minutes per run; tests/models/test_vae_init.py,
+# tests/tasks/test_vae.py and bench/main_job.py exercise them. Every test that runs configs/tiny.yaml's DAG adds it.
+FAST_TEACHER = ["teacher.bootstrap.vae_init=identity", "teacher.bootstrap.vae_channels=[8]",
+                "teacher.bootstrap.vae_attention=false", "teacher.bootstrap.latent_channels=4",
+                "teacher.bootstrap.vae_lr=8e-3", "teacher.bootstrap.patch_size=4", "teacher.bootstrap.tile=32",
+                "teacher.bootstrap.tile_overlap=16", "teacher.bootstrap.prompt_len=8", "vae.enabled=false"]
+FAST += FAST_TEACHER
 # What the session template computes: FAST plus the redundancy settings the search/distill/register tests use.
 # One torch thread for the in-process steps: the bootstrap's losses then do not depend on whether the suite runs
 # serially or under xdist (OMP_NUM_THREADS=1), and the golden curves pin them (tests/test_golden_curves.py).

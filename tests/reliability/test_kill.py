@@ -26,6 +26,7 @@ from mlflow import MlflowClient
 from srcompress.config import load_config
 from srcompress.flows.compress import run_pipeline
 from tests.reliability.conftest import STALL_S, cli_env, run_cli, start_cli
+from tests.upstream import FAST_TEACHER
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -42,7 +43,7 @@ CFG = ["data.bundled_sets=[skimage, sklearn, kodak]", "data.held_out=[kodak/I04.
        "redundancy.calibration_size=4", "search.n=1", "search.m=2",  # N:M groups must divide the 2 blocks
        "search.steps=4", "search.calibration_size=8", "search.lora_rank=2", "search.checkpoint_every=0",
        "distill.train_size=8", "distill.stage1.steps=4", "distill.stage1.batch_size=2", "distill.stage2.steps=2",
-       "distill.stage2.batch_size=2", "distill.checkpoint_every=0"]
+       "distill.stage2.batch_size=2", "distill.checkpoint_every=0"] + FAST_TEACHER
 ARGS = [f"--set={o}" for o in CFG]
 QUALITY = ("psnr", "ssim")
 

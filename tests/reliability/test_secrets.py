@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import SECRET
 from tests.reliability.conftest import cli_env, run_cli
+from tests.upstream import FAST_TEACHER
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -25,7 +26,7 @@ SMALL = ["data.bundled_sets=[sklearn, kodak]", "data.held_out=[kodak/I04.bmp]", 
          "evaluate.metrics=[psnr, ssim]", "evaluate.data.center_crop=64", "evaluate.efficiency.enabled=false",
          "evaluate.grid_images=1", "evaluate.models=[bicubic, teacher, student]", "distill.train_size=8",
          "distill.stage1.steps=4", "distill.stage1.batch_size=2", "distill.stage2.steps=2",
-         "distill.stage2.batch_size=2", "distill.checkpoint_every=2", "registry.model_name=secret-sweep"]
+         "distill.stage2.batch_size=2", "distill.checkpoint_every=2", "registry.model_name=secret-sweep"] + FAST_TEACHER
 
 
 @pytest.mark.timeout(1500)  # the whole (small) DAG in a subprocess
