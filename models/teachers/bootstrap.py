@@ -65,7 +65,7 @@ def train_vae(teacher: SD3OneStepTeacher, images: Tensor, cfg: BootstrapConfig, 
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.mean).sample
         loss = (rec - x).abs().mean() + cfg.kl_weight * post.kl().mean()
-        _update(opt, sched, loss, losses, step, cfg.vae_steps, "vae", log)
+        _update(opt, sched, loss, losses, step, cfg.vae_steps, "bootstrap vae", log)
     vae.eval().requires_grad_(False)
     return losses
 
@@ -141,7 +141,7 @@ def train_restorer(teacher: SD3OneStepTeacher, lq: Tensor, hq: Tensor, cfg: Boot
         if cfg.pixel_weight > 0:
             y = hq[idx, :, i * f : (i + t) * f, j * f : (j + t) * f]
             loss = loss + cfg.pixel_weight * (teacher.decode(a - v) - y).abs().mean()
-        _update(opt, sched, loss, losses, step, cfg.restorer_steps, "restorer", log)
+        _update(opt, sched, loss, losses, step, cfg.restorer_steps, "bootstrap restorer", log)
         if n_val and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.restorer_steps):
             tr.eval()
             p = _val_psnr(teacher, z_l[val], hq[val])

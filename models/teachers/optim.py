@@ -22,4 +22,4 @@ def update(opt, sched, loss: Tensor, losses: list[float], step: int, total: int,
     sched.step()
     losses.append(loss.item())
     if (step + 1) % max(1, total // 5) == 0:
-        log(f"bootstrap {name} {step + 1}/{total}: loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        log(f"{name} {step + 1}/{total}: loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")

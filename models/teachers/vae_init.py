@@ -203,7 +203,8 @@ def realize_decoder(vae, lin: LinearDecoder, const: float = 300.0, shift: float 
 
 def fit_linear_decoder(encode: Callable[[Tensor], Tensor], images: Tensor, layout: tuple[int, int, int, int],
                        steps: int, lr: float, batch: int, crop: int, g: torch.Generator,
-                       log: Callable[[str], None] = print) -> tuple[LinearDecoder, list[float]]:
+                       log: Callable[[str], None] = print, name: str = "bootstrap vae (linear decoder)",
+                       ) -> tuple[LinearDecoder, list[float]]:
     """A :class:`LinearDecoder` at ``layout`` = (c, w, latent, data) fitted to invert ``encode`` on ``images``
     (N, 3, H, W in [−1, 1]): MSE, one-cycle Adam, ``batch`` random ``crop``-px crops on the 4-px grid per step.
     Returns it (to copy in with :func:`realize_decoder`) and its losses."""
@@ -221,7 +222,7 @@ def fit_linear_decoder(encode: Callable[[Tensor], Tensor], images: Tensor, layou
         x = images[idx, :, i:i + crop, j:j + crop]
         with torch.no_grad():
             z = encode(x)
-        update(opt, sched, F.mse_loss(lin(z), x), losses, step, steps, "vae (linear decoder)", log)
+        update(opt, sched, F.mse_loss(lin(z), x), losses, step, steps, name, log)
     return lin, losses
 
 

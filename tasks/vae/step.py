@@ -157,7 +157,7 @@ def _initialise(cfg: VAECompressConfig, teacher_vae, hq: torch.Tensor, device, l
         with torch.enable_grad():
             lin, losses = fit_linear_decoder(lambda x: teacher_vae.encode(x).latent_dist.mean, hq.to(device) * 2 - 1,
                                              check_layout(vae), cfg.linear_steps, cfg.linear_lr, 16, 48, g,
-                                             log=lambda m: log.info("compress_vae: %s", m.replace("bootstrap ", "")))
+                                             log=lambda m: log.info("compress_vae: %s", m), name="vae (linear decoder)")
         realize_decoder(vae, lin)
         report["linear_decoder_mse"] = float(sum(losses[-20:]) / max(len(losses[-20:]), 1))
     if cfg.separable_encoder:
