@@ -73,11 +73,18 @@ def train_steps(ctx: RunContext, cfg: SrConfig, last: int, manifests: dict[str, 
 
         manifests["compress_vae"] = run_compress_vae(ctx, cfg.vae, cfg.teacher, manifests["degrade"],
                                                      manifests["bootstrap_teacher"], manifests.get("degrade_holdout"))
+    if last >= STEPS.index("train_mmle") and cfg.adaptive.enabled:
+        from srcompress.tasks.adaptive.step import run_mmle
+
+        manifests["train_mmle"] = run_mmle(ctx, cfg.adaptive, cfg.teacher, manifests["degrade"],
+                                           manifests["bootstrap_teacher"])
     if last >= STEPS.index("encode_latents"):
         from srcompress.tasks.encode.step import run_encode
 
         manifests["encode_latents"] = run_encode(ctx, cfg.encode, cfg.teacher, manifests["degrade"],
-                                                 manifests["bootstrap_teacher"])
+                                                 manifests["bootstrap_teacher"],
+                                                 manifests.get("train_mmle") if cfg.encode.teacher_steps == "adaptive"
+                                                 else None)
     if last >= STEPS.index("analyse_redundancy"):
         from srcompress.tasks.redundancy.step import run_redundancy
 
@@ -118,7 +125,7 @@ def distill(ctx: RunContext, cfg: SrConfig, manifests: dict[str, Any], pixel: bo
 
 
 # Table name → the step whose manifest the evaluate step loads it from (docs/architecture.md §1).
-MODEL_STEPS = {"teacher": "bootstrap_teacher", "pruned": "search_pruning", "searched": "search_pruning",
+MODEL_STEPS = {"teacher": "bootstrap_teacher", "teacher_adaptive": "train_mmle", "pruned": "search_pruning", "searched": "search_pruning",
                "student_stage1": "distill_latent", "student": "distill_pixel",
                "student_ablation": "distill_pixel_ablation"}
 
@@ -177,7 +184,8 @@ def look_up_steps(cfg: SrConfig, ctx: RunContext, last: int) -> dict[str, Any]:
         # the DAG step the stopping run belongs to (degrade-holdout → degrade, eval_data → evaluate, …)
         base = next((s for s in reversed(STEPS) if would.step.startswith(s)), "evaluate")
         planned = [s for s in STEPS[STEPS.index(base) + 1 : last + 1]
-                   if (s != "compress_vae" or cfg.vae.enabled) and (s != "register" or cfg.registry.enabled)]
+                   if (s != "compress_vae" or cfg.vae.enabled) and (s != "train_mmle" or cfg.adaptive.enabled)
+                   and (s != "register" or cfg.registry.enabled)]
         out["would_run"] = {"step": would.step, "cache_key": str(would.tags.get("cache_key", "")),
                             "reasons": explain(ctx.get_store(), uri, would), "invalidates": planned}
     return out

@@ -49,3 +49,30 @@ def grid_ratio(x: Tensor, period: int) -> float:
     if not at.any() or at.all():
         raise ValueError(f"grid_ratio: a {period}-px period needs images wider and taller than {period} px")
     return float(steps[at].mean() / steps[~at].mean().clamp_min(1e-12))
+
+
+def boundary_steps(x: Tensor, period: int, offset: tuple[int, int] = (0, 0)) -> Tensor:
+    """The steps ``x[..., k·period] − x[..., k·period − 1]`` across every block boundary of a ``period`` grid, along
+    both spatial axes, flattened per sample: (B, n). ``offset`` is where the grid starts (a crop's position in
+    the full grid), so the boundaries are those of the tokens, not of the crop."""
+    h, w = x.shape[-2:]
+    cols = [j for j in range(1, w) if (j + offset[1]) % period == 0]
+    rows = [i for i in range(1, h) if (i + offset[0]) % period == 0]
+    parts = []
+    if cols:
+        c = torch.tensor(cols, device=x.device)
+        parts.append((x[..., c] - x[..., c - 1]).flatten(1))
+    if rows:
+        r = torch.tensor(rows, device=x.device)
+        parts.append((x[..., r, :] - x[..., r - 1, :]).flatten(1))
+    if not parts:
+        raise ValueError(f"boundary_steps: a {tuple(x.shape[-2:])} input crosses no {period}-cell boundary")
+    return torch.cat(parts, dim=1)
+
+
+def boundary_loss(pred: Tensor, target: Tensor, period: int) -> Tensor:
+    """MSE between the prediction's and the target's steps across the ``period`` token boundaries (ours): what a
+    patch grid is, penalised where it appears. Tokens each predict their own ``period``-cell patch, and an
+    error that is constant within a patch but differs between neighbours leaves a seam that the plain MSE
+    weighs no more than any other error of the same energy."""
+    return F.mse_loss(boundary_steps(pred, period), boundary_steps(target, period))

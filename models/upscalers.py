@@ -83,6 +83,10 @@ def max_latent_tile(backbone: nn.Module) -> int | None:
     return int(pmax) * int(patch) if pmax and patch else None
 
 
+SAMPLER_KEYS = ("steps", "strength", "scheduler", "fixed_steps", "mean_steps_per_region", "intervals", "tau",
+                "region", "region_overlap")
+
+
 class DiffusionSR(nn.Module):
     """A one-step latent SR model (``OneStepTeacher`` or a student with the same interface) as an upscaler."""
 
@@ -150,7 +154,8 @@ class DiffusionSR(nn.Module):
 
     def describe(self) -> dict:
         d = self.model.describe() if hasattr(self.model, "describe") else {}
-        return {"kind": d.get("kind", type(self.model).__name__), "scale": self.scale,
+        sampler = {k: d[k] for k in SAMPLER_KEYS if k in d}  # multi-step teachers: how their steps were taken
+        return {**sampler, "kind": d.get("kind", type(self.model).__name__), "scale": self.scale,
                 "tile": self.tile, "tile_requested": self.requested_tile, "tile_overlap": self.tile_overlap,
                 "tile_overlap_requested": self.requested_overlap,
                 "latent_sampling": f"posterior sample, seed {self.seed}" if self.sample_mode else "posterior mean",

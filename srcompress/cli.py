@@ -305,9 +305,11 @@ def plan(config: str = ConfigOpt,
          overrides: Optional[list[str]] = SetOpt) -> None:
     """Params and GMACs of TSD-SR's SD3-medium teacher and its student, counted on the meta device (no weights)."""
     cfg = _load(config, overrides, machine=False)
-    if cfg.teacher.kind == "unet" or (cfg.teacher.kind == "auto" and (Path(cfg.teacher.source) / "unet").is_dir()):
+    unet = cfg.teacher.kind in ("unet", "multistep") or cfg.teacher.bootstrap.multistep is not None and \
+        cfg.teacher.source == "bootstrap" or (cfg.teacher.kind == "auto" and (Path(cfg.teacher.source) / "unet").is_dir())
+    if unet:
         _fail(f"plan: only SD3-transformer teachers are supported (TSD-SR / TinySR); {config} has a UNet teacher "
-              "(teacher.kind: unet), for which no student can be built yet", 2)
+              f"(teacher.kind: {cfg.teacher.kind}), whose students plan does not count yet", 2)
     if sum(v is not None for v in (keep, mask, budget)) > 1:
         _fail("plan: give one of --keep, --mask, --budget", 2)
     import logging

@@ -4,7 +4,8 @@
 
 Sections: ``run`` (naming, parallelism), ``store`` (artifact store), ``tracking`` (MLflow), ``data`` (HR
 sources), ``degrade`` (Real-ESRGAN pairs), ``teacher`` (bootstrap or import), ``encode`` (Ray latents),
-``redundancy`` (block scores), ``search`` (depth mask), ``distill`` (student, two stages), ``evaluate``, ``registry`` (the register step) (metrics, conventions, inference). Each section's hash is its step-config hash; the whole
+``redundancy`` (block scores), ``search`` (depth mask), ``distill`` (student, two stages), ``adaptive`` (AdaDiffSR
+for multi-step teachers), ``evaluate`` (metrics, conventions, inference), ``registry`` (the register step). Each section's hash is its step-config hash; the whole
 config's hash identifies the run's settings.
 """
 
@@ -20,6 +21,7 @@ from srcompress.infra.config import ConfigError, StrictModel, deep_merge, load_y
 from srcompress.models.device import DEVICE_PATTERN
 from srcompress.infra.store import StoreConfig
 from srcompress.infra.tracking import TrackingConfig
+from srcompress.tasks.adaptive.config import AdaptiveConfig
 from srcompress.tasks.degrade.config import DegradeConfig
 from srcompress.tasks.distill.config import DistillConfig
 from srcompress.tasks.common.sources import DataConfig
@@ -32,8 +34,8 @@ from srcompress.tasks.vae.config import VAECompressConfig
 from srcompress.models.student.shape import CompressedVAEShape, StudentShape
 from srcompress.tasks.common.teacher_config import TeacherConfig
 
-STEPS = ("degrade", "bootstrap_teacher", "compress_vae", "encode_latents", "analyse_redundancy", "search_pruning",
-         "distill_latent", "distill_pixel", "evaluate", "register")  # DAG order (docs/architecture.md §1)
+STEPS = ("degrade", "bootstrap_teacher", "compress_vae", "train_mmle", "encode_latents", "analyse_redundancy",
+         "search_pruning", "distill_latent", "distill_pixel", "evaluate", "register")  # DAG order (docs/architecture.md §1)
 
 
 class RunConfig(StrictModel):
@@ -60,6 +62,7 @@ class SrConfig(StrictModel):
     redundancy: RedundancyConfig = Field(default_factory=RedundancyConfig, description="Redundancy analysis of the teacher's blocks.")
     search: SearchConfig = Field(default_factory=SearchConfig, description="Depth-pruning mask search (DeepSpeed).")
     vae: VAECompressConfig = Field(default_factory=VAECompressConfig, description="VAE compression derived from the teacher's VAE (TinySR), used by the final student.")
+    adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig, description="AdaDiffSR adaptive inference for multi-step teachers (the train_mmle step, teacher_adaptive).")
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Student build and two-stage distillation (DeepSpeed).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation: metrics, conventions, inference.")
     registry: RegisterConfig = Field(default_factory=RegisterConfig, description="The register step: MLflow registered model, aliases, promotion gate.")
@@ -90,7 +93,14 @@ class SrConfig(StrictModel):
                              "(vae: the teacher's VAE compressed; distill.tiny_vae: a fresh TAESD-style VAE)")
         if self.vae.enabled and self.distill.stage2.steps == 0:
             raise ValueError("vae.enabled: the compressed VAE joins the student in stage 2 (distill.stage2.steps > 0)")
-        if self.teacher.source == "bootstrap" and blocks % self.search.m and self.search.budget is None:
+        multistep_bootstrap = self.teacher.source == "bootstrap" and self.teacher.bootstrap.multistep is not None
+        if self.adaptive.enabled and self.teacher.source == "bootstrap" and not multistep_bootstrap:
+            raise ValueError("adaptive.enabled needs a multi-step teacher: set teacher.bootstrap.multistep (or import "
+                             "one with teacher.source)")
+        if self.encode.teacher_steps == "adaptive" and not self.adaptive.enabled:
+            raise ValueError("encode.teacher_steps: adaptive runs AdaDiffSR's sampler: it needs adaptive.enabled")
+        if self.teacher.source == "bootstrap" and not multistep_bootstrap and blocks % self.search.m \
+                and self.search.budget is None:
             # imported teachers: checked at the step; with a budget, N:M is chosen to fit the blocks
             raise ValueError(f"search.m={self.search.m} must divide the bootstrap teacher's {blocks} blocks "
                              f"(teacher.bootstrap.num_layers)")

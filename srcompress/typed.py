@@ -25,10 +25,14 @@ def canonical_hash(obj: Any) -> str:
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; ``override`` wins; lists are replaced, not concatenated."""
+    """Recursive dict merge; ``override`` wins; lists are replaced, not concatenated. A mapping with
+    ``_replace: true`` replaces the base's mapping instead of merging into it (a preset that ``extends`` another
+    can drop a section's settings that do not apply to it)."""
     out = copy.deepcopy(dict(base))
     for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+        if isinstance(value, Mapping) and value.get("_replace") is True:
+            out[key] = {k: copy.deepcopy(v) for k, v in value.items() if k != "_replace"}
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)

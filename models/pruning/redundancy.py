@@ -15,6 +15,10 @@
   fixed conditioning (timestep, prompt). For adjacent σ: Φ_cos = mean over tokens of 1 − cos(out_σi, out_σi+1);
   Ψ_KL = mean over tokens of KL(softmax(out_σi) ‖ softmax(out_σi+1)) with the softmax over **channels**
   (the axis the paper leaves open; recorded in every report). Both averaged over the adjacent pairs.
+- **Multi-step teachers** (``teacher.kind == "multistep"``): Φ_cos and Ψ_KL as PGP-DiffSR defines them — a
+  block's outputs at adjacent timesteps of the real sampling trajectory (the teacher's fixed-step sampler from
+  its seeded noise, conditioned on z_LQ), averaged over the adjacent pairs; block influence is averaged over
+  the trajectory's steps; removal runs the whole trajectory with the block skipped. No σ path, no z_HQ.
 - **Removal sensitivity**: block j alone is skipped (mask m_j = 0, the exact identity); the change of the
   restored latent (mean |Δ|) and the drop of PSNR-Y of the decoded image against the unpruned teacher's.
 """
@@ -60,6 +64,9 @@ def block_scores(teacher, z_lq: Tensor, z_hq: Tensor, sigmas: Sequence[float] = 
         raise ValueError(f"sigmas must be an increasing grid of at least 2 points, got {list(sigmas)}")
     masker = masker or DepthMasker(teacher)
     names = masker.names
+    if getattr(teacher, "kind", None) == "multistep":
+        cos, kl, influence = trajectory_scores(teacher, z_lq, names)
+        return {"block_influence": influence, "pgp_cos": cos, "pgp_kl": kl, **_removal(teacher, z_lq, masker)}
     with teacher.capture() as feats:
         teacher.restore_tile(z_lq)
     influence = torch.stack([one_minus_cos(feats[n]["input"], feats[n]["output"]) for n in names])
@@ -72,16 +79,54 @@ def block_scores(teacher, z_lq: Tensor, z_hq: Tensor, sigmas: Sequence[float] = 
                        for n in names])
     kl = torch.stack([torch.stack([kl_channels(a[n], b[n]) for a, b in zip(outs, outs[1:])]).mean(0)
                       for n in names])
+    return {"block_influence": influence, "pgp_cos": cos, "pgp_kl": kl, **_removal(teacher, z_lq, masker)}
+
+
+def _removal(teacher, z_lq: Tensor, masker: DepthMasker) -> dict[str, Tensor]:
     full = teacher.restore_tile(z_lq)
     ref = teacher.decode(full)
     l1, drop = [], []
-    for j in range(len(names)):
+    for j in range(len(masker.names)):
         with masker.masked(masker.skipping(j)):
             z = teacher.restore_tile(z_lq)
         l1.append((z - full).abs().flatten(1).mean(1))
         drop.append(psnr_y(teacher.decode(z), ref).clamp(max=PSNR_CAP_DB))  # vs the unpruned teacher's output
-    return {"block_influence": influence, "pgp_cos": cos, "pgp_kl": kl,
-            "removal_l1": torch.stack(l1).float(), "removal_psnr_y": torch.stack(drop).float()}
+    return {"removal_l1": torch.stack(l1).float(), "removal_psnr_y": torch.stack(drop).float()}
+
+
+@torch.no_grad()
+def trajectory_outputs(teacher, z_lq: Tensor, names: Sequence[str]) -> dict[str, list[dict[str, Tensor]]]:
+    """name → per sampling step, the block's image-stream input and output along the teacher's trajectory."""
+    from srcompress.models.teachers.base import image_stream
+
+    seen: dict[str, list[dict[str, Tensor]]] = {n: [] for n in names}
+    handles = []
+    for n in names:
+        def hook(module, args, kwargs, output, _n=n):
+            inp = kwargs.get("hidden_states", args[0] if args else None)
+            seen[_n].append({"input": inp.detach(), "output": image_stream(output).detach()})
+        handles.append(teacher.block(n).register_forward_hook(hook, with_kwargs=True))
+    try:
+        teacher.trajectory(z_lq)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def trajectory_scores(teacher, z_lq: Tensor, names: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
+    """(Φ_cos, Ψ_KL, block influence), each (num_blocks, B), across the timesteps of the sampling trajectory."""
+    seen = trajectory_outputs(teacher, z_lq, names)
+    if teacher.steps < 2:
+        raise ValueError("redundancy across timesteps needs a trajectory of at least 2 steps")
+    outs = {n: [s["output"] for s in seen[n]] for n in names}
+    cos = torch.stack([torch.stack([one_minus_cos(a, b) for a, b in zip(outs[n], outs[n][1:])]).mean(0)
+                       for n in names])
+    kl = torch.stack([torch.stack([kl_channels(a, b) for a, b in zip(outs[n], outs[n][1:])]).mean(0)
+                      for n in names])
+    influence = torch.stack([torch.stack([one_minus_cos(s["input"], s["output"]) for s in seen[n]]).mean(0)
+                             for n in names])
+    return cos, kl, influence
 
 
 def importance(scores: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -150,8 +150,10 @@ class UNetStudentSR(_StudentIO, UNetOneStepTeacher):
     def __init__(self, vae: nn.Module, unet: nn.Module, scheduler, prompt_embeds: Tensor,
                  convention: LatentConvention, timestep: int = 999, tile: int | None = None, tile_overlap: int = 8,
                  latent_factor: int | None = None, phase: PhaseExchangeAdapter | None = None,
-                 kept: list[str] | None = None, surgery: dict | None = None):
-        UNetOneStepTeacher.__init__(self, vae, unet, scheduler, prompt_embeds, convention, timestep, tile, tile_overlap)
+                 kept: list[str] | None = None, surgery: dict | None = None, lq_residual: bool = False,
+                 residual_std: float = 0.0):
+        UNetOneStepTeacher.__init__(self, vae, unet, scheduler, prompt_embeds, convention, timestep, tile, tile_overlap,
+                                    lq_residual, residual_std)
         self._student_parts(latent_factor, phase, kept)
         self.surgery = dict(surgery or {})
 
@@ -199,7 +201,8 @@ def build_student(teacher: OneStepTeacher, mask: list[float] | Tensor, lora_stat
         kept = [n for n in names if n not in gone]
         student = UNetStudentSR(copy.deepcopy(teacher.vae), unet, copy.deepcopy(teacher.scheduler),
                                 teacher.prompt_embeds.clone(), teacher.convention, teacher.timestep, teacher.tile,
-                                teacher.tile_overlap, teacher.latent_factor, phase, kept, report)
+                                teacher.tile_overlap, teacher.latent_factor, phase, kept, report,
+                                teacher.lq_residual, teacher.residual_std)
         return student.to(p.device).eval().requires_grad_(False)
     if image_only:
         pruned = TinySRTransformer.from_sd3(backbone, teacher.prompt_embeds, teacher.pooled_prompt_embeds,
@@ -253,7 +256,8 @@ def save_student(student: StudentSR | UNetStudentSR, folder: str | Path, extra: 
             "tile_overlap": student.tile_overlap, "latent_factor": student.latent_factor,
             "streamlined": student.streamlined, "image_only": student.image_only, "tiny_vae": student.tiny_vae,
             "compressed_vae": student.compressed_vae, "phase_adapter": student.phase is not None,
-            "kept_blocks": student.kept, **({"surgery": student.surgery} if unet else {}), **(extra or {})}
+            "kept_blocks": student.kept, **({"surgery": student.surgery, "lq_residual": student.lq_residual,
+                                             "residual_std": student.residual_std} if unet else {}), **(extra or {})}
     (folder / "model_index.json").write_text(json.dumps(index, indent=1, sort_keys=True))
     (folder / "student.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
     return folder
@@ -298,7 +302,8 @@ def load_student(folder: str | Path, streamline: bool | None = None, device: tor
         scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
         student = UNetStudentSR(vae, backbone, scheduler, prompts["prompt_embeds"].to(dtype), conv, meta["timestep"],
                                 meta["tile"], meta["tile_overlap"], meta["latent_factor"], phase,
-                                meta.get("kept_blocks"), meta.get("surgery"))
+                                meta.get("kept_blocks"), meta.get("surgery"), bool(meta.get("lq_residual", False)),
+                                float(meta.get("residual_std", 0.0)))
     else:
         prompt, pooled = (None, None) if image_only else \
             (prompts["prompt_embeds"].to(dtype), prompts["pooled_prompt_embeds"].to(dtype))

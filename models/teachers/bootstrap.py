@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from srcompress.models.metrics import boundary_loss
 from srcompress.models.teachers.base import LatentConvention
 from srcompress.models.teachers.bootstrap_config import BootstrapConfig
 from srcompress.models.teachers.sd3 import SD3OneStepTeacher
@@ -138,6 +139,8 @@ def train_restorer(teacher: SD3OneStepTeacher, lq: Tensor, hq: Tensor, cfg: Boot
         a, b = z_l[idx, :, i : i + t, j : j + t], z_h[idx, :, i : i + t, j : j + t]
         v = teacher.velocity(a)
         loss = cfg.latent_weight * F.mse_loss(v, a - b)
+        if cfg.boundary_weight > 0:  # x0 = a − v against b, at the seams of the transformer's patches
+            loss = loss + cfg.boundary_weight * boundary_loss(a - v, b, tr.config.patch_size)
         if cfg.pixel_weight > 0:
             y = hq[idx, :, i * f : (i + t) * f, j * f : (j + t) * f]
             loss = loss + cfg.pixel_weight * (teacher.decode(a - v) - y).abs().mean()

@@ -10,6 +10,29 @@ from pydantic import Field, model_validator
 from srcompress.typed import StrictModel
 
 
+class MultiStepRecipe(StrictModel):
+    """``teacher.bootstrap.multistep``: train a multi-step teacher (StableSR-style UNet over cat[z_t, z_L]) instead
+    of the one-step SD3-style one. The VAE recipe, batch, tile, prompt and the restorer_* steps / LR apply."""
+
+    unet_channels: list[int] = Field([32, 64], min_length=2, description="UNet block widths (cross-attention in every stage but the innermost, as SD's).")
+    norm_groups: int = Field(16, ge=1, description="GroupNorm groups of the UNet (must divide every width).")
+    steps: int = Field(20, ge=1, description="Inference steps of the fixed-step sampler.")
+    scheduler: Literal["ddim", "ddpm", "dpm"] = Field("ddim", description="Sampler (diffusers DDIM / DDPM / DPM-Solver++), SD2.1's noise schedule.")
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = Field("epsilon", description="What the UNet predicts (and is trained on).")
+    strength: float = Field(1.0, gt=0, le=1, description="Start of the trajectory: 1 = pure noise (SD-x4-upscaler, StableSR); < 1 = the LQ latent noised to the schedule's last int(steps·strength) steps (diffusers' img2img convention).")
+    lq_residual: bool = Field(False, description="x0 = z_LQ + k_t (z_t − √ᾱ z_LQ) + c_t UNet(…): the HQ − LQ residual (ResShift) with Karras et al.'s skip/out preconditioning around z_LQ (σ_d measured on the training pairs) and their loss weighting; needs prediction_type sample. The UNet's conv_out starts at zero, so training starts at the best linear denoiser (models/teachers/multistep.py: residual_x0).")
+    t_range: float = Field(1.0, gt=0, le=1, description="Training timesteps drawn from the first t_range · 1000 (the noisiest timestep a strength < 1 sampler visits needs no more).")
+    val_pairs: int = Field(16, ge=0, description="At most this many held-back training pairs are sampled end to end at each validation.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "MultiStepRecipe":
+        if self.lq_residual and self.prediction_type != "sample":
+            raise ValueError("multistep.lq_residual needs prediction_type: sample (the UNet predicts x0 − z_LQ)")
+        if any(c % self.norm_groups for c in self.unet_channels):
+            raise ValueError(f"multistep.norm_groups={self.norm_groups} must divide every unet_channels {self.unet_channels}")
+        return self
+
+
 class BootstrapConfig(StrictModel):
     """The tiny SD3-style teacher trained in-pipeline for the embedded default (``teacher.source: bootstrap``)."""
 
@@ -39,10 +62,25 @@ class BootstrapConfig(StrictModel):
     restorer_lr: float = Field(5e-4, gt=0, description="Phase 2 peak learning rate (one-cycle schedule).")
     latent_weight: float = Field(1.0, ge=0, description="Phase 2: weight of MSE(v, z_L − z_H) (the flow-matching target at t=1000).")
     pixel_weight: float = Field(0.0, ge=0, description="Phase 2: weight of L1(decode(z_L − v), HQ) (redundant with an identity VAE).")
+    boundary_weight: float = Field(0.0, ge=0, description="Phase 2: weight of MSE between the predicted and the HQ latent's steps across token boundaries (models/metrics.boundary_loss; ours, against a patch grid).")
     val_fraction: float = Field(0.15, ge=0, lt=1, description="Training pairs held back to pick the best restorer checkpoint (never the held-out set).")
     eval_every: int = Field(50, ge=1, description="Validate every N restorer steps; the best checkpoint (step 0 included) is kept.")
     max_seconds: float = Field(360.0, gt=0, description="Time budget; exceeding it is logged as a warning (steps are fixed for reproducibility).")
+    multistep: MultiStepRecipe | None = Field(None, description="Set: bootstrap a multi-step teacher (models/teachers/bootstrap_multistep.py) with this recipe; the SD3-only fields (num_layers, heads, head_dim, patch_size, pooled_dim, latent/pixel/boundary weights) are then refused unless at their defaults.")
     checkpoint_every: int = Field(100, ge=0, description="Save a resumable checkpoint every N restorer steps (0 = never); a killed run resumes from the last one with identical results.")
+
+    @model_validator(mode="after")
+    def _check_multistep(self) -> BootstrapConfig:
+        if self.multistep is None:
+            return self
+        sd3_only = ("num_layers", "heads", "head_dim", "patch_size", "pooled_dim", "latent_weight", "pixel_weight",
+                    "boundary_weight")
+        # values, not fields_set: a dumped config (every field written out) must validate again
+        set_here = [f for f in sd3_only if getattr(self, f) != type(self).model_fields[f].default]
+        if set_here:
+            raise ValueError(f"teacher.bootstrap: {set_here} configure the one-step SD3-style teacher and do nothing "
+                             "with bootstrap.multistep set; remove them")
+        return self
 
     @model_validator(mode="after")
     def _check_identity(self) -> BootstrapConfig:

@@ -47,9 +47,15 @@ def _weights(sub: Path) -> None:
         raise TeacherLoadError(f"teacher: missing {sub.name} weights: {sub}/diffusion_pytorch_model.safetensors{hint}")
 
 
-def detect_kind(folder: Path) -> Literal["sd3", "unet"]:
+MULTISTEP_PIPELINES = ("StableDiffusionUpscalePipeline", "LDMSuperResolutionPipeline")
+
+
+def detect_kind(folder: Path) -> Literal["sd3", "unet", "multistep"]:
     if (folder / "transformer").is_dir():
         return "sd3"
+    index = folder / "model_index.json"
+    if index.is_file() and json.loads(index.read_text()).get("_class_name") in MULTISTEP_PIPELINES:
+        return "multistep"
     if (folder / "unet").is_dir():
         return "unet"
     raise TeacherLoadError(f"teacher: {folder} has neither transformer/ (SD3) nor unet/ (SD-UNet)")
@@ -58,10 +64,15 @@ def detect_kind(folder: Path) -> Literal["sd3", "unet"]:
 def load_teacher(folder: str | Path, *, kind: str = "auto", latent_mode: str | None = None,
                  use_shift_factor: bool | None = None, timestep: float | None = None,
                  lora: str | Path | None = None, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu") -> OneStepTeacher:
+                 device: torch.device | str = "cpu", steps: int | None = None,
+                 scheduler: str | None = None, one_step: bool = False) -> OneStepTeacher:
     """Build a frozen, eval-mode teacher from a local folder on ``device``. Arguments override ``teacher.json``.
 
     ``lora``: a peft LoRA folder to merge; None = ``<folder>/lora`` if present; ``"none"`` = merge nothing.
+    ``steps`` / ``scheduler`` (multi-step teachers): inference steps, and ddim | ddpm | dpm instead of the
+    folder's own scheduler class (its noise schedule is kept). ``one_step``: a multi-step teacher's one-step
+    form (``MultiStepTeacher.one_step``: what search and distillation start the student from); no effect on
+    one-step teachers.
     """
     from diffusers import AutoencoderKL
 
@@ -74,6 +85,14 @@ def load_teacher(folder: str | Path, *, kind: str = "auto", latent_mode: str | N
     common = dict(local_files_only=True, use_safetensors=True, torch_dtype=dtype)
     _weights(folder / "vae")
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **common)
+    if kind == "multistep":
+        from srcompress.models.teachers.multistep_loader import load_multistep
+
+        teacher = load_multistep(folder, vae, meta, common, latent_mode=latent_mode, steps=steps,
+                                 scheduler=scheduler, lora=resolve_lora(folder, lora), merge=_merge_lora)
+        teacher = teacher.one_step() if one_step else teacher
+        teacher.eval().requires_grad_(False)
+        return teacher.to(device)
     prompts_path = _need(folder / PROMPT_FILE, "fixed prompt embeddings")
     prompts = load_file(str(prompts_path))
     if "prompt_embeds" not in prompts:
@@ -107,7 +126,7 @@ def load_teacher(folder: str | Path, *, kind: str = "auto", latent_mode: str | N
                                      timestep=int(timestep if timestep is not None else meta.get("timestep", 999)),
                                      tile=meta.get("tile"), tile_overlap=meta.get("tile_overlap", 8))
     else:
-        raise TeacherLoadError(f"teacher: unknown kind {kind!r} (sd3 | unet)")
+        raise TeacherLoadError(f"teacher: unknown kind {kind!r} (sd3 | unet | multistep)")
     teacher.eval().requires_grad_(False)
     return teacher.to(device)
 
@@ -149,7 +168,11 @@ def save_teacher(teacher: OneStepTeacher, folder: str | Path) -> Path:
     meta = {"kind": teacher.kind, "latent_mode": teacher.convention.mode,
             "use_shift_factor": teacher.convention.shift_factor != 0.0, "timestep": teacher.timestep,
             "tile": teacher.tile, "tile_overlap": teacher.tile_overlap}
-    if isinstance(teacher, SD3OneStepTeacher):
+    if teacher.kind == "multistep":
+        from srcompress.models.teachers.multistep_loader import save_multistep_extras
+
+        meta |= save_multistep_extras(teacher, folder)
+    elif isinstance(teacher, SD3OneStepTeacher):
         teacher.backbone.save_pretrained(folder / "transformer", safe_serialization=True)
         tensors["pooled_prompt_embeds"] = teacher.pooled_prompt_embeds.contiguous()
     else:

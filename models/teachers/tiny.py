@@ -138,3 +138,41 @@ def tiny_unet_teacher(seed: int = 0, latent_channels: int = 4, cross_dim: int = 
     emb = torch.randn((1, 8, cross_dim), generator=g)
     conv = LatentConvention(float(vae.config.scaling_factor), 0.0, "mean")
     return UNetOneStepTeacher(vae, unet, sched, emb, conv)
+
+
+def tiny_multistep_teacher(seed: int = 0, latent_channels: int = 4, cross_dim: int = 32, prompt_len: int = 8,
+                           steps: int = 10, scheduler: str = "ddim", condition: str = "latent",
+                           prediction_type: str = "epsilon", block_out_channels: tuple[int, ...] = (32, 64),
+                           norm_groups: int = 16, vae_blocks: tuple[int, ...] = (16, 32, 32),
+                           vae_norm_groups: int = 8, vae_attention: bool = False, tile: int | None = None,
+                           tile_overlap: int = 8, noise_level: int | None = None, strength: float = 1.0,
+                           lq_residual: bool = False, residual_std: float = 0.0):
+    """A StableSR / SD-x4-upscaler-shaped multi-step teacher (``MultiStepTeacher``): a UNet over the noisy latent
+    concatenated with the LQ condition, SD2.1's noise schedule, ``steps`` steps of ``scheduler`` (ddim | ddpm |
+    dpm). ``condition="pixels"`` with ``noise_level`` is the x4 upscaler's layout (LR pixels + noise-level
+    class labels, 1000 class embeddings)."""
+    from diffusers import UNet2DConditionModel
+
+    from srcompress.models.teachers.multistep import MultiStepTeacher, make_scheduler
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    vae = tiny_vae(latent_channels, vae_blocks, norm_groups=vae_norm_groups, scaling_factor=0.18215,
+                   attention=vae_attention)
+    n = len(block_out_channels)
+    cond = latent_channels if condition == "latent" else 3
+    unet = UNet2DConditionModel(sample_size=tile or 16, in_channels=latent_channels + cond,
+                                out_channels=latent_channels, block_out_channels=tuple(block_out_channels),
+                                layers_per_block=1, norm_num_groups=norm_groups,
+                                down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+                                cross_attention_dim=cross_dim, attention_head_dim=8,
+                                num_class_embeds=1000 if noise_level is not None else None)
+    sched = make_scheduler(scheduler, prediction_type=prediction_type)
+    low = make_scheduler("ddpm") if noise_level is not None else None
+    emb = torch.randn((1, prompt_len, cross_dim), generator=g)
+    conv = LatentConvention(float(vae.config.scaling_factor), 0.0, "mean")
+    return MultiStepTeacher(vae, unet, sched, emb, conv, steps=steps, condition=condition,  # type: ignore[arg-type]
+                            noise_level=noise_level, low_res_scheduler=low, seed=seed, tile=tile,
+                            tile_overlap=tile_overlap, strength=strength, lq_residual=lq_residual,
+                            residual_std=residual_std)

@@ -21,7 +21,7 @@ class UNetOneStepTeacher(OneStepTeacher):
 
     def __init__(self, vae: nn.Module, unet: nn.Module, scheduler, prompt_embeds: Tensor,
                  convention: LatentConvention, timestep: int = 999, tile: int | None = None,
-                 tile_overlap: int = 8):
+                 tile_overlap: int = 8, lq_residual: bool = False, residual_std: float = 0.0):
         super().__init__(vae, unet, convention, tile, tile_overlap)
         if prompt_embeds.dim() != 3 or prompt_embeds.shape[-1] != unet.config.cross_attention_dim:
             raise ValueError(f"prompt_embeds {tuple(prompt_embeds.shape)} must be (1, L, "
@@ -34,6 +34,13 @@ class UNetOneStepTeacher(OneStepTeacher):
             raise ValueError(f"timestep {timestep} outside the scheduler's {len(alphas)} training steps")
         self.alpha_bar = float(alphas[self.timestep])
         self.prediction_type = scheduler.config.prediction_type
+        # A multi-step teacher's UNet (models/teachers/multistep.py) takes cat[z_t, z_L]: its one-step form feeds
+        # z_L as z_t too (OSEDiff's one step starts from the LQ latent where the sampler starts from noise)
+        self.concat_lq = unet.config.in_channels == 2 * unet.config.out_channels
+        # … and one trained with lq_residual predicts x0 − z_L (models/teachers/multistep.py)
+        self.lq_residual, self.residual_std = bool(lq_residual), float(residual_std)
+        if self.lq_residual and (not self.concat_lq or self.prediction_type != "sample"):
+            raise ValueError("lq_residual needs a UNet over cat[z_t, z_L] with prediction_type 'sample'")
 
     @property
     def unet(self) -> nn.Module:
@@ -41,7 +48,8 @@ class UNetOneStepTeacher(OneStepTeacher):
 
     def restore_tile(self, z_lq: Tensor) -> Tensor:
         b = z_lq.shape[0]
-        out = self.backbone(z_lq, torch.full((b,), self.timestep, dtype=torch.long, device=z_lq.device),
+        x = torch.cat([z_lq, z_lq], dim=1) if self.concat_lq else z_lq
+        out = self.backbone(x, torch.full((b,), self.timestep, dtype=torch.long, device=z_lq.device),
                             encoder_hidden_states=self.prompt_embeds.expand(b, -1, -1)).sample
         a, s = self.alpha_bar**0.5, (1 - self.alpha_bar) ** 0.5
         if self.prediction_type == "epsilon":
@@ -49,7 +57,12 @@ class UNetOneStepTeacher(OneStepTeacher):
         if self.prediction_type == "v_prediction":
             return a * z_lq - s * out
         if self.prediction_type == "sample":
-            return out
+            if not self.lq_residual:
+                return out
+            from srcompress.models.teachers.multistep import residual_x0
+
+            return residual_x0(out, z_lq, z_lq, torch.tensor(self.alpha_bar, dtype=z_lq.dtype, device=z_lq.device),
+                               self.residual_std)
         raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
 
     def prunable_blocks(self) -> list[tuple[str, nn.Module]]:

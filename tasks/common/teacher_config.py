@@ -19,11 +19,13 @@ class TeacherConfig(StrictModel):
     """Which one-step teacher the pipeline compresses, and its latent conventions."""
 
     source: str = Field("bootstrap", description="'bootstrap' (train the tiny teacher), a local diffusers-format folder, or a store URI of a published teacher index.")
-    kind: Literal["auto", "sd3", "unet"] = Field("auto", description="Backbone family; auto = detect transformer/ or unet/.")
+    kind: Literal["auto", "sd3", "unet", "multistep"] = Field("auto", description="Backbone family; auto = detect transformer/ (sd3), a StableDiffusionUpscalePipeline model_index.json or teacher.json kind (multistep), or unet/ (unet).")
     lora: str | None = Field(None, description="peft LoRA folder merged into the backbone (hashed by content into encode/evaluate keys); null = <teacher>/lora if present; 'none' = no LoRA, even if the folder ships one.")
     latent_mode: Literal["mean", "sample"] | None = Field(None, description="Posterior mean or seeded sample when encoding; None = teacher.json, else mean.")
     use_shift_factor: bool | None = Field(None, description="Apply the VAE shift_factor; None = teacher.json, else false (TSD-SR convention).")
     timestep: float | None = Field(None, description="One-step timestep; None = teacher.json, else 1000 (SD3) / 999 (UNet).")
+    steps: int | None = Field(None, ge=1, description="Multi-step teachers: sampling steps; None = teacher.json, else 50.")
+    scheduler: Literal["ddim", "ddpm", "dpm"] | None = Field(None, description="Multi-step teachers: sampler instead of the folder's own scheduler class (its noise schedule is kept); None = the folder's.")
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig, description="Tiny teacher recipe.")
 
     @property

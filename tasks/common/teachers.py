@@ -168,14 +168,20 @@ def load_settings(cfg: TeacherConfig) -> dict:
             raise FileNotFoundError(f"teacher.lora: {cfg.lora} is not a folder")
         lora = {"digest": folder_digest(path)[0]}
     return {"kind": cfg.kind, "latent_mode": cfg.latent_mode, "use_shift_factor": cfg.use_shift_factor,
-            "timestep": cfg.timestep, "lq_upsample": cfg.lq_upsample, "lora": lora}
+            "timestep": cfg.timestep, "lq_upsample": cfg.lq_upsample, "lora": lora, "steps": cfg.steps,
+            "scheduler": cfg.scheduler}
 
 
 @lru_cache(maxsize=2)
 def _load_cached(folder: str, cfg_json: str, digest: str, device: str) -> OneStepTeacher:
     cfg = TeacherConfig.model_validate_json(cfg_json)
-    return load_teacher(folder, kind=cfg.kind, latent_mode=cfg.latent_mode, use_shift_factor=cfg.use_shift_factor,
-                        timestep=cfg.timestep, lora=cfg.lora, device=device)
+    return load_teacher(folder, **load_kwargs(cfg), device=device)
+
+
+def load_kwargs(cfg: TeacherConfig, one_step: bool = False) -> dict:
+    """``load_teacher``'s arguments from the teacher config (one place: every step loads the same teacher)."""
+    return dict(kind=cfg.kind, latent_mode=cfg.latent_mode, use_shift_factor=cfg.use_shift_factor,
+                timestep=cfg.timestep, lora=cfg.lora, steps=cfg.steps, scheduler=cfg.scheduler, one_step=one_step)
 
 
 def materialize_teacher(store: ArtifactStore, manifest: Manifest, cfg: TeacherConfig, cache_root: Path,

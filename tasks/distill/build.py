@@ -23,7 +23,7 @@ from srcompress.models.student.shape import final_student as shaped_final_studen
 from srcompress.models.student.student import StudentSR, load_student, save_student
 from srcompress.models.teachers import OneStepTeacher, load_teacher
 from srcompress.tasks.common.teacher_config import TeacherConfig
-from srcompress.tasks.common.teachers import fetch_teacher_folder, publish_folder
+from srcompress.tasks.common.teachers import fetch_teacher_folder, load_kwargs, publish_folder
 from srcompress.tasks.distill.config import DistillConfig
 
 Tensor = torch.Tensor
@@ -31,9 +31,7 @@ Tensor = torch.Tensor
 
 def teacher_on(ctx: RunContext, teacher_cfg: TeacherConfig, teacher_m: Manifest, device) -> OneStepTeacher:
     folder = fetch_teacher_folder(ctx.get_store(), teacher_m, Path(ctx.workdir) / "teachers")
-    return load_teacher(folder, kind=teacher_cfg.kind, latent_mode=teacher_cfg.latent_mode,
-                        use_shift_factor=teacher_cfg.use_shift_factor, timestep=teacher_cfg.timestep,
-                        lora=teacher_cfg.lora, device=device)
+    return load_teacher(folder, **load_kwargs(teacher_cfg, one_step=True), device=device)
 
 
 def search_result(ctx: RunContext, mask_m: Manifest) -> dict:

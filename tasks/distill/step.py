@@ -86,9 +86,10 @@ def run_distill(ctx: RunContext, cfg: DistillConfig, teacher_cfg: TeacherConfig,
         manifests["stage1"] = stage1
         if vae is not None:  # the compress_vae step's VAE becomes the final student's
             manifests["vae"] = vae
-    if cfg.streamline and teacher.extra.get("kind") == "unet":  # before any cluster starts
+    unet = teacher.extra.get("kind") in ("unet", "multistep")  # a multi-step teacher's student is a one-step UNet
+    if cfg.streamline and unet:  # before any cluster starts
         raise ValueError(UNET_STREAMLINE)
-    if cfg.text_stream == "drop" and teacher.extra.get("kind") == "unet":
+    if cfg.text_stream == "drop" and unet:
         raise ValueError("distill.text_stream=drop removes SD3's text stream; a UNet has none to remove "
                          "(set distill.text_stream=keep or auto for UNet teachers)")
     inputs = {k: v.digest for k, v in manifests.items()}

@@ -22,6 +22,7 @@ class EncodeConfig(StrictModel):
     dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Storage dtype of the cached latents.")
     seed: int = Field(0, description="Seed of posterior samples (latent_mode 'sample'), per pair.")
     teacher_output: bool = Field(True, description="Also cache the teacher's restored latent z0 = teacher(z_LQ).")
+    teacher_steps: Literal["fixed", "adaptive"] = Field("fixed", description="Multi-step teachers: the teacher outputs from the fixed-step sampler, or from AdaDiffSR's adaptive one (needs adaptive.enabled; the steps each region took are cached as 'teacher_steps').")
 
     # Where and how wide the work runs; never what it computes, so kept out of the cache key.
     PLACEMENT: ClassVar[frozenset[str]] = frozenset({"num_actors", "cpus_per_actor", "gpus_per_actor", "device"})

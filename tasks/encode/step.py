@@ -42,7 +42,7 @@ def step_config_hash(cfg: EncodeConfig, teacher_cfg: TeacherConfig) -> str:
 
 
 def encode_dataset(ctx: RunContext, cfg: EncodeConfig, teacher_cfg: TeacherConfig, refs: list, teacher: Manifest,
-                   code_ver: str):
+                   code_ver: str, regressor: Manifest | None = None):
     """The lazy Ray Data pipeline: one row per pairs shard → ``EncoderActor`` pool → one row per latent shard."""
     import ray
 
@@ -54,18 +54,19 @@ def encode_dataset(ctx: RunContext, cfg: EncodeConfig, teacher_cfg: TeacherConfi
         fn_constructor_kwargs={"ctx_json": ctx.model_dump_json(), "teacher_manifest_json": teacher.to_json(),
                                "teacher_cfg_json": teacher_cfg.model_dump_json(),
                                "cfg_json": cfg.model_dump_json(), "code_ver": code_ver,
-                               "config_hash": step_config_hash(cfg, teacher_cfg)})
+                               "config_hash": step_config_hash(cfg, teacher_cfg),
+                               "regressor_manifest_json": regressor.to_json() if regressor is not None else None})
 
 
 @task(name="encode-latents", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def encode_on_ray(ctx: RunContext, cfg: EncodeConfig, teacher_cfg: TeacherConfig, pairs: Manifest,
-                  teacher: Manifest, code_ver: str) -> list[dict]:
+                  teacher: Manifest, code_ver: str, regressor: Manifest | None = None) -> list[dict]:
     """Run the actor pool over every pairs shard; returns one small row per latent shard, in shard order."""
     log = get_run_logger()
     refs = shard_refs(ctx.get_store(), pairs)
     with ray_session(ctx.ray_address, num_cpus=None if ctx.ray_address else os.cpu_count()) as info:
         log.info("encode_latents: %d shards on Ray %s with %d actor(s)", len(refs), info, cfg.num_actors)
-        ds = encode_dataset(ctx, cfg, teacher_cfg, refs, teacher, code_ver)
+        ds = encode_dataset(ctx, cfg, teacher_cfg, refs, teacher, code_ver, regressor)
         rows = []
         for row in ds.iter_rows():  # streamed: rows are tiny, latents stay in the store
             rows.append({k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
@@ -75,12 +76,16 @@ def encode_on_ray(ctx: RunContext, cfg: EncodeConfig, teacher_cfg: TeacherConfig
 
 
 def run_encode(ctx: RunContext, cfg: EncodeConfig, teacher_cfg: TeacherConfig, pairs: Manifest,
-               teacher: Manifest) -> Manifest:
-    """Step driver: step cache → Ray actor pool → latent index + manifest, in one nested MLflow run."""
+               teacher: Manifest, regressor: Manifest | None = None) -> Manifest:
+    """Step driver: step cache → Ray actor pool → latent index + manifest, in one nested MLflow run.
+    ``regressor`` (the train_mmle step's) is required by, and only used with, ``encode.teacher_steps: adaptive``."""
+    if (cfg.teacher_steps == "adaptive") != (regressor is not None):
+        raise ValueError("encode.teacher_steps: adaptive needs the train_mmle step's regressor (adaptive.enabled), "
+                         "and only it uses one")
     tracker, cache, store = ctx.get_tracker(), ctx.get_cache(), ctx.get_store()
     code_ver = step_code_version()
     config_hash = step_config_hash(cfg, teacher_cfg)
-    inputs = {"pairs": pairs.digest, "teacher": teacher.digest}
+    inputs = {"pairs": pairs.digest, "teacher": teacher.digest} | ({"regressor": regressor.digest} if regressor else {})
     key = cache_key(STEP, config_hash, inputs, code_ver)
     hit = cache.get(STEP, key)
     if hit is not None and not cache.shards_present(hit):
@@ -91,12 +96,14 @@ def run_encode(ctx: RunContext, cfg: EncodeConfig, teacher_cfg: TeacherConfig, p
                           | key_tags(STEP, config_hash, inputs, code_ver)) as run_id:
         tracker.log_manifest(run_id, pairs, context="input")
         tracker.log_manifest(run_id, teacher, context="model")
+        if regressor is not None:
+            tracker.log_manifest(run_id, regressor, context="model")
         if hit is not None:
             get_run_logger().info("encode_latents: cache hit %s; nothing to do", key[:12])
             tracker.set_tags(run_id, {"source_run_id": hit.run_id or ""})
             tracker.log_manifest_output(run_id, hit)
             return hit
-        rows = encode_on_ray(ctx, cfg, teacher_cfg, pairs, teacher, code_ver)
+        rows = encode_on_ray(ctx, cfg, teacher_cfg, pairs, teacher, code_ver, regressor)
         conv = json.loads(rows[0]["convention"]) if rows else {}  # as loaded, with teacher.* overrides applied
         index = {"format": "srcompress.latents-index.v1", "pairs_digest": pairs.digest, "teacher_digest": teacher.digest,
                  "vae_digest": teacher.extra.get("vae_digest"),
@@ -109,7 +116,8 @@ def run_encode(ctx: RunContext, cfg: EncodeConfig, teacher_cfg: TeacherConfig, p
             counts={"latents": sum(r["count"] for r in rows), "shards": len(rows)},
             extra={"index_sha256": idx.sha256, "convention": conv, "dtype": cfg.dtype, "seed": cfg.seed,
                    "teacher_digest": teacher.digest, "vae_digest": teacher.extra.get("vae_digest"),
-                   "teacher_output": cfg.teacher_output, "lq_upsample": teacher_cfg.lq_upsample},
+                   "teacher_output": cfg.teacher_output, "lq_upsample": teacher_cfg.lq_upsample,
+                   "teacher_steps": cfg.teacher_steps},
         )
         cache.put(manifest)
         computed = [r for r in rows if r["computed"]]

@@ -38,7 +38,7 @@ def latent_key(shard_sha: str, teacher_digest: str, cfg_hash: str, code_ver: str
 def encode_pairs(teacher: OneStepTeacher, lq: torch.Tensor, hq: torch.Tensor, meta: list[dict],
                  cfg: EncodeConfig) -> dict[str, torch.Tensor]:
     """uint8 pairs → latents. LQ is brought to HQ size by bicubic first (the teacher's input convention)."""
-    out: dict[str, list[torch.Tensor]] = {"lq": [], "hq": [], "teacher": []}
+    out: dict[str, list[torch.Tensor]] = {"lq": [], "hq": [], "teacher": [], "teacher_steps": []}
     sample = teacher.convention.mode == "sample"
     for i in range(0, len(hq), cfg.batch_size):
         h = hq[i : i + cfg.batch_size].float() / 255
@@ -54,8 +54,11 @@ def encode_pairs(teacher: OneStepTeacher, lq: torch.Tensor, hq: torch.Tensor, me
         out["hq"].append(teacher.encode(h, gens["hq"]))
         if cfg.teacher_output:
             out["teacher"].append(teacher.restore_latent(z_l))
+            if getattr(teacher, "last_steps", None) is not None:  # adaptive: UNet steps per region, per pair
+                out["teacher_steps"].append(teacher.last_steps.to(torch.int32))
     dt = DTYPES[cfg.dtype]
-    return {k: torch.cat(v).to(device="cpu", dtype=dt).contiguous() for k, v in out.items() if v}
+    return {k: torch.cat(v).to(device="cpu", dtype=torch.int32 if k == "teacher_steps" else dt).contiguous()
+            for k, v in out.items() if v}
 
 
 def write_latent_shard(path: Path, tensors: dict[str, torch.Tensor], meta: list[dict], header: dict) -> None:
@@ -79,7 +82,7 @@ class EncoderActor:
     """
 
     def __init__(self, ctx_json: str, teacher_manifest_json: str, teacher_cfg_json: str, cfg_json: str,
-                 code_ver: str, config_hash: str):
+                 code_ver: str, config_hash: str, regressor_manifest_json: str | None = None):
         self.ctx = RunContext.model_validate_json(ctx_json)
         self.cfg = EncodeConfig.model_validate_json(cfg_json)
         torch.set_num_threads(self.cfg.threads_per_actor)
@@ -90,7 +93,15 @@ class EncoderActor:
         self.teacher = materialize_teacher(self.store, self.teacher_manifest, teacher_cfg,
                                            Path(self.ctx.workdir) / "scratch" / "teachers-cache", self.device)
         self.code_ver, self.config_hash = code_ver, config_hash
+        self.source_digest = self.teacher_manifest.digest  # what produced the teacher outputs
+        if regressor_manifest_json is not None:  # encode.teacher_steps: adaptive (AdaDiffSR's sampler)
+            from srcompress.tasks.common.adaptive import adaptive_teacher
+
+            regressor = Manifest.from_json(regressor_manifest_json)
+            self.teacher = adaptive_teacher(self.store, self.teacher, regressor)
+            self.source_digest = canonical_hash([self.teacher_manifest.digest, regressor.digest])
         self.header = {"format": "srcompress.latents.v1", "teacher_digest": self.teacher_manifest.digest,
+                       "teacher_steps": "adaptive" if regressor_manifest_json else "fixed",
                        "convention": self.teacher.convention.as_dict(), "dtype": self.cfg.dtype,
                        "seed": self.cfg.seed, "lq_upsample": teacher_cfg.lq_upsample}
 
@@ -99,7 +110,7 @@ class EncoderActor:
                                 "convention": []}
         for idx, key, sha, count in zip(batch["index"], batch["key"], batch["sha256"], batch["count"]):
             t0 = time.perf_counter()
-            target = latent_key(str(sha), self.teacher_manifest.digest, self.config_hash, self.code_ver)
+            target = latent_key(str(sha), self.source_digest, self.config_hash, self.code_ver)
             info = self.store.verify(target)  # content-checked: a corrupted shard is recomputed
             computed = info is None
             if computed:  # resume: a shard already in the store is never redone

@@ -17,9 +17,10 @@ from srcompress.models.device import DEVICE_PATTERN
 DEFAULT_METRICS = ["psnr", "ssim", "ms_ssim", "st_lpips", "lpips", "dists", "niqe", "piqe", "brisque", "musiq",
                    "maniqa", "clipiqa", "fid"]
 # bicubic: the baseline; teacher; pruned: the teacher's kept blocks, no training; searched: + the search's LoRA;
-# student_stage1: after latent distillation; student: the final student; student_ablation: the PEAM ablation.
+# student_stage1: after latent distillation; student: the final student; student_ablation: the PEAM ablation;
+# teacher_adaptive: a multi-step teacher under AdaDiffSR's adaptive sampler (the train_mmle step's regressor).
 REGISTERED = re.compile(r"^models:/[\w.-]+(@[\w-]+|/\d+)$")  # an MLflow registered model version
-MODEL_KINDS = ("bicubic", "teacher", "pruned", "searched", "student_stage1", "student", "student_ablation")
+MODEL_KINDS = ("bicubic", "teacher", "teacher_adaptive", "pruned", "searched", "student_stage1", "student", "student_ablation")
 
 
 class EvalDataConfig(StrictModel):
@@ -62,7 +63,7 @@ class EvaluateConfig(StrictModel):
     """The evaluation step: dataset handling, metrics and their conventions, inference, report."""
 
     device: str | None = Field(None, pattern=DEVICE_PATTERN, description="Device of model inference and efficiency timing: auto | cpu | cuda | cuda:N; null = run.device.")
-    models: list[str] = Field(["bicubic", "teacher"], min_length=1, description="Models to evaluate: bicubic (always added), teacher, registered versions (models:/<name>@<alias> or models:/<name>/<version>, loaded from MLflow's registry), pruned (mask applied, no training), searched (mask + search LoRA), student_stage1, student, student_ablation (distill.phase_ablation); the report scores each one's retention of the teacher's gain.")
+    models: list[str] = Field(["bicubic", "teacher"], min_length=1, description="Models to evaluate: bicubic (always added), teacher, teacher_adaptive (multi-step teachers with adaptive.enabled: AdaDiffSR's sampler), registered versions (models:/<name>@<alias> or models:/<name>/<version>, loaded from MLflow's registry), pruned (mask applied, no training), searched (mask + search LoRA), student_stage1, student, student_ablation (distill.phase_ablation); the report scores each one's retention of the teacher's gain.")
     metrics: list[str] = Field(DEFAULT_METRICS, min_length=1, description="Metric names (see `srcompress evaluate --list-metrics`); unavailable ones are reported, not fatal.")
     crop_border: int = Field(0, ge=0, description="Pixels cropped from each edge before PSNR/SSIM/MS-SSIM/NIQE (SR papers: 0; classic BasicSR: = scale).")
     color_space: Literal["ycbcr", "yiq", "gray"] = Field("ycbcr", description="Grey channel PSNR/SSIM/MS-SSIM use (SR convention: ycbcr, BT.601 Y; gray: MATLAB rgb2gray, the official scripts' input; yiq: pyiqa's).")

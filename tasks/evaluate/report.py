@@ -267,7 +267,8 @@ def write_reports(result: EvalResult, items: list[EvalItem], out: Path, conventi
     metrics = metric_columns(result)
     notes = sorted({k for r in result.rows for k in r if k.endswith("_note")})
     files = {"per_image_csv": out / "per_image.csv", "summary_csv": out / "summary.csv",
-             "summary_md": out / "summary.md", "efficiency_json": out / "efficiency.json"}
+             "summary_md": out / "summary.md", "efficiency_json": out / "efficiency.json",
+             "models_json": out / "models.json"}
     atomic_write_bytes(files["per_image_csv"], _csv_bytes(result.rows, ["image", "model", "lr_size", "seconds"] + metrics + notes))
     atomic_write_bytes(files["summary_csv"], _csv_bytes(summary_rows(result), ["model", "metric", "mean", "std", "n",
                                                                                  "lower_better", "note"]))
@@ -282,6 +283,7 @@ def write_reports(result: EvalResult, items: list[EvalItem], out: Path, conventi
         md = md.rstrip() + "\n\n" + vae_markdown(vae_report)
     atomic_write_bytes(files["summary_md"], md.encode())
     atomic_write_bytes(files["efficiency_json"], json.dumps(result.efficiency, indent=2, sort_keys=True).encode())
+    atomic_write_bytes(files["models_json"], json.dumps(result.models, indent=2, sort_keys=True, default=str).encode())
     grid_ids = sorted(set.intersection(*[set(o) for o in result.outputs.values()])) if result.outputs else []
     for idx in grid_ids:
         panels = [(m, result.outputs[m][idx]) for m in result.outputs]

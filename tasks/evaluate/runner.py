@@ -47,6 +47,7 @@ class EvalResult:
     efficiency: dict[str, dict] = field(default_factory=dict)  # model → Efficiency.as_dict()
     models: dict[str, dict] = field(default_factory=dict)  # model → describe()
     outputs: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)  # model → item index → SR uint8
+    step_maps: dict[str, torch.Tensor] = field(default_factory=dict)  # adaptive models: steps per region, last image
 
 
 def build_metrics(names: list[str], env: MetricEnv) -> tuple[dict, dict[str, str]]:
@@ -159,6 +160,24 @@ class Deferred:
         self.build = build
 
 
+def efficiency_example(items: list[EvalItem], scale: int, side: int | None) -> torch.Tensor:
+    """The timed input: the first evaluation image's LR (a photo: a model whose work depends on the content, as
+    adaptive step skipping does, is timed on what it will meet, not on noise), centre-cropped — or reflected —
+    to ``side`` when set."""
+    lr = to_tensor(items[0].lr)
+    if items[0].hr is not None and items[0].hr.shape == items[0].lr.shape:  # LQ stored at HR size
+        lr = torch.nn.functional.interpolate(lr, scale_factor=1 / scale, mode="area")
+    if side is None:
+        return lr
+    h, w = lr.shape[-2:]
+    if h < side or w < side:
+        lr = torch.nn.functional.pad(lr, (0, max(0, side - w), 0, max(0, side - h)),
+                                     mode="reflect" if min(h, w) > side - min(h, w) else "replicate")
+        h, w = lr.shape[-2:]
+    i, j = (h - side) // 2, (w - side) // 2
+    return lr[..., i : i + side, j : j + side].contiguous()
+
+
 def evaluate_models(items: list[EvalItem], upscalers: dict, metric_names: list[str], env: MetricEnv,
                     keep_outputs: set[int], eff: EfficiencyConfig,
                     scorer: Callable[[str], list[Scored]] | None = None) -> EvalResult:
@@ -181,16 +200,15 @@ def evaluate_models(items: list[EvalItem], upscalers: dict, metric_names: list[s
         if parts is None:
             parts = [score_items(model_name, up, items, list(range(len(items))), metrics, keep_outputs)]
         summarise(res, model_name, parts, metrics, has_hr)
+        if up is not None:  # described again after scoring: adaptive models report the steps they spent on it
+            res.models[model_name] = up.describe()
+            step_map = getattr(getattr(up, "model", None), "last_map", None)
+            if step_map is not None:
+                res.step_maps[model_name] = step_map.clone()
         if eff.enabled and items:
             timed[model_name] = up
     if timed:  # side by side: interleaved rounds, so a slower moment of the machine hits every model alike
-        h, w = items[0].lr.shape[:2]
-        if items[0].hr is not None and items[0].hr.shape == items[0].lr.shape:  # LQ stored at HR size
-            scale = next(iter(timed.values())).scale
-            h, w = h // scale, w // scale
-        side = eff.lr_size
-        g = torch.Generator().manual_seed(0)
-        example = torch.rand(1, 3, side or h, side or w, generator=g)
+        example = efficiency_example(items, next(iter(timed.values())).scale, eff.lr_size)
         for name, e in measure_many(timed, example, warmup=eff.warmup, reps=eff.reps).items():
             res.efficiency[name] = e.as_dict()
     return res

@@ -82,6 +82,13 @@ def load_model(ctx: RunContext, name: str, models: dict[str, Manifest], teacher_
         info = registry.resolve(m.uri, ctx.get_tracker().uri)
         folder = registry.download_student(info, ctx.get_tracker().uri, cache / "registered" / m.digest[:24])
         return load_student(folder, device=device)
+    if m.kind == "regressor":  # teacher_adaptive: the teacher under AdaDiffSR's sampler, trained regressor
+        from srcompress.tasks.common.adaptive import adaptive_teacher
+
+        if "teacher" not in models:
+            raise ValueError(f"model {name!r} needs the teacher manifest")
+        teacher = materialize_teacher(ctx.get_store(), models["teacher"], teacher_cfg, cache / "teachers", device)
+        return adaptive_teacher(ctx.get_store(), teacher, m)
     if m.kind == "mask":  # pruned / searched: built from the teacher, nothing trained beyond the search
         if "teacher" not in models:
             raise ValueError(f"model {name!r} needs the teacher manifest")
@@ -177,6 +184,18 @@ def _flat_metrics(result) -> dict[str, float]:
     return metrics
 
 
+def step_map_png(step_map, image: str) -> bytes:
+    """The UNet steps each latent region of the last evaluated image took (overlaps: their mean)."""
+    from srcompress.tasks.common.plots import png_bytes as figure_png, pyplot
+
+    fig, ax = pyplot().subplots(figsize=(4, 3.4))
+    im = ax.imshow(step_map.numpy(), cmap="viridis")
+    fig.colorbar(im, ax=ax, label="UNet steps")
+    ax.set_title(f"steps per region: {image}", fontsize=8)
+    ax.set_axis_off()
+    return figure_png(fig)
+
+
 @task(name="evaluate-models", cache_policy=NO_CACHE, retries=0)
 def score_and_report(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, models: dict[str, Manifest],
                      teacher_cfg: TeacherConfig, conv: dict, key: str, vae_report: dict | None = None) -> dict:
@@ -199,6 +218,10 @@ def score_and_report(ctx: RunContext, cfg: EvaluateConfig, eval_set: Manifest, m
                 path = out / "outputs" / model.replace("models:/", "").replace("/", "-v") / f"{idx:05d}.png"
                 atomic_write_bytes(path, png_bytes(arr))
                 files[f"output_{model}_{idx}"] = path
+    for model, step_map in result.step_maps.items():  # AdaDiffSR: which region got how many steps
+        path = out / f"step_map_{model}.png"
+        atomic_write_bytes(path, step_map_png(step_map[0], items[-1].name))
+        files[f"step_map_{model}"] = path
     metrics = _flat_metrics(result)
     summary = {"metrics": metrics, "unavailable": result.unavailable, "images": len(items)}
     # A report records measured time, so two evaluations of the same inputs differ byte for byte: each one

@@ -66,8 +66,11 @@ def compute(ctx: RunContext, cfg: RedundancyConfig, teacher_cfg: TeacherConfig, 
             parts[k].append(v.cpu())
     scores = {k: torch.cat(v, dim=1) for k, v in parts.items()}
     out = Path(ctx.workdir) / "redundancy" / key[:16]
+    multistep = getattr(net, "kind", None) == "multistep"  # PGP's own axis: adjacent timesteps of its sampler
     info = {"format": "srcompress.redundancy.v1", "calibration_pairs": int(len(cal["lq"])), "seed": cfg.seed,
-            "sigmas": cfg.sigmas, "softmax_axis": cfg.kl_axis, "adaptation": ADAPTATION,
+            "axis": f"timesteps ({net.steps}-step sampling trajectory)" if multistep else "sigma path",
+            "sigmas": None if multistep else cfg.sigmas, "softmax_axis": cfg.kl_axis,
+            "adaptation": None if multistep else ADAPTATION,
             "latent_crop": f"centre {net.tile}x{net.tile} tile" if net.tile else "whole latent",
             "teacher_digest": teacher.digest, "latents_digest": latents.digest,
             "per_image": {k: v.tolist() for k, v in scores.items()}}
@@ -77,7 +80,7 @@ def compute(ctx: RunContext, cfg: RedundancyConfig, teacher_cfg: TeacherConfig, 
         obj = store.put_file(f"redundancy/{key[:24]}/{name}", path)
         listing[name] = {"uri": obj.uri, "sha256": obj.sha256}
     summary = json.loads(files["report.json"].read_text())
-    return {"out": str(out), "listing": listing, "blocks": masker.names, "pairs": info["calibration_pairs"], "kendall_tau": summary["kendall_tau"],
+    return {"out": str(out), "listing": listing, "axis": info["axis"], "blocks": masker.names, "pairs": info["calibration_pairs"], "kendall_tau": summary["kendall_tau"],
             "order": {k: v["least_important_first"] for k, v in summary["scores"].items()}}
 
 
@@ -96,7 +99,7 @@ def run_redundancy(ctx: RunContext, cfg: RedundancyConfig, teacher_cfg: TeacherC
         return StepOutput(uri=report["uri"], digest=report["sha256"], files=r["listing"],
                           counts={"blocks": len(r["blocks"]), "calibration_pairs": r["pairs"], "scores": len(SCORES)},
                           extra={"least_important_first": r["order"], "kendall_tau": r["kendall_tau"],
-                                 "softmax_axis": cfg.kl_axis},
+                                 "softmax_axis": cfg.kl_axis, "axis": r["axis"]},
                           metrics=kendall, artifacts=r["out"], artifact_path="redundancy",
                           message="least important first (block influence): "
                                   + ", ".join(r["order"]["block_influence"]))

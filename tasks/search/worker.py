@@ -28,7 +28,7 @@ from srcompress.models.pruning.search import MaskSearch
 from srcompress.models.teachers import load_teacher
 from srcompress.tasks.common.latents import calibration_subset, center_tile
 from srcompress.tasks.common.teacher_config import TeacherConfig
-from srcompress.tasks.common.teachers import fetch_teacher_folder
+from srcompress.tasks.common.teachers import fetch_teacher_folder, load_kwargs
 from srcompress.tasks.common.training import StoreCheckpoints, engine_facts, init_rank, perceptual_net
 from srcompress.tasks.search.config import SearchConfig
 
@@ -37,9 +37,7 @@ def build(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, teache
           fixed_mask: list[float] | None, device: torch.device) -> MaskSearch:
     """A fresh teacher (LoRA is injected in place: never the shared, memoised one) under the mask search."""
     folder = fetch_teacher_folder(ctx.get_store(), teacher, Path(ctx.workdir) / "teachers")
-    net = load_teacher(folder, kind=teacher_cfg.kind, latent_mode=teacher_cfg.latent_mode,
-                       use_shift_factor=teacher_cfg.use_shift_factor, timestep=teacher_cfg.timestep,
-                       lora=teacher_cfg.lora, device=device)
+    net = load_teacher(folder, **load_kwargs(teacher_cfg, one_step=True), device=device)
     mask = torch.tensor(fixed_mask) if fixed_mask is not None else None
     return MaskSearch(net, cfg.n, cfg.m, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.init, cfg.scaling,
                       cfg.dynamic, cfg.expansion_corrosion, cfg.ema, mask, cfg.seed).to(device)

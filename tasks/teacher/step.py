@@ -28,10 +28,11 @@ from srcompress.models.device import module_device, resolve_device
 from srcompress.models.metrics import bicubic_to, psnr_y
 from srcompress.models.teachers import OneStepTeacher, load_teacher, save_teacher
 from srcompress.models.teachers.bootstrap import train_tiny_teacher
+from srcompress.models.teachers.bootstrap_multistep import train_tiny_multistep
 from srcompress.tasks.common.pairs import iter_pairs, load_all_pairs
 from srcompress.tasks.common.plots import png_bytes, pyplot
 from srcompress.tasks.common.teacher_config import TeacherConfig
-from srcompress.tasks.common.teachers import folder_digest, publish_folder, published_intact, vae_digest
+from srcompress.tasks.common.teachers import folder_digest, load_kwargs, publish_folder, published_intact, vae_digest
 from srcompress.tasks.common.threads import use_threads
 
 STEP = "bootstrap_teacher"
@@ -105,8 +106,8 @@ def bootstrap(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest, holdout: Man
         torch.save(state, buf)
         store.put_bytes(ckpt_key, buf.getvalue())  # atomic: a kill leaves the previous checkpoint intact
 
-    teacher, stats = train_tiny_teacher(lq, hq, bc, log=log.info, device=device, checkpoint=save_checkpoint,
-                                        resume=resume)
+    train = train_tiny_multistep if bc.multistep is not None else train_tiny_teacher
+    teacher, stats = train(lq, hq, bc, log=log.info, device=device, checkpoint=save_checkpoint, resume=resume)
     stats["resumed_at_step"] = float(resume["step"]) if resume else 0.0
     if stats["seconds_total"] > bc.max_seconds:
         log.warning("bootstrap_teacher: took %.0fs, over the %.0fs budget", stats["seconds_total"], bc.max_seconds)
@@ -161,8 +162,7 @@ def import_teacher(ctx: RunContext, cfg: TeacherConfig, key: str, config_hash: s
     folder = Path(cfg.source).expanduser()
     if folder.is_dir():
         digest, shas = folder_digest(folder)
-        teacher = load_teacher(folder, kind=cfg.kind, latent_mode=cfg.latent_mode,
-                               use_shift_factor=cfg.use_shift_factor, timestep=cfg.timestep, lora=cfg.lora)
+        teacher = load_teacher(folder, **load_kwargs(cfg))
         uri, extra, files = folder.resolve().as_uri(), {"vae_digest": vae_digest(shas)}, len(shas)
     elif "://" in cfg.source:
         index = json.loads(store.get_bytes(store.key_from_uri(cfg.source)))

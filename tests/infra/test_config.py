@@ -147,3 +147,40 @@ def test_kernel_shape_ranges_must_contain_one():
     with pytest.raises(ConfigError, match=r"degrade\.kernel2: betap_range must contain 1"):
         load_config("tiny", ["degrade.kernel2.betap_range=[1.5, 2.0]"])
     load_config("tiny", ["degrade.kernel2.betap_range=[1.0, 2.0]"])
+
+
+def test_replace_drops_the_base_section_and_the_multistep_preset_loads(tmp_path):
+    """``_replace: true`` replaces a section of the preset it extends instead of merging into it: the
+    multi-step preset drops the SD3-style teacher's recipe (patch, heads, …) and keeps none of its keys."""
+    base = load_config("tiny")
+    ms = load_config("tiny-multistep")
+    assert base.teacher.bootstrap.patch_size == 2 and "patch_size" not in ms.teacher.bootstrap.model_fields_set
+    assert ms.teacher.bootstrap.multistep is not None and ms.teacher.bootstrap.multistep.lq_residual
+    assert ms.degrade == base.degrade and not ms.vae.enabled
+    p = tmp_path / "merge.yaml"
+    p.write_text("extends: tiny\nteacher:\n  bootstrap:\n    multistep: {steps: 4}\n")
+    with pytest.raises(ConfigError, match="patch_size"):  # merged: the SD3 keys stay and are refused
+        load_config(p)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["adaptive.enabled=true"], "needs a multi-step teacher"),
+    (["encode.teacher_steps=adaptive"], "needs adaptive.enabled"),
+])
+def test_adaptive_settings_need_a_multistep_teacher(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("tiny", overrides)
+    assert load_config("tiny-multistep", ["adaptive.enabled=true", "encode.teacher_steps=adaptive"]).adaptive.enabled
+
+
+@pytest.mark.parametrize("override, match", [
+    ("adaptive.intervals=[20, 15, 10, 5]", "increasing"),
+    ("adaptive.region_overlap=16", "region_overlap must be smaller"),
+    ("adaptive.fr_weights={ahiq: 1.0}", "unknown metrics"),
+    ("adaptive.nr_weights={musiq: 1.0}", "unknown metrics"),
+    ("teacher.bootstrap.multistep.prediction_type=epsilon", "lq_residual needs prediction_type"),
+    ("teacher.bootstrap.multistep.norm_groups=12", "must divide"),
+])
+def test_adaptive_and_multistep_values_are_checked(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("tiny-multistep", [override])

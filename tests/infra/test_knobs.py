@@ -382,6 +382,8 @@ def test_bootstrap_restorer_lr_and_loss_weights(pairs16):
     assert first > 0 and s2["curves"]["restorer_loss"][0] == pytest.approx(2.5 * first, rel=1e-5)
     pix, s3 = _boot(pairs16, "teacher.bootstrap.restorer_lr=1e-6", "teacher.bootstrap.pixel_weight=1")
     assert s3["curves"]["restorer_loss"][0] > first + 1e-3  # + pixel_weight · L1(decode, HQ)
+    _, s4 = _boot(pairs16, "teacher.bootstrap.restorer_lr=1e-6", "teacher.bootstrap.boundary_weight=1")
+    assert s4["curves"]["restorer_loss"][0] > first + 1e-4  # + boundary_weight · seam term (x0 = z_L ≠ z_H)
     assert _delta(pix.vae.decoder, init.vae.decoder) > 0  # the decoder trains only with a pixel term
     assert _delta(slow.vae.decoder, init.vae.decoder) == 0
 

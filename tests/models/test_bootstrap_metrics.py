@@ -98,3 +98,19 @@ def test_grid_ratio_sees_a_patch_grid_a_photo_does_not_have():
     assert grid_ratio(blocks, 8) > 100
     with pytest.raises(ValueError, match="8-px period"):
         grid_ratio(a[..., :8, :8], 8)
+
+
+def test_boundary_loss_weighs_only_the_token_seams():
+    """A difference that steps at the token boundaries costs; one that steps inside the tokens, or is the same
+    constant everywhere, does not (the seam term of the bootstrap restorer)."""
+    from srcompress.models.metrics import boundary_loss, boundary_steps
+
+    target = torch.zeros(1, 1, 8, 8)
+    blocks = torch.zeros(1, 1, 8, 8)
+    blocks[..., :, 2:4] = 1.0  # a step from column 1 to 2 and from 3 to 4: token boundaries of patch 2
+    inside = torch.zeros(1, 1, 8, 8)
+    inside[..., :, 3:] = 1.0   # one step, from column 2 to 3: inside a token
+    assert boundary_steps(target, 2).shape == (1, 2 * 3 * 8)
+    assert boundary_loss(blocks, target, 2) > 0 and boundary_loss(inside, target, 2) == 0
+    assert boundary_loss(target + 5.0, target, 2) == 0
+    assert boundary_loss(inside, target, 3) > 0  # …which is a seam of a 3-cell grid
