@@ -166,6 +166,42 @@ def train_restorer(teacher: SD3OneStepTeacher, lq: Tensor, hq: Tensor, cfg: Boot
                     "val_history": history}
 
 
+def run_phases(teacher, lq: Tensor, hq: Tensor, cfg: BootstrapConfig, g: torch.Generator,
+               log: Callable[[str], None], checkpoint: Callable[[dict], None] | None, resume: dict | None,
+               phase2: Callable[[Callable[[dict], None] | None], tuple[list[float], dict]]) -> dict:
+    """Phases 0–1 (the VAE: init, fine-tune, SD's scaling convention) of any bootstrap teacher, then
+    ``phase2(save)`` — the backbone's training, given the checkpoint callback (None without ``checkpoint``),
+    returning its losses and selection. A resumed run skips the VAE phase (its result is in the checkpoint).
+    Returns the stats, with the training curves under ``curves``."""
+    t0 = time.perf_counter()
+    if resume:
+        teacher.vae.load_state_dict(resume["vae"])
+        vae_losses = list(resume["vae_losses"])
+    else:
+        vae_losses = []  # the linear decoder fit's MSE (pca), then the fine-tune's loss
+        if cfg.vae_init == "pca":
+            vae_losses += build_pca_vae(teacher.vae, torch.cat([lq, hq]) * 2 - 1, cfg.vae_linear_steps,
+                                        cfg.vae_linear_lr, cfg.batch_size, cfg.vae_crop, g, log)
+        if cfg.vae_steps:
+            vae_losses += train_vae(teacher, torch.cat([lq, hq]), cfg, g, log)
+    t_vae = time.perf_counter() - t0
+    sf = set_scaling_factor(teacher, hq)
+
+    def save(state: dict) -> None:
+        checkpoint({**state, "vae": teacher.vae.state_dict(), "vae_losses": vae_losses})
+
+    rest_losses, sel = phase2(save if checkpoint else None)
+    total = time.perf_counter() - t0
+    stats = {"seconds_vae": t_vae, "seconds_restorer": total - t_vae, "seconds_total": total, "scaling_factor": sf,
+             "vae_loss_final": sum(vae_losses[-50:]) / max(1, len(vae_losses[-50:])),
+             "restorer_loss_final": sum(rest_losses[-50:]) / max(1, len(rest_losses[-50:])),
+             "train_pairs": len(lq), **sel}
+    # the training curves, for the step's plots (not metrics: lists); stats keeps plain numbers
+    stats["curves"] = {"vae_loss": vae_losses, "restorer_loss": rest_losses,
+                       "val_psnr_y": [list(h) for h in stats.pop("val_history")]}
+    return stats
+
+
 def train_tiny_teacher(lq: Tensor, hq: Tensor, cfg: BootstrapConfig, log: Callable[[str], None] = print,
                        device: torch.device | str = "cpu", checkpoint: Callable[[dict], None] | None = None,
                        resume: dict | None = None) -> tuple[SD3OneStepTeacher, dict]:
@@ -184,30 +220,6 @@ def train_tiny_teacher(lq: Tensor, hq: Tensor, cfg: BootstrapConfig, log: Callab
                                patch_size=cfg.patch_size, tile=cfg.tile, tile_overlap=cfg.tile_overlap,
                                vae_identity=cfg.vae_init == "identity", vae_attention=cfg.vae_attention).to(device)
     lq, hq = lq.to(device), hq.to(device)
-    t0 = time.perf_counter()
-    if resume:
-        teacher.vae.load_state_dict(resume["vae"])
-        vae_losses = list(resume["vae_losses"])
-    else:
-        vae_losses = []  # the linear decoder fit's MSE (pca), then the fine-tune's loss
-        if cfg.vae_init == "pca":
-            vae_losses += build_pca_vae(teacher.vae, torch.cat([lq, hq]) * 2 - 1, cfg.vae_linear_steps,
-                                        cfg.vae_linear_lr, cfg.batch_size, cfg.vae_crop, g, log)
-        if cfg.vae_steps:
-            vae_losses += train_vae(teacher, torch.cat([lq, hq]), cfg, g, log)
-    t_vae = time.perf_counter() - t0
-    sf = set_scaling_factor(teacher, hq)
-
-    def save(state: dict) -> None:
-        checkpoint({**state, "vae": teacher.vae.state_dict(), "vae_losses": vae_losses})
-
-    rest_losses, sel = train_restorer(teacher, lq, hq, cfg, g, log, save if checkpoint else None, resume)
-    total = time.perf_counter() - t0
-    stats = {"seconds_vae": t_vae, "seconds_restorer": total - t_vae, "seconds_total": total, "scaling_factor": sf,
-             "vae_loss_final": sum(vae_losses[-50:]) / max(1, len(vae_losses[-50:])),
-             "restorer_loss_final": sum(rest_losses[-50:]) / max(1, len(rest_losses[-50:])),
-             "train_pairs": len(lq), **sel}
-    # the training curves, for the step's plots (not metrics: lists); stats keeps plain numbers
-    stats["curves"] = {"vae_loss": vae_losses, "restorer_loss": rest_losses,
-                       "val_psnr_y": [list(h) for h in stats.pop("val_history")]}
+    stats = run_phases(teacher, lq, hq, cfg, g, log, checkpoint, resume,
+                       lambda save: train_restorer(teacher, lq, hq, cfg, g, log, save, resume))
     return teacher, stats

@@ -15,18 +15,15 @@
 from __future__ import annotations
 
 import copy
-import time
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from srcompress.models.teachers.bootstrap import set_scaling_factor, train_vae
+from srcompress.models.teachers.bootstrap import run_phases
 from srcompress.models.teachers.bootstrap_config import BootstrapConfig
 from srcompress.models.teachers.multistep import MultiStepTeacher, residual_scale
 from srcompress.models.teachers.optim import one_cycle, update
 from srcompress.models.teachers.tiny import tiny_multistep_teacher
-from srcompress.models.teachers.vae_init import build_pca_vae
 
 Tensor = torch.Tensor
 
@@ -133,33 +130,14 @@ def train_tiny_multistep(lq: Tensor, hq: Tensor, cfg: BootstrapConfig, log: Call
         torch.nn.init.zeros_(teacher.unet.conv_out.weight)
         torch.nn.init.zeros_(teacher.unet.conv_out.bias)
     lq, hq = lq.to(device), hq.to(device)
-    t0 = time.perf_counter()
-    if resume:
-        teacher.vae.load_state_dict(resume["vae"])
-        vae_losses = list(resume["vae_losses"])
-    else:
-        vae_losses = []
-        if cfg.vae_init == "pca":
-            vae_losses += build_pca_vae(teacher.vae, torch.cat([lq, hq]) * 2 - 1, cfg.vae_linear_steps,
-                                        cfg.vae_linear_lr, cfg.batch_size, cfg.vae_crop, g, log)
-        if cfg.vae_steps:
-            vae_losses += train_vae(teacher, torch.cat([lq, hq]), cfg, g, log)  # type: ignore[arg-type]
-    t_vae = time.perf_counter() - t0
-    sf = set_scaling_factor(teacher, hq)  # type: ignore[arg-type]
 
-    def save(state: dict) -> None:
-        checkpoint({**state, "vae": teacher.vae.state_dict(), "vae_losses": vae_losses})
+    def phase2(save):
+        if ms.lq_residual:  # σ_d of the residual prior: the spread of z_H − z_L over the training pairs
+            with torch.no_grad():
+                d = torch.cat([teacher.encode(hq[i : i + 8]) - teacher.encode(lq[i : i + 8])
+                               for i in range(0, len(hq), 8)])
+            teacher.residual_std = float(d.std())
+        return train_denoiser(teacher, lq, hq, cfg, g, log, save, resume)
 
-    if ms.lq_residual:  # σ_d of the residual prior: the spread of z_H − z_L over the training pairs
-        with torch.no_grad():
-            d = torch.cat([teacher.encode(hq[i : i + 8]) - teacher.encode(lq[i : i + 8]) for i in range(0, len(hq), 8)])
-        teacher.residual_std = float(d.std())
-    losses, sel = train_denoiser(teacher, lq, hq, cfg, g, log, save if checkpoint else None, resume)
-    total = time.perf_counter() - t0
-    stats = {"seconds_vae": t_vae, "seconds_restorer": total - t_vae, "seconds_total": total, "scaling_factor": sf,
-             "vae_loss_final": sum(vae_losses[-50:]) / max(1, len(vae_losses[-50:])),
-             "restorer_loss_final": sum(losses[-50:]) / max(1, len(losses[-50:])),
-             "train_pairs": len(lq), **sel}
-    stats["curves"] = {"vae_loss": vae_losses, "restorer_loss": losses,
-                       "val_psnr_y": [list(h) for h in stats.pop("val_history")]}
+    stats = run_phases(teacher, lq, hq, cfg, g, log, checkpoint, resume, phase2)
     return teacher, stats

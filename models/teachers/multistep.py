@@ -27,7 +27,7 @@ not depend on how tiles are batched and a rerun reproduces it exactly.
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,9 @@ from torch import nn
 
 from srcompress.models.teachers.base import LatentConvention, OneStepTeacher
 from srcompress.models.teachers.unet import prunable_units
+
+if TYPE_CHECKING:
+    from srcompress.models.teachers.unet import UNetOneStepTeacher
 
 Tensor = torch.Tensor
 Condition = Literal["latent", "pixels"]

@@ -237,3 +237,44 @@ def test_lq_residual_starts_at_the_lq_latent_and_survives_the_one_step_form(tmp_
     assert back.lq_residual and torch.allclose(back.restore_latent(z), out, atol=1e-5)
     with pytest.raises(ValueError, match="lq_residual"):
         tiny_multistep_teacher(prediction_type="epsilon", lq_residual=True)
+
+
+def test_multistep_bootstrap_resumes_to_identical_weights_and_starts_at_the_linear_denoiser():
+    """The multi-step bootstrap (tiny): killed after its checkpoint at step 4 and resumed, it ends with the
+    uninterrupted run's weights (validation best included); its residual prior σ_d is measured on the pairs."""
+    import io
+
+    from srcompress.models.metrics import bicubic_to
+    from srcompress.models.teachers.bootstrap_config import BootstrapConfig, MultiStepRecipe
+    from srcompress.models.teachers.bootstrap_multistep import train_tiny_multistep
+
+    g = torch.Generator().manual_seed(1)
+    hq = torch.rand(6, 3, 32, 32, generator=g)
+    lq = bicubic_to(torch.nn.functional.avg_pool2d(hq, 4), 32)
+    cfg = BootstrapConfig(vae_steps=2, restorer_steps=7, batch_size=2, vae_crop=16, eval_every=3, val_fraction=0.34,
+                          checkpoint_every=4, vae_init="random", vae_channels=[8, 8], vae_norm_groups=4, tile=8,
+                          latent_channels=4, multistep=MultiStepRecipe(unet_channels=[16, 32], norm_groups=8, steps=3,
+                                                                       prediction_type="sample", lq_residual=True,
+                                                                       val_pairs=2))
+    quiet = lambda m: None  # noqa: E731
+    full, s_full = train_tiny_multistep(lq, hq, cfg, log=quiet)
+    assert full.residual_std > 0 and s_full["val_pairs"] == 2 and len(s_full["curves"]["restorer_loss"]) == 7
+    saved: list[bytes] = []
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(state: dict) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        saved.append(buf.getvalue())
+        raise Killed
+
+    with pytest.raises(Killed):
+        train_tiny_multistep(lq, hq, cfg, log=quiet, checkpoint=save_then_die)
+    state = torch.load(io.BytesIO(saved[-1]), weights_only=True)
+    assert state["step"] == 4
+    resumed, s_res = train_tiny_multistep(lq, hq, cfg, log=quiet, resume=state)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert s_res["best_step"] == s_full["best_step"] and resumed.residual_std == full.residual_std
