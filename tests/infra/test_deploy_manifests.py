@@ -293,11 +293,19 @@ def mlflow_env_names() -> set[str]:
 
 
 def _mlflow_admits(allowed: str, host_header: str) -> bool:
-    """MLflow's own ``is_allowed_host_header`` (mlflow/server/security_utils.py), compiled from its source."""
+    """MLflow's own ``is_allowed_host_header`` (mlflow/server/security_utils.py), compiled from its source with
+    the module's other top-level statements (its helpers and constants change between releases: MLflow 3.18
+    added ``_matches_host_pattern``); imports from the rest of MLflow are left out, and so is any statement
+    that needs them."""
     tree = ast.parse(_mlflow_source("server/security_utils"))
-    func = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "is_allowed_host_header")
-    namespace = {"fnmatch": fnmatch}
-    exec(compile(ast.Module(body=[func], type_ignores=[]), "security_utils.py", "exec"), namespace)
+    namespace: dict = {"fnmatch": fnmatch}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mlflow"):
+            continue
+        try:
+            exec(compile(ast.Module(body=[node], type_ignores=[]), "security_utils.py", "exec"), namespace)
+        except (NameError, ImportError):
+            continue  # a statement that reads the rest of MLflow: not part of the host check
     return namespace["is_allowed_host_header"]([h.strip() for h in allowed.split(",")], host_header)
 
 
