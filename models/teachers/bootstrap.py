@@ -82,13 +82,36 @@ def set_scaling_factor(teacher: SD3OneStepTeacher, hq: Tensor, batch: int = 16) 
 
 
 @torch.no_grad()
-def _val_psnr(teacher: SD3OneStepTeacher, z_l: Tensor, hq: Tensor, batch: int = 8) -> float:
+def val_psnr(teacher, z_l: Tensor, hq: Tensor, batch: int = 8) -> float:
+    """Mean PSNR-Y of the teacher's restoration of latents ``z_l`` against ``hq`` (NaN for none)."""
     from srcompress.models.metrics import psnr_y
 
     if len(z_l) == 0:
         return float("nan")
     return float(torch.cat([psnr_y(teacher.decode(teacher.restore_latent(z_l[i : i + batch])), hq[i : i + batch])
                             for i in range(0, len(z_l), batch)]).mean())
+
+
+def validate(net: torch.nn.Module, teacher, z_val: Tensor, hq_val: Tensor, step: int, history: list,
+             best: dict) -> dict:
+    """Validation PSNR-Y of the teacher with ``net`` in eval mode, appended to ``history``; the new best (with a
+    copy of ``net``'s weights) if it beats ``best``, else ``best``."""
+    net.eval()
+    p = val_psnr(teacher, z_val, hq_val)
+    history.append((step, p))
+    net.train()
+    return {"step": step, "psnr": p, "state": copy.deepcopy(net.state_dict())} if p > best["psnr"] else best
+
+
+def resume_trainer(resume: dict, opt, sched, g: torch.Generator, log: Callable[[str], None], name: str,
+                   total: int) -> tuple[dict, list[float], int, list[tuple]]:
+    """Optimiser, schedule and generator back to a checkpoint's state; its (best, losses, step, val history)."""
+    opt.load_state_dict(resume["optimizer"])
+    sched.load_state_dict(resume["scheduler"])
+    g.set_state(resume["rng"])
+    start = int(resume["step"])
+    log(f"{name}: resumed at step {start}/{total}")
+    return resume["best"], list(resume["losses"]), start, [tuple(h) for h in resume.get("val_history", [])]
 
 
 def train_restorer(teacher: SD3OneStepTeacher, lq: Tensor, hq: Tensor, cfg: BootstrapConfig, g: torch.Generator,
@@ -123,14 +146,10 @@ def train_restorer(teacher: SD3OneStepTeacher, lq: Tensor, hq: Tensor, cfg: Boot
         tr.load_state_dict(resume["restorer"])
         if cfg.pixel_weight > 0:
             teacher.vae.decoder.load_state_dict(resume["decoder"])
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        g.set_state(resume["rng"])
-        best, losses, start = resume["best"], list(resume["losses"]), int(resume["step"])
-        history = [tuple(h) for h in resume.get("val_history", [])]
-        log(f"bootstrap restorer: resumed at step {start}/{cfg.restorer_steps}")
+        best, losses, start, history = resume_trainer(resume, opt, sched, g, log, "bootstrap restorer",
+                                                      cfg.restorer_steps)
     else:
-        best = {"step": 0, "psnr": _val_psnr(teacher, z_l[val], hq[val]), "state": copy.deepcopy(tr.state_dict())}
+        best = {"step": 0, "psnr": val_psnr(teacher, z_l[val], hq[val]), "state": copy.deepcopy(tr.state_dict())}
         history = [(0, best["psnr"])] if n_val else []
     for step in range(start, cfg.restorer_steps):
         idx = train[torch.randint(0, len(train), (cfg.batch_size,), generator=g)]
@@ -146,12 +165,7 @@ def train_restorer(teacher: SD3OneStepTeacher, lq: Tensor, hq: Tensor, cfg: Boot
             loss = loss + cfg.pixel_weight * (teacher.decode(a - v) - y).abs().mean()
         _update(opt, sched, loss, losses, step, cfg.restorer_steps, "bootstrap restorer", log)
         if n_val and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.restorer_steps):
-            tr.eval()
-            p = _val_psnr(teacher, z_l[val], hq[val])
-            history.append((step + 1, p))
-            tr.train()
-            if p > best["psnr"]:
-                best = {"step": step + 1, "psnr": p, "state": copy.deepcopy(tr.state_dict())}
+            best = validate(tr, teacher, z_l[val], hq[val], step + 1, history, best)
         if checkpoint and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                 and step + 1 < cfg.restorer_steps:
             checkpoint({"step": step + 1, "restorer": tr.state_dict(), "optimizer": opt.state_dict(),

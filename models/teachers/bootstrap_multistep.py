@@ -14,28 +14,17 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Callable
 
 import torch
 
-from srcompress.models.teachers.bootstrap import run_phases
+from srcompress.models.teachers.bootstrap import resume_trainer, run_phases, validate
 from srcompress.models.teachers.bootstrap_config import BootstrapConfig
 from srcompress.models.teachers.multistep import MultiStepTeacher, residual_scale
 from srcompress.models.teachers.optim import one_cycle, update
 from srcompress.models.teachers.tiny import tiny_multistep_teacher
 
 Tensor = torch.Tensor
-
-
-@torch.no_grad()
-def _val_psnr(teacher: MultiStepTeacher, z_l: Tensor, hq: Tensor, batch: int = 8) -> float:
-    from srcompress.models.metrics import psnr_y
-
-    if len(z_l) == 0:
-        return float("nan")
-    return float(torch.cat([psnr_y(teacher.decode(teacher.restore_latent(z_l[i : i + batch])), hq[i : i + batch])
-                            for i in range(0, len(z_l), batch)]).mean())
 
 
 def target(teacher: MultiStepTeacher, z0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
@@ -71,12 +60,8 @@ def train_denoiser(teacher: MultiStepTeacher, lq: Tensor, hq: Tensor, cfg: Boots
     best = {"step": -1, "psnr": float("-inf"), "state": None}
     if resume:
         unet.load_state_dict(resume["unet"])
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        g.set_state(resume["rng"])
-        best, losses, start = resume["best"], list(resume["losses"]), int(resume["step"])
-        history = [tuple(h) for h in resume.get("val_history", [])]
-        log(f"bootstrap denoiser: resumed at step {start}/{cfg.restorer_steps}")
+        best, losses, start, history = resume_trainer(resume, opt, sched, g, log, "bootstrap denoiser",
+                                                      cfg.restorer_steps)
     for step in range(start, cfg.restorer_steps):
         idx = train[torch.randint(0, len(train), (cfg.batch_size,), generator=g)]
         i = int(torch.randint(0, z_l.shape[-2] - t_size + 1, (1,), generator=g))
@@ -93,12 +78,7 @@ def train_denoiser(teacher: MultiStepTeacher, lq: Tensor, hq: Tensor, cfg: Boots
         update(opt, sched, loss, losses, step, cfg.restorer_steps, "bootstrap denoiser", log)
         last = step + 1 == cfg.restorer_steps
         if n_val and ((step + 1) % cfg.eval_every == 0 or last):
-            unet.eval()
-            p = _val_psnr(teacher, z_l[val], hq[val])
-            history.append((step + 1, p))
-            unet.train()
-            if p > best["psnr"]:
-                best = {"step": step + 1, "psnr": p, "state": copy.deepcopy(unet.state_dict())}
+            best = validate(unet, teacher, z_l[val], hq[val], step + 1, history, best)
         if checkpoint and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and not last:
             checkpoint({"step": step + 1, "unet": unet.state_dict(), "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict(), "rng": g.get_state(), "perm": perm, "best": best,

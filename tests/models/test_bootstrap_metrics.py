@@ -44,18 +44,10 @@ def test_psnr_y_matches_the_matlab_convention():
     assert np.allclose(cropped, 10 * np.log10(255**2 / mse_c))
 
 
-def test_bootstrap_resumes_from_a_checkpoint_to_identical_weights():
-    """Kill after the checkpoint at step 4 (simulated by raising), resume: the result equals an uninterrupted run."""
+def checkpoint_at_kill(train) -> dict:
+    """Run ``train(save)`` with a ``save`` that stores the first checkpoint and then dies (a kill right after
+    it); return that checkpoint as a resumed run would read it (tensors and plain types only)."""
     import io
-
-    g = torch.Generator().manual_seed(1)
-    hq = torch.rand(6, 3, 32, 32, generator=g)
-    lq = bicubic_to(torch.nn.functional.avg_pool2d(hq, 4), 32)
-    cfg = BootstrapConfig(vae_steps=2, restorer_steps=7, num_layers=1, batch_size=2, vae_crop=16, eval_every=2,
-                          val_fraction=0.0, checkpoint_every=4, vae_init="random", vae_channels=[8, 8],
-                          vae_norm_groups=4, tile=8, patch_size=2)
-    quiet = lambda m: None  # noqa: E731
-    full, _ = train_tiny_teacher(lq, hq, cfg, log=quiet)
 
     saved: list[bytes] = []
 
@@ -68,11 +60,23 @@ def test_bootstrap_resumes_from_a_checkpoint_to_identical_weights():
         saved.append(buf.getvalue())
         raise Killed
 
-    try:
-        train_tiny_teacher(lq, hq, cfg, log=quiet, checkpoint=save_then_die)
-    except Killed:
-        pass
-    state = torch.load(io.BytesIO(saved[-1]), weights_only=True)  # tensors and plain types only
+    with pytest.raises(Killed):
+        train(save_then_die)
+    return torch.load(io.BytesIO(saved[-1]), weights_only=True)
+
+
+def test_bootstrap_resumes_from_a_checkpoint_to_identical_weights():
+    """Kill after the checkpoint at step 4 (simulated by raising), resume: the result equals an uninterrupted run."""
+    g = torch.Generator().manual_seed(1)
+    hq = torch.rand(6, 3, 32, 32, generator=g)
+    lq = bicubic_to(torch.nn.functional.avg_pool2d(hq, 4), 32)
+    cfg = BootstrapConfig(vae_steps=2, restorer_steps=7, num_layers=1, batch_size=2, vae_crop=16, eval_every=2,
+                          val_fraction=0.0, checkpoint_every=4, vae_init="random", vae_channels=[8, 8],
+                          vae_norm_groups=4, tile=8, patch_size=2)
+    quiet = lambda m: None  # noqa: E731
+    full, _ = train_tiny_teacher(lq, hq, cfg, log=quiet)
+
+    state = checkpoint_at_kill(lambda save: train_tiny_teacher(lq, hq, cfg, log=quiet, checkpoint=save))
     assert state["step"] == 4
     resumed, stats = train_tiny_teacher(lq, hq, cfg, log=quiet, resume=state)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):

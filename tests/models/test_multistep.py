@@ -242,11 +242,10 @@ def test_lq_residual_starts_at_the_lq_latent_and_survives_the_one_step_form(tmp_
 def test_multistep_bootstrap_resumes_to_identical_weights_and_starts_at_the_linear_denoiser():
     """The multi-step bootstrap (tiny): killed after its checkpoint at step 4 and resumed, it ends with the
     uninterrupted run's weights (validation best included); its residual prior σ_d is measured on the pairs."""
-    import io
-
     from srcompress.models.metrics import bicubic_to
     from srcompress.models.teachers.bootstrap_config import BootstrapConfig, MultiStepRecipe
     from srcompress.models.teachers.bootstrap_multistep import train_tiny_multistep
+    from tests.models.test_bootstrap_metrics import checkpoint_at_kill
 
     g = torch.Generator().manual_seed(1)
     hq = torch.rand(6, 3, 32, 32, generator=g)
@@ -259,20 +258,7 @@ def test_multistep_bootstrap_resumes_to_identical_weights_and_starts_at_the_line
     quiet = lambda m: None  # noqa: E731
     full, s_full = train_tiny_multistep(lq, hq, cfg, log=quiet)
     assert full.residual_std > 0 and s_full["val_pairs"] == 2 and len(s_full["curves"]["restorer_loss"]) == 7
-    saved: list[bytes] = []
-
-    class Killed(Exception):
-        pass
-
-    def save_then_die(state: dict) -> None:
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        saved.append(buf.getvalue())
-        raise Killed
-
-    with pytest.raises(Killed):
-        train_tiny_multistep(lq, hq, cfg, log=quiet, checkpoint=save_then_die)
-    state = torch.load(io.BytesIO(saved[-1]), weights_only=True)
+    state = checkpoint_at_kill(lambda save: train_tiny_multistep(lq, hq, cfg, log=quiet, checkpoint=save))
     assert state["step"] == 4
     resumed, s_res = train_tiny_multistep(lq, hq, cfg, log=quiet, resume=state)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
