@@ -125,7 +125,8 @@ def distill(ctx: RunContext, cfg: SrConfig, manifests: dict[str, Any], pixel: bo
 
 
 # Table name → the step whose manifest the evaluate step loads it from (docs/architecture.md §1).
-MODEL_STEPS = {"teacher": "bootstrap_teacher", "teacher_adaptive": "train_mmle", "pruned": "search_pruning", "searched": "search_pruning",
+MODEL_STEPS = {"teacher": "bootstrap_teacher", "teacher_adaptive": "train_mmle", "pruned": "search_pruning",
+               "searched": "search_pruning",
                "student_stage1": "distill_latent", "student": "distill_pixel",
                "student_ablation": "distill_pixel_ablation"}
 

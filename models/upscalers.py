@@ -83,8 +83,8 @@ def max_latent_tile(backbone: nn.Module) -> int | None:
     return int(pmax) * int(patch) if pmax and patch else None
 
 
-SAMPLER_KEYS = ("steps", "strength", "scheduler", "fixed_steps", "mean_steps_per_region", "intervals", "tau",
-                "region", "region_overlap")
+SAMPLER_KEYS = ("steps", "strength", "scheduler", "fixed_steps", "mean_steps_per_region", "regressor_evals",
+                "intervals", "tau", "region", "region_overlap")
 
 
 class DiffusionSR(nn.Module):

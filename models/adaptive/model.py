@@ -30,7 +30,7 @@ class AdaptiveTeacher(nn.Module):
         super().__init__()
         self.teacher, self.regressor, self.dtss = teacher, regressor, dtss
         self.region, self.region_overlap = region, region_overlap
-        self.usage = {"calls": 0, "regions": 0, "unet_region_evals": 0, "regressor_evals": 0}
+        self.usage = {"regions": 0, "unet_region_evals": 0, "regressor_evals": 0}
         self.last_map: Tensor | None = None
         self.last_steps: Tensor | None = None  # (B, regions) of the last call
 
@@ -60,7 +60,6 @@ class AdaptiveTeacher(nn.Module):
     @torch.no_grad()
     def restore_tile(self, z_lq: Tensor) -> Tensor:
         z, info = adaptive_restore(self.teacher, z_lq, self.regressor, self.dtss, self.region, self.region_overlap)
-        self.usage["calls"] += 1
         self.usage["regions"] += int(info.steps.numel())
         self.usage["unet_region_evals"] += info.unet_calls
         self.usage["regressor_evals"] += info.regressor_calls
@@ -82,4 +81,5 @@ class AdaptiveTeacher(nn.Module):
         return {**self.teacher.describe(), "kind": self.kind, "intervals": list(self.dtss.intervals),
                 "tau": self.dtss.tau, "t_max": self.dtss.t_max, "region": self.region,
                 "region_overlap": self.region_overlap, "regressor": self.regressor is not None,
-                "mean_steps_per_region": self.mean_steps(), "fixed_steps": self.teacher.steps}
+                "mean_steps_per_region": self.mean_steps(), "fixed_steps": self.teacher.steps,
+                "regressor_evals": self.usage["regressor_evals"]}

@@ -1,15 +1,11 @@
 """Multi-step latent diffusion SR teacher (StableSR / SD-x4-upscaler style) behind the one-step interface.
 
-The UNet sees the noisy latent concatenated with the LQ condition along channels and predicts ε (or v) at a
-timestep; a diffusers scheduler (DDPM / DDIM / DPM-Solver, ``steps`` inference steps) walks from pure noise to
-the restored latent. Two conditions:
+The UNet sees the noisy latent concatenated with the LQ condition along channels and predicts ε, v or x0 at a
+timestep; a diffusers scheduler (DDPM / DDIM / DPM-Solver, ``steps`` inference steps) walks from pure noise
+(or, with ``strength < 1``, from the noised LQ latent) to the restored latent. Two conditions:
 
 - ``latent``: the LQ image's own VAE latent (StableSR's concat variant; the embedded multi-step teacher);
   ``unet.in_channels = 2 · latent_channels``.
-- ``lq_residual`` (ours, the embedded teacher; ResShift's idea of modelling the HQ − LQ residual, in the x0
-  parameterisation): the UNet predicts ``x0 − z_LQ`` and ``model_output`` adds z_LQ back, so the scheduler sees
-  an ordinary ``sample`` prediction; with a zero-initialised ``conv_out`` training starts at x0 = z_LQ, the
-  way the one-step bootstrap teacher starts at the identity.
 - ``pixels``: the LQ image at latent resolution in [−1, 1], noised to ``noise_level`` by a low-res scheduler
   and the level passed as ``class_labels`` (diffusers ``StableDiffusionUpscalePipeline``);
   ``unet.in_channels = latent_channels + 3``. ``encode`` then returns those pixels: they *are* the LQ
@@ -20,13 +16,19 @@ only after the last step — AdaDiffSR stitches sub-regions in latent space at t
 §12). The initial noise is one seeded draw of the tile's shape shared by every tile and image, so a result does
 not depend on how tiles are batched and a rerun reproduces it exactly.
 
+``lq_residual`` (ours, the embedded teacher; ResShift's idea of modelling the HQ − LQ residual, in the x0
+parameterisation): ``model_output`` returns ``residual_x0`` of the UNet's output, so the scheduler sees an
+ordinary ``sample`` prediction; with a zero-initialised ``conv_out`` training starts at the best linear
+denoiser around z_LQ, the way the one-step bootstrap teacher starts at the identity.
+
     teacher = MultiStepTeacher(vae, unet, DDIMScheduler(...), prompt_embeds, convention, steps=20)
     sr = teacher(lq01)                     # (B, 3, H, W) in [0, 1]
-    traj = teacher.trajectory(z_lq)        # every step's latent and timestep, for redundancy across timesteps
+    z = teacher.trajectory(z_lq, callback=lambda i, t, z_t: ...)   # sees every step's latent and timestep
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Callable, Literal
 
 import torch
@@ -167,11 +169,14 @@ class MultiStepTeacher(OneStepTeacher):
         # DDPM's per-step variance draws: one CPU generator per sample, all seeded alike, so the draws do not
         # depend on the batch (diffusers' randn_tensor takes one generator per sample)
         g = [torch.Generator().manual_seed(self.seed * 1000003 + 2) for _ in range(z_lq.shape[0])]
+        kw = {"generator": g} if "generator" in inspect.signature(sched.step).parameters else {}
         for i, t in enumerate(timesteps):
             if callback is not None:
                 callback(i, int(t), z)
             out = self.model_output(sched.scale_model_input(z, t), t, cond, labels)
-            z = _step(sched, out, t, z, g)
+            # stochastic schedulers (DDPM) draw their variance noise from ``g``, CPU generators: diffusers'
+            # randn_tensor draws on the generators' device and moves the noise, the same on every device
+            z = sched.step(out, t, z, **kw).prev_sample
         return z
 
     def restore_tile(self, z_lq: Tensor) -> Tensor:
@@ -203,16 +208,6 @@ class MultiStepTeacher(OneStepTeacher):
                                      "condition": self.condition,
                                      "scheduler": type(self.scheduler).__name__, "seed": self.seed,
                                      "noise_level": self.noise_level}
-
-
-def _step(sched, out: Tensor, t: Tensor, z: Tensor, g: list[torch.Generator]) -> Tensor:
-    """One scheduler step. Stochastic schedulers (DDPM) draw their variance noise from ``g``, CPU generators:
-    diffusers' ``randn_tensor`` draws on the generators' device and moves the noise, so it is the same on
-    every device."""
-    import inspect
-
-    kw = {"generator": g} if "generator" in inspect.signature(sched.step).parameters else {}
-    return sched.step(out, t, z, **kw).prev_sample
 
 
 def residual_x0(f: Tensor, z_t: Tensor, z_lq: Tensor, a: Tensor, std: float) -> Tensor:

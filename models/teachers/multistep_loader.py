@@ -24,16 +24,10 @@ import torch
 from safetensors.torch import load_file
 
 from srcompress.models.teachers.base import LatentConvention
+from srcompress.models.teachers.loader import PROMPT_FILE, TeacherLoadError, _weights
 from srcompress.models.teachers.multistep import SCHEDULERS, MultiStepTeacher
 
-PROMPT_FILE = "prompt_embeds.safetensors"
 KNOWN_SCHEDULERS = set(SCHEDULERS.values())
-
-
-def _error(msg: str) -> Exception:
-    from srcompress.models.teachers.loader import TeacherLoadError
-
-    return TeacherLoadError(msg)
 
 
 def _scheduler(folder: Path, sub: str, override: str | None = None):
@@ -43,13 +37,13 @@ def _scheduler(folder: Path, sub: str, override: str | None = None):
 
     path = folder / sub / "scheduler_config.json"
     if not path.is_file():
-        raise _error(f"teacher: missing {sub} config: {path}")
+        raise TeacherLoadError(f"teacher: missing {sub} config: {path}")
     cfg = json.loads(path.read_text())
     if override and override not in SCHEDULERS:
-        raise _error(f"teacher: scheduler must be one of {sorted(SCHEDULERS)}, got {override!r}")
+        raise TeacherLoadError(f"teacher: scheduler must be one of {sorted(SCHEDULERS)}, got {override!r}")
     name = SCHEDULERS[override] if override else cfg.get("_class_name", "DDPMScheduler")
     if name not in KNOWN_SCHEDULERS:
-        raise _error(f"teacher: {path} names scheduler {name!r}; supported: {sorted(KNOWN_SCHEDULERS)} "
+        raise TeacherLoadError(f"teacher: {path} names scheduler {name!r}; supported: {sorted(KNOWN_SCHEDULERS)} "
                      f"(set teacher.scheduler to use one of them with this noise schedule)")
     return getattr(diffusers, name).from_config(cfg)
 
@@ -58,15 +52,16 @@ def _prompt(folder: Path, meta: dict, dtype: torch.dtype) -> torch.Tensor:
     if (folder / PROMPT_FILE).is_file():
         tensors = load_file(str(folder / PROMPT_FILE))
         if "prompt_embeds" not in tensors:
-            raise _error(f"teacher: {folder / PROMPT_FILE} has no 'prompt_embeds' tensor (keys: {sorted(tensors)})")
+            raise TeacherLoadError(f"teacher: {folder / PROMPT_FILE} has no 'prompt_embeds' tensor "
+                                   f"(keys: {sorted(tensors)})")
         return tensors["prompt_embeds"].to(dtype)
     if not ((folder / "text_encoder").is_dir() and (folder / "tokenizer").is_dir()):
-        raise _error(f"teacher: {folder} has neither {PROMPT_FILE} nor text_encoder/ + tokenizer/ to encode "
+        raise TeacherLoadError(f"teacher: {folder} has neither {PROMPT_FILE} nor text_encoder/ + tokenizer/ to encode "
                      "the fixed prompt with")
     from transformers import CLIPTextModel, CLIPTokenizer
 
     if not any((folder / "text_encoder").glob("*.safetensors")):
-        raise _error(f"teacher: missing text_encoder weights (safetensors): {folder / 'text_encoder'}")
+        raise TeacherLoadError(f"teacher: missing text_encoder weights (safetensors): {folder / 'text_encoder'}")
     tok = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
     enc = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True, use_safetensors=True)
     ids = tok([meta.get("prompt", "")], padding="max_length", max_length=tok.model_max_length,
@@ -79,8 +74,6 @@ def load_multistep(folder: Path, vae, meta: dict, common: dict, *, latent_mode: 
                    scheduler: str | None, lora: Path | None, merge: Callable) -> MultiStepTeacher:
     from diffusers import UNet2DConditionModel
 
-    from srcompress.models.teachers.loader import _weights
-
     _weights(folder / "unet")
     unet = merge(UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **common), lora)
     latent = int(vae.config.latent_channels)
@@ -89,13 +82,13 @@ def load_multistep(folder: Path, vae, meta: dict, common: dict, *, latent_mode: 
     elif unet.config.in_channels == latent + 3:
         condition = "pixels"
     else:
-        raise _error(f"teacher: unet.in_channels={unet.config.in_channels} is neither 2 x {latent} (LQ latent "
-                     f"concatenated) nor {latent} + 3 (LQ pixels concatenated)")
+        raise TeacherLoadError(f"teacher: unet.in_channels={unet.config.in_channels} is neither 2 x {latent} "
+                               f"(LQ latent concatenated) nor {latent} + 3 (LQ pixels concatenated)")
     index = json.loads((folder / "model_index.json").read_text()) if (folder / "model_index.json").is_file() else {}
     has_levels = unet.config.num_class_embeds is not None or unet.config.class_embed_type is not None
     noise_level = meta.get("noise_level", 20 if (condition == "pixels" and has_levels) else None)
     if noise_level is not None and not 0 <= int(noise_level) <= int(index.get("max_noise_level", 1000)):
-        raise _error(f"teacher: noise_level {noise_level} outside [0, {index.get('max_noise_level', 1000)}]")
+        raise TeacherLoadError(f"teacher: noise_level {noise_level} outside [0, {index.get('max_noise_level', 1000)}]")
     low = _scheduler(folder, "low_res_scheduler") if noise_level is not None else None
     conv = LatentConvention(float(vae.config.scaling_factor), 0.0, latent_mode or meta.get("latent_mode", "mean"))
     dtype = common.get("torch_dtype", torch.float32)

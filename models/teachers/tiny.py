@@ -116,25 +116,33 @@ def tiny_sd3_teacher(seed: int = 0, num_layers: int = 4, latent_channels: int = 
     return SD3OneStepTeacher(vae, tr, emb, pooled, conv, tile=tile, tile_overlap=tile_overlap)
 
 
-def tiny_unet_teacher(seed: int = 0, latent_channels: int = 4, cross_dim: int = 32,
-                      prediction_type: str = "epsilon", layers_per_block: int = 1,
-                      block_out_channels: tuple[int, ...] = (32, 64), norm_groups: int = 16) -> UNetOneStepTeacher:
-    """An SD-UNet-shaped teacher: SD's layout (cross-attention in every stage but the innermost) at any width."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+def sd_unet(in_channels: int, out_channels: int, block_out_channels: tuple[int, ...], norm_groups: int,
+            cross_dim: int, layers_per_block: int = 1, sample_size: int = 16, class_embeds: int | None = None):
+    """A ``UNet2DConditionModel`` in SD's layout (cross-attention in every stage but the innermost) at any width;
+    ``class_embeds``: the x4 upscaler's noise-level class embeddings."""
+    from diffusers import UNet2DConditionModel
 
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    vae = tiny_vae(latent_channels, (16, 32, 32), scaling_factor=0.18215)
     n = len(block_out_channels)
-    unet = UNet2DConditionModel(sample_size=16, in_channels=latent_channels, out_channels=latent_channels,
+    return UNet2DConditionModel(sample_size=sample_size, in_channels=in_channels, out_channels=out_channels,
                                 block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
                                 norm_num_groups=norm_groups,
                                 down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
                                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
-                                cross_attention_dim=cross_dim, attention_head_dim=8)
-    # SD2.1's scheduler settings (scaled_linear betas 0.00085 → 0.012 over 1000 steps).
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                          prediction_type=prediction_type, clip_sample=False)
+                                cross_attention_dim=cross_dim, attention_head_dim=8, num_class_embeds=class_embeds)
+
+
+def tiny_unet_teacher(seed: int = 0, latent_channels: int = 4, cross_dim: int = 32,
+                      prediction_type: str = "epsilon", layers_per_block: int = 1,
+                      block_out_channels: tuple[int, ...] = (32, 64), norm_groups: int = 16) -> UNetOneStepTeacher:
+    """An SD-UNet-shaped teacher: SD's layout (cross-attention in every stage but the innermost) at any width."""
+    from srcompress.models.teachers.multistep import make_scheduler
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    vae = tiny_vae(latent_channels, (16, 32, 32), scaling_factor=0.18215)
+    unet = sd_unet(latent_channels, latent_channels, block_out_channels, norm_groups, cross_dim,
+                   layers_per_block=layers_per_block)
+    sched = make_scheduler("ddpm", prediction_type=prediction_type)  # SD2.1's noise schedule
     emb = torch.randn((1, 8, cross_dim), generator=g)
     conv = LatentConvention(float(vae.config.scaling_factor), 0.0, "mean")
     return UNetOneStepTeacher(vae, unet, sched, emb, conv)
@@ -151,23 +159,15 @@ def tiny_multistep_teacher(seed: int = 0, latent_channels: int = 4, cross_dim: i
     concatenated with the LQ condition, SD2.1's noise schedule, ``steps`` steps of ``scheduler`` (ddim | ddpm |
     dpm). ``condition="pixels"`` with ``noise_level`` is the x4 upscaler's layout (LR pixels + noise-level
     class labels, 1000 class embeddings)."""
-    from diffusers import UNet2DConditionModel
-
     from srcompress.models.teachers.multistep import MultiStepTeacher, make_scheduler
 
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     vae = tiny_vae(latent_channels, vae_blocks, norm_groups=vae_norm_groups, scaling_factor=0.18215,
                    attention=vae_attention)
-    n = len(block_out_channels)
     cond = latent_channels if condition == "latent" else 3
-    unet = UNet2DConditionModel(sample_size=tile or 16, in_channels=latent_channels + cond,
-                                out_channels=latent_channels, block_out_channels=tuple(block_out_channels),
-                                layers_per_block=1, norm_num_groups=norm_groups,
-                                down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
-                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
-                                cross_attention_dim=cross_dim, attention_head_dim=8,
-                                num_class_embeds=1000 if noise_level is not None else None)
+    unet = sd_unet(latent_channels + cond, latent_channels, block_out_channels, norm_groups, cross_dim,
+                   sample_size=tile or 16, class_embeds=1000 if noise_level is not None else None)
     sched = make_scheduler(scheduler, prediction_type=prediction_type)
     low = make_scheduler("ddpm") if noise_level is not None else None
     emb = torch.randn((1, prompt_len, cross_dim), generator=g)

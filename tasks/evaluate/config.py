@@ -20,7 +20,8 @@ DEFAULT_METRICS = ["psnr", "ssim", "ms_ssim", "st_lpips", "lpips", "dists", "niq
 # student_stage1: after latent distillation; student: the final student; student_ablation: the PEAM ablation;
 # teacher_adaptive: a multi-step teacher under AdaDiffSR's adaptive sampler (the train_mmle step's regressor).
 REGISTERED = re.compile(r"^models:/[\w.-]+(@[\w-]+|/\d+)$")  # an MLflow registered model version
-MODEL_KINDS = ("bicubic", "teacher", "teacher_adaptive", "pruned", "searched", "student_stage1", "student", "student_ablation")
+MODEL_KINDS = ("bicubic", "teacher", "teacher_adaptive", "pruned", "searched", "student_stage1", "student",
+               "student_ablation")
 
 
 class EvalDataConfig(StrictModel):

@@ -196,12 +196,12 @@ def evaluate_models(items: list[EvalItem], upscalers: dict, metric_names: list[s
         described = getattr(scorer, "describe", None)
         if isinstance(up, Deferred):  # built only to score or time it here (or when no task described it)
             up = up.build() if scorer is None or eff.enabled or described is None else None
-        res.models[model_name] = up.describe() if up is not None else described(model_name)
         if parts is None:
             parts = [score_items(model_name, up, items, list(range(len(items))), metrics, keep_outputs)]
         summarise(res, model_name, parts, metrics, has_hr)
-        if up is not None:  # described again after scoring: adaptive models report the steps they spent on it
-            res.models[model_name] = up.describe()
+        # described after scoring: adaptive models report the steps they spent on these images
+        res.models[model_name] = up.describe() if up is not None else described(model_name)
+        if up is not None:
             step_map = getattr(getattr(up, "model", None), "last_map", None)
             if step_map is not None:
                 res.step_maps[model_name] = step_map.clone()

@@ -68,3 +68,8 @@ def test_multistep_route_runs_every_step(tmp_path):
     assert 1 <= models["teacher_adaptive"]["mean_steps_per_region"] <= 4
     assert models["student"]["kind"] == "student"
     assert list((tmp_path / "w" / "evaluations").rglob("step_map_teacher_adaptive.png"))
+
+    # an identical rerun of the new step is a verified cache hit: same manifest, nothing retrained
+    again = run_pipeline(cfg, tmp_path / "w", until="train_mmle")
+    assert again["steps"]["train_mmle"] == steps["train_mmle"]
+    assert again["outcomes"]["train_mmle"] == "cached"
