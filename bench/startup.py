@@ -4,8 +4,9 @@
 
 Runs the embedded default's degrade step once in a fresh work dir, then reruns it fully cached (each run a fresh
 CLI process, as a user types it) and times the pieces a rerun pays in fresh interpreters: importing the flow
-module (Prefect's client included), MLflow's client, Prefect's server module, and torch + diffusers (which a
-cached rerun must not import). Ends with ``RESULT cached_s=… first_s=… ratio=… import_flow_s=… import_mlflow_s=…``.
+module (Prefect's client included), MLflow's client, Prefect's server module (imported only by the local API's
+own process since the CLI hands its URL to the client) and torch + diffusers (which a cached rerun must not
+import). Ends with ``RESULT cached_s=… first_s=… ratio=… import_flow_s=… import_mlflow_s=…``.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def main() -> None:
     print(f"fully cached reruns:               {', '.join(f'{c:.1f}' for c in cached)} s (median {med:.1f})")
     for k, v in secs.items():
         print(f"  {k.replace('_', ' '):32s} {v:5.1f} s{'   (not on the cached path)' if k == 'import_torch_diffusers' else ''}")
-    print("  (Prefect's local API then needs a few seconds of its own process, overlapped with the MLflow import)")
+    print("  (Prefect's server module loads only in the local API's own process, overlapped with the CLI's imports)")
     print(f"RESULT cached_s={med:.2f} first_s={first:.2f} ratio={med / first:.3f} "
           + " ".join(f"{k}_s={v:.2f}" for k, v in secs.items()))
 

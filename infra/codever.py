@@ -21,7 +21,10 @@ import ast
 import hashlib
 import importlib.metadata
 import importlib.util
+import json
+import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -37,6 +40,7 @@ NON_NUMERIC = frozenset({"prefect", "mlflow", "ray", "boto3", "botocore", "pydan
 class Closure:
     modules: tuple[tuple[str, str], ...]  # (module name, sha256 of its source), sorted
     libraries: tuple[tuple[str, str], ...]  # (distribution, version), sorted
+    third_party: tuple[str, ...] = ()  # every third-party top-level import name (not in the digest)
 
     def digest(self) -> str:
         h = hashlib.sha256()
@@ -84,7 +88,54 @@ def _parsed(path: str, mtime_ns: int, size: int) -> tuple[str, tuple[tuple[str, 
 
 def _parse(path: Path) -> tuple[str, tuple[tuple[str, int, tuple[str, ...]], ...]]:
     st = path.stat()
-    return _parsed(str(path), st.st_mtime_ns, st.st_size)
+    files = _disk()["files"]
+    hit = files.get(str(path))
+    if hit and hit[0] == st.st_mtime_ns and hit[1] == st.st_size:  # the same file version as memoised in-process
+        return hit[2], tuple((m, lvl, tuple(n)) for m, lvl, n in hit[3])
+    sha, imports = _parsed(str(path), st.st_mtime_ns, st.st_size)
+    files[str(path)] = [st.st_mtime_ns, st.st_size, sha, [list(i) for i in imports]]
+    _DISK_STATE["dirty"] = True
+    return sha, imports
+
+
+# -- the on-disk memo -------------------------------------------------------------------------------------------
+# Every CLI process versions ~100 modules: parsing them and mapping import names to distributions
+# (``packages_distributions`` reads every installed RECORD) took ~2 s of a cached rerun's start-up. Both are
+# memoised across processes under the key the in-process memo already uses (a file's path, mtime and size; the
+# import path's directories and their mtimes, which any install or removal changes). Losing or failing to write
+# the file only costs that time again.
+_DISK_STATE: dict = {"data": None, "dirty": False}
+
+
+def cache_file() -> Path:
+    base = os.environ.get("SRCOMPRESS_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "srcompress"
+    return Path(base) / f"codever-py{sys.version_info[0]}{sys.version_info[1]}.json"
+
+
+def _disk() -> dict:
+    if _DISK_STATE["data"] is None:
+        try:
+            data = json.loads(cache_file().read_text())
+            assert isinstance(data.get("files"), dict) and isinstance(data.get("dists"), dict)
+        except Exception:  # absent, unreadable or from another layout: start empty
+            data = {"files": {}, "dists": {}}
+        _DISK_STATE["data"] = data
+    return _DISK_STATE["data"]
+
+
+def _save_disk() -> None:
+    if not _DISK_STATE["dirty"]:
+        return
+    target = cache_file()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(_DISK_STATE["data"], f)
+        os.replace(tmp, target)  # atomic: concurrent processes leave one whole file, never a torn one
+        _DISK_STATE["dirty"] = False
+    except OSError:
+        pass
 
 
 def _absolute(module: str, level: int, current: str, is_package: bool) -> str:
@@ -127,12 +178,24 @@ def closure(*roots: str, prefixes: tuple[str, ...] = COMPUTE_PREFIXES) -> Closur
                 continue
             todo += _with_parents(target)
             todo += [f"{target}.{n}" for n in names if n != "*"]  # `from pkg import submodule`
-    return Closure(tuple(sorted(seen.items())), _library_versions(third_party))
+    out = Closure(tuple(sorted(seen.items())), _library_versions(third_party), tuple(sorted(third_party)))
+    _save_disk()
+    return out
 
 
 @lru_cache(maxsize=1)
 def _distributions() -> dict[str, list[str]]:
-    return importlib.metadata.packages_distributions()
+    key = json.dumps([(p, os.stat(p).st_mtime_ns) for p in sys.path if p and os.path.isdir(p)])
+    cached = _disk()["dists"]
+    if key in cached:
+        return cached[key]
+    mapping = importlib.metadata.packages_distributions()
+    while len(cached) >= 8:  # one entry per import path in use (the CLI, pytest, Ray workers …): the oldest goes
+        cached.pop(next(iter(cached)))
+    cached[key] = mapping
+    _DISK_STATE["dirty"] = True
+    _save_disk()
+    return mapping
 
 
 def _library_versions(tops: set[str]) -> tuple[tuple[str, str], ...]:

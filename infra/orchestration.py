@@ -37,56 +37,67 @@ def configure_prefect(workdir: str | Path) -> None:
 def start_local_api() -> Callable[[], None]:
     """Start Prefect's temporary local API now and return a function that waits until it answers.
 
-    Left to itself, Prefect starts that server at a run's first API call: it imports its server code (~4 s), then
-    spawns uvicorn and waits for it (~6 s more on 2 cores). Here the uvicorn process (Prefect's own command) is
-    spawned first, Prefect's server object is imported while it boots and adopts it, and the CLI imports MLflow
-    and the flow meanwhile; the flow then finds the server running, since Prefect keeps one per process and
-    stops it at exit as it would its own. Where the adoption does not fit this Prefect version, or the process
-    does not come up, Prefect starts its server as usual. Nothing starts when ``PREFECT_API_URL`` names a
-    server. Call after ``configure_prefect``."""
+    Left to itself, Prefect starts that server at a run's first API call: it imports its server code (~3 s in
+    this process), then spawns uvicorn and waits for it (~6 s more on 2 cores). Here the uvicorn process
+    (Prefect's own app factory, as Prefect runs it) is spawned before ``prefect`` is imported, and this process's
+    ``PREFECT_API_URL`` names it: the client talks to it as to any server and never imports the server code,
+    while the CLI imports MLflow and the flow. The process is stopped at exit (and by the run's watchdog on
+    kill -9). Nothing starts when ``PREFECT_API_URL`` already names a server, or when a Prefect profile file
+    could (Prefect then decides, as usual). Call after ``configure_prefect``, in a process that runs one
+    pipeline and exits (the CLI): the URL stays in this process's environment."""
     import atexit
+    import importlib.util
     import subprocess
     import sys
 
-    import prefect
-    from prefect.settings import PREFECT_API_URL, get_current_settings
-
-    if PREFECT_API_URL.value():
+    if os.environ.get("PREFECT_API_URL") or _profile_file().exists():
         return lambda: None
     port = _free_port()
-    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
-           **get_current_settings().to_environment_variables(exclude_unset=True)}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent),
+    site = Path(importlib.util.find_spec("prefect").origin).parent.parent
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(site),
                              "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
                              "--port", str(port), "--log-level", "error", "--lifespan", "on"], env=env)
-    from prefect.server.api.server import SubprocessASGIServer
+    api = f"http://127.0.0.1:{port}/api"
+    os.environ["PREFECT_API_URL"] = api  # before prefect is imported: its settings read it at import
 
-    server = SubprocessASGIServer()
-    if getattr(server, "running", True) or not all(hasattr(server, a) for a in ("port", "server_process", "stop")):
-        proc.terminate()
-        proc.wait()
-        return lambda: None
-    server.port, server.server_process, server.running = port, proc, True
-    atexit.register(server.stop)
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    atexit.register(stop)
 
     def wait() -> None:
         deadline = time.monotonic() + float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 180))
         while time.monotonic() < deadline:
-            if proc.poll() is not None:  # it did not come up (a port taken meanwhile…): Prefect's own start
-                server.running, server.server_process, server.port = False, None, None
-                server.start()
-                return
+            if proc.poll() is not None:
+                raise RuntimeError(f"Prefect's local API (uvicorn on port {port}) exited with code {proc.returncode} "
+                                   "before answering; its output is above. Set PREFECT_API_URL to use a running "
+                                   "Prefect server instead")
             try:
-                with urllib.request.urlopen(f"{server.api_url}/health", timeout=2) as resp:
+                with urllib.request.urlopen(f"{api}/health", timeout=2) as resp:
                     if resp.status == 200:
                         return
             except OSError:
                 pass
             time.sleep(0.1)
+        stop()
         raise RuntimeError(f"Prefect's local API on port {port} did not answer within the start-up timeout "
                            "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
 
     return wait
+
+
+def _profile_file() -> Path:
+    """Prefect's profiles file (a profile there may name an API URL)."""
+    explicit = os.environ.get("PREFECT_PROFILES_PATH")
+    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
+    return Path(explicit) if explicit else home / "profiles.toml"
 
 
 def _free_port() -> int:

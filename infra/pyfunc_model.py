@@ -2,11 +2,14 @@
 the model and executed at load — no pickled Python objects; the weights are the student's safetensors folder).
 
     m = mlflow.pyfunc.load_model("models:/srcompress-tiny@champion")
-    sr = m.predict(lr_uint8_hwc)                                   # (H, W, 3) uint8 → (4H, 4W, 3) uint8
-    df = m.predict(pd.DataFrame({"image": [png_bytes_or_base64]}))  # → DataFrame: image (base64 PNG), height, width
+    df = m.predict(pd.DataFrame({"image": [base64_png]}))          # → DataFrame: image (base64 PNG), height, width
+    sr = m.unwrap_python_model().predict(None, lr_uint8_hwc)      # arrays: (H, W, 3) uint8 → (4H, 4W, 3) uint8
 
-``mlflow models serve -m models:/<name>/<v> --env-manager local`` then answers
-``POST /invocations {"dataframe_split": {"columns": ["image"], "data": [["<base64 PNG>"]]}}``.
+The model's signature is the DataFrame (``infra/serving.student_signature``), which MLflow enforces on
+``predict``; arrays, bytes and lists are reached through the unwrapped model. ``mlflow models serve -m
+models:/<name>/<v>`` (default environment manager: a virtualenv from the model's pinned requirements and its
+bundled code) then answers ``POST /invocations {"dataframe_split": {"columns": ["image"], "data":
+[["<base64 PNG>"]]}}``.
 """
 
 from __future__ import annotations

@@ -71,11 +71,22 @@ def _client(uri: str):
 
 def register_student(tracking_uri: str, run_id: str, name: str, folder: Path, model_config: dict,
                      tags: dict[str, str], description: str = "") -> str:
-    """Log the student folder as a pyfunc model in ``run_id`` and register it; returns the version number."""
-    with _fluent(tracking_uri) as mlflow, mlflow.start_run(run_id=run_id):  # resumes the step's run
+    """Log the student folder as a pyfunc model in ``run_id`` and register it; returns the version number.
+
+    The model carries the inference code and its pinned requirements (``infra/serving.py``), a signature and an
+    input example, so ``mlflow models serve`` installs and runs it with its default environment manager."""
+    import tempfile
+
+    from srcompress.infra.serving import serving_bundle, student_signature
+
+    signature, example = student_signature()
+    with tempfile.TemporaryDirectory(prefix="srcompress-serving-") as tmp, _fluent(tracking_uri) as mlflow, \
+            mlflow.start_run(run_id=run_id):  # resumes the step's run
+        code, requirements = serving_bundle(Path(tmp))
         info = mlflow.pyfunc.log_model(name="student", python_model=str(PYFUNC_CODE),
                                        artifacts={"student": str(folder)}, model_config=model_config,
-                                       pip_requirements=["srcompress"])
+                                       code_paths=[str(code)], pip_requirements=requirements,
+                                       signature=signature, input_example=example)
     client = _client(tracking_uri)
     try:
         client.create_registered_model(name, description="srcompress students (one-step diffusion SR)")

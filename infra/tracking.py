@@ -28,6 +28,8 @@ from srcompress.infra.manifest import Manifest
 log = logging.getLogger(__name__)
 
 TAG_PREFIX = "srcompress."
+# Manifest kinds that are models (logged as MLflow LoggedModels, linked to the runs that make and use them).
+MODEL_KINDS = frozenset({"teacher", "mask", "student"})
 
 
 class TrackingConfig(StrictModel):
@@ -243,6 +245,12 @@ class Tracker:
         tags = [InputTag("mlflow.data.context", context), InputTag(f"{TAG_PREFIX}sha256", manifest.digest),
                 InputTag(f"{TAG_PREFIX}cache_key", manifest.cache_key)]
         entity = DatasetInput(ds._to_mlflow_entity(), tags)
+        if manifest.kind in MODEL_KINDS and context != "output":  # a model this step consumes: lineage by model
+            from mlflow.entities import LoggedModelInput
+
+            model_id = self.logged_model(manifest)
+            if model_id:
+                self.client.log_inputs(run_id, models=[LoggedModelInput(model_id)])
         for attempt in range(4):
             try:
                 self.client.log_inputs(run_id, datasets=[entity])
@@ -257,13 +265,45 @@ class Tracker:
                 time.sleep(0.2 * (attempt + 1))
 
     def log_manifest_output(self, run_id: str, manifest: Manifest) -> None:
-        """The step's own output: tags for lookup + the manifest JSON as a run artifact."""
+        """The step's own output: tags for lookup + the manifest JSON as a run artifact; a model (teacher,
+        searched mask + LoRA, student of either stage) is also an MLflow LoggedModel, the run's model output."""
         self.set_tags(run_id, {"output.kind": manifest.kind, "output.uri": manifest.uri,
                                "output.digest": manifest.digest, "cache_key": manifest.cache_key,
                                "code_version": manifest.code_version, "config_hash": manifest.config_hash})
         self.log_metrics(run_id, {f"count.{k}": v for k, v in manifest.counts.items()})
         self.log_text(run_id, manifest.to_json(), f"manifests/{manifest.step}-{manifest.kind}.json")
         self.log_manifest(run_id, manifest, context="output")
+        if manifest.kind in MODEL_KINDS:
+            from mlflow.entities import LoggedModelOutput
+
+            model_id = self.logged_model(manifest) or self._create_logged_model(run_id, manifest)
+            self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+
+    def logged_model(self, manifest: Manifest) -> str | None:
+        """The LoggedModel of a model manifest in this experiment (by content digest), if one was logged."""
+        found = self.client.search_logged_models(
+            [self.experiment_id], f"tags.`{TAG_PREFIX}sha256` = '{manifest.digest}'", max_results=1)
+        return found[0].model_id if found else None
+
+    def _create_logged_model(self, run_id: str, manifest: Manifest) -> str:
+        # external (mlflow.create_external_model's convention, through this tracker's client): the weights stay
+        # where the step published them in the artifact store, the model records where (tag srcompress.uri)
+        import tempfile
+
+        from mlflow.models.utils import get_external_mlflow_model_spec
+        from mlflow.utils.mlflow_tags import MLFLOW_MODEL_IS_EXTERNAL
+
+        model = self.client.create_logged_model(
+            self.experiment_id, name=manifest.step, source_run_id=run_id, model_type=manifest.kind,
+            tags={f"{TAG_PREFIX}sha256": manifest.digest, f"{TAG_PREFIX}uri": manifest.uri,
+                  f"{TAG_PREFIX}cache_key": manifest.cache_key, f"{TAG_PREFIX}config_hash": manifest.config_hash,
+                  MLFLOW_MODEL_IS_EXTERNAL: "true"})
+        with tempfile.TemporaryDirectory() as tmp:  # the stub MLmodel that makes an external model registrable
+            get_external_mlflow_model_spec(model).save(os.path.join(tmp, "MLmodel"))
+            self._artifact_env()
+            self.client.log_model_artifacts(model.model_id, tmp)
+        self.client.finalize_logged_model(model.model_id, "READY")
+        return model.model_id
 
     def _artifact_env(self) -> None:
         # MLflow's S3 artifact repository reads the endpoint from the environment only; set it to this

@@ -306,6 +306,21 @@ MUTATIONS = [
              "    cols = [j for j in range(1, w)]\n",
              ("tests/models/test_bootstrap_metrics.py::test_boundary_loss_weighs_only_the_token_seams",),
              "the seam term weighs every column step, not only the token boundaries"),
+    Mutation("serving-bundle-misses-code", "infra/serving.py",
+             "    for name, _sha in c.modules:\n",
+             "    for name, _sha in c.modules[:3]:\n",
+             ("tests/tasks/test_register.py::test_version_carries_signature_example_code_and_pinned_requirements",),
+             "the registered model carries only part of the inference code (serving outside srcompress fails)"),
+    Mutation("model-input-links-dropped", "infra/tracking.py",
+             "            if model_id:\n                self.client.log_inputs(run_id, models=[LoggedModelInput(model_id)])\n",
+             "            if model_id and False:\n                self.client.log_inputs(run_id, models=[LoggedModelInput(model_id)])\n",
+             ("tests/tasks/test_register.py::test_teacher_searched_and_both_students_are_logged_models_linked_by_runs",),
+             "the runs that consume a model do not record it as an input (MLflow's lineage view loses the chain)"),
+    Mutation("codever-memo-ignores-edits", "infra/codever.py",
+             "    if hit and hit[0] == st.st_mtime_ns and hit[1] == st.st_size:",
+             "    if hit:",
+             ("tests/infra/test_codever.py::test_the_on_disk_memo_is_read_and_an_edit_still_changes_the_version",),
+             "the on-disk memo serves an edited module's old hash (a stale cache hit after a code change)"),
 ]
 
 

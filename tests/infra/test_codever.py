@@ -111,3 +111,34 @@ def test_an_external_lora_is_hashed_by_content(tmp_path):
     h1 = step_config_hash(cfg.encode, cfg.teacher)
     (lora / "adapter_model.safetensors").write_bytes(b"v2")  # same path, new weights
     assert step_config_hash(cfg.encode, cfg.teacher) != h1
+
+
+def test_the_on_disk_memo_is_read_and_an_edit_still_changes_the_version(fake_pkg, tmp_path, monkeypatch):
+    """Versions are memoised across processes (infra/codever.py: the on-disk memo); an edited file is re-read."""
+    import json
+
+    from srcompress.infra import codever
+
+    def fresh():  # a new process: no in-process memo, the disk file as the last process left it
+        codever._parsed.cache_clear()
+        codever._DISK_STATE.update(data=None, dirty=False)
+
+    monkeypatch.setenv("SRCOMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    fresh()
+    before = _digest("cvpkg.tasks.a")
+    memo = json.loads(codever.cache_file().read_text())
+    helper = str(fake_pkg / "models" / "helper.py")
+    assert helper in memo["files"] and memo["dists"]
+    # what a later process reads is the memo: a poisoned entry (same mtime and size) shows through …
+    memo["files"][helper][2] = "0" * 64
+    codever.cache_file().write_text(json.dumps(memo))
+    fresh()
+    assert _digest("cvpkg.tasks.a") != before
+    # … and an edit (new mtime and size) is parsed again, giving the version a memo-less process computes
+    (fake_pkg / "models" / "helper.py").write_text("def f():\n    return 10\n")
+    fresh()
+    edited = _digest("cvpkg.tasks.a")
+    monkeypatch.setenv("SRCOMPRESS_CACHE_DIR", str(tmp_path / "empty"))
+    fresh()
+    assert edited == _digest("cvpkg.tasks.a") != before
+    fresh()

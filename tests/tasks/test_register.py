@@ -185,7 +185,7 @@ def test_pyfunc_loads_and_reproduces_the_student(registered, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", out["tracking_uri"])  # restored after the test (MLflow's own
     model = mlflow.pyfunc.load_model("models:/sr-test@champion")    # set_tracking_uri would leak it to later tests)
     lr = (np.random.default_rng(0).random((20, 24, 3)) * 255).astype(np.uint8)
-    sr = model.predict(lr)
+    sr = model.unwrap_python_model().predict(None, lr)  # arrays go past the DataFrame signature
     assert sr.shape == (80, 96, 3) and sr.dtype == np.uint8
     from srcompress.models.student.student import load_student
     from srcompress.models.upscalers import DiffusionSR
@@ -201,6 +201,77 @@ def test_pyfunc_loads_and_reproduces_the_student(registered, monkeypatch):
 
     df = model.predict(pd.DataFrame({"image": [base64.b64encode(buf.getvalue()).decode()]}))
     assert (df.loc[0, "height"], df.loc[0, "width"]) == (80, 96)
+
+
+@pipeline
+def test_version_carries_signature_example_code_and_pinned_requirements(registered, tmp_path):
+    import importlib.metadata
+
+    _, out = registered
+    client = MlflowClient(out["tracking_uri"])
+    source = client.get_model_version("sr-test", "1").source
+    info = mlflow.models.get_model_info(source)
+    assert info.signature.inputs.input_names() == ["image"]
+    assert info.signature.outputs.input_names() == ["image", "height", "width"]
+    assert info.saved_input_example_info is not None
+    local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp_path / "m"),
+                                                tracking_uri=out["tracking_uri"])
+    reqs = (tmp_path / "m" / "requirements.txt").read_text().split()
+    # pinned to what ran here; srcompress itself travels as code, not as a requirement no index has
+    assert f"torch=={importlib.metadata.version('torch')}" in reqs
+    assert f"diffusers=={importlib.metadata.version('diffusers')}" in reqs
+    assert not [r for r in reqs if r.startswith("srcompress")]
+    code = tmp_path / "m" / "code"
+    # the bundled code alone (first on sys.path, the installed package behind it) loads the student and
+    # reproduces the registered model's prediction on the input example
+    script = f"""
+import sys, json, pandas as pd
+sys.path.insert(0, {str(code)!r})
+import mlflow
+m = mlflow.pyfunc.load_model({local!r})
+df = m.predict(pd.DataFrame({{"image": [json.load(open({str(tmp_path / "m" / "input_example.json")!r}))["data"][0][0]]}}))
+mods = [n for n, mod in sys.modules.items() if n.startswith("srcompress") and getattr(mod, "__file__", None)]
+outside = [n for n in mods if not sys.modules[n].__file__.startswith({str(code)!r})]
+print(json.dumps({{"h": int(df.loc[0, "height"]), "outside": outside, "n": len(mods)}}))
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "MLFLOW_TRACKING_URI": out["tracking_uri"]})
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["h"] == 64 and got["outside"] == [] and got["n"] > 5
+
+
+@pipeline
+def test_teacher_searched_and_both_students_are_logged_models_linked_by_runs(registered):
+    _, out = registered
+    client = MlflowClient(out["tracking_uri"])
+    steps = out["steps"]
+    # this pipeline's step runs (cache hits included: a hit's manifest names the run that computed it, elsewhere)
+    runs = {r.info.run_name: r.info.run_id for r in client.search_runs(
+        [out["experiment_id"]], f"tags.mlflow.parentRunId = '{out['parent_run_id']}'")}
+
+    def model_of(step):  # the LoggedModel that the step's run output, found by its content digest
+        outs = client.get_run(runs[step]).outputs.model_outputs
+        models = [client.get_logged_model(o.model_id) for o in outs]
+        hit = [m for m in models if m.tags.get("srcompress.sha256") == steps[step]["digest"]]
+        assert len(hit) == 1, (step, [m.tags for m in models])
+        assert hit[0].tags["srcompress.uri"] == steps[step]["uri"] and hit[0].status == "READY"
+        return hit[0].model_id
+
+    def inputs_of(step):
+        return {i.model_id for i in client.get_run(runs[step]).inputs.model_inputs or []}
+
+    teacher, searched = model_of("bootstrap_teacher"), model_of("search_pruning")
+    stage1, student = model_of("distill_latent"), model_of("distill_pixel")
+    assert teacher in inputs_of("search_pruning")
+    assert {teacher, searched} <= inputs_of("distill_latent")
+    assert {teacher, stage1} <= inputs_of("distill_pixel")
+    assert {teacher, student} <= inputs_of("evaluate")
+    # the registered pyfunc is the register run's model output, made from the stage-2 student
+    assert student in inputs_of("register")
+    source = client.get_model_version("sr-test", "1").source
+    registered_model = [o.model_id for o in client.get_run(runs["register"]).outputs.model_outputs]
+    assert source.removeprefix("models:/") in registered_model
 
 
 @pipeline
