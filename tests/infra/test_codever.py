@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -121,13 +122,14 @@ def test_the_on_disk_memo_is_read_and_an_edit_still_changes_the_version(fake_pkg
 
     def fresh():  # a new process: no in-process memo, the disk file as the last process left it
         codever._parsed.cache_clear()
+        codever._distributions.cache_clear()
         codever._DISK_STATE.update(data=None, dirty=False)
 
     monkeypatch.setenv("SRCOMPRESS_CACHE_DIR", str(tmp_path / "cache"))
     fresh()
     before = _digest("cvpkg.tasks.a")
     memo = json.loads(codever.cache_file().read_text())
-    helper = str(fake_pkg / "models" / "helper.py")
+    helper = str(codever._origin("cvpkg.models.helper"))  # the file the walk read (the package's, as imported)
     assert helper in memo["files"] and memo["dists"]
     # what a later process reads is the memo: a poisoned entry (same mtime and size) shows through …
     memo["files"][helper][2] = "0" * 64
@@ -135,7 +137,7 @@ def test_the_on_disk_memo_is_read_and_an_edit_still_changes_the_version(fake_pkg
     fresh()
     assert _digest("cvpkg.tasks.a") != before
     # … and an edit (new mtime and size) is parsed again, giving the version a memo-less process computes
-    (fake_pkg / "models" / "helper.py").write_text("def f():\n    return 10\n")
+    Path(helper).write_text("def f():\n    return 10\n")
     fresh()
     edited = _digest("cvpkg.tasks.a")
     monkeypatch.setenv("SRCOMPRESS_CACHE_DIR", str(tmp_path / "empty"))
