@@ -305,7 +305,8 @@ def plan(config: str = ConfigOpt,
          overrides: Optional[list[str]] = SetOpt) -> None:
     """Params and GMACs of TSD-SR's SD3-medium teacher and its student, counted on the meta device (no weights)."""
     cfg = _load(config, overrides, machine=False)
-    bootstrap_unet = cfg.teacher.source == "bootstrap" and cfg.teacher.bootstrap.multistep is not None
+    bootstrap_unet = cfg.teacher.source == "bootstrap" and (cfg.teacher.bootstrap.multistep is not None
+                                                            or cfg.teacher.bootstrap.unet is not None)
     folder_unet = cfg.teacher.kind == "auto" and (Path(cfg.teacher.source) / "unet").is_dir()
     if cfg.teacher.kind in ("unet", "multistep") or bootstrap_unet or folder_unet:
         _fail(f"plan: only SD3-transformer teachers are supported (TSD-SR / TinySR); {config} has a UNet teacher "

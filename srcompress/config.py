@@ -99,8 +99,9 @@ class SrConfig(StrictModel):
                              "one with teacher.source)")
         if self.encode.teacher_steps == "adaptive" and not self.adaptive.enabled:
             raise ValueError("encode.teacher_steps: adaptive runs AdaDiffSR's sampler: it needs adaptive.enabled")
-        if self.teacher.source == "bootstrap" and not multistep_bootstrap and blocks % self.search.m \
-                and self.search.budget is None:
+        unet_bootstrap = self.teacher.source == "bootstrap" and self.teacher.bootstrap.unet is not None
+        if self.teacher.source == "bootstrap" and not (multistep_bootstrap or unet_bootstrap) \
+                and blocks % self.search.m and self.search.budget is None:
             # imported teachers: checked at the step; with a budget, N:M is chosen to fit the blocks
             raise ValueError(f"search.m={self.search.m} must divide the bootstrap teacher's {blocks} blocks "
                              f"(teacher.bootstrap.num_layers)")

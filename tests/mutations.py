@@ -321,6 +321,11 @@ MUTATIONS = [
              "    if hit:",
              ("tests/infra/test_codever.py::test_the_on_disk_memo_is_read_and_an_edit_still_changes_the_version",),
              "the on-disk memo serves an edited module's old hash (a stale cache hit after a code change)"),
+    Mutation("unet-residual-scale-dropped", "models/teachers/unet.py",
+             "                return z_lq + (self.residual_std if self.residual_std > 0 else 1.0) * out\n",
+             "                return z_lq + out\n",
+             ("tests/models/test_bootstrap_unet.py",),
+             "the one-step UNet teacher's residual ignores σ_d (a saved teacher restores at the wrong scale)"),
 ]
 
 

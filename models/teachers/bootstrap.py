@@ -117,64 +117,79 @@ def resume_trainer(resume: dict, opt, sched, g: torch.Generator, log: Callable[[
 def train_restorer(teacher: SD3OneStepTeacher, lq: Tensor, hq: Tensor, cfg: BootstrapConfig, g: torch.Generator,
                    log: Callable[[str], None], checkpoint: Callable[[dict], None] | None = None,
                    resume: dict | None = None) -> tuple[list[float], dict]:
-    """Phase 2 on random latent tiles of the training pairs; keeps the checkpoint with the best validation
-    PSNR-Y (step 0 — the identity map — included), so training can only improve on where it started.
+    """Phase 2 of the SD3-style teacher: ``MSE(v, z_L − z_H)`` (+ the seam and pixel terms when weighted), from
+    a zero ``proj_out`` (the identity); see ``fit_one_step``."""
+    tr = teacher.backbone
+    torch.nn.init.zeros_(tr.proj_out.weight)
+    torch.nn.init.zeros_(tr.proj_out.bias)
+    trained = {"restorer": tr}
+    if cfg.pixel_weight > 0:
+        trained["decoder"] = teacher.vae.decoder
+    f = teacher.latent_factor
+
+    def loss_fn(a: Tensor, b: Tensor, y: Callable[[], Tensor]) -> Tensor:
+        v = teacher.velocity(a)
+        loss = cfg.latent_weight * F.mse_loss(v, a - b)
+        if cfg.boundary_weight > 0:  # x0 = a − v against b, at the seams of the transformer's patches
+            loss = loss + cfg.boundary_weight * boundary_loss(a - v, b, tr.config.patch_size)
+        if cfg.pixel_weight > 0:
+            loss = loss + cfg.pixel_weight * (teacher.decode(a - v) - y()).abs().mean()
+        return loss
+
+    return fit_one_step(teacher, trained, loss_fn, lq, hq, cfg, g, log, checkpoint, resume)
+
+
+def fit_one_step(teacher, trained: dict[str, torch.nn.Module], loss_fn: Callable[[Tensor, Tensor, Callable[[], Tensor]], Tensor],
+                 lq: Tensor, hq: Tensor, cfg: BootstrapConfig, g: torch.Generator, log: Callable[[str], None],
+                 checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
+                 name: str = "bootstrap restorer") -> tuple[list[float], dict]:
+    """Phase 2 of a one-step teacher on random latent tiles of the training pairs: ``loss_fn(z_L tile, z_H
+    tile, hq_tile)`` (the last a thunk: the HQ pixels of the tile) minimised over the modules ``trained``
+    (``restorer`` first: the one validated and kept); keeps the checkpoint with the best validation PSNR-Y (step
+    0 — where the caller's zero-initialised output starts, the identity — included), so training can only
+    improve on where it started.
 
     ``checkpoint(state)`` is called every ``cfg.checkpoint_every`` steps with everything needed to continue
     (weights, optimiser and schedule, the generator's state, the split, the best state so far); ``resume``
     takes such a state and continues exactly where it stopped."""
-    tr = teacher.backbone
-    torch.nn.init.zeros_(tr.proj_out.weight)
-    torch.nn.init.zeros_(tr.proj_out.bias)
+    net = trained["restorer"]
     perm = resume["perm"] if resume else torch.randperm(len(lq), generator=g)
     n_val = int(round(cfg.val_fraction * len(lq))) if len(lq) > 1 else 0
     val, train = perm[:n_val], perm[n_val:]
     with torch.no_grad():
         z_l = torch.cat([teacher.encode(lq[i : i + 8]) for i in range(0, len(lq), 8)])
         z_h = torch.cat([teacher.encode(hq[i : i + 8]) for i in range(0, len(hq), 8)])
-    params = list(tr.parameters())
-    if cfg.pixel_weight > 0:
-        params += list(teacher.vae.decoder.parameters())
-        teacher.vae.decoder.requires_grad_(True)
-    tr.train().requires_grad_(True)
-    opt = torch.optim.AdamW(params, cfg.restorer_lr, weight_decay=0.0)
+    for m in trained.values():
+        m.train().requires_grad_(True)
+    opt = torch.optim.AdamW([p for m in trained.values() for p in m.parameters()], cfg.restorer_lr, weight_decay=0.0)
     sched = _one_cycle(opt, cfg.restorer_lr, cfg.restorer_steps)
     f = teacher.latent_factor
     t = min(cfg.tile, z_l.shape[-1], z_l.shape[-2])
     start, losses = 0, []
     if resume:
-        tr.load_state_dict(resume["restorer"])
-        if cfg.pixel_weight > 0:
-            teacher.vae.decoder.load_state_dict(resume["decoder"])
-        best, losses, start, history = resume_trainer(resume, opt, sched, g, log, "bootstrap restorer",
-                                                      cfg.restorer_steps)
+        for key, m in trained.items():
+            m.load_state_dict(resume[key])
+        best, losses, start, history = resume_trainer(resume, opt, sched, g, log, name, cfg.restorer_steps)
     else:
-        best = {"step": 0, "psnr": val_psnr(teacher, z_l[val], hq[val]), "state": copy.deepcopy(tr.state_dict())}
+        best = {"step": 0, "psnr": val_psnr(teacher, z_l[val], hq[val]), "state": copy.deepcopy(net.state_dict())}
         history = [(0, best["psnr"])] if n_val else []
     for step in range(start, cfg.restorer_steps):
         idx = train[torch.randint(0, len(train), (cfg.batch_size,), generator=g)]
         i = int(torch.randint(0, z_l.shape[-2] - t + 1, (1,), generator=g))
         j = int(torch.randint(0, z_l.shape[-1] - t + 1, (1,), generator=g))
         a, b = z_l[idx, :, i : i + t, j : j + t], z_h[idx, :, i : i + t, j : j + t]
-        v = teacher.velocity(a)
-        loss = cfg.latent_weight * F.mse_loss(v, a - b)
-        if cfg.boundary_weight > 0:  # x0 = a − v against b, at the seams of the transformer's patches
-            loss = loss + cfg.boundary_weight * boundary_loss(a - v, b, tr.config.patch_size)
-        if cfg.pixel_weight > 0:
-            y = hq[idx, :, i * f : (i + t) * f, j * f : (j + t) * f]
-            loss = loss + cfg.pixel_weight * (teacher.decode(a - v) - y).abs().mean()
-        _update(opt, sched, loss, losses, step, cfg.restorer_steps, "bootstrap restorer", log)
+        loss = loss_fn(a, b, lambda: hq[idx, :, i * f : (i + t) * f, j * f : (j + t) * f])
+        _update(opt, sched, loss, losses, step, cfg.restorer_steps, name, log)
         if n_val and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.restorer_steps):
-            best = validate(tr, teacher, z_l[val], hq[val], step + 1, history, best)
+            best = validate(net, teacher, z_l[val], hq[val], step + 1, history, best)
         if checkpoint and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                 and step + 1 < cfg.restorer_steps:
-            checkpoint({"step": step + 1, "restorer": tr.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "rng": g.get_state(), "perm": perm, "best": best,
-                        "losses": losses, "val_history": history, **({"decoder": teacher.vae.decoder.state_dict()}
-                                             if cfg.pixel_weight > 0 else {})})
+            checkpoint({"step": step + 1, **{k: m.state_dict() for k, m in trained.items()},
+                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": g.get_state(),
+                        "perm": perm, "best": best, "losses": losses, "val_history": history})
     if n_val:
-        tr.load_state_dict(best["state"])
-        log(f"bootstrap restorer: kept step {best['step']} (validation PSNR-Y {best['psnr']:.3f} dB)")
+        net.load_state_dict(best["state"])
+        log(f"{name}: kept step {best['step']} (validation PSNR-Y {best['psnr']:.3f} dB)")
     teacher.eval().requires_grad_(False)
     return losses, {"best_step": best["step"], "val_psnr_y": best["psnr"], "val_pairs": n_val,
                     "val_history": history}

@@ -33,6 +33,22 @@ class MultiStepRecipe(StrictModel):
         return self
 
 
+class UNetRecipe(StrictModel):
+    """``teacher.bootstrap.unet``: train a one-step SD-UNet teacher (OSEDiff's form: one UNet pass at a fixed
+    timestep on the LQ latent) instead of the SD3-style one. The VAE recipe, batch, tile, prompt and the
+    restorer_* steps / LR apply (models/teachers/bootstrap_unet.py)."""
+
+    unet_channels: list[int] = Field([32, 64], min_length=2, description="UNet block widths (cross-attention in every stage but the innermost, as SD's).")
+    norm_groups: int = Field(16, ge=1, description="GroupNorm groups of the UNet (must divide every width).")
+    timestep: int = Field(999, ge=0, le=999, description="The fixed timestep of the one UNet pass (OSEDiff: 999).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "UNetRecipe":
+        if any(c % self.norm_groups for c in self.unet_channels):
+            raise ValueError(f"unet.norm_groups={self.norm_groups} must divide every unet_channels {self.unet_channels}")
+        return self
+
+
 class BootstrapConfig(StrictModel):
     """The tiny SD3-style teacher trained in-pipeline for the embedded default (``teacher.source: bootstrap``)."""
 
@@ -67,19 +83,23 @@ class BootstrapConfig(StrictModel):
     eval_every: int = Field(50, ge=1, description="Validate every N restorer steps; the best checkpoint (step 0 included) is kept.")
     max_seconds: float = Field(360.0, gt=0, description="Time budget; exceeding it is logged as a warning (steps are fixed for reproducibility).")
     multistep: MultiStepRecipe | None = Field(None, description="Set: bootstrap a multi-step teacher (models/teachers/bootstrap_multistep.py) with this recipe; the SD3-only fields (num_layers, heads, head_dim, patch_size, pooled_dim, latent/pixel/boundary weights) are then refused unless at their defaults.")
+    unet: UNetRecipe | None = Field(None, description="Set: bootstrap a one-step SD-UNet teacher (models/teachers/bootstrap_unet.py) with this recipe; the SD3-only fields are then refused unless at their defaults, as with multistep.")
     checkpoint_every: int = Field(100, ge=0, description="Save a resumable checkpoint every N restorer steps (0 = never); a killed run resumes from the last one with identical results.")
 
     @model_validator(mode="after")
     def _check_multistep(self) -> BootstrapConfig:
-        if self.multistep is None:
+        if self.multistep is not None and self.unet is not None:
+            raise ValueError("teacher.bootstrap: set multistep or unet, not both (one teacher is trained)")
+        if self.multistep is None and self.unet is None:
             return self
+        other = "multistep" if self.multistep is not None else "unet"
         sd3_only = ("num_layers", "heads", "head_dim", "patch_size", "pooled_dim", "latent_weight", "pixel_weight",
                     "boundary_weight")
         # values, not fields_set: a dumped config (every field written out) must validate again
         set_here = [f for f in sd3_only if getattr(self, f) != type(self).model_fields[f].default]
         if set_here:
             raise ValueError(f"teacher.bootstrap: {set_here} configure the one-step SD3-style teacher and do nothing "
-                             "with bootstrap.multistep set; remove them")
+                             f"with bootstrap.{other} set; remove them")
         return self
 
     @model_validator(mode="after")

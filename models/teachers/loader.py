@@ -124,7 +124,9 @@ def load_teacher(folder: str | Path, *, kind: str = "auto", latent_mode: str | N
         backbone = _merge_lora(backbone, resolve_lora(folder, lora))
         teacher = UNetOneStepTeacher(vae, backbone, scheduler, prompts["prompt_embeds"].to(dtype), conv,
                                      timestep=int(timestep if timestep is not None else meta.get("timestep", 999)),
-                                     tile=meta.get("tile"), tile_overlap=meta.get("tile_overlap", 8))
+                                     tile=meta.get("tile"), tile_overlap=meta.get("tile_overlap", 8),
+                                     lq_residual=bool(meta.get("lq_residual", False)),
+                                     residual_std=float(meta.get("residual_std", 0.0)))
     else:
         raise TeacherLoadError(f"teacher: unknown kind {kind!r} (sd3 | unet | multistep)")
     teacher.eval().requires_grad_(False)
@@ -178,6 +180,7 @@ def save_teacher(teacher: OneStepTeacher, folder: str | Path) -> Path:
     else:
         teacher.backbone.save_pretrained(folder / "unet", safe_serialization=True)
         teacher.scheduler.save_pretrained(folder / "scheduler")
+        meta |= {"lq_residual": teacher.lq_residual, "residual_std": teacher.residual_std}
     save_file(tensors, str(folder / PROMPT_FILE))
     (folder / "teacher.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
     return folder

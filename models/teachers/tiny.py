@@ -133,19 +133,25 @@ def sd_unet(in_channels: int, out_channels: int, block_out_channels: tuple[int, 
 
 def tiny_unet_teacher(seed: int = 0, latent_channels: int = 4, cross_dim: int = 32,
                       prediction_type: str = "epsilon", layers_per_block: int = 1,
-                      block_out_channels: tuple[int, ...] = (32, 64), norm_groups: int = 16) -> UNetOneStepTeacher:
-    """An SD-UNet-shaped teacher: SD's layout (cross-attention in every stage but the innermost) at any width."""
+                      block_out_channels: tuple[int, ...] = (32, 64), norm_groups: int = 16, prompt_len: int = 8,
+                      vae_blocks: tuple[int, ...] = (16, 32, 32), vae_norm_groups: int = 8,
+                      vae_attention: bool = False, tile: int | None = None, tile_overlap: int = 8,
+                      timestep: int = 999, lq_residual: bool = False) -> UNetOneStepTeacher:
+    """An SD-UNet-shaped teacher: SD's layout (cross-attention in every stage but the innermost) at any width.
+    ``lq_residual`` (with ``prediction_type="sample"``): the UNet predicts x0 − z_L (the bootstrapped one)."""
     from srcompress.models.teachers.multistep import make_scheduler
 
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    vae = tiny_vae(latent_channels, (16, 32, 32), scaling_factor=0.18215)
+    vae = tiny_vae(latent_channels, vae_blocks, norm_groups=vae_norm_groups, scaling_factor=0.18215,
+                   attention=vae_attention)
     unet = sd_unet(latent_channels, latent_channels, block_out_channels, norm_groups, cross_dim,
-                   layers_per_block=layers_per_block)
+                   layers_per_block=layers_per_block, sample_size=tile or 16)
     sched = make_scheduler("ddpm", prediction_type=prediction_type)  # SD2.1's noise schedule
-    emb = torch.randn((1, 8, cross_dim), generator=g)
+    emb = torch.randn((1, prompt_len, cross_dim), generator=g)
     conv = LatentConvention(float(vae.config.scaling_factor), 0.0, "mean")
-    return UNetOneStepTeacher(vae, unet, sched, emb, conv)
+    return UNetOneStepTeacher(vae, unet, sched, emb, conv, timestep=timestep, tile=tile, tile_overlap=tile_overlap,
+                              lq_residual=lq_residual)
 
 
 def tiny_multistep_teacher(seed: int = 0, latent_channels: int = 4, cross_dim: int = 32, prompt_len: int = 8,

@@ -37,10 +37,11 @@ class UNetOneStepTeacher(OneStepTeacher):
         # A multi-step teacher's UNet (models/teachers/multistep.py) takes cat[z_t, z_L]: its one-step form feeds
         # z_L as z_t too (OSEDiff's one step starts from the LQ latent where the sampler starts from noise)
         self.concat_lq = unet.config.in_channels == 2 * unet.config.out_channels
-        # … and one trained with lq_residual predicts x0 − z_L (models/teachers/multistep.py)
+        # … and one trained with lq_residual predicts x0 − z_L (models/teachers/multistep.py: residual_x0, with
+        # z_t = z_L; the bootstrapped one-step UNet of configs/tiny-unet.yaml too, over z_L alone)
         self.lq_residual, self.residual_std = bool(lq_residual), float(residual_std)
-        if self.lq_residual and (not self.concat_lq or self.prediction_type != "sample"):
-            raise ValueError("lq_residual needs a UNet over cat[z_t, z_L] with prediction_type 'sample'")
+        if self.lq_residual and self.prediction_type != "sample":
+            raise ValueError("lq_residual needs prediction_type 'sample' (the UNet predicts x0 − z_L)")
 
     @property
     def unet(self) -> nn.Module:
@@ -59,11 +60,16 @@ class UNetOneStepTeacher(OneStepTeacher):
         if self.prediction_type == "sample":
             if not self.lq_residual:
                 return out
+            if not self.concat_lq:  # the one-step UNet over z_L alone: x0 = z_L + σ_d · UNet (exact identity at 0)
+                return z_lq + (self.residual_std if self.residual_std > 0 else 1.0) * out
             from srcompress.models.teachers.multistep import residual_x0
 
             return residual_x0(out, z_lq, z_lq, torch.tensor(self.alpha_bar, dtype=z_lq.dtype, device=z_lq.device),
                                self.residual_std)
         raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+
+    def describe(self) -> dict:
+        return super().describe() | {"lq_residual": self.lq_residual, "residual_std": self.residual_std}
 
     def prunable_blocks(self) -> list[tuple[str, nn.Module]]:
         """Resnet and attention units inside down / mid / up blocks, in execution order — those a mask can

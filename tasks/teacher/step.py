@@ -29,6 +29,7 @@ from srcompress.models.metrics import bicubic_to, psnr_y
 from srcompress.models.teachers import OneStepTeacher, load_teacher, save_teacher
 from srcompress.models.teachers.bootstrap import train_tiny_teacher
 from srcompress.models.teachers.bootstrap_multistep import train_tiny_multistep
+from srcompress.models.teachers.bootstrap_unet import train_tiny_unet
 from srcompress.tasks.common.pairs import iter_pairs, load_all_pairs
 from srcompress.tasks.common.plots import png_bytes, pyplot
 from srcompress.tasks.common.teacher_config import TeacherConfig
@@ -106,7 +107,8 @@ def bootstrap(ctx: RunContext, cfg: TeacherConfig, pairs: Manifest, holdout: Man
         torch.save(state, buf)
         store.put_bytes(ckpt_key, buf.getvalue())  # atomic: a kill leaves the previous checkpoint intact
 
-    train = train_tiny_multistep if bc.multistep is not None else train_tiny_teacher
+    train = train_tiny_multistep if bc.multistep is not None else train_tiny_unet if bc.unet is not None \
+        else train_tiny_teacher
     teacher, stats = train(lq, hq, bc, log=log.info, device=device, checkpoint=save_checkpoint, resume=resume)
     stats["resumed_at_step"] = float(resume["step"]) if resume else 0.0
     if stats["seconds_total"] > bc.max_seconds:

@@ -184,3 +184,15 @@ def test_adaptive_settings_need_a_multistep_teacher(overrides, match):
 def test_adaptive_and_multistep_values_are_checked(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config("tiny-multistep", [override])
+
+
+def test_the_unet_preset_trains_a_one_step_unet_teacher():
+    u = load_config("tiny-unet")
+    rec = u.teacher.bootstrap.unet
+    assert rec is not None and rec.timestep == 999 and u.teacher.bootstrap.multistep is None
+    assert "patch_size" not in u.teacher.bootstrap.model_fields_set and not u.vae.enabled
+    assert (u.search.n, u.search.m) == (3, 7) and not u.distill.streamline
+    with pytest.raises(ConfigError, match="must divide"):
+        load_config("tiny-unet", ["teacher.bootstrap.unet.norm_groups=12"])
+    with pytest.raises(ConfigError, match="multistep or unet"):
+        load_config("tiny-unet", ["teacher.bootstrap.multistep={steps: 4}"])
