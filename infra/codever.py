@@ -18,6 +18,7 @@ Prefect or MLflow upgrade does not recompute a dataset (docs/architecture.md §3
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -25,6 +26,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -73,69 +75,92 @@ def _origin(name: str) -> Path | None:
     return Path(spec.origin)
 
 
-@lru_cache(maxsize=None)
-def _parsed(path: str, mtime_ns: int, size: int) -> tuple[str, tuple[tuple[str, int, tuple[str, ...]], ...]]:
-    """(sha256 of the source, imports as (module, level, imported names)) — memoised per file version."""
-    src = Path(path).read_bytes()
+def _imports(src: bytes, path: str) -> tuple[tuple[str, int, tuple[str, ...]], ...]:
     found = []
     for node in ast.walk(ast.parse(src, filename=path)):
         if isinstance(node, ast.Import):
             found += [(a.name, 0, ()) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             found.append((node.module or "", node.level, tuple(a.name for a in node.names)))
-    return hashlib.sha256(src).hexdigest(), tuple(found)
+    return tuple(found)
+
+
+@lru_cache(maxsize=None)
+def _parsed(path: str, mtime_ns: int, size: int) -> tuple[str, tuple[tuple[str, int, tuple[str, ...]], ...]]:
+    """(sha256 of the source, imports as (module, level, imported names)) — memoised per file version in this
+    process; across processes the imports are memoised by the source's sha256 (below), which is always hashed
+    from the bytes: an edit that keeps a file's size and mtime still changes its version."""
+    src = Path(path).read_bytes()
+    sha = hashlib.sha256(src).hexdigest()
+    parses = _disk()["parses"]
+    hit = parses.get(sha)
+    if hit is not None:
+        return sha, tuple((m, lvl, tuple(n)) for m, lvl, n in hit)
+    imports = _imports(src, path)
+    with _LOCK:
+        parses[sha] = [list(i) for i in imports]
+        _DISK_STATE["dirty"] = True
+    return sha, imports
 
 
 def _parse(path: Path) -> tuple[str, tuple[tuple[str, int, tuple[str, ...]], ...]]:
     st = path.stat()
-    files = _disk()["files"]
-    hit = files.get(str(path))
-    if hit and hit[0] == st.st_mtime_ns and hit[1] == st.st_size:  # the same file version as memoised in-process
-        return hit[2], tuple((m, lvl, tuple(n)) for m, lvl, n in hit[3])
-    sha, imports = _parsed(str(path), st.st_mtime_ns, st.st_size)
-    files[str(path)] = [st.st_mtime_ns, st.st_size, sha, [list(i) for i in imports]]
-    _DISK_STATE["dirty"] = True
-    return sha, imports
+    return _parsed(str(path), st.st_mtime_ns, st.st_size)
 
 
 # -- the on-disk memo -------------------------------------------------------------------------------------------
 # Every CLI process versions ~100 modules: parsing them and mapping import names to distributions
 # (``packages_distributions`` reads every installed RECORD) took ~2 s of a cached rerun's start-up. Both are
-# memoised across processes under the key the in-process memo already uses (a file's path, mtime and size; the
-# import path's directories and their mtimes, which any install or removal changes). Losing or failing to write
-# the file only costs that time again.
-_DISK_STATE: dict = {"data": None, "dirty": False}
+# memoised across processes: a module's imports by the sha256 of its source (hashed every time, so nothing can
+# go stale), the import-name → distribution map by the import path's directories and their mtimes (any install
+# or removal changes them). The file is a cache: missing, unreadable or unwritable, it only costs that time.
+_DISK_STATE: dict = {"data": None, "dirty": False, "loaded_from": None}
+_LOCK = threading.Lock()
+_MAX_PARSES = 4000  # ~5 versions of every module of the package: older entries go first
 
 
 def cache_file() -> Path:
-    base = os.environ.get("SRCOMPRESS_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "srcompress"
+    base = os.environ.get("SRCOMPRESS_CACHE_DIR") or \
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "srcompress"
     return Path(base) / f"codever-py{sys.version_info[0]}{sys.version_info[1]}.json"
 
 
 def _disk() -> dict:
-    if _DISK_STATE["data"] is None:
-        try:
-            data = json.loads(cache_file().read_text())
-            assert isinstance(data.get("files"), dict) and isinstance(data.get("dists"), dict)
-        except Exception:  # absent, unreadable or from another layout: start empty
-            data = {"files": {}, "dists": {}}
-        _DISK_STATE["data"] = data
-    return _DISK_STATE["data"]
+    with _LOCK:
+        if _DISK_STATE["data"] is None:
+            data, where = {"parses": {}, "dists": {}}, None
+            try:  # Path.home() itself raises without HOME or a passwd entry (containers)
+                where = cache_file()
+                loaded = json.loads(where.read_text())
+                if isinstance(loaded.get("parses"), dict) and isinstance(loaded.get("dists"), dict):
+                    data = loaded
+            except Exception:  # absent, unreadable or from another layout: start empty
+                pass
+            _DISK_STATE.update(data=data, loaded_from=where)
+        return _DISK_STATE["data"]
 
 
 def _save_disk() -> None:
-    if not _DISK_STATE["dirty"]:
-        return
-    target = cache_file()
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(_DISK_STATE["data"], f)
-        os.replace(tmp, target)  # atomic: concurrent processes leave one whole file, never a torn one
-        _DISK_STATE["dirty"] = False
-    except OSError:
-        pass
+    """Write the memo back where it was read from (atomically; concurrent processes leave one whole file)."""
+    with _LOCK:
+        target = _DISK_STATE["loaded_from"]
+        if not _DISK_STATE["dirty"] or target is None:
+            return
+        parses = _DISK_STATE["data"]["parses"]
+        for old in list(parses)[: max(0, len(parses) - _MAX_PARSES)]:
+            del parses[old]
+        tmp = None
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(_DISK_STATE["data"], f)
+            os.replace(tmp, target)
+            _DISK_STATE["dirty"] = False
+        except Exception:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
 
 
 def _absolute(module: str, level: int, current: str, is_package: bool) -> str:
@@ -185,15 +210,22 @@ def closure(*roots: str, prefixes: tuple[str, ...] = COMPUTE_PREFIXES) -> Closur
 
 @lru_cache(maxsize=1)
 def _distributions() -> dict[str, list[str]]:
-    key = json.dumps([(p, os.stat(p).st_mtime_ns) for p in sys.path if p and os.path.isdir(p)])
+    def mtime(p: str) -> int | None:
+        try:
+            return os.stat(p).st_mtime_ns
+        except OSError:
+            return None
+
+    key = json.dumps([(p, mtime(p)) for p in sys.path if p and os.path.isdir(p)])
     cached = _disk()["dists"]
     if key in cached:
         return cached[key]
     mapping = importlib.metadata.packages_distributions()
-    while len(cached) >= 8:  # one entry per import path in use (the CLI, pytest, Ray workers …): the oldest goes
-        cached.pop(next(iter(cached)))
-    cached[key] = mapping
-    _DISK_STATE["dirty"] = True
+    with _LOCK:
+        while len(cached) >= 8:  # one entry per import path in use (the CLI, pytest, Ray workers …): oldest goes
+            cached.pop(next(iter(cached)))
+        cached[key] = mapping
+        _DISK_STATE["dirty"] = True
     _save_disk()
     return mapping
 

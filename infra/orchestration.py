@@ -42,15 +42,15 @@ def start_local_api() -> Callable[[], None]:
     (Prefect's own app factory, as Prefect runs it) is spawned before ``prefect`` is imported, and this process's
     ``PREFECT_API_URL`` names it: the client talks to it as to any server and never imports the server code,
     while the CLI imports MLflow and the flow. The process is stopped at exit (and by the run's watchdog on
-    kill -9). Nothing starts when ``PREFECT_API_URL`` already names a server, or when a Prefect profile file
-    could (Prefect then decides, as usual). Call after ``configure_prefect``, in a process that runs one
+    kill -9). Nothing starts when ``PREFECT_API_URL`` already names a server, or when another settings source
+    could (``_configured_elsewhere``: Prefect then decides, as usual). Call after ``configure_prefect``, in a process that runs one
     pipeline and exits (the CLI): the URL stays in this process's environment."""
     import atexit
     import importlib.util
     import subprocess
     import sys
 
-    if os.environ.get("PREFECT_API_URL") or _profile_file().exists():
+    if os.environ.get("PREFECT_API_URL") or _configured_elsewhere():
         return lambda: None
     port = _free_port()
     site = Path(importlib.util.find_spec("prefect").origin).parent.parent
@@ -93,11 +93,21 @@ def start_local_api() -> Callable[[], None]:
     return wait
 
 
-def _profile_file() -> Path:
-    """Prefect's profiles file (a profile there may name an API URL)."""
+def _configured_elsewhere() -> bool:
+    """Whether a settings source other than the environment could name a Prefect API (a profiles file, or
+    ``prefect.toml`` / ``.env`` / ``pyproject.toml [tool.prefect]`` in the working directory): Prefect then
+    decides, as it does without srcompress."""
     explicit = os.environ.get("PREFECT_PROFILES_PATH")
-    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
-    return Path(explicit) if explicit else home / "profiles.toml"
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
+    if (Path(explicit) if explicit else home / "profiles.toml").exists():
+        return True
+    cwd = Path.cwd()
+    if (cwd / "prefect.toml").exists() or (cwd / ".env").exists():
+        return True
+    try:
+        return "[tool.prefect" in (cwd / "pyproject.toml").read_text()
+    except OSError:
+        return False
 
 
 def _free_port() -> int:

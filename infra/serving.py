@@ -38,7 +38,8 @@ def requirements(tops: set[str]) -> list[str]:
             if dist.lower() in ("srcompress", "mlflow"):  # bundled as code / pinned by MLflow itself
                 continue
             try:
-                out.add(f"{dist.lower()}=={importlib.metadata.version(dist)}")
+                # a local label (torch 2.x+cpu) is a build no package index serves: pin the release
+                out.add(f"{dist.lower()}=={importlib.metadata.version(dist).split('+')[0]}")
             except importlib.metadata.PackageNotFoundError:
                 continue
     return sorted(out)

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from pydantic import Field
 
-from srcompress.infra.config import StrictModel, flatten, redact
+from srcompress.infra.config import StrictModel, flatten, redact, redact_text
 from srcompress.infra.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -246,11 +246,7 @@ class Tracker:
                 InputTag(f"{TAG_PREFIX}cache_key", manifest.cache_key)]
         entity = DatasetInput(ds._to_mlflow_entity(), tags)
         if manifest.kind in MODEL_KINDS and context != "output":  # a model this step consumes: lineage by model
-            from mlflow.entities import LoggedModelInput
-
-            model_id = self.logged_model(manifest)
-            if model_id:
-                self.client.log_inputs(run_id, models=[LoggedModelInput(model_id)])
+            self._link_model(run_id, manifest, output=False)
         for attempt in range(4):
             try:
                 self.client.log_inputs(run_id, datasets=[entity])
@@ -274,16 +270,31 @@ class Tracker:
         self.log_text(run_id, manifest.to_json(), f"manifests/{manifest.step}-{manifest.kind}.json")
         self.log_manifest(run_id, manifest, context="output")
         if manifest.kind in MODEL_KINDS:
-            from mlflow.entities import LoggedModelOutput
+            self._link_model(run_id, manifest, output=True)
 
-            model_id = self.logged_model(manifest) or self._create_logged_model(run_id, manifest)
-            self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+    def _link_model(self, run_id: str, manifest: Manifest, output: bool) -> None:
+        """The model manifest as the run's LoggedModel output (created unless one with its digest exists) or
+        input. Lineage, not the result: a failure here is logged and the step's output stands."""
+        from mlflow.entities import LoggedModelInput, LoggedModelOutput
+
+        try:
+            model_id = self.logged_model(manifest)
+            if output:
+                model_id = model_id or self._create_logged_model(run_id, manifest)
+                self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+            elif model_id:
+                self.client.log_inputs(run_id, models=[LoggedModelInput(model_id)])
+        except Exception as exc:  # noqa: BLE001 — e.g. a tracking server without MLflow 3's logged models
+            log.warning("MLflow: could not link %s %s as the run's model %s: %s", manifest.kind,
+                        manifest.digest[:12], "output" if output else "input", exc)
 
     def logged_model(self, manifest: Manifest) -> str | None:
-        """The LoggedModel of a model manifest in this experiment (by content digest), if one was logged."""
-        found = self.client.search_logged_models(
-            [self.experiment_id], f"tags.`{TAG_PREFIX}sha256` = '{manifest.digest}'", max_results=1)
-        return found[0].model_id if found else None
+        """The READY LoggedModel of a model manifest in this experiment (by content digest), the oldest if two
+        runs created one at once (every later run then links the same one)."""
+        found = self.client.search_logged_models(  # (a status filter matches nothing on MLflow 3.17's SQL store)
+            [self.experiment_id], f"tags.`{TAG_PREFIX}sha256` = '{manifest.digest}'",
+            order_by=[{"field_name": "creation_time", "ascending": True}], max_results=50)
+        return next((m.model_id for m in found if str(m.status).endswith("READY")), None)
 
     def _create_logged_model(self, run_id: str, manifest: Manifest) -> str:
         # external (mlflow.create_external_model's convention, through this tracker's client): the weights stay
@@ -295,13 +306,17 @@ class Tracker:
 
         model = self.client.create_logged_model(
             self.experiment_id, name=manifest.step, source_run_id=run_id, model_type=manifest.kind,
-            tags={f"{TAG_PREFIX}sha256": manifest.digest, f"{TAG_PREFIX}uri": manifest.uri,
+            tags={f"{TAG_PREFIX}sha256": manifest.digest, f"{TAG_PREFIX}uri": redact_text(manifest.uri),
                   f"{TAG_PREFIX}cache_key": manifest.cache_key, f"{TAG_PREFIX}config_hash": manifest.config_hash,
                   MLFLOW_MODEL_IS_EXTERNAL: "true"})
-        with tempfile.TemporaryDirectory() as tmp:  # the stub MLmodel that makes an external model registrable
-            get_external_mlflow_model_spec(model).save(os.path.join(tmp, "MLmodel"))
-            self._artifact_env()
-            self.client.log_model_artifacts(model.model_id, tmp)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:  # the stub MLmodel that makes an external model registrable
+                get_external_mlflow_model_spec(model).save(os.path.join(tmp, "MLmodel"))
+                self._artifact_env()
+                self.client.log_model_artifacts(model.model_id, tmp)
+        except Exception:
+            self.client.finalize_logged_model(model.model_id, "FAILED")  # never found as READY, never linked
+            raise
         self.client.finalize_logged_model(model.model_id, "READY")
         return model.model_id
 

@@ -30,6 +30,8 @@ os.environ.setdefault("PREFECT_UI_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# The code-version memo (infra/codever.py) of the suite's processes stays in the session's home, not the user's.
+os.environ.setdefault("SRCOMPRESS_CACHE_DIR", str(_SESSION_HOME / "cache"))
 # Bytecode: README line 2 installs with --no-compile and some hosts (this CI's among them) export
 # PYTHONDONTWRITEBYTECODE=1. Together no process ever finds a .pyc, and every Ray worker, DeepSpeed rank and CLI
 # run the suite starts recompiles torch, diffusers, ray, deepspeed ... from source: importing diffusers with its

@@ -51,7 +51,7 @@ def train_tiny_unet(lq: Tensor, hq: Tensor, cfg: BootstrapConfig, log: Callable[
         with torch.no_grad():  # σ_d: the spread of the residual the UNet predicts, in the final latent scale
             d = torch.cat([teacher.encode(hq[i : i + 8]) - teacher.encode(lq[i : i + 8]) for i in range(0, len(hq), 8)])
         teacher.residual_std = float(d.std())
-        scale = teacher.residual_std
+        scale = teacher.residual_std if teacher.residual_std > 0 else 1.0  # restore_tile's own fallback
 
         def loss_fn(a: Tensor, b: Tensor, _hq) -> Tensor:  # x0's error at the UNet's own (unit) scale
             return ((teacher.restore_tile(a) - b) ** 2).mean() / scale**2

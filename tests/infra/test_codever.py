@@ -115,32 +115,45 @@ def test_an_external_lora_is_hashed_by_content(tmp_path):
 
 
 def test_the_on_disk_memo_is_read_and_an_edit_still_changes_the_version(fake_pkg, tmp_path, monkeypatch):
-    """Versions are memoised across processes (infra/codever.py: the on-disk memo); an edited file is re-read."""
+    """Module imports are memoised across processes by the source's sha256 (infra/codever.py: the on-disk memo):
+    the memo is what a later process reads, and an edit that keeps the file's size and mtime (``cp -p``, rsync)
+    still changes the version."""
+    import hashlib
     import json
+    import os
 
     from srcompress.infra import codever
 
     def fresh():  # a new process: no in-process memo, the disk file as the last process left it
         codever._parsed.cache_clear()
         codever._distributions.cache_clear()
-        codever._DISK_STATE.update(data=None, dirty=False)
+        codever._DISK_STATE.update(data=None, dirty=False, loaded_from=None)
 
     monkeypatch.setenv("SRCOMPRESS_CACHE_DIR", str(tmp_path / "cache"))
     fresh()
     before = _digest("cvpkg.tasks.a")
     memo = json.loads(codever.cache_file().read_text())
-    helper = str(codever._origin("cvpkg.models.helper"))  # the file the walk read (the package's, as imported)
-    assert helper in memo["files"] and memo["dists"]
-    # what a later process reads is the memo: a poisoned entry (same mtime and size) shows through …
-    memo["files"][helper][2] = "0" * 64
+    helper = Path(codever._origin("cvpkg.models.helper"))  # the file the walk read (the package's, as imported)
+    sha = hashlib.sha256(helper.read_bytes()).hexdigest()
+    assert sha in memo["parses"] and memo["dists"]
+    # what a later process reads is the memo: a poisoned entry (helper "imports" other.py) shows through …
+    memo["parses"][sha] = [["cvpkg.models.other", 0, []]]
     codever.cache_file().write_text(json.dumps(memo))
     fresh()
-    assert _digest("cvpkg.tasks.a") != before
-    # … and an edit (new mtime and size) is parsed again, giving the version a memo-less process computes
-    Path(helper).write_text("def f():\n    return 10\n")
+    poisoned = _digest("cvpkg.tasks.a")
+    assert poisoned != before
+    # … and an edit keeping size and mtime is hashed again, giving the version a memo-less process computes
+    st = helper.stat()
+    helper.write_text(helper.read_text().replace("return 1", "return 7"))
+    os.utime(helper, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert helper.stat().st_size == st.st_size and helper.stat().st_mtime_ns == st.st_mtime_ns
     fresh()
     edited = _digest("cvpkg.tasks.a")
     monkeypatch.setenv("SRCOMPRESS_CACHE_DIR", str(tmp_path / "empty"))
     fresh()
-    assert edited == _digest("cvpkg.tasks.a") != before
+    assert edited == _digest("cvpkg.tasks.a") and edited not in (before, poisoned)
+    # an unusable cache location costs time, never the version
+    monkeypatch.setenv("SRCOMPRESS_CACHE_DIR", "/proc/no-such-dir")
+    fresh()
+    assert _digest("cvpkg.tasks.a") == edited
     fresh()
