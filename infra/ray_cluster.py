@@ -8,7 +8,9 @@ when the step — or, inside ``ray_scope``, the flow run — ends.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import logging
 import os
 import threading
 from typing import Any, Callable, Iterator
@@ -233,10 +235,42 @@ class DeepSpeedRank:
         return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), port
 
     def run(self, loop, config: dict, env: dict[str, str]):
+        """``loop(config)``; if it raises, the rank's last log lines ride on the exception as a note, so they
+        reach the driver's terminal with the traceback (the ranks' own output stays in Ray's session logs)."""
+        import logging
+
         os.environ.update(env)
-        result = loop(config)
+        tail = LogTail()
+        root = logging.getLogger()
+        level = root.level
+        root.addHandler(tail)
+        root.setLevel(min(level or logging.WARNING, logging.INFO))  # INFO records reach the tail
+        try:
+            result = loop(config)
+        except BaseException as exc:
+            if tail.lines:
+                exc.add_note(f"last {len(tail.lines)} log lines of this rank:\n" + "\n".join(tail.lines))
+            raise
+        finally:
+            root.removeHandler(tail)
+            root.setLevel(level)
         _reset_process_group()  # only after a clean end: a failed launch stops its ranks
         return result
+
+
+class LogTail(logging.Handler):
+    """The last ``keep`` log records (INFO and above) of a process, formatted, for an error report."""
+
+    def __init__(self, keep: int = 20):
+        super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.lines: collections.deque[str] = collections.deque(maxlen=keep)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+        except Exception:  # noqa: BLE001 — a record that cannot be formatted is not worth a failure
+            pass
 
 
 def _reset_process_group() -> None:

@@ -326,6 +326,11 @@ MUTATIONS = [
              "                return z_lq + out\n",
              ("tests/models/test_bootstrap_unet.py",),
              "the one-step UNet teacher's residual ignores σ_d (a saved teacher restores at the wrong scale)"),
+    Mutation("rank-log-tail-dropped", "infra/ray_cluster.py",
+             "            if tail.lines:\n",
+             "            if False:\n",
+             ("tests/infra/test_ray_cluster.py::test_a_failing_rank_reports_its_traceback_and_last_log_lines",),
+             "a failing rank's last log lines never reach the driver"),
 ]
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import ray
 
-from srcompress.infra.ray_cluster import ray_scope, ray_session, train_on_ray
+from srcompress.infra.ray_cluster import RankFailed, ray_scope, ray_session, train_on_ray
 
 
 def _gcs() -> str:
@@ -93,3 +94,25 @@ def test_a_flow_runs_consecutive_training_launches_reuse_their_rank_processes(tm
     assert {k: sorted(v) for k, v in pids.items()} == {1: [0, 1], 2: [0, 1], 3: [0], 4: [0]}, pids
     assert pids[2] == pids[1]  # the second launch ran in the first one's processes
     assert pids[3][0] not in pids[1].values()  # stopped by the other step: a fresh process
+
+
+def _log_then_fail(config: dict) -> None:
+    import logging
+
+    log = logging.getLogger("srcompress.tasks.fake_worker")
+    for i in range(30):
+        log.info("step %d: loss %.3f", i, 1.0 / (i + 1))
+    raise ValueError("the rank's own error")
+
+
+def test_a_failing_rank_reports_its_traceback_and_last_log_lines():
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    try:
+        with pytest.raises(RankFailed) as err:
+            train_on_ray(_log_then_fail, {}, 1, False, "failing", None)
+    finally:
+        ray.shutdown()
+    text = str(err.value)
+    assert "failing failed on rank 0" in text and "ValueError: the rank's own error" in text
+    assert "in _log_then_fail" in text  # the rank's own frame
+    assert "last 20 log lines of this rank" in text and "step 29: loss 0.033" in text and "step 9:" not in text
