@@ -43,8 +43,8 @@ def start_local_api() -> Callable[[], None]:
     ``PREFECT_API_URL`` names it: the client talks to it as to any server and never imports the server code,
     while the CLI imports MLflow and the flow. The process is stopped at exit (and by the run's watchdog on
     kill -9). Nothing starts when ``PREFECT_API_URL`` already names a server, or when another settings source
-    could (``_configured_elsewhere``: Prefect then decides, as usual). Call after ``configure_prefect``, in a process that runs one
-    pipeline and exits (the CLI): the URL stays in this process's environment."""
+    could (``_configured_elsewhere``: Prefect then decides, as usual). Call after ``configure_prefect``, in a
+    process that runs one pipeline and exits (the CLI): the URL stays in this process's environment."""
     import atexit
     import importlib.util
     import subprocess

@@ -54,9 +54,8 @@ def serving_bundle(dest: Path) -> tuple[Path, list[str]]:
         shutil.rmtree(root)
     for name, _sha in c.modules:
         src = _origin(name)
-        parts = name.split(".")[1:]
-        target = root.joinpath(*parts, "__init__.py") if src.name == "__init__.py" else \
-            root.joinpath(*parts[:-1], parts[-1] + ".py") if parts else root / "__init__.py"
+        parts = name.split(".")[1:]  # a package's source is its folder's __init__.py, a module's its own file
+        target = root.joinpath(*(parts if src.name == "__init__.py" else parts[:-1]), src.name)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, target)
     for folder in [root, *(p for p in root.rglob("*") if p.is_dir())]:  # namespace gaps: every folder a package
