@@ -11,7 +11,20 @@ from srcompress.models.device import DEVICE_PATTERN
 from srcompress.models.pruning.targets import TINYSR_LORA_TARGETS
 from srcompress.tasks.common.training import DeepSpeedConfig
 
-Method = Literal["learned", "block_influence", "pgp_cos", "pgp_kl", "removal", "uniform", "random_min", "given"]
+Method = Literal["learned", "pgp_progressive", "block_influence", "pgp_cos", "pgp_kl", "removal", "uniform",
+                 "random_min", "given"]
+
+
+class PGPConfig(StrictModel):
+    """PGP-DiffSR's progressive pruning (``search.method: pgp_progressive``; docs/methods.md §7.3, our reading):
+    the coarse stage from the redundancy report, then rounds that prune decoder units, recover the LoRA and
+    re-score the pruned model, until N:M's share of the blocks (or the budget's) is left."""
+
+    score: Literal["pgp_cos", "pgp_kl"] = Field("pgp_cos", description="The PGP redundancy score both stages rank by: Φ_cos or Ψ_KL (analyse_redundancy's, then re-scored on the pruned model each round).")
+    coarse_threshold: float | None = Field(None, gt=0, le=1, description="Also keep an encoder / bottleneck block whose score is at least this fraction of the backbone's highest block score (null: exactly one block per encoder stage and bottleneck).")
+    prune_per_round: int = Field(1, ge=1, description="Decoder units pruned per fine round.")
+    round_steps: int = Field(20, ge=1, description="LoRA-recovery micro-steps after the coarse stage and after each fine round, before re-scoring; search.steps more follow the last round.")
+    rescore_size: int = Field(8, ge=2, description="Calibration pairs (of rank 0's share) the pruned model is re-scored and its recovered quality measured on.")
 
 
 class BudgetConfig(StrictModel):
@@ -34,7 +47,8 @@ class BudgetConfig(StrictModel):
 class SearchConfig(StrictModel):
     """TinyFusion / TinySR depth-mask search, or a baseline mask given the same LoRA recovery."""
 
-    method: Method = Field("learned", description="learned (Gumbel N:M search) or a baseline: block_influence / pgp_cos / pgp_kl / removal (top-N per group by the redundancy report), uniform (every other block), random_min (the best of random N:M masks by calibration loss), given (search.given_mask).")
+    method: Method = Field("learned", description="learned (Gumbel N:M search), pgp_progressive (PGP-DiffSR's coarse-to-fine pruning, search.pgp) or a baseline: block_influence / pgp_cos / pgp_kl / removal (top-N per group by the redundancy report), uniform (every other block), random_min (the best of random N:M masks by calibration loss), given (search.given_mask).")
+    pgp: PGPConfig = Field(default_factory=PGPConfig, description="method=pgp_progressive: its settings (changing them for another method is refused).")
     given_mask: list[int] | str | None = Field(None, description="method=given: a 0/1 list ([1,0,1,0,…], one entry per prunable block) or the path / store URI of a search result.json; a mask searched for another teacher is rejected.")
     n: int = Field(2, ge=1, description="Blocks kept per group (with search.budget: chosen by the budget instead).")
     m: int = Field(4, ge=1, description="Group size (consecutive blocks); must divide the teacher's prunable blocks (with search.budget: chosen by the budget instead).")
@@ -76,6 +90,8 @@ class SearchConfig(StrictModel):
             raise ValueError("given_mask is required with method=given, and only then")
         if self.budget is not None and self.method == "given":
             raise ValueError("search.budget chooses N:M for a search or a baseline; method=given takes its mask as is")
+        if self.pgp != PGPConfig() and self.method != "pgp_progressive":
+            raise ValueError("search.pgp configures method=pgp_progressive only")
         if self.expansion_corrosion and not self.dynamic:
             raise ValueError("expansion_corrosion needs dynamic (the neighbour option it expands into)")
         return self

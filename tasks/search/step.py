@@ -34,6 +34,7 @@ from srcompress.tasks.common.teacher_config import TeacherConfig
 from srcompress.tasks.common.teachers import fetch_teacher_shapes, load_settings
 from srcompress.tasks.search.config import SearchConfig
 from srcompress.tasks.search.plots import write_plots
+from srcompress.tasks.search.progressive import coarse_plan, log_round
 from srcompress.tasks.search.worker import build, search_loop
 
 STEP = "search_pruning"
@@ -59,18 +60,25 @@ def per_group_top(importance: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return torch.cat([top_k_mask(importance[g : g + m], n) for g in range(0, len(importance), m)])
 
 
+def read_report(ctx: RunContext, cfg: SearchConfig, redundancy: Manifest | None) -> dict:
+    if redundancy is None:
+        raise ValueError(f"search.method={cfg.method} needs the analyse_redundancy report")
+    return json.loads(ctx.get_store().get_bytes(ctx.get_store().key_from_uri(redundancy.uri), redundancy.digest))
+
+
 def baseline_mask(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, teacher: Manifest,
                   latents: Manifest, redundancy: Manifest | None, num_blocks: int) -> list[float] | None:
     if cfg.method == "learned":
         return None
+    if cfg.method == "pgp_progressive":  # the coarse stage; the ranks run the fine one
+        report = read_report(ctx, cfg, redundancy)
+        return coarse_plan(report, cfg, report["blocks"])["mask"]
     if cfg.method == "given":
         return given_mask(ctx, cfg.given_mask, teacher, num_blocks)
     if cfg.method == "uniform":  # every other block within each group
         return [float(i % 2 == 0) if cfg.n * 2 == cfg.m else float(i % cfg.m < cfg.n) for i in range(num_blocks)]
     if cfg.method in SCORE_OF:
-        if redundancy is None:
-            raise ValueError(f"search.method={cfg.method} needs the analyse_redundancy report")
-        report = json.loads(ctx.get_store().get_bytes(ctx.get_store().key_from_uri(redundancy.uri), redundancy.digest))
+        report = read_report(ctx, cfg, redundancy)
         score = report["scores"][SCORE_OF[cfg.method]]
         importance = torch.tensor(score["mean"]) * score["importance_sign"]
         return per_group_top(importance, cfg.n, cfg.m).tolist()
@@ -109,12 +117,13 @@ def given_mask(ctx: RunContext, spec: list[int] | str, teacher: Manifest, num_bl
 
 @task(name="search-pruning", cache_policy=NO_CACHE, retries=0)
 def search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, latents: Manifest, teacher: Manifest,
-           fixed: list[float] | None, key: str, run_id: str, ray_address: str | None) -> dict:
-    """Launch the ranks; returns rank 0's published result."""
+           fixed: list[float] | None, key: str, run_id: str, ray_address: str | None,
+           pgp: dict | None = None) -> dict:
+    """Launch the ranks; returns rank 0's published result. ``pgp``: pgp_progressive's plan (``coarse_plan``)."""
     log = get_run_logger()
     config = {"ctx": ctx.model_dump_json(), "cfg": cfg.model_dump_json(), "teacher_cfg": teacher_cfg.model_dump_json(),
               "latents": latents.to_json(), "teacher": teacher.to_json(), "key": key, "run_id": run_id,
-              "fixed_mask": fixed}
+              "fixed_mask": fixed, "pgp": pgp}
     use_gpu = resolve_device(cfg.device or ctx.device, "search.device").type == "cuda"
     log.info("search_pruning: %s, %d DeepSpeed rank(s) on Ray", cfg.method, cfg.num_workers)
     info = train_on_ray(search_loop, config, cfg.num_workers, use_gpu, f"search-{key[:12]}", ray_address)
@@ -169,7 +178,7 @@ def run_search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, l
     code_ver = step_code_version()
     chash = step_config_hash(cfg, teacher_cfg, shape if choice is not None else None)
     inputs = {"latents": latents.digest, "teacher": teacher.digest}
-    if cfg.method in SCORE_OF and redundancy is not None:
+    if (cfg.method in SCORE_OF or cfg.method == "pgp_progressive") and redundancy is not None:
         inputs["redundancy"] = redundancy.digest
     key = cache_key(STEP, chash, inputs, code_ver)
     hit = cache.get(STEP, key)
@@ -190,8 +199,16 @@ def run_search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, l
             tracker.log_manifest_output(run_id, hit)
             return hit
         t0 = time.perf_counter()
-        fixed = baseline_mask(ctx, cfg, teacher_cfg, teacher, latents, redundancy, blocks)
-        result = search(ctx, cfg, teacher_cfg, latents, teacher, fixed, key, run_id, ray_address)
+        plan = None
+        if cfg.method == "pgp_progressive":  # the coarse stage here, round 0; the ranks run the fine rounds
+            report = read_report(ctx, cfg, redundancy)
+            plan = coarse_plan(report, cfg, report["blocks"])
+            log_round(tracker, run_id, plan["coarse"])
+            log.info("search_pruning: pgp coarse stage kept %d of %d blocks; %d fine round(s) to %d",
+                     sum(plan["mask"]), len(plan["mask"]), plan["rounds"], plan["target"])
+        fixed = plan["mask"] if plan is not None else baseline_mask(ctx, cfg, teacher_cfg, teacher, latents,
+                                                                    redundancy, blocks)
+        result = search(ctx, cfg, teacher_cfg, latents, teacher, fixed, key, run_id, ray_address, plan)
         timing = json.loads(store.get_bytes(f"search/{key[:24]}/timing.json"))
         out = Path(ctx.workdir) / "search" / key[:16]
         files = write_plots(result, out)
@@ -217,6 +234,8 @@ def run_search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, l
                                    "ema_logits": result["ema_logits"], "options": result["options"],
                                    "lora_uri": listing["lora.safetensors"]["uri"], "deepspeed": result["deepspeed"],
                                    "engine": result.get("engine", {}),
+                                   "rounds": [{k: r[k] for k in ("round", "stage", "pruned", "recovered_l1", "psnr_y")}
+                                              for r in result.get("rounds", [])],
                                    "world_size": result["world_size"], "files": listing, "timing": timing})
         tracker.log_manifest_output(run_id, manifest)
         cache.put(manifest)

@@ -31,6 +31,7 @@ from srcompress.tasks.common.teacher_config import TeacherConfig
 from srcompress.tasks.common.teachers import fetch_teacher_folder, load_kwargs
 from srcompress.tasks.common.training import StoreCheckpoints, engine_facts, init_rank, perceptual_net
 from srcompress.tasks.search.config import SearchConfig
+from srcompress.tasks.search.progressive import Rounds
 
 
 def build(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, teacher: Manifest,
@@ -63,6 +64,9 @@ def search_loop(config: dict) -> None:
         raise ValueError("search_pruning needs cached teacher latents (encode.teacher_output: true)")
     tile = getattr(model.teacher, "tile", None)
     lq, target = center_tile(data["lq"][rank::world], tile), center_tile(data["teacher"][rank::world], tile)
+    rounds = Rounds(config["pgp"], cfg, model.masker.names) if config.get("pgp") else None
+    hq = center_tile(data["hq"][rank::world], tile) if rounds is not None else None
+    total = cfg.steps + (rounds.steps if rounds is not None else 0)  # pgp_progressive: its rounds, then steps
     opt = torch.optim.AdamW(model.param_groups(cfg.lr, cfg.weight_decay, cfg.gate_lr_mult))
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt,
                                       config=cfg.deepspeed.engine_config(min(cfg.batch_size, len(lq))))
@@ -81,10 +85,13 @@ def search_loop(config: dict) -> None:
             model.gates.ema_logits.copy_(client["ema_logits"].to(model.gates.ema_logits.device))
             model.gates.ema_pair_logits.copy_(client["ema_pair_logits"].to(model.gates.ema_pair_logits.device))
             gen.set_state(client["rng"][rank])
+            if rounds is not None:  # the mask the rounds had reached
+                rounds.records = list(client["rounds"])
+                model.fixed_mask.copy_(client["mask"].to(model.fixed_mask))
         tracker = ctx.get_tracker() if rank == 0 else None
         t0 = time.perf_counter()
-        for step in range(start, cfg.steps):
-            tau = tau_at(step, cfg.steps, cfg.tau_start, cfg.tau_end)
+        for step in range(start, total):
+            tau = tau_at(min(step, cfg.steps - 1), cfg.steps, cfg.tau_start, cfg.tau_end)  # (fixed masks: unused)
             idx = torch.randint(len(lq), (min(cfg.batch_size, len(lq)),), generator=gen)
             # bf16 engines cast the weights; autocast casts what diffusers computes in float32 on the way
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.deepspeed.bf16):
@@ -98,7 +105,9 @@ def search_loop(config: dict) -> None:
             engine.backward(loss)
             engine.step()
             model.gates.update_ema()
-            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            if rounds is not None and rounds.ends_round(step + 1):
+                rounds.prune(model, lq, hq, target, rank, dtype, tracker, run_id)
+            if (step + 1) % cfg.log_every == 0 or step + 1 == total:
                 probs = model.gates.probabilities()
                 rec = {"step": step + 1, "loss": float(loss), "tau": tau, "probs": probs.tolist(),
                        "confidence": probs.max(-1).values.tolist()}
@@ -108,25 +117,28 @@ def search_loop(config: dict) -> None:
                         f"group{g}.confidence": c for g, c in enumerate(rec["confidence"])} | {
                         f"group{g}.option{o}": p for g, row in enumerate(rec["probs"]) for o, p in enumerate(row)},
                         step=step + 1)
-            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
                 rngs = [None] * world
                 dist.all_gather_object(rngs, gen.get_state())
                 tag = f"step{step + 1}"
                 client = {"step": step + 1, "history": history, "ema_logits": model.gates.ema_logits.detach().cpu(),
                           "ema_pair_logits": model.gates.ema_pair_logits.detach().cpu(), "rng": rngs}
+                if rounds is not None:
+                    client |= {"rounds": rounds.records, "mask": model.fixed_mask.detach().float().cpu()}
                 ckpt.save(tag, lambda root: engine.save_checkpoint(str(root), tag=tag, client_state=client))
         train_s = time.perf_counter() - t0  # the loop alone: no start-up (checkpoint saves included when on)
         if rank == 0:
             _publish(store, key, model, cfg, world, history, fixed is not None, teacher.digest,
-                     {"train_seconds": train_s, "steps_run": cfg.steps - start}, engine_facts(engine))
+                     {"train_seconds": train_s, "steps_run": total - start}, engine_facts(engine),
+                     rounds.records if rounds is not None else None)
         dist.barrier()
     finally:
         shutil.rmtree(local, ignore_errors=True)
 
 
 def _publish(store, key: str, model: MaskSearch, cfg: SearchConfig, world: int, history: list[dict],
-             fixed: bool, teacher_digest: str, timing: dict, engine: dict) -> None:
-    mask = model.fixed_mask if fixed else model.gates.final_mask(cfg.decision)
+             fixed: bool, teacher_digest: str, timing: dict, engine: dict, rounds: list[dict] | None) -> None:
+    mask = model.fixed_mask.float() if fixed else model.gates.final_mask(cfg.decision)
     lora = store.put_bytes(f"search/{key[:24]}/lora.safetensors", save(model.lora_state()) if model.lora_names
                            else save({"empty": torch.zeros(0)}))
     probs = model.gates.probabilities()
@@ -141,6 +153,8 @@ def _publish(store, key: str, model: MaskSearch, cfg: SearchConfig, world: int, 
                        "targets": cfg.lora_targets},
               "deepspeed": cfg.deepspeed.engine_config(cfg.batch_size), "engine": engine, "world_size": world,
               "history": history, "steps": cfg.steps}
+    if rounds is not None:  # pgp_progressive: every round, coarse first (docs/methods.md §7.3)
+        result |= {"rounds": rounds, "round_steps": cfg.pgp.round_steps}
     # Wall-clock figures live beside the result, not in it: the result's digest is the mask's identity and
     # must not change from run to run (timings do).
     store.put_bytes(f"search/{key[:24]}/timing.json", json.dumps(timing).encode())

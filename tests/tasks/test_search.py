@@ -247,3 +247,44 @@ def test_perceptual_term_changes_the_search(upstream_workdir, shared_ray):
     l1 = [h["loss"] for h in json.loads(Path(plain["uri"].removeprefix("file://")).read_text())["history"]]
     assert perc["cache_key"] != plain["cache_key"]
     assert lp[0] > l1[0] + 1e-3  # same first batch and mask (same seed): the ST-LPIPS term is in the loss
+
+
+@pytest.mark.slow
+def test_pgp_progressive_rounds_on_a_unet_teacher(upstream_workdir, shared_ray):
+    """PGP-DiffSR's progressive pruning through the DAG on an SD-UNet teacher (7 units: an encoder pair, the
+    resnet-attention-resnet bottleneck, two decoder attentions) at 3:7: the coarse stage keeps one bottleneck
+    resnet (5 left), two fine rounds each prune one decoder attention after re-scoring the recovered model;
+    every round is a nested MLflow run of the search's run; the student build realises the mask."""
+    from srcompress.models.student.student import build_student
+    from srcompress.models.teachers import load_teacher, save_teacher
+    from srcompress.models.teachers.tiny import tiny_unet_teacher
+
+    folder = save_teacher(tiny_unet_teacher(seed=3, block_out_channels=(16, 32), norm_groups=8),
+                          upstream_workdir.parent / "unet-teacher")
+    cfg = load_config("tiny", SEARCH + [f"teacher.source={folder}", "search.method=pgp_progressive", "search.n=3",
+                                        "search.m=7", "search.steps=2", "search.pgp.round_steps=2",
+                                        "search.checkpoint_every=0", "search.lora_targets=[to_q, to_k, to_v]"])
+    out = run_pipeline(cfg, upstream_workdir, until="search_pruning")
+    m = out["steps"]["search_pruning"]
+    result = json.loads(Path(m["uri"].removeprefix("file://")).read_text())
+    coarse, *fine = result["rounds"]
+    assert coarse["stage"] == "coarse" and set(coarse["pruned"]) in (
+        {"mid_block.attentions.0", "mid_block.resnets.0"}, {"mid_block.attentions.0", "mid_block.resnets.1"})
+    assert [r["stage"] for r in fine] == ["fine", "fine"] and [len(r["kept"]) for r in fine] == [4, 3]
+    assert sorted(sum((r["pruned"] for r in fine), [])) == ["up_blocks.1.attentions.0", "up_blocks.1.attentions.1"]
+    assert all(r["recovered_l1"] > 0 and r["psnr_y"] > 0 for r in fine)
+    for before, r in zip([coarse, *fine], fine):  # re-scored on the pruned model: what is gone scores 0
+        assert all((r["importance"][n] == 0) == (n not in before["kept"]) for n in result["blocks"]), r
+    assert m["extra"]["method"] == "pgp_progressive" and m["extra"]["kept"] == fine[-1]["kept"]
+    assert sum(m["extra"]["mask"]) == 3 and "redundancy" in m["inputs"]
+    assert len(result["history"]) == 3  # 2 rounds × 2 + 2 final micro-steps, logged every 2
+    client = MlflowClient(out["tracking_uri"])
+    search_run = _run(client, out, "search_pruning")
+    rounds = client.search_runs([out["experiment_id"]], f"tags.mlflow.parentRunId = '{search_run.info.run_id}'")
+    by_name = {r.info.run_name: r for r in rounds}
+    assert set(by_name) == {"pgp-round-0", "pgp-round-1", "pgp-round-2"}
+    assert [by_name[f"pgp-round-{i}"].data.metrics["kept"] for i in range(3)] == [5, 4, 3]
+    assert "psnr_y" in by_name["pgp-round-1"].data.metrics and "psnr_y" not in by_name["pgp-round-0"].data.metrics
+    assert by_name["pgp-round-0"].data.params["stage"] == "coarse"
+    student = build_student(load_teacher(folder), m["extra"]["mask"])
+    assert student.surgery["unrealised"] == [] and sorted(student.kept) == sorted(m["extra"]["kept"])
