@@ -20,6 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from srcompress import __version__
 from srcompress.config import STEPS, SrConfig
+from srcompress.tasks.evaluate.config import VARIANT
 from srcompress.infra.config import redact
 from srcompress.flows.common import has_holdout, reap_stale, register, resolve
 from srcompress.infra.context import RunContext
@@ -93,51 +94,65 @@ def train_steps(ctx: RunContext, cfg: SrConfig, last: int, manifests: dict[str, 
     if last >= STEPS.index("search_pruning"):
         from srcompress.tasks.search.step import run_search
 
-        manifests["search_pruning"] = run_search(ctx, cfg.search, cfg.teacher, manifests["encode_latents"],
-                                                 manifests["bootstrap_teacher"], manifests["analyse_redundancy"],
-                                                 ctx.ray_address,
-                                                 cfg.student_shape(manifests["bootstrap_teacher"].extra.get("kind", "")))
+        shape = cfg.student_shape(manifests["bootstrap_teacher"].extra.get("kind", ""))
+        for method, suffix in search_routes(cfg):  # the main route, then search.compare_methods
+            route = cfg.search if not suffix else cfg.search.model_copy(update={"method": method,
+                                                                                "compare_methods": []})
+            manifests[f"search_pruning{suffix}"] = run_search(ctx, route, cfg.teacher, manifests["encode_latents"],
+                                                              manifests["bootstrap_teacher"],
+                                                              manifests["analyse_redundancy"], ctx.ray_address, shape,
+                                                              variant=suffix)
     if last >= STEPS.index("distill_latent"):
         distill(ctx, cfg, manifests, last >= STEPS.index("distill_pixel"))
     return manifests
 
 
+def search_routes(cfg: SrConfig) -> list[tuple[str, str]]:
+    """(method, step suffix): the main search, then every ``search.compare_methods`` route (``_route_<method>``)."""
+    return [(cfg.search.method, "")] + [(m, f"_route_{m}") for m in cfg.search.compare_methods]
+
+
 def distill(ctx: RunContext, cfg: SrConfig, manifests: dict[str, Any], pixel: bool) -> dict[str, Any]:
-    """Stage 1 then (``pixel``) stage 2; with ``distill.phase_ablation`` the same with the adapter flipped.
-    Each stage's manifest is added to ``manifests`` as it finishes; returns the new ones."""
+    """Stage 1 then (``pixel``) stage 2 of the main student; then of each ``distill.phase_ablation`` setting
+    (``_phase_<setting>``, same mask) and of each ``search.compare_methods`` route (``_route_<method>``, its
+    mask, the main distillation settings). Each stage's manifest is added to ``manifests`` as it finishes;
+    returns the new ones."""
     from srcompress.tasks.distill.step import run_distill
 
     common = dict(latents=manifests["encode_latents"], pairs=manifests["degrade"],
-                  teacher=manifests["bootstrap_teacher"], mask=manifests["search_pruning"],
-                  ray_address=ctx.ray_address)
+                  teacher=manifests["bootstrap_teacher"], ray_address=ctx.ray_address)
     new: dict[str, Any] = {}
-    variants = [("", cfg.distill.phase_adapter)]
-    if cfg.distill.phase_ablation:
-        variants.append(("_ablation", not cfg.distill.phase_adapter))
-    for suffix, phase in variants:
-        s1 = run_distill(ctx, cfg.distill, cfg.teacher, "stage1", phase=phase, **common)
+    variants = [("", cfg.distill.phase_adapter, "search_pruning")]
+    variants += [(f"_phase_{p}", p, "search_pruning") for p in cfg.distill.phase_ablation]
+    variants += [(s, cfg.distill.phase_adapter, f"search_pruning{s}") for _, s in search_routes(cfg)[1:]]
+    for suffix, phase, mask in variants:
+        s1 = run_distill(ctx, cfg.distill, cfg.teacher, "stage1", phase=phase, mask=manifests[mask],
+                         variant=suffix, **common)
         new[f"distill_latent{suffix}"] = manifests[f"distill_latent{suffix}"] = s1
         if pixel:
-            s2 = run_distill(ctx, cfg.distill, cfg.teacher, "stage2", stage1=s1, phase=phase,
-                             vae=manifests.get("compress_vae"), **common)
+            s2 = run_distill(ctx, cfg.distill, cfg.teacher, "stage2", stage1=s1, phase=phase, mask=manifests[mask],
+                             vae=manifests.get("compress_vae"), variant=suffix, **common)
             new[f"distill_pixel{suffix}"] = manifests[f"distill_pixel{suffix}"] = s2
     return new
 
 
-# Table name → the step whose manifest the evaluate step loads it from (docs/architecture.md §1).
+# Table name → the step whose manifest the evaluate step loads it from (docs/architecture.md §1); the variant
+# rows student_phase_<setting> / student_route_<method> come from distill_pixel_phase_… / distill_pixel_route_….
 MODEL_STEPS = {"teacher": "bootstrap_teacher", "teacher_adaptive": "train_mmle", "pruned": "search_pruning",
                "searched": "search_pruning",
-               "student_stage1": "distill_latent", "student": "distill_pixel",
-               "student_ablation": "distill_pixel_ablation"}
+               "student_stage1": "distill_latent", "student": "distill_pixel"}
 
 
 def evaluated_models(manifests: dict[str, Any]) -> dict[str, Any]:
-    return {name: manifests[step] for name, step in MODEL_STEPS.items() if step in manifests}
+    rows = {name: manifests[step] for name, step in MODEL_STEPS.items() if step in manifests}
+    return rows | {"student" + k.removeprefix("distill_pixel"): m for k, m in manifests.items()
+                   if k.startswith(("distill_pixel_phase_", "distill_pixel_route_"))}
 
 
 def last_step_for(models: list[str]) -> str | None:
     """The last training step the requested models need (None: bicubic and the teacher only)."""
-    needed = [MODEL_STEPS[m].removesuffix("_ablation") for m in models if m in MODEL_STEPS and m != "teacher"]
+    needed = [MODEL_STEPS.get(m, "distill_pixel" if VARIANT.match(m) else None) for m in models if m != "teacher"]
+    needed = [s for s in needed if s is not None]
     return max(needed, key=STEPS.index) if needed else None
 
 

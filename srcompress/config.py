@@ -26,7 +26,7 @@ from srcompress.tasks.degrade.config import DegradeConfig
 from srcompress.tasks.distill.config import DistillConfig
 from srcompress.tasks.common.sources import DataConfig
 from srcompress.tasks.encode.config import EncodeConfig
-from srcompress.tasks.evaluate.config import EvaluateConfig
+from srcompress.tasks.evaluate.config import VARIANT, EvaluateConfig
 from srcompress.tasks.redundancy.config import RedundancyConfig
 from srcompress.tasks.register.config import RegisterConfig
 from srcompress.tasks.search.config import SearchConfig
@@ -105,6 +105,12 @@ class SrConfig(StrictModel):
             # imported teachers: checked at the step; with a budget, N:M is chosen to fit the blocks
             raise ValueError(f"search.m={self.search.m} must divide the bootstrap teacher's {blocks} blocks "
                              f"(teacher.bootstrap.num_layers)")
+        for row in self.evaluate.models:  # a variant row needs the run that makes its student
+            v = VARIANT.match(row)
+            if v and v["phase"] and v["phase"] not in self.distill.phase_ablation:
+                raise ValueError(f"evaluate.models lists {row}: add {v['phase']} to distill.phase_ablation")
+            if v and v["route"] and v["route"] not in self.search.compare_methods:
+                raise ValueError(f"evaluate.models lists {row}: add {v['route']} to search.compare_methods")
         if self.run.ray_address and not store_uri.startswith("s3://") and not self.run.shared_filesystem:
             raise ValueError("run.ray_address is set but store.uri is a local-disk store: Ray workers on other "
                              "nodes would write to their own disks. Use an s3:// store, or set "

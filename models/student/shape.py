@@ -44,7 +44,7 @@ class StudentShape:
 
     streamline: bool = True
     image_only: bool = True
-    phase_adapter: bool = False
+    phase_adapter: str = "none"  # none | post | peam (models/student/student.py: phase_mode)
     tiny_vae: TinyVAEShape | None = None  # the final student's VAE; None (and no compressed_vae): the teacher's
     compressed_vae: CompressedVAEShape | None = None
 

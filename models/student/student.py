@@ -14,7 +14,7 @@ Folder layout (docs/methods.md §8.5), safetensors only::
     <student>/vae/                      AutoencoderKL, SeparableAutoencoderTiny or PrunedAutoencoderKL (the
                                         teacher's VAE compressed, vae_prune.py), all ``from_pretrained``
     <student>/prompt_embeds.safetensors fixed prompt (+ pooled, SD3) embeddings (not for image-only students)
-    <student>/phase_adapter.safetensors optional (PEAM reinterpretation)
+    <student>/phase_adapter.safetensors optional: the post-backbone adapter or PEAM in the decoder (ours)
     <student>/student.json              backbone kind, latent convention, timestep, tiling, flags, kept units
 
 A streamlined student is saved as its exact diffusers equivalent (``StreamlinedSD3.to_diffusers``) and
@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from srcompress.models.student.peam import DecoderPEAM, peam_stages
 from srcompress.models.student.phase import PhaseExchangeAdapter
 from srcompress.models.student.streamline import StreamlinedSD3
 from srcompress.models.student.surgery import kept_indices, merge_lora, prune_sd3
@@ -44,6 +45,7 @@ from srcompress.models.teachers.unet import UNetOneStepTeacher
 
 Tensor = torch.Tensor
 FORMAT = "srcompress.student.v1"
+PHASE_MODES = ("none", "post", "peam")
 UNET_STREAMLINE = ("streamlining caches SD3's per-block adaLN modulation; a UNet student has none to cache "
                    "(set distill.streamline=false for UNet teachers)")
 
@@ -52,14 +54,19 @@ class _StudentIO:
     """What every student adds to its teacher's interface: an optional tiny VAE (trained to the teacher's
     scaled latents, so no scaling here), an optional phase adapter, the kept units."""
 
-    phase: PhaseExchangeAdapter | None
+    phase: PhaseExchangeAdapter | DecoderPEAM | None
     _latent_factor: int
 
-    def _student_parts(self, latent_factor: int | None, phase: PhaseExchangeAdapter | None,
+    def _student_parts(self, latent_factor: int | None, phase: PhaseExchangeAdapter | DecoderPEAM | None,
                        kept: list[str] | None) -> None:
         self._latent_factor = latent_factor or 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.phase = phase
         self.kept = list(kept or [])
+
+    @property
+    def phase_mode(self) -> str:
+        """none | post (the latent adapter after the backbone) | peam (inside the pruned decoder)."""
+        return "none" if self.phase is None else "peam" if isinstance(self.phase, DecoderPEAM) else "post"
 
     @property
     def tiny_vae(self) -> bool:
@@ -88,7 +95,7 @@ class _StudentIO:
         return {**super().describe(), "streamlined": self.streamlined, "tiny_vae": self.tiny_vae,
                 "compressed_vae": self.compressed_vae,
                 "image_only": self.image_only,
-                "phase_adapter": self.phase is not None, "kept_blocks": self.kept}
+                "phase_adapter": self.phase_mode, "kept_blocks": self.kept}
 
 
 class StudentSR(_StudentIO, OneStepTeacher):
@@ -158,6 +165,9 @@ class UNetStudentSR(_StudentIO, UNetOneStepTeacher):
         self.surgery = dict(surgery or {})
 
     def restore_tile(self, z_lq: Tensor) -> Tensor:
+        if isinstance(self.phase, DecoderPEAM):  # the LQ latent's phase enters the pruned decoder stages
+            with self.phase.attached(self.backbone, z_lq):
+                return UNetOneStepTeacher.restore_tile(self, z_lq)
         z = UNetOneStepTeacher.restore_tile(self, z_lq)
         return self.phase(z, z_lq) if self.phase is not None else z
 
@@ -170,10 +180,11 @@ class UNetStudentSR(_StudentIO, UNetOneStepTeacher):
 
 def build_student(teacher: OneStepTeacher, mask: list[float] | Tensor, lora_state: dict[str, Tensor] | None = None,
                   lora_rank: int = 0, lora_alpha: int = 1, streamline: bool = False,
-                  phase_adapter: bool = False, image_only: bool = False) -> StudentSR | UNetStudentSR:
+                  phase_adapter: bool | str = False, image_only: bool = False) -> StudentSR | UNetStudentSR:
     """The teacher's kept blocks (search LoRA merged first) as a smaller model of the teacher's class: SD3
     blocks by ``prune_sd3``, UNet units by ``prune_unet`` (docs/methods.md §8.1). ``image_only`` (SD3):
-    TinySR's prompt removal, a ``TinySRTransformer`` — streamlined by construction, text stream dropped."""
+    TinySR's prompt removal, a ``TinySRTransformer`` — streamlined by construction, text stream dropped.
+    ``phase_adapter``: none | post | peam (True: post); peam needs a UNet (``models/student/peam.py``)."""
     import copy
 
     kind = getattr(teacher, "kind", type(teacher).__name__)
@@ -193,12 +204,19 @@ def build_student(teacher: OneStepTeacher, mask: list[float] | Tensor, lora_stat
     backbone = teacher.backbone
     if (lora_state and lora_rank > 0) or kind == "unet":
         backbone = merge_lora(copy.deepcopy(teacher.backbone), lora_state or {}, lora_rank, lora_alpha)
-    phase = PhaseExchangeAdapter(int(teacher.vae.config.latent_channels)) if phase_adapter else None
+    mode = phase_mode(phase_adapter)
+    if mode == "peam" and kind != "unet":
+        raise ValueError("distill.phase_adapter=peam sits in a UNet's decoder stages; for SD3 students use post")
+    channels = int(teacher.vae.config.latent_channels)
+    phase = PhaseExchangeAdapter(channels) if mode == "post" else None
     p = next(teacher.backbone.parameters())
     if kind == "unet":
         unet, report = prune_unet(backbone, {n for i, n in enumerate(names) if i not in keep})
         gone = set(report["removed"]) | set(report["structural"])
         kept = [n for n in names if n not in gone]
+        if mode == "peam":
+            phase = DecoderPEAM(unet, peam_stages(names, {n for i, n in enumerate(names) if i not in keep},
+                                                  len(unet.up_blocks)), channels)
         student = UNetStudentSR(copy.deepcopy(teacher.vae), unet, copy.deepcopy(teacher.scheduler),
                                 teacher.prompt_embeds.clone(), teacher.convention, teacher.timestep, teacher.tile,
                                 teacher.tile_overlap, teacher.latent_factor, phase, kept, report,
@@ -217,6 +235,14 @@ def build_student(teacher: OneStepTeacher, mask: list[float] | Tensor, lora_stat
     if streamline and not image_only:
         student.streamline()
     return student.eval().requires_grad_(False)
+
+
+def phase_mode(value: bool | str) -> str:
+    """A phase-adapter setting as none | post | peam (booleans: the settings before PEAM existed)."""
+    mode = {False: "none", True: "post"}.get(value, value) if isinstance(value, bool) else value
+    if mode not in PHASE_MODES:
+        raise ValueError(f"phase adapter {value!r}: one of {PHASE_MODES}")
+    return mode
 
 
 def save_student(student: StudentSR | UNetStudentSR, folder: str | Path, extra: dict | None = None) -> Path:
@@ -255,7 +281,8 @@ def save_student(student: StudentSR | UNetStudentSR, folder: str | Path, extra: 
             "convention": student.convention.as_dict(), "timestep": student.timestep, "tile": student.tile,
             "tile_overlap": student.tile_overlap, "latent_factor": student.latent_factor,
             "streamlined": student.streamlined, "image_only": student.image_only, "tiny_vae": student.tiny_vae,
-            "compressed_vae": student.compressed_vae, "phase_adapter": student.phase is not None,
+            "compressed_vae": student.compressed_vae, "phase_adapter": student.phase_mode,
+            **({"peam": student.phase.describe()} if student.phase_mode == "peam" else {}),
             "kept_blocks": student.kept, **({"surgery": student.surgery, "lq_residual": student.lq_residual,
                                              "residual_std": student.residual_std} if unet else {}), **(extra or {})}
     (folder / "model_index.json").write_text(json.dumps(index, indent=1, sort_keys=True))
@@ -293,8 +320,10 @@ def load_student(folder: str | Path, streamline: bool | None = None, device: tor
     vae = vae_cls.from_pretrained(folder, subfolder="vae", **common)
     prompts = {} if image_only else load_file(str(folder / "prompt_embeds.safetensors"))
     phase = None
-    if meta.get("phase_adapter"):
-        phase = PhaseExchangeAdapter(int(backbone.config.in_channels))
+    mode = phase_mode(meta.get("phase_adapter", False))  # folders before PEAM say true for post
+    if mode != "none":
+        phase = (DecoderPEAM(backbone, meta["peam"]["stages"], meta["peam"]["lq_channels"]) if mode == "peam"
+                 else PhaseExchangeAdapter(int(backbone.config.in_channels)))
         phase.load_state_dict(load_file(str(folder / "phase_adapter.safetensors")))
     c = meta["convention"]
     conv = LatentConvention(c["scaling_factor"], c["shift_factor"], c["mode"])

@@ -64,7 +64,7 @@ def final_student(teacher: OneStepTeacher, mask: list, cfg: DistillConfig) -> St
 
 
 def stage1_student(ctx: RunContext, cfg: DistillConfig, teacher_cfg: TeacherConfig, teacher_m: Manifest,
-                   mask_m: Manifest, phase: bool, device) -> StudentSR:
+                   mask_m: Manifest, phase: str, device) -> StudentSR:
     """The pruned student: kept blocks of the teacher (search LoRA merged when configured), streamlined, image-only
     when ``distill.text_stream`` says so."""
     teacher = teacher_on(ctx, teacher_cfg, teacher_m, device)

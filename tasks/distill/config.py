@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from srcompress.infra.config import StrictModel
 from srcompress.models.device import DEVICE_PATTERN
 from srcompress.models.student.shape import CompressedVAEShape, StudentShape, TinyVAEShape
 from srcompress.tasks.common.training import DeepSpeedConfig
+
+PhaseMode = Literal["none", "post", "peam"]
 
 
 class TinyVAEConfig(StrictModel):
@@ -57,8 +59,8 @@ class DistillConfig(StrictModel):
     streamline: bool = Field(True, description="TinySR streamlining: cache the fixed-t / fixed-prompt adaLN modulations and context (exact; removes time_text_embed, context_embedder, the adaLN linears). SD3 teachers only: set false for a UNet teacher.")
     text_stream: Literal["auto", "drop", "keep"] = Field("auto", description="drop: TinySR's prompt removal, an image-only student (kept blocks lose the context stream; joint attention becomes self-attention; the prompt's effect is learned back in distillation; needs streamline); keep: the context stream stays (exact streamlining; the ablation row); auto: drop for SD3 teachers when streamline is on, keep otherwise (UNets have no separate text stream).")
     merge_search_lora: bool = Field(True, description="Merge the search's LoRA into the teacher before copying the kept blocks.")
-    phase_adapter: bool = Field(False, description="Add the phase-exchange adapter (OUR reinterpretation of PGP-DiffSR's PEAM, docs/methods.md §8.4).")
-    phase_ablation: bool = Field(False, description="Also distil the student with phase_adapter flipped, evaluated beside it (the PEAM ablation).")
+    phase_adapter: PhaseMode = Field("none", description="PGP-DiffSR's phase-exchange adapter, OUR reinterpretation (docs/methods.md §8.4): none; post (a latent-space adapter after the backbone); peam (inside the pruned UNet decoder stages: the features' amplitude with the LQ latent's phase, zero-initialised). true / false read as post / none.")
+    phase_ablation: list[PhaseMode] = Field([], description="Also distil the student with each of these phase_adapter settings (evaluation rows student_phase_<setting>, e.g. student_phase_none: the no-PEAM ablation). true reads as the flipped setting (none ↔ post; peam → none), false as [].")
     tiny_vae: TinyVAEConfig = Field(default_factory=TinyVAEConfig, description="The tiny VAE (TinySR).")
     stage1: Stage1Config = Field(default_factory=Stage1Config, description="Stage 1: latent-space distillation.")
     stage2: Stage2Config = Field(default_factory=Stage2Config, description="Stage 2: pixel-space training with GAN.")
@@ -70,6 +72,19 @@ class DistillConfig(StrictModel):
     seed: int = Field(0, description="Seed of the pair draw, crops, batches and initialisations (per rank).")
     device: str | None = Field(None, pattern=DEVICE_PATTERN, description="auto | cpu | cuda; null = run.device.")
 
+    @field_validator("phase_adapter", mode="before")
+    @classmethod
+    def _phase_bool(cls, v):
+        return {False: "none", True: "post"}[v] if isinstance(v, bool) else v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ablation_bool(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("phase_ablation"), bool):
+            mode = cls._phase_bool(data.get("phase_adapter", "none"))
+            data = {**data, "phase_ablation": [{"none": "post"}.get(mode, "none")] if data["phase_ablation"] else []}
+        return data
+
     NOT_RESULTS: ClassVar[frozenset[str]] = frozenset({"log_every", "checkpoint_every", "device", "phase_ablation"})
 
     def image_only(self, teacher_kind: str) -> bool:
@@ -78,7 +93,7 @@ class DistillConfig(StrictModel):
             return self.streamline and teacher_kind == "sd3"
         return self.text_stream == "drop"
 
-    def shape(self, teacher_kind: str, phase: bool | None = None,
+    def shape(self, teacher_kind: str, phase: str | None = None,
               compressed_vae: CompressedVAEShape | None = None) -> StudentShape:
         """The student this config builds for a teacher of ``teacher_kind``: the final one, with the tiny VAE
         when stage 2 runs and fits one, or ``compressed_vae`` (the compress_vae step's, ``SrConfig.student_shape``)
@@ -97,6 +112,8 @@ class DistillConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> "DistillConfig":
+        if self.phase_adapter in self.phase_ablation:
+            raise ValueError(f"phase_ablation lists {self.phase_adapter!r}, the student's own phase_adapter")
         if self.text_stream == "drop" and not self.streamline:
             raise ValueError("text_stream: drop builds an image-only student, which has no prompt or timestep "
                              "input: it needs streamline: true (or set text_stream: keep)")

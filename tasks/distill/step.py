@@ -38,7 +38,7 @@ def step_code_version() -> str:
     return code_version(__name__)
 
 
-def stage_config_hash(cfg: DistillConfig, teacher_cfg: TeacherConfig, stage: str, phase: bool) -> str:
+def stage_config_hash(cfg: DistillConfig, teacher_cfg: TeacherConfig, stage: str, phase: str) -> str:
     """What changes this stage's output: the shared settings, this stage's own, the adapter flag."""
     drop = set(cfg.NOT_RESULTS) | {"phase_adapter", "stage1", "stage2", "tiny_vae"}
     own = {"stage1": {"stage1": cfg.stage1.model_dump(mode="json")},
@@ -49,7 +49,7 @@ def stage_config_hash(cfg: DistillConfig, teacher_cfg: TeacherConfig, stage: str
 
 @task(name="distill-stage", cache_policy=NO_CACHE, retries=0)
 def train_stage(ctx: RunContext, cfg: DistillConfig, teacher_cfg: TeacherConfig, stage: str,
-                manifests: dict[str, Manifest], phase: bool, key: str, run_id: str, ray_address: str | None) -> dict:
+                manifests: dict[str, Manifest], phase: str, key: str, run_id: str, ray_address: str | None) -> dict:
     """Launch the ranks; returns rank 0's published result."""
     log = get_run_logger()
     config = {"ctx": ctx.model_dump_json(), "cfg": cfg.model_dump_json(), "teacher_cfg": teacher_cfg.model_dump_json(),
@@ -69,8 +69,10 @@ def intact(ctx: RunContext, manifest: Manifest) -> bool:
 
 def run_distill(ctx: RunContext, cfg: DistillConfig, teacher_cfg: TeacherConfig, stage: str, latents: Manifest,
                 pairs: Manifest, teacher: Manifest, mask: Manifest, stage1: Manifest | None = None,
-                phase: bool | None = None, ray_address: str | None = None, vae: Manifest | None = None) -> Manifest:
-    """Step driver for one stage: cache → DeepSpeed ranks → ``student`` manifest, in one nested MLflow run."""
+                phase: str | None = None, ray_address: str | None = None, vae: Manifest | None = None,
+                variant: str = "") -> Manifest:
+    """Step driver for one stage: cache → DeepSpeed ranks → ``student`` manifest, in one nested MLflow run
+    (named ``distill_<stage><variant>``: a phase ablation's or another route's run stands apart)."""
     log = get_run_logger()
     name = STAGES[stage]
     phase = cfg.phase_adapter if phase is None else phase
@@ -98,7 +100,7 @@ def run_distill(ctx: RunContext, cfg: DistillConfig, teacher_cfg: TeacherConfig,
     if hit is not None and not intact(ctx, hit):
         hit = None
     ds = cfg.deepspeed.engine_config((cfg.stage1 if stage == "stage1" else cfg.stage2).batch_size)
-    with tracker.step_run(ctx.parent_run_id, name, {"distill": cfg.model_dump(mode="json"), "deepspeed_config": ds,
+    with tracker.step_run(ctx.parent_run_id, name + variant, {"distill": cfg.model_dump(mode="json"), "deepspeed_config": ds,
                                                     "world_size": cfg.num_workers, "phase_adapter": phase},
                           tags={"cache_key": key, "cache_hit": hit is not None, "stage": stage}
                           | key_tags(name, chash, inputs, code_ver)) as run_id:

@@ -17,11 +17,13 @@ from srcompress.models.device import DEVICE_PATTERN
 DEFAULT_METRICS = ["psnr", "ssim", "ms_ssim", "st_lpips", "lpips", "dists", "niqe", "piqe", "brisque", "musiq",
                    "maniqa", "clipiqa", "fid"]
 # bicubic: the baseline; teacher; pruned: the teacher's kept blocks, no training; searched: + the search's LoRA;
-# student_stage1: after latent distillation; student: the final student; student_ablation: the PEAM ablation;
+# student_stage1: after latent distillation; student: the final student; student_phase_<none|post|peam>: the
+# student distilled with another phase adapter (distill.phase_ablation); student_route_<method>: the student of
+# another search method's mask (search.compare_methods);
 # teacher_adaptive: a multi-step teacher under AdaDiffSR's adaptive sampler (the train_mmle step's regressor).
 REGISTERED = re.compile(r"^models:/[\w.-]+(@[\w-]+|/\d+)$")  # an MLflow registered model version
-MODEL_KINDS = ("bicubic", "teacher", "teacher_adaptive", "pruned", "searched", "student_stage1", "student",
-               "student_ablation")
+MODEL_KINDS = ("bicubic", "teacher", "teacher_adaptive", "pruned", "searched", "student_stage1", "student")
+VARIANT = re.compile(r"^student_(phase_(?P<phase>none|post|peam)|route_(?P<route>[a-z_]+))$")
 
 
 class EvalDataConfig(StrictModel):
@@ -64,7 +66,7 @@ class EvaluateConfig(StrictModel):
     """The evaluation step: dataset handling, metrics and their conventions, inference, report."""
 
     device: str | None = Field(None, pattern=DEVICE_PATTERN, description="Device of model inference and efficiency timing: auto | cpu | cuda | cuda:N; null = run.device.")
-    models: list[str] = Field(["bicubic", "teacher"], min_length=1, description="Models to evaluate: bicubic (always added), teacher, teacher_adaptive (multi-step teachers with adaptive.enabled: AdaDiffSR's sampler), registered versions (models:/<name>@<alias> or models:/<name>/<version>, loaded from MLflow's registry), pruned (mask applied, no training), searched (mask + search LoRA), student_stage1, student, student_ablation (distill.phase_ablation); the report scores each one's retention of the teacher's gain.")
+    models: list[str] = Field(["bicubic", "teacher"], min_length=1, description="Models to evaluate: bicubic (always added), teacher, teacher_adaptive (multi-step teachers with adaptive.enabled: AdaDiffSR's sampler), registered versions (models:/<name>@<alias> or models:/<name>/<version>, loaded from MLflow's registry), pruned (mask applied, no training), searched (mask + search LoRA), student_stage1, student, student_phase_<none|post|peam> (distill.phase_ablation), student_route_<method> (search.compare_methods); the report scores each one's retention of the teacher's gain.")
     metrics: list[str] = Field(DEFAULT_METRICS, min_length=1, description="Metric names (see `srcompress evaluate --list-metrics`); unavailable ones are reported, not fatal.")
     crop_border: int = Field(0, ge=0, description="Pixels cropped from each edge before PSNR/SSIM/MS-SSIM/NIQE (SR papers: 0; classic BasicSR: = scale).")
     color_space: Literal["ycbcr", "yiq", "gray"] = Field("ycbcr", description="Grey channel PSNR/SSIM/MS-SSIM use (SR convention: ycbcr, BT.601 Y; gray: MATLAB rgb2gray, the official scripts' input; yiq: pyiqa's).")
@@ -83,9 +85,10 @@ class EvaluateConfig(StrictModel):
     @field_validator("models")
     @classmethod
     def _models(cls, v: list[str]) -> list[str]:
-        unknown = [m for m in v if m not in MODEL_KINDS and not REGISTERED.match(m)]
+        unknown = [m for m in v if m not in MODEL_KINDS and not REGISTERED.match(m) and not VARIANT.match(m)]
         if unknown:
-            raise ValueError(f"unknown models {unknown}; known: {', '.join(MODEL_KINDS)}, or a registered version "
+            raise ValueError(f"unknown models {unknown}; known: {', '.join(MODEL_KINDS)}, student_phase_<setting>, "
+                             "student_route_<method>, or a registered version "
                              "models:/<name>@<alias> | models:/<name>/<version>")
         return ["bicubic"] + [m for m in dict.fromkeys(v) if m != "bicubic"]
 

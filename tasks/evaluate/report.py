@@ -15,7 +15,8 @@ from PIL import Image, ImageDraw
 
 from srcompress.infra.store import atomic_write_bytes
 from srcompress.tasks.evaluate.datasets import EvalItem
-from srcompress.tasks.evaluate.retention import efficiency_ratios, retention, retention_markdown
+from srcompress.tasks.evaluate.retention import (ablations, ablations_markdown, efficiency_ratios, retention,
+                                                 retention_markdown)
 from srcompress.tasks.evaluate.runner import EvalResult
 
 GRID_LABEL_H = 18
@@ -276,9 +277,12 @@ def write_reports(result: EvalResult, items: list[EvalItem], out: Path, conventi
     if "teacher" in result.summary and len(result.summary) > 2:  # something besides bicubic and the teacher
         ret = retention(result)
         files["retention_json"] = out / "retention.json"
-        atomic_write_bytes(files["retention_json"], json.dumps({**ret, "efficiency": efficiency_ratios(result)},
-                                                               indent=1, sort_keys=True).encode())
+        abl = ablations(result)
+        atomic_write_bytes(files["retention_json"], json.dumps({**ret, "efficiency": efficiency_ratios(result),
+                                                                "ablations": abl}, indent=1, sort_keys=True).encode())
         md = md.rstrip() + "\n\n" + retention_markdown(ret, efficiency_ratios(result))
+        if abl["rows"]:
+            md = md.rstrip() + "\n\n" + ablations_markdown(abl)
     if vae_report is not None:
         md = md.rstrip() + "\n\n" + vae_markdown(vae_report)
     atomic_write_bytes(files["summary_md"], md.encode())

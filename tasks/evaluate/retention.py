@@ -115,3 +115,49 @@ def retention_markdown(ret: dict, eff: dict[str, dict[str, float]]) -> str:
             lines.append(f"| {model} | {f('speedup')} | {f('macs_ratio')} | {f('params_ratio')} | {f('memory_ratio')} |")
         lines.append("")
     return "\n".join(lines)
+
+
+VARIANTS = ("student_phase_", "student_route_")  # distill.phase_ablation rows, search.compare_methods rows
+
+
+def ablations(result: EvalResult, against: str = "student", boot: int = 2000, seed: int = 0) -> dict:
+    """The main student against each variant row (another phase adapter, another route's mask): per metric with
+    per-image values, the paired mean of ``d_i = s·(student_i − variant_i)`` (d > 0: the student is better)
+    with a 95% paired bootstrap interval (percentile method); an interval that excludes 0 is a difference the
+    images support."""
+    variants = [m for m in result.summary if m.startswith(VARIANTS)]
+    out: dict = {"against": against, "bootstrap": boot, "rows": []}
+    if against not in result.summary or not variants:
+        return out
+    rng = np.random.default_rng(seed)
+    for metric, lower in sorted(result.lower_better.items()):
+        sign = -1.0 if lower else 1.0
+        for variant in variants:
+            pm = _paired(result, against, variant, metric)
+            if len(pm) < 2:
+                continue
+            d = sign * np.array([pm[i] for i in sorted(pm)])
+            lo, hi = np.percentile(d[rng.integers(0, len(d), size=(boot, len(d)))].mean(1), [2.5, 97.5])
+            out["rows"].append({"variant": variant, "metric": metric, "diff": float(d.mean()), "lo": float(lo),
+                                "hi": float(hi), "n": len(d), "supported": bool(lo > 0 or hi < 0)})
+    return out
+
+
+def ablations_markdown(abl: dict) -> str:
+    """Variants × metrics: the student's paired advantage over each, [95% interval], * where it excludes 0."""
+    if not abl["rows"]:
+        return ""
+    metrics = list(dict.fromkeys(r["metric"] for r in abl["rows"]))
+    cell = {(r["variant"], r["metric"]): r for r in abl["rows"]}
+    lines = [f"## The {abl['against']} against its ablations and other routes", "",
+             f"Paired over images: mean of ({abl['against']} − variant) in each metric's better direction (positive: "
+             f"the {abl['against']} is better) [95% paired bootstrap interval]; * the interval excludes 0.", "",
+             "| variant | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for variant in dict.fromkeys(r["variant"] for r in abl["rows"]):
+        vals = []
+        for m in metrics:
+            r = cell.get((variant, m))
+            vals.append("n/a" if r is None else
+                        f"{r['diff']:+.3g} [{r['lo']:+.3g}, {r['hi']:+.3g}]{'*' if r['supported'] else ''}")
+        lines.append(f"| {variant} | " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"

@@ -48,6 +48,7 @@ class SearchConfig(StrictModel):
     """TinyFusion / TinySR depth-mask search, or a baseline mask given the same LoRA recovery."""
 
     method: Method = Field("learned", description="learned (Gumbel N:M search), pgp_progressive (PGP-DiffSR's coarse-to-fine pruning, search.pgp) or a baseline: block_influence / pgp_cos / pgp_kl / removal (top-N per group by the redundancy report), uniform (every other block), random_min (the best of random N:M masks by calibration loss), given (search.given_mask).")
+    compare_methods: list[Method] = Field([], description="Route comparison: also search with each of these methods at the same N:M (or budget), and distil each route's student exactly as the main one (evaluation rows student_route_<method>; the main route's row is student). Not with method=given.")
     pgp: PGPConfig = Field(default_factory=PGPConfig, description="method=pgp_progressive: its settings (changing them for another method is refused).")
     given_mask: list[int] | str | None = Field(None, description="method=given: a 0/1 list ([1,0,1,0,…], one entry per prunable block) or the path / store URI of a search result.json; a mask searched for another teacher is rejected.")
     n: int = Field(2, ge=1, description="Blocks kept per group (with search.budget: chosen by the budget instead).")
@@ -80,7 +81,7 @@ class SearchConfig(StrictModel):
     device: str | None = Field(None, pattern=DEVICE_PATTERN, description="auto | cpu | cuda; null = run.device (each rank its own GPU, as Ray assigns it).")
 
     # Change how often things are logged or saved, or where they run — never the result.
-    NOT_RESULTS: ClassVar[frozenset[str]] = frozenset({"log_every", "checkpoint_every", "device"})
+    NOT_RESULTS: ClassVar[frozenset[str]] = frozenset({"log_every", "checkpoint_every", "device", "compare_methods"})
 
     @model_validator(mode="after")
     def _check(self) -> "SearchConfig":
@@ -90,7 +91,10 @@ class SearchConfig(StrictModel):
             raise ValueError("given_mask is required with method=given, and only then")
         if self.budget is not None and self.method == "given":
             raise ValueError("search.budget chooses N:M for a search or a baseline; method=given takes its mask as is")
-        if self.pgp != PGPConfig() and self.method != "pgp_progressive":
+        if self.method in self.compare_methods or "given" in self.compare_methods:
+            raise ValueError(f"compare_methods {self.compare_methods}: list other routes than method={self.method} "
+                             f"(and not given, which needs its own mask)")
+        if self.pgp != PGPConfig() and "pgp_progressive" not in (self.method, *self.compare_methods):
             raise ValueError("search.pgp configures method=pgp_progressive only")
         if self.expansion_corrosion and not self.dynamic:
             raise ValueError("expansion_corrosion needs dynamic (the neighbour option it expands into)")

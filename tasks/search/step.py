@@ -160,10 +160,11 @@ def budget_nm(ctx: RunContext, cfg: SearchConfig, teacher: Manifest, shape: Stud
 
 
 def run_search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, latents: Manifest, teacher: Manifest,
-               redundancy: Manifest | None, ray_address: str | None, shape: StudentShape | None = None) -> Manifest:
+               redundancy: Manifest | None, ray_address: str | None, shape: StudentShape | None = None,
+               variant: str = "") -> Manifest:
     """Step driver: (budget → N:M) → step cache → (baseline mask) → DeepSpeed ranks → mask manifest, in one
-    nested MLflow run. ``shape``: the student the distillation builds (``DistillConfig.shape``), which a
-    budget counts."""
+    nested MLflow run (named ``search_pruning<variant>``: another route's run stands apart). ``shape``: the
+    student the distillation builds (``DistillConfig.shape``), which a budget counts."""
     log = get_run_logger()
     tracker, cache, store = ctx.get_tracker(), ctx.get_cache(), ctx.get_store()
     blocks = check_groups(cfg, teacher)
@@ -185,7 +186,7 @@ def run_search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, l
     if hit is not None and not cache.listed_intact(hit.extra["files"]):
         hit = None
     ds = cfg.deepspeed.engine_config(cfg.batch_size)
-    with tracker.step_run(ctx.parent_run_id, STEP, {"search": cfg.model_dump(mode="json"), "deepspeed_config": ds,
+    with tracker.step_run(ctx.parent_run_id, STEP + variant, {"search": cfg.model_dump(mode="json"), "deepspeed_config": ds,
                                                     "world_size": cfg.num_workers},
                           tags={"cache_key": key, "cache_hit": hit is not None, "method": cfg.method,
                                 "nm": f"{cfg.n}:{cfg.m}",

@@ -616,32 +616,58 @@ def test_distill_merge_search_lora_decides_whether_the_student_carries_the_searc
     assert not torch.allclose(out[True], out[False], atol=1e-3)
 
 
-def test_distill_phase_ablation_adds_the_flipped_student_and_its_table_row(tmp_path, monkeypatch):
+def test_phase_ablation_and_route_comparison_add_their_students_and_table_rows(tmp_path, monkeypatch):
+    """distill.phase_ablation distils the same mask with each other adapter setting; search.compare_methods
+    distils each other route's mask with the main settings; each is a table row of its own."""
     from srcompress.flows import compress
 
     calls = []
 
-    def run_distill(ctx, cfg, teacher_cfg, stage, phase, stage1=None, **common):
-        calls.append((stage, phase, stage1))
-        return _manifest("student", step=f"distill_{stage}", digest=f"{stage}-{phase}".ljust(64, "0"))
+    def run_distill(ctx, cfg, teacher_cfg, stage, phase, mask, stage1=None, variant="", **common):
+        calls.append((stage, phase, mask.step, variant, stage1))
+        return _manifest("student", step=f"distill_{stage}", digest=f"{stage}-{phase}-{variant}".ljust(64, "0"))
 
     monkeypatch.setattr("srcompress.tasks.distill.step.run_distill", run_distill)  # the flow imports it per call
-    manifests = {k: _manifest(k) for k in ("encode_latents", "degrade", "bootstrap_teacher", "search_pruning")}
-    for ablation in (False, True):
-        calls.clear()
-        cfg = _cfg("distill.phase_adapter=true", f"distill.phase_ablation={str(ablation).lower()}")
-        out = compress.distill(_ctx(tmp_path), cfg, manifests, pixel=True)
-        models = compress.evaluated_models({**manifests, **out})
-        if not ablation:
-            assert list(out) == ["distill_latent", "distill_pixel"] and "student_ablation" not in models
-            continue
-        assert list(out) == ["distill_latent", "distill_pixel", "distill_latent_ablation", "distill_pixel_ablation"]
-        assert [(s, p) for s, p, _ in calls] == [("stage1", True), ("stage2", True),
-                                                 ("stage1", False), ("stage2", False)]
-        assert calls[3][2] is out["distill_latent_ablation"]  # the ablation's stage 2 starts from its own stage 1
-        assert models["student_ablation"] is out["distill_pixel_ablation"] and models["student"] is out["distill_pixel"]
-    assert compress.last_step_for(["student_ablation"]) == "distill_pixel"
-    assert "student_ablation" in _cfg("evaluate.models=[bicubic, student_ablation]").evaluate.models
+    manifests = {k: _manifest(k, step=k) for k in ("encode_latents", "degrade", "bootstrap_teacher", "search_pruning",
+                                                   "search_pruning_route_learned")}
+    plain = compress.distill(_ctx(tmp_path), _cfg("distill.phase_adapter=peam"), manifests, pixel=True)
+    assert list(plain) == ["distill_latent", "distill_pixel"]
+    assert set(compress.evaluated_models({**manifests, **plain})) == {"teacher", "pruned", "searched", "student_stage1",
+                                                                   "student"}
+    calls.clear()
+    cfg = _cfg("distill.phase_adapter=peam", "distill.phase_ablation=[none, post]", "search.method=pgp_progressive",
+               "search.compare_methods=[learned]")
+    out = compress.distill(_ctx(tmp_path), cfg, manifests, pixel=True)
+    assert list(out) == ["distill_latent", "distill_pixel", "distill_latent_phase_none", "distill_pixel_phase_none",
+                         "distill_latent_phase_post", "distill_pixel_phase_post", "distill_latent_route_learned",
+                         "distill_pixel_route_learned"]
+    assert [(s, p, m, v) for s, p, m, v, _ in calls] == [
+        ("stage1", "peam", "search_pruning", ""), ("stage2", "peam", "search_pruning", ""),
+        ("stage1", "none", "search_pruning", "_phase_none"), ("stage2", "none", "search_pruning", "_phase_none"),
+        ("stage1", "post", "search_pruning", "_phase_post"), ("stage2", "post", "search_pruning", "_phase_post"),
+        ("stage1", "peam", "search_pruning_route_learned", "_route_learned"),
+        ("stage2", "peam", "search_pruning_route_learned", "_route_learned")]
+    assert calls[3][4] is out["distill_latent_phase_none"]  # each variant's stage 2 starts from its own stage 1
+    models = compress.evaluated_models({**manifests, **out})
+    assert models["student_phase_none"] is out["distill_pixel_phase_none"] and models["student"] is out["distill_pixel"]
+    assert models["student_route_learned"] is out["distill_pixel_route_learned"]
+    assert compress.search_routes(cfg) == [("pgp_progressive", ""), ("learned", "_route_learned")]
+    assert compress.last_step_for(["student_phase_none"]) == compress.last_step_for(["student_route_learned"]) \
+        == "distill_pixel"
+    rows = _cfg("distill.phase_ablation=[none]", "distill.phase_adapter=post",
+                "evaluate.models=[bicubic, student_phase_none]").evaluate.models
+    assert rows == ["bicubic", "student_phase_none"]
+    legacy = _cfg("distill.phase_adapter=true", "distill.phase_ablation=true").distill  # configs before PEAM
+    assert legacy.phase_adapter == "post" and legacy.phase_ablation == ["none"]
+    assert _cfg("distill.phase_ablation=true").distill.phase_ablation == ["post"]
+    with pytest.raises(ConfigError, match="add post to distill.phase_ablation"):
+        _cfg("evaluate.models=[bicubic, student_phase_post]")
+    with pytest.raises(ConfigError, match="add removal to search.compare_methods"):
+        _cfg("evaluate.models=[bicubic, student_route_removal]")
+    with pytest.raises(ConfigError, match="list other routes"):
+        _cfg("search.compare_methods=[learned]")
+    with pytest.raises(ConfigError, match="phase_adapter"):
+        _cfg("distill.phase_adapter=post", "distill.phase_ablation=[post]")
 
 
 def _stage2(deepspeed, *overrides, teacher_value: float | None = None):

@@ -53,3 +53,33 @@ def test_bootstrap_interval_is_seeded_and_widens_with_noise():
     tight = {(r["model"], r["metric"]): r["hi"] - r["lo"] for r in retention(_result(n=40))["rows"]}
     wide = {(r["model"], r["metric"]): r["hi"] - r["lo"] for r in retention(_result(n=6))["rows"]}
     assert wide[("student", "psnr")] > tight[("student", "psnr")]
+
+
+def test_ablations_pair_the_student_with_each_variant_in_the_better_direction():
+    """student_phase_none is the student made worse on PSNR by 0.5 dB and on ST-LPIPS by +0.05, student_route_x
+    differs by noise only: the first difference is supported (interval excludes 0) with the right sign in both
+    directions of better, the second is not; rows that are not variants are not compared."""
+    from srcompress.tasks.evaluate.retention import ablations, ablations_markdown
+
+    res = _result()
+    rng = np.random.default_rng(1)
+    student = [r for r in res.rows if r["model"] == "student"]
+    for name, shift in (("student_phase_none", (-0.5, 0.05)), ("student_route_x", (0.0, 0.0))):
+        for r in student:
+            res.rows.append(r | {"model": name, "psnr": r["psnr"] + shift[0] + rng.normal(0, 0.05),
+                                 "st_lpips": r["st_lpips"] + shift[1] + rng.normal(0, 0.005)})
+        res.summary[name] = res.summary["student"]
+    abl = ablations(res)
+    cell = {(r["variant"], r["metric"]): r for r in abl["rows"]}
+    assert {v for v, _ in cell} == {"student_phase_none", "student_route_x"}
+    none_psnr, none_lp = cell[("student_phase_none", "psnr")], cell[("student_phase_none", "st_lpips")]
+    assert 0.45 < none_psnr["diff"] < 0.55 and none_psnr["lo"] > 0 and none_psnr["supported"]
+    assert 0.045 < none_lp["diff"] < 0.055 and none_lp["supported"]  # lower is better: the student wins, positive
+    route = cell[("student_route_x", "psnr")]
+    assert route["lo"] < 0 < route["hi"] and not route["supported"] and abs(route["diff"]) < 0.05
+    d = np.array([a["psnr"] - b["psnr"] for a, b in zip(student, [r for r in res.rows
+                                                                   if r["model"] == "student_phase_none"])])
+    assert abs(none_psnr["diff"] - d.mean()) < 1e-12
+    assert none_psnr["lo"] < d.mean() < none_psnr["hi"] and none_psnr["hi"] - none_psnr["lo"] < 6 * d.std(ddof=1) / 12 ** 0.5
+    assert "| student_phase_none |" in ablations_markdown(abl) and "*" in ablations_markdown(abl)
+    assert ablations(_result())["rows"] == []  # no variant rows: no section
