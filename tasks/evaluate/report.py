@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 
 from srcompress.infra.store import atomic_write_bytes
 from srcompress.tasks.evaluate.datasets import EvalItem
+from srcompress.tasks.evaluate.phase import phase_figure, phase_fidelity, phase_markdown
 from srcompress.tasks.evaluate.retention import (ablations, ablations_markdown, efficiency_ratios, retention,
                                                  retention_markdown)
 from srcompress.tasks.evaluate.runner import EvalResult
@@ -285,10 +286,13 @@ def write_reports(result: EvalResult, items: list[EvalItem], out: Path, conventi
             md = md.rstrip() + "\n\n" + ablations_markdown(abl)
     if vae_report is not None:
         md = md.rstrip() + "\n\n" + vae_markdown(vae_report)
+    grid_ids = sorted(set.intersection(*[set(o) for o in result.outputs.values()])) if result.outputs else []
+    phase = phase_report(items, result, grid_ids, crop, out, files)
+    if phase:
+        md = md.rstrip() + "\n\n" + phase_markdown(phase)
     atomic_write_bytes(files["summary_md"], md.encode())
     atomic_write_bytes(files["efficiency_json"], json.dumps(result.efficiency, indent=2, sort_keys=True).encode())
     atomic_write_bytes(files["models_json"], json.dumps(result.models, indent=2, sort_keys=True, default=str).encode())
-    grid_ids = sorted(set.intersection(*[set(o) for o in result.outputs.values()])) if result.outputs else []
     for idx in grid_ids:
         panels = [(m, result.outputs[m][idx]) for m in result.outputs]
         safe = items[idx].name.replace("/", "__").replace("#", "_")
@@ -298,3 +302,23 @@ def write_reports(result: EvalResult, items: list[EvalItem], out: Path, conventi
         atomic_write_bytes(path, buf.getvalue())
         files[f"grid_{idx}"] = path
     return files
+
+
+def phase_report(items: list[EvalItem], result: EvalResult, grid_ids: list[int], crop: int, out: Path,
+                 files: dict[str, Path]) -> dict[str, list[float]]:
+    """Phase fidelity to the HQ of every model on the grid images (``phase.json``) and, for the first, the
+    phase-only reconstruction figure (``phase/<image>.png``); nothing for LR-only sets."""
+    ids = [i for i in grid_ids if items[i].hr is not None]
+    scores = {m: [phase_fidelity(result.outputs[m][i], items[i].hr) for i in ids] for m in result.outputs} if ids else {}
+    if ids:
+        item = items[ids[0]]
+        lq = np.asarray(Image.fromarray(item.lr).resize(item.hr.shape[1::-1], Image.NEAREST))
+        fig = phase_figure(lq, [(m, result.outputs[m][ids[0]]) for m in result.outputs], item.hr, crop)
+        buf = io.BytesIO()
+        fig.save(buf, format="PNG")
+        files["phase_png"] = out / "phase" / f"{Path(item.name.replace('/', '__').replace('#', '_')).stem}.png"
+        atomic_write_bytes(files["phase_png"], buf.getvalue())
+        files["phase_json"] = out / "phase.json"
+        atomic_write_bytes(files["phase_json"], json.dumps({"images": [items[i].name for i in ids],
+                                                            "fidelity": scores}, indent=1).encode())
+    return scores
