@@ -201,7 +201,7 @@ def _pipeline(config: str, overrides, workdir: Path | None, until: str | None, s
 
 def dry_run_lines(result: dict, only: str | None = None) -> list[str]:
     """The dry run for a person: the looked-up steps cached (their keys), then the first that would run and why;
-    with ``only``, that step (and its variants: degrade_holdout, the ablation's stages) alone."""
+    with ``only``, that step (and its variants: degrade_holdout, phase-ablation and route stages) alone."""
     would = result.get("would_run")
     lines = [f"srcompress dry run up to {result['until']} (store {result['store']}): nothing computed or recorded"]
     shown = [n for n in result["cached"] if only is None or n == only or n.startswith(only + "_")]

@@ -344,12 +344,12 @@ MUTATIONS = [
     Mutation("pgp-not-rescored", "tasks/search/progressive.py",
              "            importance = masked_importance(",
              "            importance = torch.tensor([self.plan['coarse']['importance'][n] for n in self.names]); _ = (",
-             ("tests/tasks/test_search.py::test_pgp_progressive_rounds_on_a_unet_teacher",),
+             ("tests/tasks/test_distill.py::test_a_unet_teacher_becomes_a_smaller_diffusers_unet_student_by_pgp_diffsrs_route",),
              "the fine rounds prune by the teacher's scores instead of re-scoring the recovered model"),
     Mutation("pgp-round-mask-dropped", "tasks/search/progressive.py",
              "        model.fixed_mask.copy_(mask.to(model.fixed_mask))",
              "        pass",
-             ("tests/tasks/test_search.py::test_pgp_progressive_rounds_on_a_unet_teacher",),
+             ("tests/tasks/test_distill.py::test_a_unet_teacher_becomes_a_smaller_diffusers_unet_student_by_pgp_diffsrs_route",),
              "the ranks never adopt a fine round's mask"),
 ]
 

@@ -248,8 +248,11 @@ def test_a_killed_distillation_stage_resumes_from_its_checkpoint(tmp_path, two_s
     assert m["digest"] == ref["digest"]  # bit-identical student folder
 
 
-def _diffusers_unet_sr(folder, x01: torch.Tensor) -> torch.Tensor:
-    """A UNet student computed with diffusers alone: UNet, scheduler and VAE from the folder, OSEDiff's step."""
+def _diffusers_unet_sr(folder, x01: torch.Tensor, peam=None) -> torch.Tensor:
+    """A UNet student computed with diffusers alone: UNet, scheduler and VAE from the folder, OSEDiff's step
+    (``peam``: the student's PEAM hooked into that UNet's decoder stages)."""
+    import contextlib
+
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from safetensors.torch import load_file
 
@@ -261,33 +264,78 @@ def _diffusers_unet_sr(folder, x01: torch.Tensor) -> torch.Tensor:
     sf, t = meta["convention"]["scaling_factor"], meta["timestep"]
     with torch.no_grad():
         z = vae.encode(x01 * 2 - 1).latent_dist.mean * sf
-        eps = unet(z, torch.tensor([t]), encoder_hidden_states=pe).sample
+        with peam.attached(unet, z) if peam is not None else contextlib.nullcontext():
+            eps = unet(z, torch.tensor([t]), encoder_hidden_states=pe).sample
         z0 = sched.step(eps, t, z).pred_original_sample
         return ((vae.decode(z0 / sf).sample.clamp(-1, 1) + 1) / 2).clamp(0, 1)
 
 
-def test_a_unet_teacher_becomes_a_smaller_diffusers_unet_student(tmp_path, upstream_workdir):
-    """OSEDiff-style UNet teacher (imported folder) through search, both distillation stages and the evaluation:
-    the student is a smaller UNet2DConditionModel that diffusers loads and that reproduces the pipeline."""
+def test_a_unet_teacher_becomes_a_smaller_diffusers_unet_student_by_pgp_diffsrs_route(tmp_path, upstream_workdir):
+    """OSEDiff-style UNet teacher (imported folder, 7 units: an encoder pair, the resnet-attention-resnet
+    bottleneck, two decoder attentions) through PGP-DiffSR's route at 3:7 — the coarse stage keeps one
+    bottleneck resnet, two fine rounds each prune a decoder attention after re-scoring the recovered model,
+    every round a nested MLflow run — then both distillation stages with PEAM in the pruned decoder, its
+    no-PEAM ablation, and the evaluation: the student is a smaller UNet2DConditionModel that diffusers loads and
+    that reproduces the pipeline; the report pairs it with the ablation and shows the phase fidelity."""
     from srcompress.models.teachers import save_teacher
     from srcompress.models.teachers.tiny import tiny_unet_teacher
+    from tests.tasks.test_search import _run
 
-    folder = save_teacher(tiny_unet_teacher(seed=2), tmp_path / "unet-teacher")  # 7 prunable units
+    folder = save_teacher(tiny_unet_teacher(seed=2), tmp_path / "unet-teacher")
     base = DISTILL + [f"teacher.source={folder}", "search.n=3", "search.m=7", "distill.stage2.steps=2",
-                      "evaluate.metrics=[psnr]", "evaluate.efficiency.enabled=false", "evaluate.data.center_crop=64",
-                      "evaluate.grid_images=0", "evaluate.models=[bicubic, teacher, pruned, student]"]
+                      "search.method=pgp_progressive", "search.pgp.round_steps=2", "search.log_every=2",
+                      "search.lora_targets=[to_q, to_k, to_v]", "distill.phase_adapter=peam",
+                      "distill.phase_ablation=[none]", "evaluate.metrics=[psnr]", "evaluate.efficiency.enabled=false",
+                      "evaluate.data.center_crop=64", "evaluate.data.tiles=32", "evaluate.grid_images=1",
+                      "evaluate.models=[bicubic, teacher, pruned, student, student_phase_none]"]
     with pytest.raises(ValueError, match="set distill.streamline=false for UNet teachers"):
         run_pipeline(load_config("tiny", base), upstream_workdir, until="distill_latent")
     out = run_pipeline(load_config("tiny", base + ["distill.streamline=false"]), upstream_workdir, until="evaluate")
+    # the progressive search
+    m = out["steps"]["search_pruning"]
+    result = json.loads(Path(m["uri"].removeprefix("file://")).read_text())
+    coarse, *fine = result["rounds"]
+    assert coarse["stage"] == "coarse" and set(coarse["pruned"]) in (
+        {"mid_block.attentions.0", "mid_block.resnets.0"}, {"mid_block.attentions.0", "mid_block.resnets.1"})
+    assert [r["stage"] for r in fine] == ["fine", "fine"] and [len(r["kept"]) for r in fine] == [4, 3]
+    assert sorted(n for r in fine for n in r["pruned"]) == ["up_blocks.1.attentions.0", "up_blocks.1.attentions.1"]
+    assert all(r["recovered_l1"] > 0 and r["psnr_y"] > 0 for r in fine)
+    for before, r in zip([coarse, *fine], fine):  # re-scored on the pruned model: what is gone scores 0
+        assert all((r["importance"][n] == 0) == (n not in before["kept"]) for n in result["blocks"]), r
+    assert m["extra"]["method"] == "pgp_progressive" and m["extra"]["kept"] == fine[-1]["kept"]
+    assert sum(m["extra"]["mask"]) == 3 and "redundancy" in m["inputs"]
+    assert len(result["history"]) == 3  # 2 rounds × 2 + 2 final micro-steps, logged every 2
+    client = MlflowClient(out["tracking_uri"])
+    # under the search run that computed the mask (the refused first run's: this one's search was a cache hit)
+    rounds = client.search_runs([out["experiment_id"]], f"tags.mlflow.parentRunId = '{m['run_id']}'")
+    by_name = {r.info.run_name: r for r in rounds}
+    assert set(by_name) == {"pgp-round-0", "pgp-round-1", "pgp-round-2"}
+    assert [by_name[f"pgp-round-{i}"].data.metrics["kept"] for i in range(3)] == [5, 4, 3]
+    assert "psnr_y" in by_name["pgp-round-1"].data.metrics and "psnr_y" not in by_name["pgp-round-0"].data.metrics
+    assert by_name["pgp-round-0"].data.params["stage"] == "coarse"
+    # the student: both decoder attentions gone (realised), PEAM at that stage, the ablation without it
     s2 = out["steps"]["distill_pixel"]
     surgery = s2["extra"]["surgery"]
-    assert surgery["removed"] and set(surgery["removed"]).isdisjoint(s2["extra"]["kept_blocks"])
+    assert surgery["unrealised"] == [] and set(surgery["removed"]) == set(coarse["pruned"]) | {
+        "up_blocks.1.attentions.0", "up_blocks.1.attentions.1"}
     assert s2["counts"]["params_backbone"] < out["steps"]["bootstrap_teacher"]["extra"]["params_backbone"]
+    assert s2["extra"]["phase_adapter"] == "peam" and out["steps"]["distill_pixel_phase_none"]["extra"][
+        "phase_adapter"] == "none"
+    assert {"distill_latent_phase_none", "distill_pixel_phase_none"} <= set(out["outcomes"])
     student_dir = _folder(out, "distill_pixel", tmp_path / "fetch")
     assert json.loads((student_dir / "model_index.json").read_text())["unet"] == ["diffusers", "UNet2DConditionModel"]
+    assert json.loads((student_dir / "student.json").read_text())["peam"]["stages"] == [1]
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     ours = load_student(student_dir)
-    with torch.no_grad():
-        assert torch.allclose(_diffusers_unet_sr(student_dir, x), ours(x), atol=1e-4)
+    assert ours.phase_mode == "peam"
+    with torch.no_grad():  # diffusers' UNet with the same PEAM hooks reproduces ours
+        assert torch.allclose(_diffusers_unet_sr(student_dir, x, ours.phase), ours(x), atol=1e-4)
+    # the evaluation: both students scored, the ablation paired, phase fidelity reported
     metrics = out["steps"]["evaluate"]["extra"]["metrics"]
-    assert {"teacher.psnr", "pruned.psnr", "student.psnr"} <= set(metrics)
+    assert {"teacher.psnr", "pruned.psnr", "student.psnr", "student_phase_none.psnr"} <= set(metrics)
+    eval_run = _run(client, out, "evaluate")
+    arts = {a.path for a in client.list_artifacts(eval_run.info.run_id, "evaluation")}
+    assert {"evaluation/summary.md", "evaluation/phase.json", "evaluation/retention.json"} <= arts, arts
+    summary_md = Path(client.download_artifacts(eval_run.info.run_id, "evaluation/summary.md", str(tmp_path)))
+    text = summary_md.read_text()
+    assert "| student_phase_none |" in text and "against its ablations" in text and "Phase fidelity" in text
