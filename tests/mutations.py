@@ -351,6 +351,16 @@ MUTATIONS = [
              "        pass",
              ("tests/tasks/test_distill.py::test_a_unet_teacher_becomes_a_smaller_diffusers_unet_student_by_pgp_diffsrs_route",),
              "the ranks never adopt a fine round's mask"),
+    Mutation("peam-not-attached", "models/student/student.py",
+             "        if isinstance(self.phase, DecoderPEAM):  # the LQ latent's phase enters the pruned decoder stages",
+             "        if False:",
+             ("tests/models/test_peam.py",),
+             "PEAM is built and saved but never runs inside the student's decoder"),
+    Mutation("ablation-sign-flipped", "tasks/evaluate/retention.py",
+             "            pm = _paired(result, against, variant, metric)",
+             "            pm = _paired(result, variant, against, metric)",
+             ("tests/tasks/test_retention.py",),
+             "the ablation section reports the variant's advantage as the student's"),
 ]
 
 

@@ -1,33 +1,21 @@
-"""Phase-exchange adapter — OUR REINTERPRETATION of PGP-DiffSR's PEAM (docs/methods.md §8.4); off by default.
+"""Phase-exchange adapter after the backbone — OUR REINTERPRETATION of PGP-DiffSR's PEAM (docs/methods.md §8.4).
 
 The paper documents only the idea (no code): the restoration's Fourier amplitude with the LQ input's phase.
-Our version acts in latent space on the restored latent ``z`` and the LQ latent ``z_lq``::
+This variant (``distill.phase_adapter: post``) acts once, in latent space, on the restored latent ``z`` and the
+LQ latent ``z_lq``::
 
     A = |FFT2(z)|,  P = angle(FFT2(conv(z_lq))),  z_pe = IFFT2(A · e^{iP})
     out = z + fuse([z, z_pe])        # fuse: 1×1 conv, zero-initialised → the adapter starts as the identity
 
-so adding it never changes a model before training. Flag: ``distill.phase_adapter``.
+It is ``peam.StagePEAM`` at the latent's own resolution and width; ``peam`` (the default reading of the
+paper) puts the same exchange inside the pruned decoder stages instead.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
-Tensor = torch.Tensor
+from srcompress.models.student.peam import StagePEAM
 
 
-class PhaseExchangeAdapter(nn.Module):
+class PhaseExchangeAdapter(StagePEAM):
     def __init__(self, channels: int):
-        super().__init__()
-        self.lq_proj = nn.Conv2d(channels, channels, 3, padding=1)
-        self.fuse = nn.Conv2d(2 * channels, channels, 1)
-        nn.init.zeros_(self.fuse.weight)
-        nn.init.zeros_(self.fuse.bias)
-
-    def forward(self, z: Tensor, z_lq: Tensor) -> Tensor:
-        dtype = z.dtype
-        spec = torch.fft.fft2(z.float(), norm="ortho")
-        phase = torch.angle(torch.fft.fft2(self.lq_proj(z_lq).float(), norm="ortho"))
-        exchanged = torch.fft.ifft2(spec.abs() * torch.exp(1j * phase), norm="ortho").real.to(dtype)
-        return z + self.fuse(torch.cat([z, exchanged], dim=1))
+        super().__init__(channels, channels)
