@@ -361,6 +361,11 @@ MUTATIONS = [
              "            pm = _paired(result, variant, against, metric)",
              ("tests/tasks/test_retention.py",),
              "the ablation section reports the variant's advantage as the student's"),
+    Mutation("dit-peam-not-attached", "models/student/student.py",
+             "        if isinstance(self.phase, TokenPEAM):  # the LQ latent's phase enters after the pruned runs of blocks",
+             "        if False:",
+             ("tests/models/test_peam.py",),
+             "a DiT student's PEAM never runs inside its transformer"),
 ]
 
 

@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from srcompress.models.student.peam import DecoderPEAM, peam_stages
+from srcompress.models.student.peam import DecoderPEAM, TokenPEAM, peam_blocks, peam_stages
 from srcompress.models.student.phase import PhaseExchangeAdapter
 from srcompress.models.student.streamline import StreamlinedSD3
 from srcompress.models.student.surgery import kept_indices, merge_lora, prune_sd3
@@ -54,10 +54,10 @@ class _StudentIO:
     """What every student adds to its teacher's interface: an optional tiny VAE (trained to the teacher's
     scaled latents, so no scaling here), an optional phase adapter, the kept units."""
 
-    phase: PhaseExchangeAdapter | DecoderPEAM | None
+    phase: PhaseExchangeAdapter | DecoderPEAM | TokenPEAM | None
     _latent_factor: int
 
-    def _student_parts(self, latent_factor: int | None, phase: PhaseExchangeAdapter | DecoderPEAM | None,
+    def _student_parts(self, latent_factor: int | None, phase: PhaseExchangeAdapter | DecoderPEAM | TokenPEAM | None,
                        kept: list[str] | None) -> None:
         self._latent_factor = latent_factor or 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.phase = phase
@@ -66,7 +66,7 @@ class _StudentIO:
     @property
     def phase_mode(self) -> str:
         """none | post (the latent adapter after the backbone) | peam (inside the pruned decoder)."""
-        return "none" if self.phase is None else "peam" if isinstance(self.phase, DecoderPEAM) else "post"
+        return "none" if self.phase is None else "peam" if isinstance(self.phase, (DecoderPEAM, TokenPEAM)) else "post"
 
     @property
     def tiny_vae(self) -> bool:
@@ -132,6 +132,9 @@ class StudentSR(_StudentIO, OneStepTeacher):
                              timestep=torch.full((b,), self.timestep, dtype=z.dtype, device=z.device)).sample
 
     def restore_tile(self, z_lq: Tensor) -> Tensor:
+        if isinstance(self.phase, TokenPEAM):  # the LQ latent's phase enters after the pruned runs of blocks
+            with self.phase.attached(self.backbone, z_lq):
+                return z_lq - (self.timestep / 1000.0) * self.velocity(z_lq)
         z = z_lq - (self.timestep / 1000.0) * self.velocity(z_lq)
         return self.phase(z, z_lq) if self.phase is not None else z
 
@@ -184,7 +187,7 @@ def build_student(teacher: OneStepTeacher, mask: list[float] | Tensor, lora_stat
     """The teacher's kept blocks (search LoRA merged first) as a smaller model of the teacher's class: SD3
     blocks by ``prune_sd3``, UNet units by ``prune_unet`` (docs/methods.md §8.1). ``image_only`` (SD3):
     TinySR's prompt removal, a ``TinySRTransformer`` — streamlined by construction, text stream dropped.
-    ``phase_adapter``: none | post | peam (True: post); peam needs a UNet (``models/student/peam.py``)."""
+    ``phase_adapter``: none | post | peam (True: post; ``models/student/peam.py``)."""
     import copy
 
     kind = getattr(teacher, "kind", type(teacher).__name__)
@@ -205,8 +208,6 @@ def build_student(teacher: OneStepTeacher, mask: list[float] | Tensor, lora_stat
     if (lora_state and lora_rank > 0) or kind == "unet":
         backbone = merge_lora(copy.deepcopy(teacher.backbone), lora_state or {}, lora_rank, lora_alpha)
     mode = phase_mode(phase_adapter)
-    if mode == "peam" and kind != "unet":
-        raise ValueError("distill.phase_adapter=peam sits in a UNet's decoder stages; for SD3 students use post")
     channels = int(teacher.vae.config.latent_channels)
     phase = PhaseExchangeAdapter(channels) if mode == "post" else None
     p = next(teacher.backbone.parameters())
@@ -229,6 +230,8 @@ def build_student(teacher: OneStepTeacher, mask: list[float] | Tensor, lora_stat
     else:
         pruned = prune_sd3(backbone, keep)
         prompts = (teacher.prompt_embeds.clone(), teacher.pooled_prompt_embeds.clone())
+    if mode == "peam":
+        phase = TokenPEAM(pruned, peam_blocks(keep, len(names)), channels)
     student = StudentSR(copy.deepcopy(teacher.vae), pruned, teacher.convention, *prompts, teacher.timestep,
                         teacher.tile, teacher.tile_overlap, teacher.latent_factor, phase,
                         [f"transformer_blocks.{i}" for i in keep]).to(p.device)
@@ -322,7 +325,8 @@ def load_student(folder: str | Path, streamline: bool | None = None, device: tor
     phase = None
     mode = phase_mode(meta.get("phase_adapter", False))  # folders before PEAM say true for post
     if mode != "none":
-        phase = (DecoderPEAM(backbone, meta["peam"]["stages"], meta["peam"]["lq_channels"]) if mode == "peam"
+        peam = {"unet": DecoderPEAM, "dit": TokenPEAM}.get(meta.get("peam", {}).get("kind", "unet"))
+        phase = (peam(backbone, meta["peam"]["stages"], meta["peam"]["lq_channels"]) if mode == "peam"
                  else PhaseExchangeAdapter(int(backbone.config.in_channels)))
         phase.load_state_dict(load_file(str(folder / "phase_adapter.safetensors")))
     c = meta["convention"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from srcompress.models.student.peam import DecoderPEAM, StagePEAM, peam_stages, phase_exchange
+from srcompress.models.student.peam import DecoderPEAM, StagePEAM, TokenPEAM, peam_blocks, peam_stages, phase_exchange
 from srcompress.models.student.student import build_student, load_student, save_student
 from srcompress.models.teachers.tiny import tiny_unet_teacher
 
@@ -70,14 +70,41 @@ def test_peam_sits_at_the_pruned_decoder_stages_and_starts_as_the_student_withou
         assert torch.allclose(back.restore_tile(z), moved, atol=1e-6)
 
 
-def test_peam_needs_a_unet_and_known_stages():
+def test_peam_blocks_follow_each_run_of_pruned_blocks():
+    assert peam_blocks([0, 3], 4) == [0]            # blocks 1-2 pruned: after teacher block 0 (student 0)
+    assert peam_blocks([1, 2], 4) == [0, 1]         # 0 pruned (at the start: the first kept), 3 pruned: after 2
+    assert peam_blocks([0, 2, 4], 6) == [0, 1, 2]   # three runs
+    assert peam_blocks([0, 1, 2], 3) == [2]         # nothing pruned: the last block
+
+
+@pytest.mark.parametrize("form", ["image_only", "streamlined", "plain"])
+def test_dit_peam_starts_as_the_student_without_it_and_round_trips(tmp_path, form):
+    """SD3 students in each form: PEAM after the kept block before the pruned run, folded to the patch grid;
+    exactly the identity before training; trained weights change the output and survive save / load."""
     from srcompress.models.teachers.tiny import tiny_sd3_teacher
 
-    t = tiny_sd3_teacher(seed=0, num_layers=2, latent_channels=4, patch_size=2)
-    with pytest.raises(ValueError, match="peam sits in a UNet"):
-        build_student(t, [1, 0], phase_adapter="peam")
+    t = tiny_sd3_teacher(seed=0, num_layers=4, latent_channels=4, head_dim=8, heads=2, patch_size=2,
+                         vae_channels=(16,), vae_norm_groups=1, vae_identity=True, tile=8).eval()
+    kw = {"image_only": form == "image_only", "streamline": form != "plain"}
+    plain, peam = build_student(t, [1, 0, 0, 1], **kw), build_student(t, [1, 0, 0, 1], phase_adapter="peam", **kw)
+    assert isinstance(peam.phase, TokenPEAM) and peam.phase.stages == [0]
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(peam.restore_tile(z), plain.restore_tile(z))
+        for p in peam.phase.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+        moved = peam.restore_tile(z)
+    assert not torch.allclose(moved, plain.restore_tile(z), atol=1e-4)
+    save_student(peam, tmp_path / "s")
+    back = load_student(tmp_path / "s")
+    assert back.phase_mode == "peam" and back.phase.describe() == {"kind": "dit", "stages": [0], "lq_channels": 4}
+    with torch.no_grad():
+        assert torch.allclose(back.restore_tile(z), moved, atol=1e-5)
+
+
+def test_peam_refuses_unknown_settings_and_stages():
     with pytest.raises(ValueError, match="one of"):
-        build_student(t, [1, 0], phase_adapter="pre")
+        build_student(tiny_unet_teacher(seed=0), [1] * 7, phase_adapter="pre")
     unet = tiny_unet_teacher(seed=0).backbone
     with pytest.raises(ValueError, match="decoder stages"):
         DecoderPEAM(unet, [5], 4)
