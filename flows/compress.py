@@ -145,8 +145,9 @@ MODEL_STEPS = {"teacher": "bootstrap_teacher", "teacher_adaptive": "train_mmle",
 
 def evaluated_models(manifests: dict[str, Any]) -> dict[str, Any]:
     rows = {name: manifests[step] for name, step in MODEL_STEPS.items() if step in manifests}
-    return rows | {"student" + k.removeprefix("distill_pixel"): m for k, m in manifests.items()
-                   if k.startswith(("distill_pixel_phase_", "distill_pixel_route_"))}
+    variants = {"student" + k.removeprefix("distill_pixel"): m for k, m in manifests.items()
+                if k.startswith("distill_pixel_")}
+    return rows | {name: m for name, m in variants.items() if VARIANT.match(name)}
 
 
 def last_step_for(models: list[str]) -> str | None:

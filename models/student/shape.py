@@ -19,6 +19,16 @@ if TYPE_CHECKING:  # configs import this module: torch and diffusers (via the bu
 
     from srcompress.models.student.student import StudentSR
 
+PHASE_MODES = ("none", "post", "peam")
+
+
+def phase_mode(value: bool | str) -> str:
+    """A phase-adapter setting as none | post | peam (booleans: the settings before PEAM existed, true = post)."""
+    mode = ("post" if value else "none") if isinstance(value, bool) else value
+    if mode not in PHASE_MODES:
+        raise ValueError(f"phase adapter {value!r}: one of {PHASE_MODES}")
+    return mode
+
 
 @dataclass(frozen=True)
 class TinyVAEShape:
@@ -44,7 +54,7 @@ class StudentShape:
 
     streamline: bool = True
     image_only: bool = True
-    phase_adapter: str = "none"  # none | post | peam (models/student/student.py: phase_mode)
+    phase_adapter: str = "none"  # one of PHASE_MODES
     tiny_vae: TinyVAEShape | None = None  # the final student's VAE; None (and no compressed_vae): the teacher's
     compressed_vae: CompressedVAEShape | None = None
 

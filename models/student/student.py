@@ -34,6 +34,7 @@ from torch import nn
 
 from srcompress.models.student.peam import DecoderPEAM, TokenPEAM, peam_blocks, peam_stages
 from srcompress.models.student.phase import PhaseExchangeAdapter
+from srcompress.models.student.shape import phase_mode
 from srcompress.models.student.streamline import StreamlinedSD3
 from srcompress.models.student.surgery import kept_indices, merge_lora, prune_sd3
 from srcompress.models.student.tinysr import TinySRTransformer
@@ -45,7 +46,6 @@ from srcompress.models.teachers.unet import UNetOneStepTeacher
 
 Tensor = torch.Tensor
 FORMAT = "srcompress.student.v1"
-PHASE_MODES = ("none", "post", "peam")
 UNET_STREAMLINE = ("streamlining caches SD3's per-block adaLN modulation; a UNet student has none to cache "
                    "(set distill.streamline=false for UNet teachers)")
 
@@ -238,14 +238,6 @@ def build_student(teacher: OneStepTeacher, mask: list[float] | Tensor, lora_stat
     if streamline and not image_only:
         student.streamline()
     return student.eval().requires_grad_(False)
-
-
-def phase_mode(value: bool | str) -> str:
-    """A phase-adapter setting as none | post | peam (booleans: the settings before PEAM existed)."""
-    mode = {False: "none", True: "post"}.get(value, value) if isinstance(value, bool) else value
-    if mode not in PHASE_MODES:
-        raise ValueError(f"phase adapter {value!r}: one of {PHASE_MODES}")
-    return mode
 
 
 def save_student(student: StudentSR | UNetStudentSR, folder: str | Path, extra: dict | None = None) -> Path:

@@ -8,10 +8,10 @@ from pydantic import Field, field_validator, model_validator
 
 from srcompress.infra.config import StrictModel
 from srcompress.models.device import DEVICE_PATTERN
-from srcompress.models.student.shape import CompressedVAEShape, StudentShape, TinyVAEShape
+from srcompress.models.student.shape import PHASE_MODES, CompressedVAEShape, StudentShape, TinyVAEShape, phase_mode
 from srcompress.tasks.common.training import DeepSpeedConfig
 
-PhaseMode = Literal["none", "post", "peam"]
+PhaseMode = Literal[PHASE_MODES]  # type: ignore[valid-type]  # none | post | peam, from the student's own list
 
 
 class TinyVAEConfig(StrictModel):
@@ -59,7 +59,7 @@ class DistillConfig(StrictModel):
     streamline: bool = Field(True, description="TinySR streamlining: cache the fixed-t / fixed-prompt adaLN modulations and context (exact; removes time_text_embed, context_embedder, the adaLN linears). SD3 teachers only: set false for a UNet teacher.")
     text_stream: Literal["auto", "drop", "keep"] = Field("auto", description="drop: TinySR's prompt removal, an image-only student (kept blocks lose the context stream; joint attention becomes self-attention; the prompt's effect is learned back in distillation; needs streamline); keep: the context stream stays (exact streamlining; the ablation row); auto: drop for SD3 teachers when streamline is on, keep otherwise (UNets have no separate text stream).")
     merge_search_lora: bool = Field(True, description="Merge the search's LoRA into the teacher before copying the kept blocks.")
-    phase_adapter: PhaseMode = Field("none", description="PGP-DiffSR's phase-exchange adapter, OUR reinterpretation (docs/methods.md §8.4): none; post (a latent-space adapter after the backbone); peam (inside the pruned UNet decoder stages: the features' amplitude with the LQ latent's phase, zero-initialised). true / false read as post / none.")
+    phase_adapter: PhaseMode = Field("none", description="PGP-DiffSR's phase-exchange adapter, OUR reinterpretation (docs/methods.md §8.4): none; post (a latent-space adapter after the backbone); peam (inside the pruned backbone — a UNet's pruned decoder stages, a DiT's pruned runs of blocks: the features' amplitude with the LQ latent's phase, zero-initialised). true / false read as post / none.")
     phase_ablation: list[PhaseMode] = Field([], description="Also distil the student with each of these phase_adapter settings (evaluation rows student_phase_<setting>, e.g. student_phase_none: the no-PEAM ablation). true reads as the flipped setting (none ↔ post; peam → none), false as [].")
     tiny_vae: TinyVAEConfig = Field(default_factory=TinyVAEConfig, description="The tiny VAE (TinySR).")
     stage1: Stage1Config = Field(default_factory=Stage1Config, description="Stage 1: latent-space distillation.")
@@ -75,7 +75,7 @@ class DistillConfig(StrictModel):
     @field_validator("phase_adapter", mode="before")
     @classmethod
     def _phase_bool(cls, v):
-        return {False: "none", True: "post"}[v] if isinstance(v, bool) else v
+        return phase_mode(v) if isinstance(v, bool) else v  # other values: the Literal's own error
 
     @model_validator(mode="before")
     @classmethod

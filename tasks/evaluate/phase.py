@@ -2,7 +2,7 @@
 model estimates the restoration's phase poorly, which its phase-exchange adapter answers (docs/methods.md §8.4).
 
     fidelity = phase_fidelity(sr_u8, hr_u8)       # amplitude-weighted mean cos(∠SR − ∠HQ) of the Y channel
-    png = phase_figure(item, panels, crop)        # images over their phase-only reconstructions
+    gray = phase_only(img_u8)                     # the figure's lower row (tasks/evaluate/report.py)
 
 Phase-only reconstruction (Oppenheim & Lim): IFFT2(e^{i·∠FFT2(y)}) — unit amplitude, the image's own phase —
 shows the structure the phase carries. Fidelity weights each frequency by the HQ amplitude, so the edges that
@@ -13,13 +13,15 @@ figures, no number).
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+import torch
 
-Y = np.array([65.481, 128.553, 24.966]) / 255.0  # BT.601 luma of [0, 1] RGB (the evaluation's Y, no offset)
+from srcompress.models.metrics import rgb_to_y
 
 
 def _y(img_u8: np.ndarray) -> np.ndarray:
-    return (img_u8[..., :3].astype(np.float64) / 255.0) @ Y
+    """The evaluation's Y channel (BT.601); its offset and scale move no phase (the DC term is left out)."""
+    x = torch.from_numpy(np.ascontiguousarray(img_u8[..., :3])).permute(2, 0, 1)[None].double() / 255.0
+    return rgb_to_y(x)[0].numpy()
 
 
 def phase_fidelity(sr_u8: np.ndarray, hr_u8: np.ndarray) -> float:
@@ -37,29 +39,6 @@ def phase_only(img_u8: np.ndarray) -> np.ndarray:
     rec = np.real(np.fft.ifft2(np.exp(1j * np.angle(np.fft.fft2(_y(img_u8))))))
     lo, hi = np.percentile(rec, [1, 99])
     return (np.clip((rec - lo) / max(hi - lo, 1e-12), 0, 1) * 255).round().astype(np.uint8)
-
-
-def phase_figure(lq_up_u8: np.ndarray, panels: list[tuple[str, np.ndarray]], hr_u8: np.ndarray | None,
-                 crop: int) -> Image.Image:
-    """Two rows, centre-cropped to ``crop``: LQ (upsampled) | each model | HQ, and under each its phase-only
-    reconstruction (computed on the whole image, then cropped)."""
-    from srcompress.tasks.evaluate.report import _label
-
-    tiles = [("LQ", lq_up_u8)] + panels + ([("HQ", hr_u8)] if hr_u8 is not None else [])
-    h, w = tiles[1][1].shape[:2] if len(tiles) > 1 else tiles[0][1].shape[:2]
-    ch, cw = min(crop, h), min(crop, w)
-    top, left = (h - ch) // 2, (w - cw) // 2
-    cut = lambda a: np.ascontiguousarray(a[top : top + ch, left : left + cw])  # noqa: E731
-    rows = [[_label(Image.fromarray(cut(a)), t) for t, a in tiles],
-            [_label(Image.fromarray(cut(phase_only(a))).convert("RGB"), f"{t} phase") for t, a in tiles]]
-    fig = Image.new("RGB", (sum(i.width for i in rows[0]) + 2 * (len(tiles) - 1), 2 * rows[0][0].height + 2),
-                    (255, 255, 255))
-    for r, row in enumerate(rows):
-        x = 0
-        for im in row:
-            fig.paste(im, (x, r * (rows[0][0].height + 2)))
-            x += im.width + 2
-    return fig
 
 
 def phase_markdown(scores: dict[str, list[float]]) -> str:

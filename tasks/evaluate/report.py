@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from srcompress.infra.store import atomic_write_bytes
 from srcompress.tasks.evaluate.datasets import EvalItem
-from srcompress.tasks.evaluate.phase import phase_figure, phase_fidelity, phase_markdown
+from srcompress.tasks.evaluate.phase import phase_fidelity, phase_markdown, phase_only
 from srcompress.tasks.evaluate.retention import (ablations, ablations_markdown, efficiency_ratios, retention,
                                                  retention_markdown)
 from srcompress.tasks.evaluate.runner import EvalResult
@@ -231,21 +231,47 @@ def _label(img: Image.Image, text: str) -> Image.Image:
     return out
 
 
-def grid_image(item: EvalItem, panels: list[tuple[str, np.ndarray]], crop: int) -> Image.Image:
-    """LQ (nearest-upsampled) | each model | HQ, centre-cropped to ``crop`` HR pixels, labelled."""
-    ref = panels[0][1]
-    h, w = ref.shape[:2]
+def _tiles(item: EvalItem, panels: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
+    """LQ (nearest-upsampled to the panels' size) | each model | HQ."""
+    h, w = panels[0][1].shape[:2]
+    lq = np.asarray(Image.fromarray(item.lr).resize((w, h), Image.NEAREST))
+    return [("LQ", lq)] + panels + ([("HQ", item.hr)] if item.hr is not None else [])
+
+
+def _strip(tiles: list[tuple[str, np.ndarray]], crop: int) -> Image.Image:
+    """The tiles side by side (2 px apart), each centre-cropped to ``crop`` pixels and labelled."""
+    h, w = tiles[0][1].shape[:2]
     ch, cw = min(crop, h), min(crop, w)
     top, left = (h - ch) // 2, (w - cw) // 2
-    lq = Image.fromarray(item.lr).resize((w, h), Image.NEAREST)
-    tiles = [("LQ", np.asarray(lq))] + panels + ([("HQ", item.hr)] if item.hr is not None else [])
     imgs = [_label(Image.fromarray(np.ascontiguousarray(a[top : top + ch, left : left + cw])), t) for t, a in tiles]
-    grid = Image.new("RGB", (sum(i.width for i in imgs) + 2 * (len(imgs) - 1), imgs[0].height), (255, 255, 255))
+    strip = Image.new("RGB", (sum(i.width for i in imgs) + 2 * (len(imgs) - 1), imgs[0].height), (255, 255, 255))
     x = 0
     for im in imgs:
-        grid.paste(im, (x, 0))
+        strip.paste(im, (x, 0))
         x += im.width + 2
-    return grid
+    return strip
+
+
+def grid_image(item: EvalItem, panels: list[tuple[str, np.ndarray]], crop: int) -> Image.Image:
+    """LQ (nearest-upsampled) | each model | HQ, centre-cropped to ``crop`` HR pixels, labelled."""
+    return _strip(_tiles(item, panels), crop)
+
+
+def phase_figure(item: EvalItem, panels: list[tuple[str, np.ndarray]], crop: int) -> Image.Image:
+    """The grid over its phase-only reconstructions (each computed on the whole image, then cropped): PGP-DiffSR's
+    Fig. 1 for every model of the table."""
+    tiles = _tiles(item, panels)
+    rows = [_strip(tiles, crop), _strip([(f"{t} phase", np.repeat(phase_only(a)[..., None], 3, -1))
+                                         for t, a in tiles], crop)]
+    fig = Image.new("RGB", (rows[0].width, 2 * rows[0].height + 2), (255, 255, 255))
+    fig.paste(rows[0], (0, 0))
+    fig.paste(rows[1], (0, rows[0].height + 2))
+    return fig
+
+
+def _stem(item: EvalItem) -> str:
+    """A file name for an evaluation item (``set/image#k`` → ``set__image_k``)."""
+    return Path(item.name.replace("/", "__").replace("#", "_")).stem
 
 
 def vae_markdown(report: dict) -> str:
@@ -295,8 +321,7 @@ def write_reports(result: EvalResult, items: list[EvalItem], out: Path, conventi
     atomic_write_bytes(files["models_json"], json.dumps(result.models, indent=2, sort_keys=True, default=str).encode())
     for idx in grid_ids:
         panels = [(m, result.outputs[m][idx]) for m in result.outputs]
-        safe = items[idx].name.replace("/", "__").replace("#", "_")
-        path = out / "grids" / f"{idx:04d}_{Path(safe).stem}.png"
+        path = out / "grids" / f"{idx:04d}_{_stem(items[idx])}.png"
         buf = io.BytesIO()
         grid_image(items[idx], panels, crop).save(buf, format="PNG")
         atomic_write_bytes(path, buf.getvalue())
@@ -312,11 +337,10 @@ def phase_report(items: list[EvalItem], result: EvalResult, grid_ids: list[int],
     scores = {m: [phase_fidelity(result.outputs[m][i], items[i].hr) for i in ids] for m in result.outputs} if ids else {}
     if ids:
         item = items[ids[0]]
-        lq = np.asarray(Image.fromarray(item.lr).resize(item.hr.shape[1::-1], Image.NEAREST))
-        fig = phase_figure(lq, [(m, result.outputs[m][ids[0]]) for m in result.outputs], item.hr, crop)
+        fig = phase_figure(item, [(m, result.outputs[m][ids[0]]) for m in result.outputs], crop)
         buf = io.BytesIO()
         fig.save(buf, format="PNG")
-        files["phase_png"] = out / "phase" / f"{Path(item.name.replace('/', '__').replace('#', '_')).stem}.png"
+        files["phase_png"] = out / "phase" / f"{_stem(item)}.png"
         atomic_write_bytes(files["phase_png"], buf.getvalue())
         files["phase_json"] = out / "phase.json"
         atomic_write_bytes(files["phase_json"], json.dumps({"images": [items[i].name for i in ids],

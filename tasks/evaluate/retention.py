@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+from srcompress.tasks.evaluate.config import VARIANT
 from srcompress.tasks.evaluate.runner import EvalResult
 
 
@@ -117,15 +118,12 @@ def retention_markdown(ret: dict, eff: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-VARIANTS = ("student_phase_", "student_route_")  # distill.phase_ablation rows, search.compare_methods rows
-
-
 def ablations(result: EvalResult, against: str = "student", boot: int = 2000, seed: int = 0) -> dict:
     """The main student against each variant row (another phase adapter, another route's mask): per metric with
     per-image values, the paired mean of ``d_i = s·(student_i − variant_i)`` (d > 0: the student is better)
     with a 95% paired bootstrap interval (percentile method); an interval that excludes 0 is a difference the
     images support."""
-    variants = [m for m in result.summary if m.startswith(VARIANTS)]
+    variants = [m for m in result.summary if VARIANT.match(m)]
     out: dict = {"against": against, "bootstrap": boot, "rows": []}
     if against not in result.summary or not variants:
         return out

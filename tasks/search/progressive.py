@@ -24,11 +24,11 @@ from srcompress.tasks.search.config import SearchConfig
 DEFAULT_SIGMAS = [0.25, 0.5, 0.75, 1.0]  # a multi-step teacher's report has no σ grid; re-scoring uses this one
 
 
-def coarse_plan(report: dict, cfg: SearchConfig, names: list[str]) -> dict:
-    """The coarse mask from the teacher's report and what the fine stage must still prune; refused, before any
-    rank starts, when N:M keeps fewer blocks than the coarse stage leaves outside the decoder."""
-    if report["blocks"] != names:
-        raise ValueError("search.method=pgp_progressive: the redundancy report's blocks are not the teacher's")
+def coarse_plan(report: dict, cfg: SearchConfig) -> dict:
+    """The coarse mask from the teacher's report (over its blocks, ``report["blocks"]``) and what the fine stage
+    must still prune; refused, before any rank starts, when N:M keeps fewer blocks than the coarse stage leaves
+    outside the decoder. The ranks check the report's blocks against the teacher they load (``Rounds``)."""
+    names = list(report["blocks"])
     score = report["scores"][cfg.pgp.score]
     importance = torch.tensor(score["mean"]) * score["importance_sign"]
     stages = block_stages(names, cfg.m)
@@ -66,6 +66,8 @@ class Rounds:
     decoder units, and every rank adopts the new mask (``torch.distributed`` broadcast)."""
 
     def __init__(self, plan: dict, cfg: SearchConfig, names: list[str]):
+        if list(plan["stages"]) != list(names):
+            raise ValueError("search.method=pgp_progressive: the redundancy report's blocks are not the teacher's")
         self.plan, self.cfg, self.names = plan, cfg, names
         self.stages = block_stages(names, cfg.m)
         self.records: list[dict] = [plan["coarse"]]

@@ -66,13 +66,17 @@ def read_report(ctx: RunContext, cfg: SearchConfig, redundancy: Manifest | None)
     return json.loads(ctx.get_store().get_bytes(ctx.get_store().key_from_uri(redundancy.uri), redundancy.digest))
 
 
+def pgp_plan(ctx: RunContext, cfg: SearchConfig, redundancy: Manifest | None) -> dict:
+    """pgp_progressive's coarse stage, from the redundancy report (``progressive.coarse_plan``)."""
+    return coarse_plan(read_report(ctx, cfg, redundancy), cfg)
+
+
 def baseline_mask(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, teacher: Manifest,
                   latents: Manifest, redundancy: Manifest | None, num_blocks: int) -> list[float] | None:
     if cfg.method == "learned":
         return None
     if cfg.method == "pgp_progressive":  # the coarse stage; the ranks run the fine one
-        report = read_report(ctx, cfg, redundancy)
-        return coarse_plan(report, cfg, report["blocks"])["mask"]
+        return pgp_plan(ctx, cfg, redundancy)["mask"]
     if cfg.method == "given":
         return given_mask(ctx, cfg.given_mask, teacher, num_blocks)
     if cfg.method == "uniform":  # every other block within each group
@@ -202,8 +206,7 @@ def run_search(ctx: RunContext, cfg: SearchConfig, teacher_cfg: TeacherConfig, l
         t0 = time.perf_counter()
         plan = None
         if cfg.method == "pgp_progressive":  # the coarse stage here, round 0; the ranks run the fine rounds
-            report = read_report(ctx, cfg, redundancy)
-            plan = coarse_plan(report, cfg, report["blocks"])
+            plan = pgp_plan(ctx, cfg, redundancy)
             log_round(tracker, run_id, plan["coarse"])
             log.info("search_pruning: pgp coarse stage kept %d of %d blocks; %d fine round(s) to %d",
                      sum(plan["mask"]), len(plan["mask"]), plan["rounds"], plan["target"])

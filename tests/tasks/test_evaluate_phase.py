@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from srcompress.tasks.evaluate.phase import phase_fidelity, phase_figure, phase_markdown, phase_only
+from srcompress.tasks.evaluate.datasets import EvalItem
+from srcompress.tasks.evaluate.phase import phase_fidelity, phase_markdown, phase_only
+from srcompress.tasks.evaluate.report import phase_figure
 
 
 def _image(seed: int = 0, size: int = 32) -> np.ndarray:
@@ -36,7 +38,8 @@ def test_phase_only_reconstruction_and_figure():
     dimmer = (hr.astype(int) // 2 + 60).astype(np.uint8)  # same phase up to rounding: the same reconstruction
     assert np.abs(phase_only(dimmer).astype(int) - p).mean() < 8
     assert np.abs(phase_only(np.roll(hr, 5, axis=0)).astype(int) - p).mean() > 20
-    fig = phase_figure(hr, [("student", hr), ("student_phase_none", 255 - hr)], hr, crop=24)
+    item = EvalItem(name="set/img#0", lr=hr[::4, ::4], hr=hr, source_sha256="0" * 64)
+    fig = phase_figure(item, [("student", hr), ("student_phase_none", 255 - hr)], crop=24)
     assert fig.height > 2 * 24 and fig.width >= 4 * 24
     md = phase_markdown({"student": [0.9, 0.8], "bicubic": [0.5, 0.5]})
     assert "| student | 0.8500 |" in md and "over 2 image(s)" in md
