@@ -316,6 +316,8 @@ def load_student(folder: str | Path, streamline: bool | None = None, device: tor
     prompts = {} if image_only else load_file(str(folder / "prompt_embeds.safetensors"))
     phase = None
     mode = phase_mode(meta.get("phase_adapter", False))  # folders before PEAM say true for post
+    if mode == "peam" and not isinstance(meta.get("peam"), dict):
+        raise ValueError(f"student: {meta_path} has phase_adapter peam but no peam record (kind, stages, lq_channels)")
     if mode != "none":
         peam = {"unet": DecoderPEAM, "dit": TokenPEAM}.get(meta.get("peam", {}).get("kind", "unet"))
         phase = (peam(backbone, meta["peam"]["stages"], meta["peam"]["lq_channels"]) if mode == "peam"

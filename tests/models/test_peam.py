@@ -3,6 +3,8 @@ the features, it sits where the mask pruned, it learns, and it round-trips throu
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -68,6 +70,10 @@ def test_peam_sits_at_the_pruned_decoder_stages_and_starts_as_the_student_withou
     assert back.phase_mode == "peam" and back.phase.stages == [1] and back.describe()["phase_adapter"] == "peam"
     with torch.no_grad():
         assert torch.allclose(back.restore_tile(z), moved, atol=1e-6)
+    meta = json.loads((tmp_path / "s" / "student.json").read_text())
+    (tmp_path / "s" / "student.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "peam"}))
+    with pytest.raises(ValueError, match="phase_adapter peam but no peam record"):
+        load_student(tmp_path / "s")
 
 
 def test_peam_blocks_follow_each_run_of_pruned_blocks():
